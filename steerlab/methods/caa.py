@@ -1,0 +1,52 @@
+"""CAA (contrastive activation addition, Rimsky et al. 2024): a mean activation difference.
+
+For each pair the layer output is read at the **last token** of the tokenised sequence
+"formatted prompt + completion" (prompt through the chat template, completion tokenised
+separately and appended). For A/B pairs the completions are ``"(A"`` / ``"(B"``, so that token
+is the answer letter, as in the CAA paper. The vector at layer L is the mean over pairs of
+output(prompt + chosen) − output(prompt + rejected).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from steerlab.activations import read_layers
+from steerlab.data import PreferencePair
+from steerlab.encoding import encode
+from steerlab.models import ModelHandle
+from steerlab.vectors import SteeringVector, data_hash, meta_for
+
+
+def train_caa(
+    model: ModelHandle,
+    pairs: Sequence[PreferencePair],
+    layers: int | Sequence[int],
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> SteeringVector:
+    """Mean-difference steering vector at each of ``layers`` from ``pairs``.
+
+    The mean residual norm of each layer over the same sequences is stored for ``norm_ratio``.
+    """
+    if not pairs:
+        raise ValueError("train_caa needs at least one preference pair")
+    layers = [layers] if isinstance(layers, int) else sorted(set(layers))
+    prompts = [p.prompt for p in pairs] * 2
+    completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    seqs = encode(model, prompts, completions)
+    readout = read_layers(model, seqs, layers, batch_size, progress, "CAA activations")
+    n = len(pairs)
+    directions = {
+        layer: (readout.last[layer][:n] - readout.last[layer][n:]).mean(dim=0) for layer in layers
+    }
+    meta = meta_for(
+        model,
+        "caa",
+        hyperparams={"token": "last token of prompt+completion"},
+        data_hash=data_hash(list(pairs)),
+        n_examples=n,
+        residual_norms=readout.mean_norm,
+    )
+    return SteeringVector(directions, meta)

