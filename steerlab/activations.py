@@ -26,7 +26,7 @@ def read_layers(
     model: ModelHandle,
     seqs: Sequence[TokenSequence],
     layers: Sequence[int],
-    batch_size: int = 16,
+    batch_size: int = 8,
     progress: bool = True,
     description: str = "reading activations",
 ) -> LayerReadout:
@@ -41,11 +41,10 @@ def read_layers(
     for index, batch in track(steps, n_steps, description, progress):
         outputs = forward_until(model.model, model.layers, layers, **batch.model_inputs())
         real = batch.attention_mask.bool()
-        rows = torch.arange(len(index), device=real.device)
         n_tokens += int(real.sum())
         for layer in layers:
             hidden = outputs[layer].float()
-            last[layer][index] = hidden[rows, batch.lengths - 1].cpu()
+            last[layer][index] = hidden[:, -1].cpu()
             norm_sum[layer] += float(hidden.norm(dim=-1)[real].sum())
     return LayerReadout(last, {layer: norm_sum[layer] / max(n_tokens, 1) for layer in layers})
 

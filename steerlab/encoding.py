@@ -1,4 +1,4 @@
-"""Token sequences of (formatted prompt, completion) and right-padded batches of them.
+"""Token sequences of (formatted prompt, completion) and left-padded batches of them.
 
 Prompt and completion are tokenised separately and concatenated, so the completion's tokens
 are known exactly (the mask every log-probability and every activation read depends on).
@@ -52,36 +52,51 @@ def encode_texts(model: ModelHandle, texts: Sequence[str]) -> list[TokenSequence
 
 @dataclass
 class Batch:
-    """Right-padded tensors for a group of sequences (padding never precedes real tokens)."""
+    """Left-padded tensors for a group of sequences: every sequence ends at the last column.
+
+    Left padding puts all completions at the end, so the logits of the last few columns cover
+    every completion token, and the last column is every sequence's last token. Position ids
+    count real tokens only, so padding changes no result.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     lengths: torch.Tensor
     prompt_lens: torch.Tensor
 
+    @property
+    def position_ids(self) -> torch.Tensor:
+        return (self.attention_mask.cumsum(dim=-1) - 1).clamp_min(0)
+
+    @property
+    def max_completion(self) -> int:
+        return int((self.lengths - self.prompt_lens).max())
+
     def completion_mask(self) -> torch.Tensor:
         """(B, T) bool: True at completion tokens."""
-        index = torch.arange(self.input_ids.shape[1], device=self.input_ids.device)
-        return (index >= self.prompt_lens[:, None]) & (index < self.lengths[:, None])
+        width = self.input_ids.shape[1]
+        index = torch.arange(width, device=self.input_ids.device)
+        start = width - self.lengths + self.prompt_lens
+        return index >= start[:, None]
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+        }
 
 
 def collate(seqs: Sequence[TokenSequence], pad_id: int, device: torch.device | None = None) -> Batch:
-    """Stack sequences into a right-padded :class:`Batch`."""
+    """Stack sequences into a left-padded :class:`Batch`."""
     width = max(len(s.ids) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, seq in enumerate(seqs):
-        ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
-        mask[row, : len(seq.ids)] = 1
-    lengths = torch.tensor([len(s.ids) for s in seqs])
-    prompt_lens = torch.tensor([s.prompt_len for s in seqs])
-    batch = Batch(ids, mask, lengths, prompt_lens)
-    if device is not None:
-        batch = Batch(*(t.to(device) for t in (ids, mask, lengths, prompt_lens)))
-    return batch
+        ids[row, width - len(seq.ids) :] = torch.tensor(seq.ids)
+        mask[row, width - len(seq.ids) :] = 1
+    tensors = (ids, mask, torch.tensor([len(s.ids) for s in seqs]), torch.tensor([s.prompt_len for s in seqs]))
+    return Batch(*(t.to(device) if device is not None else t for t in tensors))
 
 
 def batches(

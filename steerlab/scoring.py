@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,41 +27,82 @@ class CompletionScore:
 
 
 def token_logprobs(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """(B, T) log-probability of each completion token given the tokens before it; 0 elsewhere.
+    """(B, K-1) log-probability of each completion token among the batch's last K-1 tokens
+    given the tokens before it (0 at other tokens), from the logits of the last K positions.
 
     Position t of the logits predicts token t+1, so completion token t is read at t-1.
     """
+    first = batch.input_ids.shape[1] - logits.shape[1] + 1  # first column whose token is read
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    picked = logp.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
-    mask = batch.completion_mask()[:, 1:]
-    return torch.nn.functional.pad(picked * mask, (1, 0))
+    picked = logp.gather(-1, batch.input_ids[:, first:, None]).squeeze(-1)
+    return picked * batch.completion_mask()[:, first:]
+
+
+def completion_logits(model: ModelHandle, batch: Batch) -> torch.Tensor:
+    """Logits at the last ``max_completion + 1`` positions: all that completion scores need.
+
+    Models that accept ``logits_to_keep`` skip the vocabulary projection everywhere else.
+    """
+    keep = batch.max_completion + 1
+    if "logits_to_keep" in inspect.signature(model.model.forward).parameters:
+        return model.model(**batch.model_inputs(), use_cache=False, logits_to_keep=keep).logits
+    return model.model(**batch.model_inputs(), use_cache=False).logits[:, -keep:]
 
 
 @torch.no_grad()
 def score_sequences(
     model: ModelHandle,
     seqs: Sequence[TokenSequence],
-    batch_size: int = 16,
+    batch_size: int = 8,
     progress: bool = True,
     description: str = "scoring",
 ) -> list[CompletionScore]:
-    """Score already encoded sequences; results come back in input order."""
-    scores: list[CompletionScore | None] = [None] * len(seqs)
+    """Score already encoded sequences; results come back in input order.
+
+    Sequences that differ only in their last token (A/B answer letters, single-token choices)
+    share one forward pass: their common stem runs once and each last token is read from the
+    stem's final next-token distribution — the same numbers at a fraction of the cost.
+    """
+    stems: dict[tuple[tuple[int, ...], int], int] = {}
+    needed: list[set[int]] = []
+    stem_of: list[int | None] = []
+    for seq in seqs:
+        if seq.n_completion == 0:
+            stem_of.append(None)
+            continue
+        key = (seq.ids[:-1], seq.prompt_len)
+        if key not in stems:
+            stems[key] = len(stems)
+            needed.append(set())
+        stem_of.append(stems[key])
+        needed[stems[key]].add(seq.ids[-1])
+    stem_seqs = [TokenSequence(ids, min(prompt_len, len(ids))) for ids, prompt_len in stems]
+    stem_sum = [0.0] * len(stem_seqs)
+    last_logp: list[dict[int, float]] = [{} for _ in stem_seqs]
     pad_id = model.tokenizer.pad_token_id
-    n_steps = -(-len(seqs) // batch_size)
-    for index, batch in track(batches(seqs, batch_size, pad_id, model.device), n_steps, description, progress):
-        logits = model.model(**batch.model_inputs(), use_cache=False).logits
+    n_steps = -(-len(stem_seqs) // batch_size)
+    steps = batches(stem_seqs, batch_size, pad_id, model.device)
+    for index, batch in track(steps, n_steps, description, progress):
+        logits = completion_logits(model, batch)
         summed = token_logprobs(logits, batch).sum(dim=-1)
+        final = torch.log_softmax(logits[:, -1].float(), dim=-1)
         for row, i in enumerate(index):
-            scores[i] = CompletionScore(float(summed[row]), seqs[i].n_completion)
-    return scores  # type: ignore[return-value]
+            stem_sum[i] = float(summed[row])
+            tokens = sorted(needed[i])
+            last_logp[i] = dict(zip(tokens, final[row, tokens].tolist()))
+    return [
+        CompletionScore(0.0, 0)
+        if stem is None
+        else CompletionScore(stem_sum[stem] + last_logp[stem][seq.ids[-1]], seq.n_completion)
+        for seq, stem in zip(seqs, stem_of)
+    ]
 
 
 def score_completions(
     model: ModelHandle,
     prompts: Sequence[str],
     completions: Sequence[str],
-    batch_size: int = 16,
+    batch_size: int = 8,
     progress: bool = True,
 ) -> list[CompletionScore]:
     """log p(completion | formatted prompt) for each pair of prompt and completion."""

@@ -43,11 +43,16 @@ def test_steering_changes_logits_and_is_removed(tiny):
 def test_hooks_removed_when_body_raises(tiny):
     vector = make_vector(tiny, layers=(0, 1, 2))
     base = logits(tiny)
+
+    def hook_counts():
+        return [len(layer._forward_hooks) for layer in tiny.layers], len(tiny.model._forward_pre_hooks)
+
+    before = hook_counts()
     with pytest.raises(RuntimeError, match="boom"):
         with vector.apply(tiny, multiplier=2.0, positions="prompt"):
+            assert hook_counts() != before
             raise RuntimeError("boom")
-    assert all(not layer._forward_hooks for layer in tiny.layers)
-    assert not tiny.model._forward_pre_hooks
+    assert hook_counts() == before
     assert torch.equal(logits(tiny), base)
 
 

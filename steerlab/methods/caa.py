@@ -23,7 +23,7 @@ def train_caa(
     pairs: Sequence[PreferencePair],
     layers: int | Sequence[int],
     *,
-    batch_size: int = 16,
+    batch_size: int = 8,
     progress: bool = True,
 ) -> SteeringVector:
     """Mean-difference steering vector at each of ``layers`` from ``pairs``.

@@ -1,0 +1,85 @@
+"""Per-example records: written one JSON line at a time as produced, summarised from disk.
+
+Every figure steerlab prints or reports is recomputed from these records alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+Record = dict[str, Any]
+
+GROUP_KEYS = ("task", "dataset", "vector_id", "layers", "norm_ratio", "multiplier")
+
+
+class RecordWriter:
+    """Appends records to a JSONL file, flushing each line so an interruption loses nothing."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: TextIO = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: Record) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """All records of a JSONL file (a torn last line from an interrupted write is skipped)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record") from None
+    return records
+
+
+def _group_key(record: Record) -> tuple:
+    return tuple(json.dumps(record.get(k)) for k in GROUP_KEYS)
+
+
+def summarize(records: Iterable[Record], metrics: Sequence[str] = ("score", "correct")) -> list[Record]:
+    """One row per setting (task, dataset, vector, layers, norm ratio, multiplier).
+
+    Each row holds ``n`` and, for each metric present, its mean and standard error.
+    ``score`` is the behaviour probability for A/B tasks and correctness for multiple choice.
+    """
+    groups: dict[tuple, list[Record]] = defaultdict(list)
+    for record in records:
+        groups[_group_key(record)].append(record)
+    rows = []
+    for members in groups.values():
+        row = {k: members[0].get(k) for k in GROUP_KEYS}
+        row["n"] = len(members)
+        for metric in metrics:
+            values = [float(m[metric]) for m in members if m.get(metric) is not None]
+            if not values:
+                continue
+            mean = sum(values) / len(values)
+            var = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
+            row[metric] = mean
+            row[f"{metric}_se"] = math.sqrt(var / len(values))
+        rows.append(row)
+    rows.sort(key=lambda r: (r["task"], r["dataset"] or "", str(r["vector_id"]), r["multiplier"]))
+    return rows
