@@ -218,3 +218,10 @@ def bundled_path(name: str) -> Path:
 def resolve_data(spec: str | Path) -> Path:
     """A bundled dataset name or a file path, as a path."""
     return bundled_path(str(spec)) if str(spec) in BUNDLED else Path(spec)
+
+
+def data_kind(path: Path) -> str:
+    """``"mc"`` for multiple-choice files (a ``choices`` or ``choice0`` field), else ``"pairs"``."""
+    for _, row in _rows(path):
+        return "mc" if "choices" in row or "choice0" in row else "pairs"
+    raise DataError(f"{path}: no rows")

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -285,9 +286,13 @@ def load_model(
                 raise
             local_only = {}
             tokenizer = AutoTokenizer.from_pretrained(str(source))
-        model = AutoModelForCausalLM.from_pretrained(
-            str(source), dtype=dtype or torch.float32, **local_only
-        )
+        hf_logging.disable_progress_bar()  # a cached load takes a second; no bar needed
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(source), dtype=dtype or torch.float32, **local_only
+            )
+        finally:
+            hf_logging.enable_progress_bar()
     except (OSError, ValueError) as err:
         if isinstance(source, Path):
             raise ModelLoadError(f"could not load model from {source}: {err}") from err

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 T = TypeVar("T")
@@ -18,13 +19,14 @@ def enabled(requested: bool = True) -> bool:
 
 def track(items: Iterable[T], total: int, description: str, show: bool = True) -> Iterator[T]:
     """Iterate ``items`` with a progress bar of ``total`` steps (no bar when not shown)."""
-    if not enabled(show):
+    console = Console(stderr=True)
+    if not enabled(show) or not console.is_terminal:  # bars only where someone watches them
         yield from items
         return
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
     )
-    with Progress(*columns, transient=True) as bar:
+    with Progress(*columns, transient=True, console=console) as bar:
         task = bar.add_task(description, total=total)
         for item in items:
             yield item

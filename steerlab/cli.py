@@ -1,0 +1,212 @@
+"""The `steerlab` command: thin wrappers that parse options and call the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from steerlab.models import BUILTIN_MODELS, DEFAULT_MODEL
+
+app = typer.Typer(
+    help="Train, apply and honestly evaluate steering vectors for Hugging Face language models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+vector_app = typer.Typer(help="Inspect saved steering vectors.", no_args_is_help=True)
+app.add_typer(vector_app, name="vector")
+console = Console()
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m",
+        help=f"Built-in name ({', '.join(BUILTIN_MODELS)}), model directory, .gguf file or hub id.",
+    ),
+]
+BatchOpt = Annotated[int, typer.Option(help="Sequences per forward pass.")]
+
+
+def parse_floats(text: str) -> list[float]:
+    """'-2,-1,0,1,2' → [-2.0, -1.0, 0.0, 1.0, 2.0], with a clear error for bad input."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=1)
+
+
+def _load(model: str):
+    from steerlab.models import ModelLoadError, load_model
+
+    try:
+        with console.status(f"loading {model}"):
+            return load_model(model)
+    except ModelLoadError as err:
+        _fail(str(err))
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option("--data", "-d", help="Pairs file (.jsonl/.csv) or bundled dataset name.")],
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer index, or several: 10,12,14.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .safetensors vector.")],
+    method: Annotated[str, typer.Option(help="Training method (caa).")] = "caa",
+    model: ModelOpt = DEFAULT_MODEL,
+    split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this.")] = "train",
+    batch_size: BatchOpt = 8,
+) -> None:
+    """Train a steering vector from preference pairs and save it."""
+    from steerlab.data import DataError, load_pairs, resolve_data
+    from steerlab.methods import train_caa
+
+    if method != "caa":
+        _fail(f"unknown method {method!r}; available: caa")
+    try:
+        pairs = load_pairs(resolve_data(data), split=split)
+    except (DataError, FileNotFoundError) as err:
+        _fail(str(err))
+    if not pairs:
+        _fail(f"no pairs in {data}" + (f" with split '{split}'" if split else ""))
+    handle = _load(model)
+    vector = train_caa(handle, pairs, parse_ints(layer), batch_size=batch_size)
+    vector.save(out)
+    console.print(f"saved {vector} to {out}")
+
+
+@app.command("eval")
+def evaluate(
+    data: Annotated[str, typer.Option("--data", "-d", help="MC items or A/B pairs file, or bundled name.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Records file (.jsonl), appended to.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    vector: Annotated[Optional[Path], typer.Option("--vector", "-v", help="Steering vector file.")] = None,
+    multipliers: Annotated[str, typer.Option(help="Comma-separated multipliers.")] = "0",
+    layers: Annotated[Optional[str], typer.Option(help="Apply at these layers (default: the vector's).")] = None,
+    norm_ratio: Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this.")] = None,
+    batch_size: BatchOpt = 8,
+) -> None:
+    """Score multiple-choice or A/B items by likelihood, per multiplier; print a table."""
+    from steerlab.data import DataError, data_kind, load_mc, load_pairs, resolve_data
+    from steerlab.evaluation import evaluate_ab, evaluate_mc
+    from steerlab.records import RecordWriter, summarize
+    from steerlab.vectors import SteeringVector
+
+    path = resolve_data(data)
+    try:
+        kind = data_kind(path)
+        items = load_mc(path, split) if kind == "mc" else load_pairs(path, split)
+    except (DataError, FileNotFoundError) as err:
+        _fail(str(err))
+    steering = SteeringVector.load(vector) if vector else None
+    handle = _load(model)
+    run = evaluate_mc if kind == "mc" else evaluate_ab
+    with RecordWriter(out) as writer:
+        records = run(
+            handle, items, vector=steering, multipliers=parse_floats(multipliers),
+            layers=parse_ints(layers) if layers else None, norm_ratio=norm_ratio,
+            dataset=str(data), writer=writer, batch_size=batch_size,
+        )
+    print_summary(summarize(records))
+    console.print(f"{len(records)} records appended to {out}")
+
+
+def print_summary(rows: list[dict]) -> None:
+    """A table with one row per setting: n, score ± standard error, accuracy."""
+    table = Table()
+    for column in ("task", "dataset", "layers", "multiplier", "n", "score", "accuracy"):
+        table.add_column(column, justify="right" if column in ("multiplier", "n") else "left")
+    for row in rows:
+        table.add_row(
+            row["task"], str(row["dataset"]), str(row["layers"] or "-"), f"{row['multiplier']:g}",
+            str(row["n"]), f"{row['score']:.3f} ± {row['score_se']:.3f}", f"{row['correct']:.3f}",
+        )
+    console.print(table)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user prompt (the chat template is applied).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    vector: Annotated[Optional[Path], typer.Option("--vector", "-v", help="Steering vector file.")] = None,
+    multiplier: Annotated[float, typer.Option(help="Steering multiplier.")] = 1.0,
+    positions: Annotated[str, typer.Option(help="all, prompt or generated.")] = "all",
+    norm_ratio: Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 80,
+    compare: Annotated[bool, typer.Option(help="Also print the unsteered reply.")] = True,
+) -> None:
+    """Generate a reply (greedy), steered when a vector is given."""
+    from contextlib import nullcontext
+
+    from steerlab.generation import generate as run_generate
+    from steerlab.vectors import SteeringVector
+
+    steering = SteeringVector.load(vector) if vector else None
+    handle = _load(model)
+    if steering is not None and compare:
+        console.print("[bold]unsteered[/bold]")
+        console.print(run_generate(handle, [prompt], max_new_tokens, progress=False)[0])
+        console.print(f"[bold]steered ×{multiplier:g}[/bold]")
+    context = (
+        steering.apply(handle, multiplier, positions=positions, norm_ratio=norm_ratio)
+        if steering else nullcontext()
+    )
+    with context:
+        console.print(run_generate(handle, [prompt], max_new_tokens, progress=False)[0])
+
+
+@vector_app.command("info")
+def vector_info(path: Annotated[Path, typer.Argument(help="A .safetensors steering vector.")]) -> None:
+    """Show a vector's layers, norms and metadata."""
+    from steerlab.vectors import SteeringVector
+
+    try:
+        vector = SteeringVector.load(path)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    table = Table(title=f"{path} (id {vector.id})")
+    table.add_column("layer", justify="right")
+    table.add_column("norm", justify="right")
+    table.add_column("residual norm", justify="right")
+    for layer, norm in vector.norms().items():
+        residual = vector.meta.residual_norms.get(layer)
+        table.add_row(str(layer), f"{norm:.4g}", f"{residual:.4g}" if residual else "-")
+    console.print(table)
+    console.print_json(vector.meta.model_dump_json())
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for records, vector and report.")] = Path("demo_out"),
+    model: ModelOpt = DEFAULT_MODEL,
+    behaviour: Annotated[str, typer.Option(help="Bundled behaviour: sycophancy or refusal.")] = "refusal",
+    layer: Annotated[Optional[int], typer.Option(help="Layer to steer (default: the demo's choice).")] = None,
+    multipliers: Annotated[Optional[str], typer.Option(help="Comma-separated multipliers.")] = None,
+) -> None:
+    """Train a CAA vector on a bundled behaviour, sweep multipliers, compare generations, report."""
+    from steerlab.demo import DemoConfig, run_demo
+
+    config = DemoConfig(model=model, behaviour=behaviour, out_dir=out)
+    if layer is not None:
+        config.layer = layer
+    if multipliers:
+        config.multipliers = parse_floats(multipliers)
+    run_demo(config, console)
+
+
+if __name__ == "__main__":
+    app()

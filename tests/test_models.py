@@ -1,0 +1,61 @@
+import pytest
+import torch
+from tiny import CONFIGS, tiny_model
+
+from steerlab.models import ModelLoadError, find_decoder_layers, load_model
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_decoder_layers_found_across_architectures(family):
+    model = tiny_model(family)
+    assert model.n_layers == 4 and model.d_model == 32
+    assert type(model.layers[0]).__name__.endswith(("DecoderLayer", "Block", "Layer"))
+    # The discovered modules are the ones the forward pass actually runs, in order.
+    seen = []
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: seen.append(i)) for i, layer in enumerate(model.layers)]
+    with torch.no_grad():
+        model.model(torch.tensor([[1, 2, 3]]))
+    for hook in hooks:
+        hook.remove()
+    assert seen == [0, 1, 2, 3]
+
+
+def test_no_layer_stack_is_a_clear_error():
+    class NotADecoder(torch.nn.Module):
+        config = CONFIGS["llama"]()
+
+    with pytest.raises(ValueError, match="no list of 4 decoder layers"):
+        find_decoder_layers(NotADecoder())
+
+
+def test_fingerprint_depends_on_architecture_not_weights():
+    assert tiny_model("llama", seed=0).fingerprint == tiny_model("llama", seed=1).fingerprint
+    assert tiny_model("llama").fingerprint != tiny_model("mistral").fingerprint
+
+
+def test_chat_and_plain_prompt_formats():
+    chat, plain = tiny_model(chat=True), tiny_model(chat=False)
+    assert chat.format_prompt("Hi") == "<|user|>Hi\n<|assistant|>"
+    assert chat.format_prompt("Hi", system="Be brief") == "<|system|>Be brief\n<|user|>Hi\n<|assistant|>"
+    assert plain.format_prompt("Hi") == "Question: Hi\nAnswer:"
+
+
+def test_load_from_local_directory(tmp_path):
+    model = tiny_model("gpt2")
+    model.model.save_pretrained(tmp_path)
+    model.tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path))
+    assert loaded.n_layers == 4 and loaded.fingerprint == model.fingerprint
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, model.model(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_specs_fail_with_clear_messages(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="GGUF file not found"):
+        load_model(str(tmp_path / "missing.gguf"))
+    with pytest.raises(ModelLoadError, match="without config.json"):
+        load_model(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="'someone/not-here'.*hub is not reachable"):
+        load_model("someone/not-here")
