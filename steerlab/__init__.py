@@ -1,25 +1,46 @@
-"""steerlab: train, apply and honestly evaluate steering vectors for Hugging Face language models."""
+"""steerlab: train, apply and honestly evaluate steering vectors for Hugging Face language models.
+
+The public names below load lazily, so ``import steerlab`` (and ``steerlab --help``) stays fast
+until a model or tensor is actually needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from steerlab.data import MCItem, PreferencePair, load_mc, load_pairs, nested_subsets, split  # noqa: E402
-from steerlab.methods import train_caa  # noqa: E402
-from steerlab.models import ModelHandle, load_model, wrap_model  # noqa: E402
-from steerlab.steering import Steering  # noqa: E402
-from steerlab.vectors import SteeringVector  # noqa: E402
+_EXPORTS = {
+    "MCItem": "steerlab.data",
+    "PreferencePair": "steerlab.data",
+    "load_mc": "steerlab.data",
+    "load_pairs": "steerlab.data",
+    "nested_subsets": "steerlab.data",
+    "split": "steerlab.data",
+    "evaluate_ab": "steerlab.evaluation",
+    "evaluate_mc": "steerlab.evaluation",
+    "generate": "steerlab.generation",
+    "train_caa": "steerlab.methods",
+    "ModelHandle": "steerlab.models",
+    "load_model": "steerlab.models",
+    "wrap_model": "steerlab.models",
+    "Steering": "steerlab.steering",
+    "SteeringVector": "steerlab.vectors",
+}
+__all__ = ["__version__", *_EXPORTS]
 
-__all__ = [
-    "MCItem",
-    "ModelHandle",
-    "PreferencePair",
-    "Steering",
-    "SteeringVector",
-    "__version__",
-    "load_mc",
-    "load_model",
-    "load_pairs",
-    "nested_subsets",
-    "split",
-    "train_caa",
-    "wrap_model",
-]
+if TYPE_CHECKING:
+    from steerlab.data import MCItem, PreferencePair, load_mc, load_pairs, nested_subsets, split
+    from steerlab.evaluation import evaluate_ab, evaluate_mc
+    from steerlab.generation import generate
+    from steerlab.methods import train_caa
+    from steerlab.models import ModelHandle, load_model, wrap_model
+    from steerlab.steering import Steering
+    from steerlab.vectors import SteeringVector
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'steerlab' has no attribute {name!r}")

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from steerlab.models import BUILTIN_MODELS, DEFAULT_MODEL
+from steerlab.catalog import BUILTIN_MODELS, DEFAULT_MODEL
 
 app = typer.Typer(
     help="Train, apply and honestly evaluate steering vectors for Hugging Face language models.",
@@ -46,7 +46,7 @@ def parse_ints(text: str) -> list[int]:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=1)
 
 
@@ -67,7 +67,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .safetensors vector.")],
     method: Annotated[str, typer.Option(help="Training method (caa).")] = "caa",
     model: ModelOpt = DEFAULT_MODEL,
-    split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this.")] = "train",
+    split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this (bundled sets: train/test).")] = None,
     batch_size: BatchOpt = 8,
 ) -> None:
     """Train a steering vector from preference pairs and save it."""
@@ -97,7 +97,7 @@ def evaluate(
     multipliers: Annotated[str, typer.Option(help="Comma-separated multipliers.")] = "0",
     layers: Annotated[Optional[str], typer.Option(help="Apply at these layers (default: the vector's).")] = None,
     norm_ratio: Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this (bundled sets: train/test).")] = None,
     batch_size: BatchOpt = 8,
 ) -> None:
     """Score multiple-choice or A/B items by likelihood, per multiplier; print a table."""

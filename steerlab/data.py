@@ -87,6 +87,15 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, row
 
 
+def _in_split(row: dict[str, Any], split: str | None, where: str) -> bool:
+    """Whether a row belongs to the requested split (all rows when none is requested)."""
+    if split is None:
+        return True
+    if "split" not in row:
+        raise DataError(f"{where}: split '{split}' requested but the row has no 'split' field")
+    return row["split"] == split
+
+
 def _text(row: dict[str, Any], key: str, where: str) -> str:
     value = row.get(key)
     if value is None:
@@ -113,7 +122,7 @@ def load_pairs(path: str | Path, split: str | None = None) -> list[PreferencePai
     pairs = []
     for number, row in _rows(path):
         where = f"{path}:{number}"
-        if split is not None and row.get("split") != split:
+        if not _in_split(row, split, where):
             continue
         row_id = str(row.get("id") or f"{path.stem}-{number}")
         if "answer_matching_behavior" in row:
@@ -139,7 +148,7 @@ def load_mc(path: str | Path, split: str | None = None) -> list[MCItem]:
     items = []
     for number, row in _rows(path):
         where = f"{path}:{number}"
-        if split is not None and row.get("split") != split:
+        if not _in_split(row, split, where):
             continue
         question = _text(row, "question", where)
         if "choices" in row:

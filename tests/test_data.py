@@ -72,6 +72,9 @@ def test_missing_file_and_split_filter(tmp_path):
         {"prompt": "b", "chosen": "x", "rejected": "y", "split": "test"},
     ])
     assert [p.prompt for p in load_pairs(path, split="test")] == ["b"]
+    unsplit = write(tmp_path / "u.jsonl", [{"prompt": "a", "chosen": "x", "rejected": "y"}])
+    with pytest.raises(DataError, match=r"u\.jsonl:1: split 'test' requested but the row has no 'split'"):
+        load_pairs(unsplit, split="test")
 
 
 def test_split_is_seeded_and_disjoint():

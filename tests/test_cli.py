@@ -1,0 +1,88 @@
+import json
+
+import pytest
+from tiny import tiny_model
+from typer.testing import CliRunner
+
+from steerlab.cli import app
+from steerlab.vectors import SteeringVector
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model = tiny_model("llama")
+    model.model.save_pretrained(path)
+    model.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture()
+def pairs_file(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [
+        {"question": f"Question {i}?\n(A) yes\n(B) no", "answer_matching_behavior": "(A)" if i % 2 else "(B)",
+         "answer_not_matching_behavior": "(B)" if i % 2 else "(A)", "split": "train" if i < 6 else "test"}
+        for i in range(8)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["generate"], ["vector", "info"], ["demo"]])
+def test_every_command_has_help(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_train_eval_generate_info_round_trip(model_dir, pairs_file, tmp_path):
+    vector_path = tmp_path / "v.safetensors"
+    result = invoke("train", "--model", model_dir, "--data", pairs_file, "--layer", "1,2", "--out", vector_path, "--split", "train")
+    assert result.exit_code == 0, result.output
+    vector = SteeringVector.load(vector_path)
+    assert vector.layers == [1, 2] and vector.meta.n_examples == 6
+
+    records = tmp_path / "records.jsonl"
+    result = invoke("eval", "--model", model_dir, "--data", pairs_file, "--split", "test",
+                    "--vector", vector_path, "--multipliers", "-1,0,1", "--out", records)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in records.read_text().splitlines()]
+    assert len(lines) == 6 and {r["multiplier"] for r in lines} == {-1.0, 0.0, 1.0}
+    assert "ab" in result.output
+
+    result = invoke("generate", "--model", model_dir, "--vector", vector_path, "--multiplier", "2",
+                    "--max-new-tokens", "5", "Hello")
+    assert result.exit_code == 0 and "unsteered" in result.output and "steered ×2" in result.output
+
+    result = invoke("vector", "info", vector_path)
+    assert result.exit_code == 0 and vector.id in result.output and '"method": "caa"' in result.output
+
+
+def test_eval_multiple_choice_file(model_dir, tmp_path):
+    path = tmp_path / "mc.jsonl"
+    path.write_text(json.dumps({"question": "2+2?", "choices": ["4", "5"], "answer": 0}) + "\n")
+    result = invoke("eval", "--model", model_dir, "--data", path, "--out", tmp_path / "r.jsonl")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.jsonl").read_text())["task"] == "mc"
+
+
+def test_bad_input_gives_clear_errors(model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": "a"}\n')
+    result = invoke("train", "--model", model_dir, "--data", bad, "--layer", "1", "--out", tmp_path / "v.safetensors")
+    assert result.exit_code == 1 and "bad.jsonl:1: field 'rejected' is missing" in result.output.replace("\n", "")
+    result = invoke("train", "--model", model_dir, "--data", bad, "--layer", "1", "--out", tmp_path / "v.safetensors", "--split", "train")
+    assert result.exit_code == 1 and "split 'train' requested but the row has no 'split' field" in result.output.replace("\n", "")
+    result = invoke("eval", "--model", model_dir, "--data", bad, "--multipliers", "1,x", "--out", tmp_path / "r.jsonl")
+    assert result.exit_code != 0
+    result = invoke("vector", "info", tmp_path / "nothing.safetensors")
+    assert result.exit_code == 1 and "not found" in result.output
+    result = invoke("train", "--model", str(tmp_path / "none.gguf"), "--data", "sycophancy", "--layer", "1", "--out", tmp_path / "v.safetensors")
+    assert result.exit_code == 1 and "GGUF file not found" in result.output

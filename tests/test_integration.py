@@ -1,0 +1,57 @@
+"""A few checks on the real default model (SmolLM2-135M-Instruct). Marked; still run by make test."""
+
+import pytest
+import torch
+
+from steerlab import load_model, train_caa
+from steerlab.data import bundled_path, load_pairs
+from steerlab.evaluation import evaluate_ab
+from steerlab.generation import generate_tokens
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def refusal_vector(smol):
+    pairs = load_pairs(bundled_path("refusal"), split="train")[:16]
+    return train_caa(smol, pairs, [14], progress=False)
+
+
+def test_default_model_shape_and_template(smol):
+    assert (smol.n_layers, smol.d_model) == (30, 576)
+    assert smol.has_chat_template
+    assert smol.format_prompt("Hi").endswith("<|im_start|>assistant\n")
+
+
+def test_zero_multiplier_and_removal_on_real_model(smol, refusal_vector):
+    ids = smol.tokenizer(["Tell me a story about a dragon."], return_tensors="pt")
+    with torch.no_grad():
+        base = smol.model(**ids).logits
+        with refusal_vector.apply(smol, 0.0):
+            assert torch.equal(smol.model(**ids).logits, base)
+        with refusal_vector.apply(smol, 4.0, norm_ratio=0.05):
+            assert not torch.allclose(smol.model(**ids).logits, base)
+        assert torch.equal(smol.model(**ids).logits, base)
+
+
+def test_batched_steered_generation_matches_single_on_real_model(smol, refusal_vector):
+    prompts = ["How do I pick a lock?", "Write one sentence about the sea, please, in a calm voice."]
+    with refusal_vector.apply(smol, 3.0, norm_ratio=0.05):
+        batched = generate_tokens(smol, prompts, 16, batch_size=2, progress=False)
+        single = [generate_tokens(smol, [p], 16, progress=False)[0] for p in prompts]
+    assert batched == single
+    assert batched != generate_tokens(smol, prompts, 16, batch_size=2, progress=False)
+
+
+def test_ab_evaluation_on_real_model(smol, refusal_vector):
+    test = load_pairs(bundled_path("refusal"), split="test")[:6]
+    records = evaluate_ab(smol, test, vector=refusal_vector, multipliers=[-2, 0, 2],
+                          norm_ratio=0.05, progress=False)
+    assert len(records) == 18
+    assert all(0.0 <= r["score"] <= 1.0 for r in records)
+    assert records[0]["prompt"].startswith("<|im_start|>system")
