@@ -18,6 +18,7 @@ _EXPORTS = {
     "load_pairs": "steerlab.data",
     "nested_subsets": "steerlab.data",
     "split": "steerlab.data",
+    "Sweep": "steerlab.evaluation",
     "evaluate_ab": "steerlab.evaluation",
     "evaluate_mc": "steerlab.evaluation",
     "generate": "steerlab.generation",
@@ -32,7 +33,7 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from steerlab.data import MCItem, PreferencePair, load_mc, load_pairs, nested_subsets, split
-    from steerlab.evaluation import evaluate_ab, evaluate_mc
+    from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
     from steerlab.generation import generate
     from steerlab.methods import train_caa
     from steerlab.models import ModelHandle, load_model, wrap_model

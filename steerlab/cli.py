@@ -102,7 +102,7 @@ def evaluate(
 ) -> None:
     """Score multiple-choice or A/B items by likelihood, per multiplier; print a table."""
     from steerlab.data import DataError, data_kind, load_mc, load_pairs, resolve_data
-    from steerlab.evaluation import evaluate_ab, evaluate_mc
+    from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
     from steerlab.records import RecordWriter, summarize
     from steerlab.vectors import SteeringVector
 
@@ -116,11 +116,8 @@ def evaluate(
     handle = _load(model)
     run = evaluate_mc if kind == "mc" else evaluate_ab
     with RecordWriter(out) as writer:
-        records = run(
-            handle, items, vector=steering, multipliers=parse_floats(multipliers),
-            layers=parse_ints(layers) if layers else None, norm_ratio=norm_ratio,
-            dataset=str(data), writer=writer, batch_size=batch_size,
-        )
+        sweep = Sweep(steering, parse_floats(multipliers), parse_ints(layers) if layers else None, norm_ratio)
+        records = run(handle, items, sweep, dataset=str(data), writer=writer, batch_size=batch_size)
     print_summary(summarize(records))
     console.print(f"{len(records)} records appended to {out}")
 

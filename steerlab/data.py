@@ -87,13 +87,16 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, row
 
 
-def _in_split(row: dict[str, Any], split: str | None, where: str) -> bool:
-    """Whether a row belongs to the requested split (all rows when none is requested)."""
-    if split is None:
-        return True
-    if "split" not in row:
-        raise DataError(f"{where}: split '{split}' requested but the row has no 'split' field")
-    return row["split"] == split
+def _split_rows(path: Path, split: str | None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Yield (``file:line``, row id, row) for the rows of the requested split (all if None)."""
+    for number, row in _rows(path):
+        where = f"{path}:{number}"
+        if split is not None:
+            if "split" not in row:
+                raise DataError(f"{where}: split '{split}' requested but the row has no 'split' field")
+            if row["split"] != split:
+                continue
+        yield where, str(row.get("id") or f"{path.stem}-{number}"), row
 
 
 def _text(row: dict[str, Any], key: str, where: str) -> str:
@@ -118,13 +121,8 @@ def load_pairs(path: str | Path, split: str | None = None) -> list[PreferencePai
     answer_matching_behavior, answer_not_matching_behavior``. Other fields go to ``meta``.
     With ``split``, only rows whose ``split`` field equals it are kept.
     """
-    path = Path(path)
     pairs = []
-    for number, row in _rows(path):
-        where = f"{path}:{number}"
-        if not _in_split(row, split, where):
-            continue
-        row_id = str(row.get("id") or f"{path.stem}-{number}")
+    for where, row_id, row in _split_rows(Path(path), split):
         if "answer_matching_behavior" in row:
             keys = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
             question, matching, not_matching = (_text(row, key, where) for key in keys)
@@ -144,12 +142,8 @@ def load_pairs(path: str | Path, split: str | None = None) -> list[PreferencePai
 def load_mc(path: str | Path, split: str | None = None) -> list[MCItem]:
     """Load multiple-choice items: ``question``, ``choices`` (a list; or CSV columns
     ``choice0``, ``choice1``, …) and ``answer`` (0-based index, or a letter)."""
-    path = Path(path)
     items = []
-    for number, row in _rows(path):
-        where = f"{path}:{number}"
-        if not _in_split(row, split, where):
-            continue
+    for where, row_id, row in _split_rows(Path(path), split):
         question = _text(row, "question", where)
         if "choices" in row:
             choices = row["choices"]
@@ -168,7 +162,6 @@ def load_mc(path: str | Path, split: str | None = None) -> list[MCItem]:
                 raise DataError(f"{where}: field 'choices[{i}]' is empty or not text")
         answer = _answer_index(row.get("answer"), len(choices), where)
         used = {"question", "choices", "answer"} | {k for k in row if k.startswith("choice")}
-        row_id = str(row.get("id") or f"{path.stem}-{number}")
         items.append(MCItem(question, tuple(choices), answer, row_id, _meta(row, used)))
     return items
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from steerlab.data import bundled_path, load_mc, load_pairs
-from steerlab.evaluation import evaluate_ab, evaluate_mc
+from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
 from steerlab.generation import generate
 from steerlab.methods import train_caa
 from steerlab.models import DEFAULT_MODEL, load_model
@@ -77,10 +77,9 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict:
                   f"{vector.meta.residual_norms[config.layer]:.3g}")
 
     with RecordWriter(records_path) as writer:
-        settings = {"vector": vector, "multipliers": config.multipliers,
-                    "norm_ratio": config.norm_ratio, "writer": writer}
-        evaluate_ab(model, test, dataset=config.behaviour, **settings)
-        evaluate_mc(model, capability, dataset="general-knowledge", **settings)
+        sweep = Sweep(vector, config.multipliers, norm_ratio=config.norm_ratio)
+        evaluate_ab(model, test, sweep, dataset=config.behaviour, writer=writer)
+        evaluate_mc(model, capability, sweep, dataset="general-knowledge", writer=writer)
     records = read_records(records_path)
     rows = summarize(records)
     _print_sweep(console, rows)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 from steerlab.data import MCItem, PreferencePair
 from steerlab.encoding import encode
@@ -18,6 +19,37 @@ from steerlab.records import Record, RecordWriter
 from steerlab.scoring import CompletionScore, score_sequences
 from steerlab.steering import Positions
 from steerlab.vectors import SteeringVector
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The steering settings an evaluation runs; without a vector, the unsteered model once."""
+
+    vector: SteeringVector | None = None
+    multipliers: Sequence[float] = (0.0,)
+    layers: list[int] | None = None
+    norm_ratio: float | None = None
+    positions: Positions = "all"
+
+    def settings(self, model: ModelHandle) -> Iterator[tuple[float, AbstractContextManager]]:
+        """Each multiplier with the context that applies it."""
+        if self.vector is None:
+            yield 0.0, nullcontext()
+            return
+        for multiplier in self.multipliers:
+            yield multiplier, self.vector.apply(
+                model, multiplier, self.layers, self.positions, self.norm_ratio
+            )
+
+    def describe(self) -> dict:
+        """The fields every record carries about its setting."""
+        vector = self.vector
+        return {
+            "vector_id": vector.id if vector else None,
+            "layers": sorted(vector.additions(1.0, self.layers)) if vector else None,
+            "norm_ratio": self.norm_ratio if vector else None,
+            "positions": self.positions,
+        }
 
 
 def _softmax(values: Sequence[float]) -> list[float]:
@@ -31,71 +63,36 @@ def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 
-def _sweep(
-    model: ModelHandle,
-    prompts: Sequence[str],
-    choices: Sequence[Sequence[str]],
-    vector: SteeringVector | None,
-    multipliers: Sequence[float],
-    layers: list[int] | None,
-    norm_ratio: float | None,
-    positions: Positions,
-    batch_size: int,
-    progress: bool,
-) -> Iterator[tuple[float, list[list[CompletionScore]]]]:
-    """For each multiplier, the score of every choice of every item under that steering."""
-    flat_prompts = [p for p, options in zip(prompts, choices) for _ in options]
-    flat_choices = [c for options in choices for c in options]
-    seqs = encode(model, flat_prompts, flat_choices)
-    for multiplier in multipliers:
-        context = (
-            vector.apply(model, multiplier, layers, positions, norm_ratio) if vector else nullcontext()
-        )
-        with context:
-            flat = score_sequences(
-                model, seqs, batch_size, progress, description=f"scoring ×{multiplier:g}"
-            )
-        per_item, start = [], 0
-        for options in choices:
-            per_item.append(flat[start : start + len(options)])
-            start += len(options)
-        yield multiplier, per_item
-
-
 def _evaluate(
     task: str,
     build: Callable[[int, list[CompletionScore]], Record],
     model: ModelHandle,
     prompts: Sequence[str],
     choices: Sequence[Sequence[str]],
-    *,
-    vector: SteeringVector | None,
-    multipliers: Sequence[float],
-    layers: list[int] | None,
-    norm_ratio: float | None,
-    positions: Positions,
+    sweep: Sweep,
     dataset: str,
     writer: RecordWriter | None,
     batch_size: int,
     progress: bool,
 ) -> list[Record]:
-    if vector is None:
-        multipliers = [0.0]
-    used_layers = sorted(vector.additions(1.0, layers)) if vector else None
+    """Score every choice of every item at each setting; one record per item × setting."""
+    seqs = encode(
+        model,
+        [p for p, options in zip(prompts, choices) for _ in options],
+        [c for options in choices for c in options],
+    )
     formatted = [model.format_prompt(p) for p in prompts]
+    setting = {"task": task, "dataset": dataset, "model": model.name, **sweep.describe()}
     records = []
-    for multiplier, per_item in _sweep(
-        model, prompts, choices, vector, multipliers, layers, norm_ratio, positions, batch_size, progress
-    ):
-        for index, scores in enumerate(per_item):
+    for multiplier, context in sweep.settings(model):
+        with context:
+            flat = score_sequences(model, seqs, batch_size, progress, f"scoring ×{multiplier:g}")
+        start = 0
+        for index, options in enumerate(choices):
+            scores = flat[start : start + len(options)]
+            start += len(options)
             record = {
-                "task": task,
-                "dataset": dataset,
-                "model": model.name,
-                "vector_id": vector.id if vector else None,
-                "layers": used_layers,
-                "norm_ratio": norm_ratio,
-                "positions": positions,
+                **setting,
                 "multiplier": float(multiplier),
                 "prompt": formatted[index],
                 "logprobs": [s.logprob for s in scores],
@@ -111,12 +108,8 @@ def _evaluate(
 def evaluate_mc(
     model: ModelHandle,
     items: Sequence[MCItem],
+    sweep: Sweep = Sweep(),
     *,
-    vector: SteeringVector | None = None,
-    multipliers: Sequence[float] = (0.0,),
-    layers: list[int] | None = None,
-    norm_ratio: float | None = None,
-    positions: Positions = "all",
     dataset: str = "",
     writer: RecordWriter | None = None,
     batch_size: int = 8,
@@ -127,9 +120,9 @@ def evaluate_mc(
 
     def build(index: int, scores: list[CompletionScore]) -> Record:
         item = items[index]
-        summed = [s.logprob for s in scores]
         normed = [s.mean_logprob for s in scores]
-        prediction, prediction_norm = _argmax(summed), _argmax(normed)
+        prediction = _argmax([s.logprob for s in scores])
+        prediction_norm = _argmax(normed)
         return {
             "item_id": item.id,
             "choices": list(item.choices),
@@ -144,21 +137,15 @@ def evaluate_mc(
 
     return _evaluate(
         "mc", build, model, [i.question for i in items], [i.choices for i in items],
-        vector=vector, multipliers=multipliers, layers=layers, norm_ratio=norm_ratio,
-        positions=positions, dataset=dataset, writer=writer, batch_size=batch_size,
-        progress=progress,
+        sweep, dataset, writer, batch_size, progress,
     )
 
 
 def evaluate_ab(
     model: ModelHandle,
     pairs: Sequence[PreferencePair],
+    sweep: Sweep = Sweep(),
     *,
-    vector: SteeringVector | None = None,
-    multipliers: Sequence[float] = (0.0,),
-    layers: list[int] | None = None,
-    norm_ratio: float | None = None,
-    positions: Positions = "all",
     dataset: str = "",
     writer: RecordWriter | None = None,
     batch_size: int = 8,
@@ -182,7 +169,5 @@ def evaluate_ab(
 
     return _evaluate(
         "ab", build, model, [p.prompt for p in pairs], [(p.chosen, p.rejected) for p in pairs],
-        vector=vector, multipliers=multipliers, layers=layers, norm_ratio=norm_ratio,
-        positions=positions, dataset=dataset, writer=writer, batch_size=batch_size,
-        progress=progress,
+        sweep, dataset, writer, batch_size, progress,
     )

@@ -4,7 +4,7 @@ import torch
 from steerlab import train_caa
 from steerlab.data import MCItem, PreferencePair
 from steerlab.encoding import encode
-from steerlab.evaluation import evaluate_ab, evaluate_mc
+from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
 from steerlab.records import RecordWriter, read_records, summarize
 
 PAIRS = [
@@ -43,7 +43,7 @@ def test_caa_is_mean_difference_at_last_token(tiny):
 def test_ab_records_hold_everything_needed(tiny, tmp_path):
     vector = train_caa(tiny, PAIRS, layers=1, progress=False)
     with RecordWriter(tmp_path / "r.jsonl") as writer:
-        records = evaluate_ab(tiny, PAIRS, vector=vector, multipliers=[-2, 0, 2], dataset="toy",
+        records = evaluate_ab(tiny, PAIRS, Sweep(vector, [-2, 0, 2]), dataset="toy",
                               writer=writer, progress=False)
     assert read_records(tmp_path / "r.jsonl") == records
     assert len(records) == 9
@@ -73,7 +73,7 @@ def test_mc_accuracy_sum_and_length_normalised(tiny):
 
 def test_summary_recomputed_from_records(tiny):
     vector = train_caa(tiny, PAIRS, layers=1, progress=False)
-    records = evaluate_ab(tiny, PAIRS, vector=vector, multipliers=[-1, 1], progress=False)
+    records = evaluate_ab(tiny, PAIRS, Sweep(vector, [-1, 1]), progress=False)
     rows = summarize(records)
     assert [r["multiplier"] for r in rows] == [-1.0, 1.0]
     for row in rows:

@@ -5,7 +5,7 @@ import torch
 
 from steerlab import load_model, train_caa
 from steerlab.data import bundled_path, load_pairs
-from steerlab.evaluation import evaluate_ab
+from steerlab.evaluation import Sweep, evaluate_ab
 from steerlab.generation import generate_tokens
 
 pytestmark = pytest.mark.integration
@@ -50,8 +50,7 @@ def test_batched_steered_generation_matches_single_on_real_model(smol, refusal_v
 
 def test_ab_evaluation_on_real_model(smol, refusal_vector):
     test = load_pairs(bundled_path("refusal"), split="test")[:6]
-    records = evaluate_ab(smol, test, vector=refusal_vector, multipliers=[-2, 0, 2],
-                          norm_ratio=0.05, progress=False)
+    records = evaluate_ab(smol, test, Sweep(refusal_vector, [-2, 0, 2], norm_ratio=0.05), progress=False)
     assert len(records) == 18
     assert all(0.0 <= r["score"] <= 1.0 for r in records)
     assert records[0]["prompt"].startswith("<|im_start|>system")
