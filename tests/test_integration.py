@@ -6,7 +6,8 @@ import torch
 from steerlab import load_model, train_caa
 from steerlab.data import bundled_path, load_pairs
 from steerlab.evaluation import Sweep, evaluate_ab
-from steerlab.generation import generate, generate_tokens
+from steerlab.generation import generate_tokens
+from steerlab.scoring import score_completions
 
 pytestmark = pytest.mark.integration
 
@@ -61,5 +62,6 @@ def test_gemma3_builtin_loads_with_plain_template():
     assert (gemma.n_layers, gemma.d_model) == (18, 640)
     assert not gemma.has_chat_template
     assert gemma.format_prompt("Hi") == "Question: Hi\nAnswer:"
-    (text,) = generate(gemma, ["The capital of France is"], 8, format_prompts=False, progress=False)
-    assert "Paris" in text
+    question = "What is the capital of France?"
+    paris, london = score_completions(gemma, [question] * 2, ["Paris", "London"], progress=False)
+    assert paris.logprob > london.logprob + 1.0
