@@ -71,13 +71,13 @@ def train(
     batch_size: BatchOpt = 8,
 ) -> None:
     """Train a steering vector from preference pairs and save it."""
-    from steerlab.data import DataError, load_pairs, resolve_data
+    from steerlab.data import DataError, load_pairs
     from steerlab.methods import train_caa
 
     if method != "caa":
         _fail(f"unknown method {method!r}; available: caa")
     try:
-        pairs = load_pairs(resolve_data(data), split=split)
+        pairs = load_pairs(data, split=split)
     except (DataError, FileNotFoundError) as err:
         _fail(str(err))
     if not pairs:
@@ -101,15 +101,14 @@ def evaluate(
     batch_size: BatchOpt = 8,
 ) -> None:
     """Score multiple-choice or A/B items by likelihood, per multiplier; print a table."""
-    from steerlab.data import DataError, data_kind, load_mc, load_pairs, resolve_data
+    from steerlab.data import DataError, data_kind, load_mc, load_pairs
     from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
     from steerlab.records import RecordWriter, summarize
     from steerlab.vectors import SteeringVector
 
-    path = resolve_data(data)
     try:
-        kind = data_kind(path)
-        items = load_mc(path, split) if kind == "mc" else load_pairs(path, split)
+        kind = data_kind(data)
+        items = load_mc(data, split) if kind == "mc" else load_pairs(data, split)
     except (DataError, FileNotFoundError) as err:
         _fail(str(err))
     steering = SteeringVector.load(vector) if vector else None

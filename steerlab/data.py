@@ -115,14 +115,14 @@ def _meta(row: dict[str, Any], used: set[str]) -> dict[str, Any]:
 
 
 def load_pairs(path: str | Path, split: str | None = None) -> list[PreferencePair]:
-    """Load preference pairs from JSONL or CSV.
+    """Load preference pairs from a JSONL or CSV file, or a bundled dataset by name.
 
     Accepted rows: ``prompt, chosen, rejected`` or the A/B form ``question,
     answer_matching_behavior, answer_not_matching_behavior``. Other fields go to ``meta``.
     With ``split``, only rows whose ``split`` field equals it are kept.
     """
     pairs = []
-    for where, row_id, row in _split_rows(Path(path), split):
+    for where, row_id, row in _split_rows(resolve_data(path), split):
         if "answer_matching_behavior" in row:
             keys = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
             question, matching, not_matching = (_text(row, key, where) for key in keys)
@@ -140,10 +140,10 @@ def load_pairs(path: str | Path, split: str | None = None) -> list[PreferencePai
 
 
 def load_mc(path: str | Path, split: str | None = None) -> list[MCItem]:
-    """Load multiple-choice items: ``question``, ``choices`` (a list; or CSV columns
+    """Load multiple-choice items (file or bundled name): ``question``, ``choices`` (a list; or CSV columns
     ``choice0``, ``choice1``, …) and ``answer`` (0-based index, or a letter)."""
     items = []
-    for where, row_id, row in _split_rows(Path(path), split):
+    for where, row_id, row in _split_rows(resolve_data(path), split):
         question = _text(row, "question", where)
         if "choices" in row:
             choices = row["choices"]
@@ -222,8 +222,9 @@ def resolve_data(spec: str | Path) -> Path:
     return bundled_path(str(spec)) if str(spec) in BUNDLED else Path(spec)
 
 
-def data_kind(path: Path) -> str:
-    """``"mc"`` for multiple-choice files (a ``choices`` or ``choice0`` field), else ``"pairs"``."""
+def data_kind(path: str | Path) -> str:
+    """``"mc"`` for multiple-choice data (a ``choices`` or ``choice0`` field), else ``"pairs"``."""
+    path = resolve_data(path)
     for _, row in _rows(path):
         return "mc" if "choices" in row or "choice0" in row else "pairs"
     raise DataError(f"{path}: no rows")

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from steerlab.data import bundled_path, load_mc, load_pairs
+from steerlab.data import load_mc, load_pairs
 from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
 from steerlab.generation import generate
 from steerlab.methods import train_caa
@@ -66,9 +66,9 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict:
         model = load_model(config.model)
     console.print(f"model: {model.n_layers} layers, d_model {model.d_model}")
 
-    path = bundled_path(config.behaviour)
-    train, test = load_pairs(path, split="train"), load_pairs(path, split="test")
-    capability = load_mc(bundled_path("general-knowledge"))
+    train = load_pairs(config.behaviour, split="train")
+    test = load_pairs(config.behaviour, split="test")
+    capability = load_mc("general-knowledge")
     console.print(f"data: {len(train)} training pairs, {len(test)} held-out A/B items, "
                   f"{len(capability)} general-knowledge questions")
 

@@ -29,6 +29,17 @@ def test_default_model_shape_and_template(smol):
     assert smol.format_prompt("Hi").endswith("<|im_start|>assistant\n")
 
 
+def test_gguf_path_loads_the_same_model(smol):
+    from steerlab.catalog import BUILTIN_MODELS
+
+    path = BUILTIN_MODELS["smollm2-135m-instruct"].gguf_path()
+    by_path = load_model(str(path))
+    assert by_path.fingerprint == smol.fingerprint
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(by_path.model(ids).logits, smol.model(ids).logits)
+
+
 def test_zero_multiplier_and_removal_on_real_model(smol, refusal_vector):
     ids = smol.tokenizer(["Tell me a story about a dragon."], return_tensors="pt")
     with torch.no_grad():
