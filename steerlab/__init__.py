@@ -22,7 +22,9 @@ _EXPORTS = {
     "evaluate_ab": "steerlab.evaluation",
     "evaluate_mc": "steerlab.evaluation",
     "generate": "steerlab.generation",
+    "train_bipo": "steerlab.methods",
     "train_caa": "steerlab.methods",
+    "train_dpo": "steerlab.methods",
     "ModelHandle": "steerlab.models",
     "load_model": "steerlab.models",
     "wrap_model": "steerlab.models",
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from steerlab.data import MCItem, PreferencePair, load_mc, load_pairs, nested_subsets, split
     from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
     from steerlab.generation import generate
-    from steerlab.methods import train_caa
+    from steerlab.methods import train_bipo, train_caa, train_dpo
     from steerlab.models import ModelHandle, load_model, wrap_model
     from steerlab.steering import Steering
     from steerlab.vectors import SteeringVector

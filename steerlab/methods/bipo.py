@@ -1,0 +1,382 @@
+"""BiPO (Cao et al. 2024) and DPO steering-vector training.
+
+For a pair (q, r_T, r_O) and a direction Δ ∈ {−1, +1} drawn per batch (always +1 for DPO):
+
+    loss = −log σ( Δβ[log π(r_T | A_L(q)+Δv) − log π(r_T | A_L(q))]
+                 − Δβ[log π(r_O | A_L(q)+Δv) − log π(r_O | A_L(q))] )
+
+v is added to the output of decoder layer L at every prompt and completion position; log π sums
+over completion tokens. AdamW trains v alone.
+
+Two engines compute the same loss. ``"fast"`` runs layers 0..L once per pair (caching layer L's
+output) and the reference log-probabilities once, then each step runs and back-propagates only
+layers L+1.. and the head on completion positions. ``"naive"`` runs full forward passes every
+step and recomputes the reference, for equivalence tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from steerlab.data import PreferencePair
+from steerlab.encoding import Batch, TokenSequence, collate, encode
+from steerlab.evaluation import Sweep, evaluate_ab
+from steerlab.methods.upper import upper_stack
+from steerlab.models import ModelHandle
+from steerlab.progress import track
+from steerlab.scoring import completion_logits, token_logprobs
+from steerlab.steering import _hidden, _with_hidden, capture_layer_outputs
+from steerlab.vectors import SteeringVector, data_hash, meta_for
+
+Direction = Literal["bi", "forward"]
+Engine = Literal["fast", "naive"]
+Callback = Callable[[dict[str, Any]], None]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and batch."""
+
+
+@dataclass
+class TrainingHistory:
+    """What happened during training: one entry per step and per epoch."""
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    engine: str = "fast"
+    cache_bytes: int = 0
+
+
+def bipo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    direction: float,
+    beta: float,
+) -> torch.Tensor:
+    """Mean BiPO loss over a batch of summed completion log-probabilities (TRL's DPO form)."""
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    return -F.logsigmoid(direction * beta * margin).mean()
+
+
+@dataclass
+class _Encoded:
+    """A pair's two sequences (chosen, rejected) and, for the fast engine, their cached parts."""
+
+    pair_id: str
+    chosen: TokenSequence
+    rejected: TokenSequence
+    ref: tuple[float, float] | None = None
+    hidden: tuple[torch.Tensor, torch.Tensor] | None = None  # layer-L outputs, (T, D) each
+
+
+def _pair_batch(model: ModelHandle, items: Sequence[_Encoded]) -> Batch:
+    """Chosen sequences first, then rejected, in one left-padded batch."""
+    seqs = [e.chosen for e in items] + [e.rejected for e in items]
+    return collate(seqs, model.tokenizer.pad_token_id, model.device)
+
+
+def _stack_hidden(items: Sequence[_Encoded], batch: Batch, model: ModelHandle) -> torch.Tensor:
+    """Left-pad the cached layer-L outputs to the batch's width (zeros under padding)."""
+    tensors = [e.hidden[0] for e in items] + [e.hidden[1] for e in items]
+    width = batch.input_ids.shape[1]
+    out = torch.zeros(len(tensors), width, model.d_model, dtype=tensors[0].dtype)
+    for row, tensor in enumerate(tensors):
+        out[row, width - tensor.shape[0] :] = tensor
+    return out.to(model.device)
+
+
+def _summed_logprobs(model: ModelHandle, batch: Batch) -> torch.Tensor:
+    return token_logprobs(completion_logits(model, batch), batch).sum(dim=-1)
+
+
+class _Engine:
+    """Computes policy (and reference) log-probabilities of a batch of pairs for a vector."""
+
+    def __init__(self, model: ModelHandle, layer: int) -> None:
+        self.model, self.layer = model, layer
+
+    def prepare(self, items: Sequence[_Encoded], batch_size: int, progress: bool) -> int:
+        """Precompute what the engine reuses; return the bytes it keeps."""
+        return 0
+
+    def logprobs(
+        self, items: Sequence[_Encoded], delta: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class _NaiveEngine(_Engine):
+    """Full forward passes with a hook adding ``delta`` at layer L; reference recomputed."""
+
+    def logprobs(self, items, delta):
+        batch = _pair_batch(self.model, items)
+        n = len(items)
+        with torch.no_grad():
+            ref = _summed_logprobs(self.model, batch)
+
+        def add(module, args, output):
+            return _with_hidden(output, _hidden(output) + delta.to(_hidden(output).dtype))
+
+        hook = self.model.layers[self.layer].register_forward_hook(add)
+        try:
+            policy = _summed_logprobs(self.model, batch)
+        finally:
+            hook.remove()
+        return policy[:n], policy[n:], ref[:n], ref[n:]
+
+
+class _FastEngine(_Engine):
+    """Layer-L outputs and reference log-probabilities computed once; upper layers per step."""
+
+    def prepare(self, items, batch_size, progress):
+        total = 0
+        starts = range(0, len(items), batch_size)
+        for start in track(starts, len(starts), "caching lower layers", progress):
+            chunk = items[start : start + batch_size]
+            batch = _pair_batch(self.model, chunk)
+            with torch.no_grad(), capture_layer_outputs(self.model.layers, [self.layer]) as seen:
+                ref = _summed_logprobs(self.model, batch)
+            hidden = seen[self.layer].float().cpu()
+            n = len(chunk)
+            for row, item in enumerate(chunk):
+                lengths = (len(item.chosen.ids), len(item.rejected.ids))
+                item.ref = (float(ref[row]), float(ref[n + row]))
+                item.hidden = (
+                    hidden[row, hidden.shape[1] - lengths[0] :].clone(),
+                    hidden[n + row, hidden.shape[1] - lengths[1] :].clone(),
+                )
+                total += sum(h.numel() * h.element_size() for h in item.hidden)
+        return total
+
+    def logprobs(self, items, delta):
+        batch = _pair_batch(self.model, items)
+        cached = _stack_hidden(items, batch, self.model).to(self.model.dtype)
+        with upper_stack(self.model.layers, self.layer) as injection:
+            injection.value = cached + delta.to(cached.dtype)
+            policy = _summed_logprobs(self.model, batch)
+        n = len(items)
+        ref = torch.tensor([e.ref for e in items], device=policy.device, dtype=policy.dtype)
+        return policy[:n], policy[n:], ref[:, 0], ref[:, 1]
+
+
+def estimate_cache_bytes(seqs_tokens: int, d_model: int) -> int:
+    """Bytes the fast engine keeps: one float32 layer output per token of every sequence."""
+    return seqs_tokens * d_model * 4
+
+
+def _batches(items: list[_Encoded], batch_size: int, rng: random.Random) -> list[list[_Encoded]]:
+    """Shuffle, then sort by length inside windows of 16 batches: little padding, still random."""
+    order = items[:]
+    rng.shuffle(order)
+    window = batch_size * 16
+    out = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda e: len(e.chosen.ids) + len(e.rejected.ids))
+        out += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+def _save_atomic(vector: SteeringVector, path: Path) -> None:
+    """Write next to ``path`` and rename, so an interruption never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    vector.save(tmp)
+    tmp.replace(path)
+
+
+def train_bipo(
+    model: ModelHandle,
+    pairs: Sequence[PreferencePair],
+    layer: int,
+    *,
+    beta: float = 0.1,
+    lr: float = 5e-4,
+    batch_size: int = 8,
+    epochs: int = 5,
+    weight_decay: float = 0.0,
+    direction: Direction = "bi",
+    seed: int = 0,
+    val_pairs: Sequence[PreferencePair] | None = None,
+    patience: int | None = None,
+    norm_ratio: float | None = None,
+    engine: Engine = "fast",
+    max_cache_bytes: int = 4 << 30,
+    checkpoint: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+    history: TrainingHistory | None = None,
+) -> SteeringVector:
+    """Train a steering vector at ``layer`` with the BiPO loss (``direction="forward"``: DPO).
+
+    With ``val_pairs``, each epoch is scored (validation loss; behaviour score at multipliers
+    ±1) and the best epoch's vector is returned; ``patience`` stops after that many epochs
+    without improvement. ``checkpoint`` is rewritten after every epoch with the vector kept so
+    far, so an interruption loses at most the running epoch. ``norm_ratio`` rescales the result
+    to that fraction of the layer's mean residual norm on the training data. Pass a
+    :class:`TrainingHistory` to receive per-step and per-epoch logs.
+    """
+    if not pairs:
+        raise ValueError("train_bipo needs at least one preference pair")
+    if direction not in ("bi", "forward"):
+        raise ValueError(f"direction must be 'bi' or 'forward', got {direction!r}")
+    if not 0 <= layer < model.n_layers:
+        raise ValueError(f"layer {layer} out of range: the model has {model.n_layers} layers")
+    history = history if history is not None else TrainingHistory()
+    method = "bipo" if direction == "bi" else "dpo"
+
+    items = _encode_pairs(model, pairs)
+    tokens = sum(len(e.chosen.ids) + len(e.rejected.ids) for e in items)
+    if engine == "fast" and estimate_cache_bytes(tokens, model.d_model) > max_cache_bytes:
+        warnings.warn(
+            f"the layer-{layer} cache would take {estimate_cache_bytes(tokens, model.d_model) / 2**30:.1f} "
+            f"GiB (limit {max_cache_bytes / 2**30:.1f} GiB): falling back to the naive engine",
+            stacklevel=2,
+        )
+        engine = "naive"
+    runner = (_FastEngine if engine == "fast" else _NaiveEngine)(model, layer)
+    history.engine = engine
+    history.cache_bytes = runner.prepare(items, batch_size, progress)
+    residual_norm = _mean_norm(items) if engine == "fast" else _measure_norm(model, items, layer, batch_size)
+
+    generator = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    vector = torch.zeros(model.d_model, dtype=torch.float32, requires_grad=True)
+    optimizer = torch.optim.AdamW([vector], lr=lr, weight_decay=weight_decay)
+
+    def make_vector(tensor: torch.Tensor, epoch: int) -> SteeringVector:
+        v = tensor.detach().clone()
+        if norm_ratio is not None:
+            v = v * (norm_ratio * residual_norm / v.norm().clamp_min(1e-12))
+        meta = meta_for(
+            model, method,
+            hyperparams={"beta": beta, "lr": lr, "batch_size": batch_size, "epochs": epochs,
+                         "weight_decay": weight_decay, "direction": direction, "seed": seed,
+                         "norm_ratio": norm_ratio, "patience": patience},
+            data_hash=data_hash(list(pairs)), n_examples=len(pairs),
+            residual_norms={layer: residual_norm}, extra={"epoch": epoch},
+        )
+        return SteeringVector({layer: v}, meta)
+
+    best: tuple[float, SteeringVector] | None = None
+    stale = 0
+    step = 0
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    for epoch in range(1, epochs + 1):
+        epoch_batches = _batches(items, batch_size, rng)
+        losses = []
+        bar = track(enumerate(epoch_batches), len(epoch_batches), f"{method} epoch {epoch}/{epochs}", progress)
+        for number, chunk in bar:
+            sign = 1.0 if direction == "forward" else (1.0 if torch.rand(1, generator=generator) < 0.5 else -1.0)
+            pc, pr, rc, rr = runner.logprobs(chunk, sign * vector)
+            loss = bipo_loss(pc, pr, rc, rr, sign, beta)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{method} loss is {loss.item()} at step {step + 1} (epoch {epoch}, batch "
+                    f"{number + 1} of {len(epoch_batches)}; pairs {[e.pair_id for e in chunk]})"
+                )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            record = {"step": step, "epoch": epoch, "batch": number + 1, "loss": loss.item(),
+                      "direction": sign, "norm": float(vector.detach().norm())}
+            history.steps.append(record)
+            losses.append(record["loss"])
+            for callback in callbacks:
+                callback(record)
+        current = make_vector(vector, epoch)
+        summary: dict[str, Any] = {"epoch": epoch, "train_loss": sum(losses) / len(losses),
+                                   "norm": float(vector.detach().norm())}
+        if val_pairs:
+            summary.update(_validate(model, val_pairs, current, direction, beta, batch_size))
+        history.epochs.append(summary)
+        for callback in callbacks:
+            callback(summary)
+        score = summary.get("val_loss", -epoch)  # without validation the latest epoch wins
+        if best is None or score < best[0]:
+            best, stale = (score, current), 0
+            history.best_epoch = epoch
+        else:
+            stale += 1
+        if checkpoint is not None:
+            _save_atomic(best[1], checkpoint)
+        if patience is not None and val_pairs and stale >= patience:
+            break
+    return best[1]
+
+
+def _encode_pairs(model: ModelHandle, pairs: Sequence[PreferencePair]) -> list[_Encoded]:
+    prompts = [p.prompt for p in pairs]
+    chosen = encode(model, prompts, [p.chosen for p in pairs])
+    rejected = encode(model, prompts, [p.rejected for p in pairs])
+    for index, (c, r) in enumerate(zip(chosen, rejected)):
+        if c.n_completion == 0 or r.n_completion == 0:
+            raise ValueError(f"pair {pairs[index].id or index}: empty completion after tokenisation")
+    return [_Encoded(p.id or str(i), c, r) for i, (p, c, r) in enumerate(zip(pairs, chosen, rejected))]
+
+
+def _mean_norm(items: Sequence[_Encoded]) -> float:
+    """Mean L2 norm of the cached layer outputs over every token."""
+    total, count = 0.0, 0
+    for item in items:
+        for hidden in item.hidden:
+            total += float(hidden.norm(dim=-1).sum())
+            count += hidden.shape[0]
+    return total / count
+
+
+def _measure_norm(model: ModelHandle, items: Sequence[_Encoded], layer: int, batch_size: int) -> float:
+    from steerlab.activations import read_layers
+
+    seqs = [e.chosen for e in items] + [e.rejected for e in items]
+    return read_layers(model, seqs, [layer], batch_size, progress=False).mean_norm[layer]
+
+
+@torch.no_grad()
+def _validate(
+    model: ModelHandle,
+    val_pairs: Sequence[PreferencePair],
+    vector: SteeringVector,
+    direction: Direction,
+    beta: float,
+    batch_size: int,
+) -> dict[str, float]:
+    """Validation loss (mean over the directions trained) and behaviour scores at ×±1."""
+    items = _encode_pairs(model, val_pairs)
+    (layer,) = vector.layers
+    v = vector.directions[layer]
+    signs = (1.0,) if direction == "forward" else (1.0, -1.0)
+    naive = _NaiveEngine(model, layer)
+    total, count = 0.0, 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        for sign in signs:
+            pc, pr, rc, rr = naive.logprobs(chunk, sign * v)
+            total += bipo_loss(pc, pr, rc, rr, sign, beta).item() * len(chunk)
+            count += len(chunk)
+    records = evaluate_ab(model, val_pairs, Sweep(vector, [-1.0, 1.0]), batch_size=batch_size, progress=False)
+    score = {m: [r["score"] for r in records if r["multiplier"] == m] for m in (-1.0, 1.0)}
+    return {
+        "val_loss": total / count,
+        "val_score_minus": sum(score[-1.0]) / len(score[-1.0]),
+        "val_score_plus": sum(score[1.0]) / len(score[1.0]),
+    }
+
+
+def train_dpo(model: ModelHandle, pairs: Sequence[PreferencePair], layer: int, **kwargs: Any) -> SteeringVector:
+    """DPO on the vector: BiPO with the direction fixed to +1."""
+    return train_bipo(model, pairs, layer, direction="forward", **kwargs)
+
+
+__all__ = ["TrainingDiverged", "TrainingHistory", "bipo_loss", "train_bipo", "train_dpo"]
