@@ -60,30 +60,76 @@ def _load(model: str):
         _fail(str(err))
 
 
+METHODS = ("caa", "bipo", "dpo")
+
+
 @app.command()
 def train(
     data: Annotated[str, typer.Option("--data", "-d", help="Pairs file (.jsonl/.csv) or bundled dataset name.")],
-    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer index, or several: 10,12,14.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .safetensors vector.")],
-    method: Annotated[str, typer.Option(help="Training method (caa).")] = "caa",
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer index (CAA also takes several: 10,12,14).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Vector file (.safetensors); a directory with --subset-sizes.")],
+    method: Annotated[str, typer.Option(help="caa, bipo or dpo (BiPO with the direction fixed to +1).")] = "caa",
     model: ModelOpt = DEFAULT_MODEL,
     split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this (bundled sets: train/test).")] = None,
     batch_size: BatchOpt = 8,
+    beta: Annotated[float, typer.Option(help="BiPO/DPO: inverse temperature of the preference loss.")] = 0.1,
+    lr: Annotated[float, typer.Option(help="BiPO/DPO: AdamW learning rate.")] = 5e-4,
+    epochs: Annotated[int, typer.Option(help="BiPO/DPO: passes over the pairs.")] = 5,
+    weight_decay: Annotated[float, typer.Option(help="BiPO/DPO: AdamW weight decay.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="BiPO/DPO: seed for batches and directions.")] = 0,
+    val_data: Annotated[Optional[str], typer.Option(help="BiPO/DPO: validation pairs (file or bundled name).")] = None,
+    val_split: Annotated[Optional[str], typer.Option(help="Split of --val-data to use.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="BiPO/DPO: stop after this many epochs without validation gain.")] = None,
+    norm_ratio: Annotated[Optional[float], typer.Option(help="BiPO/DPO: rescale the result to this fraction of the residual norm.")] = None,
+    engine: Annotated[str, typer.Option(help="BiPO/DPO: fast (cached lower layers) or naive.")] = "fast",
+    subset_sizes: Annotated[Optional[str], typer.Option(help="Train one vector per nested subset size, e.g. 1,2,4,8.")] = None,
+    seeds: Annotated[int, typer.Option(help="With --subset-sizes: seeds 0..N-1 per size.")] = 1,
 ) -> None:
-    """Train a steering vector from preference pairs and save it."""
-    from steerlab.data import DataError, load_pairs
-    from steerlab.methods import train_caa
+    """Train a steering vector from preference pairs and save it.
 
-    if method != "caa":
-        _fail(f"unknown method {method!r}; available: caa")
+    BiPO/DPO rewrite --out after every epoch, so Ctrl-C keeps the last completed epoch's vector.
+    """
+    from steerlab.data import DataError, load_pairs
+    from steerlab.methods import TrainingHistory, train_bipo, train_caa
+    from steerlab.methods.subsets import train_on_subsets
+
+    if method not in METHODS:
+        _fail(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    layers = parse_ints(layer)
+    if method != "caa" and len(layers) != 1:
+        _fail(f"{method} trains one layer at a time; got --layer {layer}")
     try:
         pairs = load_pairs(data, split=split)
+        val_pairs = load_pairs(val_data, split=val_split) if val_data else None
     except (DataError, FileNotFoundError) as err:
         _fail(str(err))
     if not pairs:
         _fail(f"no pairs in {data}" + (f" with split '{split}'" if split else ""))
     handle = _load(model)
-    vector = train_caa(handle, pairs, parse_ints(layer), batch_size=batch_size)
+
+    def run(subset: list, run_seed: int, checkpoint: Path | None = None):
+        if method == "caa":
+            return train_caa(handle, subset, layers, batch_size=batch_size)
+        history = TrainingHistory()
+        vector = train_bipo(
+            handle, subset, layers[0], beta=beta, lr=lr, batch_size=batch_size, epochs=epochs,
+            weight_decay=weight_decay, direction="bi" if method == "bipo" else "forward",
+            seed=run_seed, val_pairs=val_pairs, patience=patience, norm_ratio=norm_ratio,
+            engine=engine, checkpoint=checkpoint, history=history,
+        )
+        for entry in history.epochs:
+            console.print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
+        return vector
+
+    try:
+        if subset_sizes:
+            paths = train_on_subsets(run, pairs, parse_ints(subset_sizes), range(seeds), out, name=method)
+            console.print(f"{len(paths)} vectors in {out}")
+            return
+        vector = run(pairs, seed, checkpoint=out)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: the last completed epoch's vector (if any) is in {out}")
+        raise typer.Exit(code=130) from None
     vector.save(out)
     console.print(f"saved {vector} to {out}")
 

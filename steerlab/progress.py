@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
@@ -17,17 +18,30 @@ def enabled(requested: bool = True) -> bool:
     return requested and os.environ.get("STEERLAB_PROGRESS", "1") != "0"
 
 
-def track(items: Iterable[T], total: int, description: str, show: bool = True) -> Iterator[T]:
-    """Iterate ``items`` with a progress bar of ``total`` steps (no bar when not shown)."""
+@contextmanager
+def bar(total: int, description: str, show: bool = True) -> Iterator[Callable[[str], None]]:
+    """A progress bar of ``total`` steps; yields ``advance(info="")``, which steps it and shows
+    ``info`` (e.g. the running loss) beside it. Drawn only where someone watches a terminal."""
     console = Console(stderr=True)
-    if not enabled(show) or not console.is_terminal:  # bars only where someone watches them
-        yield from items
+    if not enabled(show) or not console.is_terminal:
+        yield lambda info="": None
         return
     columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
     )
-    with Progress(*columns, transient=True, console=console) as bar:
-        task = bar.add_task(description, total=total)
+    with Progress(*columns, transient=True, console=console) as progress:
+        task = progress.add_task(description, total=total, info="")
+
+        def advance(info: str = "") -> None:
+            progress.update(task, advance=1, info=info)
+
+        yield advance
+
+
+def track(items: Iterable[T], total: int, description: str, show: bool = True) -> Iterator[T]:
+    """Iterate ``items`` with a progress bar of ``total`` steps."""
+    with bar(total, description, show) as advance:
         for item in items:
             yield item
-            bar.advance(task)
+            advance()

@@ -223,11 +223,17 @@ class SteeringVector:
     # ---- persistence ------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write the vector as safetensors with its metadata as JSON in the header."""
+        """Write the vector as safetensors with its metadata as JSON in the header.
+
+        Written beside ``path`` and renamed into place, so an interruption never leaves half a
+        file (training checkpoints rely on this).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"layer.{layer}": v for layer, v in self.directions.items()}
-        save_file(tensors, str(path), metadata={_META_KEY: self.meta.model_dump_json()})
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata={_META_KEY: self.meta.model_dump_json()})
+        tmp.replace(path)
         return path
 
     @classmethod

@@ -86,3 +86,32 @@ def test_bad_input_gives_clear_errors(model_dir, tmp_path):
     assert result.exit_code == 1 and "not found" in result.output
     result = invoke("train", "--model", str(tmp_path / "none.gguf"), "--data", "sycophancy", "--layer", "1", "--out", tmp_path / "v.safetensors")
     assert result.exit_code == 1 and "GGUF file not found" in result.output
+
+
+@pytest.mark.parametrize("method", ["bipo", "dpo"])
+def test_train_preference_methods(model_dir, pairs_file, tmp_path, method):
+    out = tmp_path / "v.safetensors"
+    result = invoke("train", "--method", method, "--model", model_dir, "--data", pairs_file, "--split", "train",
+                    "--layer", "1", "--epochs", "2", "--batch-size", "2", "--val-data", pairs_file,
+                    "--val-split", "test", "--out", out)
+    assert result.exit_code == 0, result.output
+    vector = SteeringVector.load(out)
+    assert vector.meta.method == method and vector.meta.hyperparams["epochs"] == 2
+    assert "val_loss" in result.output
+
+
+def test_train_subsets_and_seeds(model_dir, pairs_file, tmp_path):
+    out = tmp_path / "subsets"
+    result = invoke("train", "--method", "bipo", "--model", model_dir, "--data", pairs_file, "--layer", "1",
+                    "--epochs", "1", "--subset-sizes", "1,2,4", "--seeds", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in out.glob("*.safetensors"))
+    assert files == sorted(f"bipo-n{n}-seed{s}.safetensors" for n in (1, 2, 4) for s in (0, 1))
+    meta = SteeringVector.load(out / "bipo-n2-seed1.safetensors").meta
+    assert (meta.extra["subset_size"], meta.extra["subset_seed"], meta.n_examples) == (2, 1, 2)
+
+
+def test_train_rejects_several_layers_for_bipo(model_dir, pairs_file, tmp_path):
+    result = invoke("train", "--method", "bipo", "--model", model_dir, "--data", pairs_file, "--layer", "1,2",
+                    "--out", tmp_path / "v.safetensors")
+    assert result.exit_code == 1 and "one layer at a time" in result.output

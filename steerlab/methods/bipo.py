@@ -31,7 +31,7 @@ from steerlab.encoding import Batch, TokenSequence, collate, encode
 from steerlab.evaluation import Sweep, evaluate_ab
 from steerlab.methods.upper import upper_stack
 from steerlab.models import ModelHandle
-from steerlab.progress import track
+from steerlab.progress import bar, track
 from steerlab.scoring import completion_logits, token_logprobs
 from steerlab.steering import _hidden, _with_hidden, capture_layer_outputs
 from steerlab.vectors import SteeringVector, data_hash, meta_for
@@ -188,13 +188,6 @@ def _batches(items: list[_Encoded], batch_size: int, rng: random.Random) -> list
     return out
 
 
-def _save_atomic(vector: SteeringVector, path: Path) -> None:
-    """Write next to ``path`` and rename, so an interruption never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    vector.save(tmp)
-    tmp.replace(path)
-
-
 def train_bipo(
     model: ModelHandle,
     pairs: Sequence[PreferencePair],
@@ -275,26 +268,27 @@ def train_bipo(
     for epoch in range(1, epochs + 1):
         epoch_batches = _batches(items, batch_size, rng)
         losses = []
-        bar = track(enumerate(epoch_batches), len(epoch_batches), f"{method} epoch {epoch}/{epochs}", progress)
-        for number, chunk in bar:
-            sign = 1.0 if direction == "forward" else (1.0 if torch.rand(1, generator=generator) < 0.5 else -1.0)
-            pc, pr, rc, rr = runner.logprobs(chunk, sign * vector)
-            loss = bipo_loss(pc, pr, rc, rr, sign, beta)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"{method} loss is {loss.item()} at step {step + 1} (epoch {epoch}, batch "
-                    f"{number + 1} of {len(epoch_batches)}; pairs {[e.pair_id for e in chunk]})"
-                )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            record = {"step": step, "epoch": epoch, "batch": number + 1, "loss": loss.item(),
-                      "direction": sign, "norm": float(vector.detach().norm())}
-            history.steps.append(record)
-            losses.append(record["loss"])
-            for callback in callbacks:
-                callback(record)
+        with bar(len(epoch_batches), f"{method} epoch {epoch}/{epochs}", progress) as advance:
+            for number, chunk in enumerate(epoch_batches):
+                sign = 1.0 if direction == "forward" else float(torch.randint(2, (1,), generator=generator)) * 2 - 1
+                pc, pr, rc, rr = runner.logprobs(chunk, sign * vector)
+                loss = bipo_loss(pc, pr, rc, rr, sign, beta)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"{method} loss is {loss.item()} at step {step + 1} (epoch {epoch}, batch "
+                        f"{number + 1} of {len(epoch_batches)}; pairs {[e.pair_id for e in chunk]})"
+                    )
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+                record = {"step": step, "epoch": epoch, "batch": number + 1, "loss": loss.item(),
+                          "direction": sign, "norm": float(vector.detach().norm())}
+                history.steps.append(record)
+                losses.append(record["loss"])
+                advance(f"loss {record['loss']:.4f}  |v| {record['norm']:.3g}")
+                for callback in callbacks:
+                    callback(record)
         current = make_vector(vector, epoch)
         summary: dict[str, Any] = {"epoch": epoch, "train_loss": sum(losses) / len(losses),
                                    "norm": float(vector.detach().norm())}
@@ -310,7 +304,7 @@ def train_bipo(
         else:
             stale += 1
         if checkpoint is not None:
-            _save_atomic(best[1], checkpoint)
+            best[1].save(checkpoint)
         if patience is not None and val_pairs and stale >= patience:
             break
     return best[1]
