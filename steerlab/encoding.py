@@ -107,3 +107,98 @@ def batches(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         yield chunk, collate([seqs[i] for i in chunk], pad_id, device)
+
+
+@dataclass
+class PairBatch:
+    """Pairs packed as one sequence each: prompt, then chosen, then rejected completion.
+
+    The rejected tokens see the prompt but not the chosen ones, and their positions restart
+    after the prompt, so each completion is scored exactly as if alone — while the prompt, the
+    bulk of the tokens, is run once instead of twice. Rows are left-padded; ``attention_mask``
+    is the additive 4D mask (B, 1, T, T) that HF models take as given.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    lengths: torch.Tensor
+    keep: int
+    chosen_at: torch.Tensor  # (B, C) window index of the logits predicting each chosen token
+    chosen_ids: torch.Tensor
+    chosen_mask: torch.Tensor
+    rejected_at: torch.Tensor
+    rejected_ids: torch.Tensor
+    rejected_mask: torch.Tensor
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "position_ids": self.position_ids}
+
+    def summed_logprobs(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probabilities of chosen and rejected completions from the window logits."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        rows = torch.arange(logp.shape[0], device=logp.device)[:, None]
+
+        def total(at: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return (logp[rows, at, ids] * mask).sum(dim=-1)
+
+        return (total(self.chosen_at, self.chosen_ids, self.chosen_mask),
+                total(self.rejected_at, self.rejected_ids, self.rejected_mask))
+
+
+def pack_pairs(
+    pairs: Sequence[tuple[TokenSequence, TokenSequence]],
+    pad_id: int,
+    dtype: torch.dtype,
+    device: torch.device | None = None,
+) -> PairBatch:
+    """Pack (chosen, rejected) sequences that share their prompt into a :class:`PairBatch`."""
+    rows = []
+    for chosen, rejected in pairs:
+        p = chosen.prompt_len
+        if chosen.ids[:p] != rejected.ids[: rejected.prompt_len]:
+            raise ValueError("packed pairs must share the same prompt tokens")
+        rows.append((chosen.ids[:p], chosen.ids[p:], rejected.ids[p:]))
+    width = max(len(p) + len(c) + len(r) for p, c, r in rows)
+    keep = max(len(c) + len(r) for _, c, r in rows) + 1
+    n_c = max(len(c) for _, c, _ in rows)
+    n_r = max(len(r) for _, _, r in rows)
+    batch = len(rows)
+    ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    positions = torch.zeros((batch, width), dtype=torch.long)
+    allowed = torch.zeros((batch, width, width), dtype=torch.bool)
+    chosen_at = torch.zeros((batch, n_c), dtype=torch.long)
+    chosen_ids = torch.zeros((batch, n_c), dtype=torch.long)
+    chosen_mask = torch.zeros((batch, n_c))
+    rejected_at = torch.zeros((batch, n_r), dtype=torch.long)
+    rejected_ids = torch.zeros((batch, n_r), dtype=torch.long)
+    rejected_mask = torch.zeros((batch, n_r))
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    for row, (p, c, r) in enumerate(rows):
+        n = len(p) + len(c) + len(r)
+        start = width - n
+        ids[row, start:] = torch.tensor(p + c + r)
+        positions[row, start:] = torch.tensor(
+            list(range(len(p) + len(c))) + list(range(len(p), len(p) + len(r)))
+        )
+        block = causal[:n, :n].clone()
+        block[len(p) + len(c) :, len(p) : len(p) + len(c)] = False  # rejected never sees chosen
+        allowed[row, start:, start:] = block
+        allowed[row, range(start), range(start)] = True  # padding attends to itself: no empty rows
+        offset = keep - (len(c) + len(r) + 1)  # window index of the last prompt token
+        chosen_at[row, : len(c)] = offset + torch.arange(len(c))
+        chosen_ids[row, : len(c)] = torch.tensor(c)
+        chosen_mask[row, : len(c)] = 1
+        rejected_at[row, : len(r)] = torch.tensor([offset] + [offset + len(c) + k for k in range(1, len(r))])
+        rejected_ids[row, : len(r)] = torch.tensor(r)
+        rejected_mask[row, : len(r)] = 1
+    mask = torch.zeros((batch, 1, width, width), dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    lengths = torch.tensor([len(p) + len(c) + len(r) for p, c, r in rows])
+    tensors = [ids, positions, mask, lengths]
+    extra = [chosen_at, chosen_ids, chosen_mask, rejected_at, rejected_ids, rejected_mask]
+    if device is not None:
+        tensors = [t.to(device) for t in tensors]
+        extra = [t.to(device) for t in extra]
+    return PairBatch(*tensors, keep, *extra)

@@ -38,15 +38,17 @@ def token_logprobs(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     return picked * batch.completion_mask()[:, first:]
 
 
-def completion_logits(model: ModelHandle, batch: Batch) -> torch.Tensor:
-    """Logits at the last ``max_completion + 1`` positions: all that completion scores need.
-
-    Models that accept ``logits_to_keep`` skip the vocabulary projection everywhere else.
-    """
-    keep = batch.max_completion + 1
+def window_logits(model: ModelHandle, inputs: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
+    """Logits of the last ``keep`` positions only; models that accept ``logits_to_keep`` skip
+    the vocabulary projection everywhere else."""
     if "logits_to_keep" in inspect.signature(model.model.forward).parameters:
-        return model.model(**batch.model_inputs(), use_cache=False, logits_to_keep=keep).logits
-    return model.model(**batch.model_inputs(), use_cache=False).logits[:, -keep:]
+        return model.model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    return model.model(**inputs, use_cache=False).logits[:, -keep:]
+
+
+def completion_logits(model: ModelHandle, batch: Batch) -> torch.Tensor:
+    """Logits at the last ``max_completion + 1`` positions: all that completion scores need."""
+    return window_logits(model, batch.model_inputs(), batch.max_completion + 1)
 
 
 @torch.no_grad()

@@ -46,8 +46,14 @@ def reference_loss(model, pairs, v, sign, beta):
     return torch.stack(terms).mean()
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
-@pytest.mark.parametrize("engine_cls", [_FastEngine, _NaiveEngine])
+def unpacked_fast(model, layer):
+    engine = _FastEngine(model, layer)
+    engine.packed = False
+    return engine
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2", "gpt_neox"])
+@pytest.mark.parametrize("engine_cls", [_FastEngine, unpacked_fast, _NaiveEngine])
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_engine_loss_and_gradient_match_straightforward_computation(family, engine_cls, sign):
     model = tiny_model(family)
@@ -58,7 +64,7 @@ def test_engine_loss_and_gradient_match_straightforward_computation(family, engi
 
     items = _encode_pairs(model, PAIRS)
     engine = engine_cls(model, LAYER)
-    engine.prepare(items, batch_size=2, progress=False)
+    engine.prepare(items, batch_size=4, progress=False)
     v = v_ref.detach().clone().requires_grad_()
     loss = bipo_loss(*engine.logprobs(items, sign * v), sign, 0.7)  # all prompt lengths in one batch
     loss.backward()
@@ -153,3 +159,18 @@ def test_bad_arguments(tiny):
         train_bipo(tiny, PAIRS, LAYER, direction="sideways")
     with pytest.raises(ValueError, match="layer 9 out of range"):
         train_bipo(tiny, PAIRS, 9)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3", "phi3", "gpt2", "gpt_neox"])
+def test_packed_pairs_score_like_separate_sequences(family):
+    from steerlab.encoding import pack_pairs
+    from steerlab.scoring import score_sequences, window_logits
+
+    model = tiny_model(family)
+    items = _encode_pairs(model, PAIRS)
+    batch = pack_pairs([(e.chosen, e.rejected) for e in items], model.tokenizer.pad_token_id, model.dtype)
+    with torch.no_grad():
+        chosen, rejected = batch.summed_logprobs(window_logits(model, batch.model_inputs(), batch.keep))
+    expected = score_sequences(model, [e.chosen for e in items] + [e.rejected for e in items], progress=False)
+    got = chosen.tolist() + rejected.tolist()
+    assert got == pytest.approx([s.logprob for s in expected], abs=1e-4)

@@ -17,6 +17,7 @@ step and recomputes the reference, for equivalence tests and the benchmark.
 from __future__ import annotations
 
 import random
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from steerlab.data import PreferencePair
-from steerlab.encoding import Batch, TokenSequence, collate, encode
+from steerlab.encoding import TokenSequence, collate, encode, pack_pairs
 from steerlab.evaluation import Sweep, evaluate_ab
 from steerlab.methods.upper import upper_stack
 from steerlab.models import ModelHandle
 from steerlab.progress import bar, track
-from steerlab.scoring import completion_logits, token_logprobs
+from steerlab.scoring import token_logprobs, window_logits
 from steerlab.steering import _hidden, _with_hidden, capture_layer_outputs
 from steerlab.vectors import SteeringVector, data_hash, meta_for
 
@@ -54,6 +55,7 @@ class TrainingHistory:
     best_epoch: int | None = None
     engine: str = "fast"
     cache_bytes: int = 0
+    prepare_seconds: float = 0.0
 
 
 def bipo_loss(
@@ -77,31 +79,52 @@ class _Encoded:
     chosen: TokenSequence
     rejected: TokenSequence
     ref: tuple[float, float] | None = None
-    hidden: tuple[torch.Tensor, torch.Tensor] | None = None  # layer-L outputs, (T, D) each
+    hidden: list[torch.Tensor] = field(default_factory=list)  # layer-L output per model row, (T, D)
 
 
-def _pair_batch(model: ModelHandle, items: Sequence[_Encoded]) -> Batch:
-    """Chosen sequences first, then rejected, in one left-padded batch."""
+@dataclass
+class _Rows:
+    """A chunk of pairs laid out as model rows, and how to read both completions' scores."""
+
+    inputs: dict[str, torch.Tensor]
+    keep: int
+    width: int
+    scores: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+    def hidden_rows(self, items: Sequence[_Encoded], packed: bool) -> list[torch.Tensor]:
+        """Cached layer outputs in row order: one per pair packed, else chosen then rejected."""
+        if packed:
+            return [e.hidden[0] for e in items]
+        return [e.hidden[0] for e in items] + [e.hidden[1] for e in items]
+
+
+def _rows(model: ModelHandle, items: Sequence[_Encoded], packed: bool) -> _Rows:
+    """Packed: one row per pair sharing the prompt; unpacked: chosen rows then rejected rows."""
+    if packed:
+        pairs = [(e.chosen, e.rejected) for e in items]
+        batch = pack_pairs(pairs, model.tokenizer.pad_token_id, model.dtype, model.device)
+        return _Rows(batch.model_inputs(), batch.keep, batch.input_ids.shape[1], batch.summed_logprobs)
     seqs = [e.chosen for e in items] + [e.rejected for e in items]
-    return collate(seqs, model.tokenizer.pad_token_id, model.device)
+    batch = collate(seqs, model.tokenizer.pad_token_id, model.device)
+    n = len(items)
+
+    def scores(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        summed = token_logprobs(logits, batch).sum(dim=-1)
+        return summed[:n], summed[n:]
+
+    return _Rows(batch.model_inputs(), batch.max_completion + 1, batch.input_ids.shape[1], scores)
 
 
-def _stack_hidden(items: Sequence[_Encoded], batch: Batch, model: ModelHandle) -> torch.Tensor:
-    """Left-pad the cached layer-L outputs to the batch's width (zeros under padding)."""
-    tensors = [e.hidden[0] for e in items] + [e.hidden[1] for e in items]
-    width = batch.input_ids.shape[1]
-    out = torch.zeros(len(tensors), width, model.d_model, dtype=tensors[0].dtype)
+def _left_pad(tensors: Sequence[torch.Tensor], width: int, model: ModelHandle) -> torch.Tensor:
+    """Stack (T_i, D) tensors into (B, width, D), right-aligned, zeros under padding."""
+    out = torch.zeros(len(tensors), width, model.d_model, dtype=model.dtype)
     for row, tensor in enumerate(tensors):
         out[row, width - tensor.shape[0] :] = tensor
     return out.to(model.device)
 
 
-def _summed_logprobs(model: ModelHandle, batch: Batch) -> torch.Tensor:
-    return token_logprobs(completion_logits(model, batch), batch).sum(dim=-1)
-
-
 class _Engine:
-    """Computes policy (and reference) log-probabilities of a batch of pairs for a vector."""
+    """Computes policy and reference log-probabilities of a chunk of pairs for a vector."""
 
     def __init__(self, model: ModelHandle, layer: int) -> None:
         self.model, self.layer = model, layer
@@ -117,57 +140,73 @@ class _Engine:
 
 
 class _NaiveEngine(_Engine):
-    """Full forward passes with a hook adding ``delta`` at layer L; reference recomputed."""
+    """Full forward passes of both sequences of each pair, with a hook adding ``delta`` at
+    layer L; the reference recomputed every time. The straightforward path, for comparison."""
 
     def logprobs(self, items, delta):
-        batch = _pair_batch(self.model, items)
-        n = len(items)
+        rows = _rows(self.model, items, packed=False)
         with torch.no_grad():
-            ref = _summed_logprobs(self.model, batch)
+            ref = rows.scores(window_logits(self.model, rows.inputs, rows.keep))
 
         def add(module, args, output):
             return _with_hidden(output, _hidden(output) + delta.to(_hidden(output).dtype))
 
         hook = self.model.layers[self.layer].register_forward_hook(add)
         try:
-            policy = _summed_logprobs(self.model, batch)
+            policy = rows.scores(window_logits(self.model, rows.inputs, rows.keep))
         finally:
             hook.remove()
-        return policy[:n], policy[n:], ref[:n], ref[n:]
+        return (*policy, *ref)
 
 
 class _FastEngine(_Engine):
-    """Layer-L outputs and reference log-probabilities computed once; upper layers per step."""
+    """Layer-L outputs and reference log-probabilities computed once; then each step runs only
+    the layers above L. Pairs are packed (prompt run once for both completions) when the model
+    honours a custom attention mask, checked on the first chunk; otherwise rows are unpacked."""
+
+    packed = True
 
     def prepare(self, items, batch_size, progress):
-        total = 0
         starts = range(0, len(items), batch_size)
         for start in track(starts, len(starts), "caching lower layers", progress):
             chunk = items[start : start + batch_size]
-            batch = _pair_batch(self.model, chunk)
-            with torch.no_grad(), capture_layer_outputs(self.model.layers, [self.layer]) as seen:
-                ref = _summed_logprobs(self.model, batch)
-            hidden = seen[self.layer].float().cpu()
-            n = len(chunk)
-            for row, item in enumerate(chunk):
-                lengths = (len(item.chosen.ids), len(item.rejected.ids))
-                item.ref = (float(ref[row]), float(ref[n + row]))
-                item.hidden = (
-                    hidden[row, hidden.shape[1] - lengths[0] :].clone(),
-                    hidden[n + row, hidden.shape[1] - lengths[1] :].clone(),
-                )
-                total += sum(h.numel() * h.element_size() for h in item.hidden)
-        return total
+            self._cache(chunk)
+            if start == 0 and self.packed and not self._packing_exact(chunk):
+                warnings.warn("this model ignores custom attention masks: chosen and rejected "
+                              "are run as separate rows (slower, same loss)", stacklevel=4)
+                self.packed = False
+                self._cache(chunk)
+        return sum(h.numel() * h.element_size() for e in items for h in e.hidden)
+
+    def _cache(self, chunk: Sequence[_Encoded]) -> None:
+        rows = _rows(self.model, chunk, self.packed)
+        with torch.no_grad(), capture_layer_outputs(self.model.layers, [self.layer]) as seen:
+            ref_c, ref_r = rows.scores(window_logits(self.model, rows.inputs, rows.keep))
+        hidden = seen[self.layer].float().cpu()
+        n = len(chunk)
+        for row, item in enumerate(chunk):
+            item.ref = (float(ref_c[row]), float(ref_r[row]))
+            own = [row] if self.packed else [row, n + row]
+            sizes = [len(item.chosen.ids) + item.rejected.n_completion] if self.packed else [
+                len(item.chosen.ids), len(item.rejected.ids)]
+            item.hidden = [hidden[r, rows.width - size :].clone() for r, size in zip(own, sizes)]
+
+    def _packing_exact(self, chunk: Sequence[_Encoded]) -> bool:
+        """Whether packed reference scores equal the unpacked ones on this chunk."""
+        packed = torch.tensor([e.ref for e in chunk])
+        rows = _rows(self.model, chunk, packed=False)
+        with torch.no_grad():
+            plain = torch.stack(rows.scores(window_logits(self.model, rows.inputs, rows.keep)), dim=1)
+        return bool(torch.allclose(packed, plain.cpu(), atol=1e-3, rtol=1e-4))
 
     def logprobs(self, items, delta):
-        batch = _pair_batch(self.model, items)
-        cached = _stack_hidden(items, batch, self.model).to(self.model.dtype)
+        rows = _rows(self.model, items, self.packed)
+        cached = _left_pad(rows.hidden_rows(items, self.packed), rows.width, self.model)
         with upper_stack(self.model.layers, self.layer) as injection:
             injection.value = cached + delta.to(cached.dtype)
-            policy = _summed_logprobs(self.model, batch)
-        n = len(items)
-        ref = torch.tensor([e.ref for e in items], device=policy.device, dtype=policy.dtype)
-        return policy[:n], policy[n:], ref[:, 0], ref[:, 1]
+            policy = rows.scores(window_logits(self.model, rows.inputs, rows.keep))
+        ref = torch.tensor([e.ref for e in items], device=cached.device, dtype=policy[0].dtype)
+        return (*policy, ref[:, 0], ref[:, 1])
 
 
 def estimate_cache_bytes(seqs_tokens: int, d_model: int) -> int:
@@ -239,7 +278,9 @@ def train_bipo(
         engine = "naive"
     runner = (_FastEngine if engine == "fast" else _NaiveEngine)(model, layer)
     history.engine = engine
+    started = time.perf_counter()
     history.cache_bytes = runner.prepare(items, batch_size, progress)
+    history.prepare_seconds = time.perf_counter() - started
     residual_norm = _mean_norm(items) if engine == "fast" else _measure_norm(model, items, layer, batch_size)
 
     generator = torch.Generator().manual_seed(seed)
@@ -268,6 +309,7 @@ def train_bipo(
     for epoch in range(1, epochs + 1):
         epoch_batches = _batches(items, batch_size, rng)
         losses = []
+        started = time.perf_counter()
         with bar(len(epoch_batches), f"{method} epoch {epoch}/{epochs}", progress) as advance:
             for number, chunk in enumerate(epoch_batches):
                 sign = 1.0 if direction == "forward" else float(torch.randint(2, (1,), generator=generator)) * 2 - 1
@@ -291,7 +333,8 @@ def train_bipo(
                     callback(record)
         current = make_vector(vector, epoch)
         summary: dict[str, Any] = {"epoch": epoch, "train_loss": sum(losses) / len(losses),
-                                   "norm": float(vector.detach().norm())}
+                                   "norm": float(vector.detach().norm()),
+                                   "seconds": time.perf_counter() - started}
         if val_pairs:
             summary.update(_validate(model, val_pairs, current, direction, beta, batch_size))
         history.epochs.append(summary)
