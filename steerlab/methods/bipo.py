@@ -54,6 +54,7 @@ class TrainingHistory:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
     engine: str = "fast"
+    packed: bool = False
     cache_bytes: int = 0
     prepare_seconds: float = 0.0
 
@@ -125,6 +126,8 @@ def _left_pad(tensors: Sequence[torch.Tensor], width: int, model: ModelHandle) -
 
 class _Engine:
     """Computes policy and reference log-probabilities of a chunk of pairs for a vector."""
+
+    packed = False  # whether chosen and rejected share one row behind their prompt
 
     def __init__(self, model: ModelHandle, layer: int) -> None:
         self.model, self.layer = model, layer
@@ -280,6 +283,7 @@ def train_bipo(
     history.engine = engine
     started = time.perf_counter()
     history.cache_bytes = runner.prepare(items, batch_size, progress)
+    history.packed = runner.packed
     history.prepare_seconds = time.perf_counter() - started
     residual_norm = _mean_norm(items) if engine == "fast" else _measure_norm(model, items, layer, batch_size)
 
