@@ -28,6 +28,14 @@ _EXPORTS = {
     "ModelHandle": "steerlab.models",
     "load_model": "steerlab.models",
     "wrap_model": "steerlab.models",
+    "plot_steerability": "steerlab.reliability",
+    "steerability": "steerlab.reliability",
+    "PairedTable": "steerlab.stats",
+    "minimum_detectable_effect": "steerlab.stats",
+    "paired_advantage": "steerlab.stats",
+    "paired_table_from_records": "steerlab.stats",
+    "wilson_interval": "steerlab.stats",
+    "win_rate_test": "steerlab.stats",
     "Steering": "steerlab.steering",
     "SteeringVector": "steerlab.vectors",
 }
@@ -39,6 +47,15 @@ if TYPE_CHECKING:
     from steerlab.generation import generate
     from steerlab.methods import train_bipo, train_caa, train_dpo
     from steerlab.models import ModelHandle, load_model, wrap_model
+    from steerlab.reliability import plot_steerability, steerability
+    from steerlab.stats import (
+        PairedTable,
+        minimum_detectable_effect,
+        paired_advantage,
+        paired_table_from_records,
+        wilson_interval,
+        win_rate_test,
+    )
     from steerlab.steering import Steering
     from steerlab.vectors import SteeringVector
 
