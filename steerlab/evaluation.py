@@ -8,15 +8,16 @@ choices, every per-choice score, the prediction and the steering setting.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 from steerlab.data import MCItem, PreferencePair
 from steerlab.encoding import encode
 from steerlab.models import ModelHandle
 from steerlab.records import Record, RecordWriter
-from steerlab.scoring import CompletionScore, score_sequences
+from steerlab.scoring import CompletionScore, Setting, score_settings
 from steerlab.steering import Positions
 from steerlab.vectors import SteeringVector
 
@@ -31,15 +32,21 @@ class Sweep:
     norm_ratio: float | None = None
     positions: Positions = "all"
 
-    def settings(self, model: ModelHandle) -> Iterator[tuple[float, AbstractContextManager]]:
-        """Each multiplier with the context that applies it."""
+    def settings(self, model: ModelHandle) -> list[tuple[float, Setting]]:
+        """Each multiplier with a maker of the context that applies it."""
         if self.vector is None:
-            yield 0.0, nullcontext()
-            return
-        for multiplier in self.multipliers:
-            yield multiplier, self.vector.apply(
-                model, multiplier, self.layers, self.positions, self.norm_ratio
-            )
+            return [(0.0, nullcontext)]
+        vector = self.vector
+        return [
+            (m, partial(vector.apply, model, m, self.layers, self.positions, self.norm_ratio))
+            for m in self.multipliers
+        ]
+
+    def shared_layers(self) -> int:
+        """How many bottom layers no setting changes: the lowest steered layer (0 unsteered)."""
+        if self.vector is None:
+            return 0
+        return min(self.vector.additions(1.0, self.layers))
 
     def describe(self) -> dict:
         """The fields every record carries about its setting."""
@@ -82,17 +89,18 @@ def _evaluate(
         [c for options in choices for c in options],
     )
     formatted = [model.format_prompt(p) for p in prompts]
-    setting = {"task": task, "dataset": dataset, "model": model.name, **sweep.describe()}
+    common = {"task": task, "dataset": dataset, "model": model.name, **sweep.describe()}
+    settings = sweep.settings(model)
+    scored = score_settings(model, seqs, [make for _, make in settings], sweep.shared_layers(),
+                            batch_size, progress, f"scoring {len(settings)} setting(s)")
     records = []
-    for multiplier, context in sweep.settings(model):
-        with context:
-            flat = score_sequences(model, seqs, batch_size, progress, f"scoring ×{multiplier:g}")
+    for (multiplier, _), flat in zip(settings, scored):
         start = 0
         for index, options in enumerate(choices):
             scores = flat[start : start + len(options)]
             start += len(options)
             record = {
-                **setting,
+                **common,
                 "multiplier": float(multiplier),
                 "prompt": formatted[index],
                 "logprobs": [s.logprob for s in scores],
@@ -171,3 +179,41 @@ def evaluate_ab(
         "ab", build, model, [p.prompt for p in pairs], [(p.chosen, p.rejected) for p in pairs],
         sweep, dataset, writer, batch_size, progress,
     )
+
+
+def grid(
+    vectors: Sequence[SteeringVector],
+    multipliers: Sequence[float],
+    layers: Sequence[int] | None = None,
+    norm_ratio: float | None = None,
+    positions: Positions = "all",
+) -> list[Sweep]:
+    """One sweep per vector and layer (each layer on its own; ``None``: the vector's layers)."""
+    placements: list[list[int] | None] = [[layer] for layer in layers] if layers else [None]
+    return [
+        Sweep(vector, list(multipliers), placed, norm_ratio, positions)
+        for vector in vectors
+        for placed in placements
+    ]
+
+
+def evaluate(
+    model: ModelHandle,
+    items: Sequence[MCItem] | Sequence[PreferencePair],
+    sweeps: Sequence[Sweep] = (Sweep(),),
+    *,
+    dataset: str = "",
+    writer: RecordWriter | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[Record]:
+    """Evaluate items under every sweep: multiple choice for :class:`MCItem`, A/B for pairs."""
+    if not items:
+        raise ValueError("nothing to evaluate: no items")
+    task = evaluate_mc if isinstance(items[0], MCItem) else evaluate_ab
+    return [
+        record
+        for sweep in sweeps
+        for record in task(model, items, sweep, dataset=dataset, writer=writer,  # type: ignore[arg-type]
+                           batch_size=batch_size, progress=progress)
+    ]

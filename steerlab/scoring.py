@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,8 @@ import torch
 from steerlab.encoding import Batch, TokenSequence, batches, encode
 from steerlab.models import ModelHandle
 from steerlab.progress import track
+from steerlab.steering import forward_until
+from steerlab.upper import upper_stack
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,10 @@ def completion_logits(model: ModelHandle, batch: Batch) -> torch.Tensor:
     return window_logits(model, batch.model_inputs(), batch.max_completion + 1)
 
 
+Setting = Callable[[], AbstractContextManager]
+"""Makes the context (e.g. a :class:`~steerlab.steering.Steering`) one scoring pass runs under."""
+
+
 @torch.no_grad()
 def score_sequences(
     model: ModelHandle,
@@ -59,11 +66,28 @@ def score_sequences(
     progress: bool = True,
     description: str = "scoring",
 ) -> list[CompletionScore]:
-    """Score already encoded sequences; results come back in input order.
+    """Score already encoded sequences under whatever steering is active; input order kept."""
+    return score_settings(model, seqs, [nullcontext], 0, batch_size, progress, description)[0]
 
+
+@torch.no_grad()
+def score_settings(
+    model: ModelHandle,
+    seqs: Sequence[TokenSequence],
+    settings: Sequence[Setting],
+    shared: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+    description: str = "scoring",
+) -> list[list[CompletionScore]]:
+    """Score the sequences under each setting; one list of scores per setting, input order kept.
+
+    No setting may change layers ``0..shared-1`` (e.g. every setting steers at ``shared`` or
+    above): their output is computed once per batch and only the layers above run once per
+    setting, so K multipliers cost one lower pass plus K upper passes, with the same numbers.
     Sequences that differ only in their last token (A/B answer letters, single-token choices)
     share one forward pass: their common stem runs once and each last token is read from the
-    stem's final next-token distribution — the same numbers at a fraction of the cost.
+    stem's final next-token distribution.
     """
     stems: dict[tuple[tuple[int, ...], int], int] = {}
     needed: list[set[int]] = []
@@ -79,24 +103,33 @@ def score_sequences(
         stem_of.append(stems[key])
         needed[stems[key]].add(seq.ids[-1])
     stem_seqs = [TokenSequence(ids, min(prompt_len, len(ids))) for ids, prompt_len in stems]
-    stem_sum = [0.0] * len(stem_seqs)
-    last_logp: list[dict[int, float]] = [{} for _ in stem_seqs]
+    stem_sum = [[0.0] * len(stem_seqs) for _ in settings]
+    last_logp: list[list[dict[int, float]]] = [[{} for _ in stem_seqs] for _ in settings]
     pad_id = model.tokenizer.pad_token_id
     n_steps = -(-len(stem_seqs) // batch_size)
     steps = batches(stem_seqs, batch_size, pad_id, model.device)
     for index, batch in track(steps, n_steps, description, progress):
-        logits = completion_logits(model, batch)
-        summed = token_logprobs(logits, batch).sum(dim=-1)
-        final = torch.log_softmax(logits[:, -1].float(), dim=-1)
-        for row, i in enumerate(index):
-            stem_sum[i] = float(summed[row])
-            tokens = sorted(needed[i])
-            last_logp[i] = dict(zip(tokens, final[row, tokens].tolist()))
+        if shared > 0:
+            below = forward_until(model.model, model.layers, [shared - 1], **batch.model_inputs())
+        for k, setting in enumerate(settings):
+            with setting(), (upper_stack(model.layers, shared - 1) if shared > 0 else nullcontext()) as top:
+                if top is not None:
+                    top.value = below[shared - 1]
+                logits = completion_logits(model, batch)
+            summed = token_logprobs(logits, batch).sum(dim=-1)
+            final = torch.log_softmax(logits[:, -1].float(), dim=-1)
+            for row, i in enumerate(index):
+                stem_sum[k][i] = float(summed[row])
+                tokens = sorted(needed[i])
+                last_logp[k][i] = dict(zip(tokens, final[row, tokens].tolist()))
     return [
-        CompletionScore(0.0, 0)
-        if stem is None
-        else CompletionScore(stem_sum[stem] + last_logp[stem][seq.ids[-1]], seq.n_completion)
-        for seq, stem in zip(seqs, stem_of)
+        [
+            CompletionScore(0.0, 0)
+            if stem is None
+            else CompletionScore(stem_sum[k][stem] + last_logp[k][stem][seq.ids[-1]], seq.n_completion)
+            for seq, stem in zip(seqs, stem_of)
+        ]
+        for k in range(len(settings))
     ]
 
 

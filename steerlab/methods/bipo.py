@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from steerlab.data import PreferencePair
 from steerlab.encoding import TokenSequence, collate, encode, pack_pairs
 from steerlab.evaluation import Sweep, evaluate_ab
-from steerlab.methods.upper import upper_stack
 from steerlab.models import ModelHandle
 from steerlab.progress import bar, track
 from steerlab.scoring import token_logprobs, window_logits
 from steerlab.steering import _hidden, _with_hidden, capture_layer_outputs
+from steerlab.upper import upper_stack
 from steerlab.vectors import SteeringVector, data_hash, meta_for
 
 Direction = Literal["bi", "forward"]
