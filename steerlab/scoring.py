@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -49,13 +49,30 @@ def window_logits(model: ModelHandle, inputs: dict[str, torch.Tensor], keep: int
     return model.model(**inputs, use_cache=False).logits[:, -keep:]
 
 
-def completion_logits(model: ModelHandle, batch: Batch) -> torch.Tensor:
-    """Logits at the last ``max_completion + 1`` positions: all that completion scores need."""
-    return window_logits(model, batch.model_inputs(), batch.max_completion + 1)
-
-
 Setting = Callable[[], AbstractContextManager]
 """Makes the context (e.g. a :class:`~steerlab.steering.Steering`) one scoring pass runs under."""
+
+
+def settings_logits(
+    model: ModelHandle,
+    inputs: dict[str, torch.Tensor],
+    settings: Sequence[Setting],
+    shared: int,
+    keep: int,
+) -> Iterator[torch.Tensor]:
+    """Logits of the last ``keep`` positions of one batch under each setting in turn.
+
+    No setting may change layers ``0..shared-1``: they run once, and only the layers above run
+    once per setting, so K settings cost one lower pass plus K upper passes, same numbers.
+    """
+    if shared > 0:
+        below = forward_until(model.model, model.layers, [shared - 1], **inputs)[shared - 1]
+    for setting in settings:
+        with setting(), (upper_stack(model.layers, shared - 1) if shared > 0 else nullcontext()) as top:
+            if top is not None:
+                top.value = below
+            logits = window_logits(model, inputs, keep)
+        yield logits
 
 
 @torch.no_grad()
@@ -82,12 +99,10 @@ def score_settings(
 ) -> list[list[CompletionScore]]:
     """Score the sequences under each setting; one list of scores per setting, input order kept.
 
-    No setting may change layers ``0..shared-1`` (e.g. every setting steers at ``shared`` or
-    above): their output is computed once per batch and only the layers above run once per
-    setting, so K multipliers cost one lower pass plus K upper passes, with the same numbers.
-    Sequences that differ only in their last token (A/B answer letters, single-token choices)
-    share one forward pass: their common stem runs once and each last token is read from the
-    stem's final next-token distribution.
+    No setting may change layers ``0..shared-1`` (see :func:`settings_logits`). Sequences that
+    differ only in their last token (A/B answer letters, single-token choices) share one forward
+    pass: their common stem runs once and each last token is read from the stem's final
+    next-token distribution.
     """
     stems: dict[tuple[tuple[int, ...], int], int] = {}
     needed: list[set[int]] = []
@@ -109,13 +124,8 @@ def score_settings(
     n_steps = -(-len(stem_seqs) // batch_size)
     steps = batches(stem_seqs, batch_size, pad_id, model.device)
     for index, batch in track(steps, n_steps, description, progress):
-        if shared > 0:
-            below = forward_until(model.model, model.layers, [shared - 1], **batch.model_inputs())
-        for k, setting in enumerate(settings):
-            with setting(), (upper_stack(model.layers, shared - 1) if shared > 0 else nullcontext()) as top:
-                if top is not None:
-                    top.value = below[shared - 1]
-                logits = completion_logits(model, batch)
+        window = batch.max_completion + 1
+        for k, logits in enumerate(settings_logits(model, batch.model_inputs(), settings, shared, window)):
             summed = token_logprobs(logits, batch).sum(dim=-1)
             final = torch.log_softmax(logits[:, -1].float(), dim=-1)
             for row, i in enumerate(index):
