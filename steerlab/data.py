@@ -9,6 +9,7 @@ A/B rows in the CAA / Anthropic format (``question``, ``answer_matching_behavior
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import random
 import re
@@ -48,43 +49,103 @@ class MCItem:
 
 
 _LETTER = re.compile(r"^\s*\(?([A-Z])\)?\s*$")
+_YES_NO = re.compile(r"^\s*(Yes|No)\s*$")
 
 
 def ab_completion(answer: str) -> str:
-    """Turn an A/B answer such as ``" (A)"`` into the completion ``"(A"``.
+    """Turn an A/B answer such as ``" (A)"`` into the completion ``"(A"``, and ``" Yes"`` /
+    ``" No"`` (Anthropic persona sets) into ``"Yes"`` / ``"No"``.
 
     The closing parenthesis is dropped on purpose: the completion then ends on the answer
     letter, so CAA reads the activation at the letter and A/B scoring compares the letters.
     """
     match = _LETTER.match(answer)
-    if not match:
-        raise ValueError(f"not an answer letter: {answer!r}")
-    return f"({match.group(1)}"
+    if match:
+        return f"({match.group(1)}"
+    match = _YES_NO.match(answer)
+    if match:
+        return match.group(1)
+    raise ValueError(f"not an answer letter or Yes/No: {answer!r}")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON object hook: a repeated key would silently drop a value (a choice, a label)."""
+    row: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in row:
+            raise DataError(f"duplicate key {key!r}")
+        row[key] = value
+    return row
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_SPACE = re.compile(r"\s*")
+
+
+def _decode(text: str, start: int, where: str) -> tuple[Any, int]:
+    """One JSON value from ``text`` at ``start``, with errors that name ``where``."""
+    try:
+        return _DECODER.raw_decode(text, start)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: invalid JSON ({err.msg})") from err
+    except DataError as err:
+        raise DataError(f"{where}: {err}") from err
+
+
+def _json_lines(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line, value) for each non-blank line of a JSONL text."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            yield number, _decode(line, _SPACE.match(line).end(), f"{path}:{number}")[0]
+
+
+def _json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line where the element starts, element) for each element of a JSON array text."""
+    pos, line = text.index("[") + 1, 1
+    while True:
+        start = _SPACE.match(text, pos).end()
+        line += text.count("\n", pos, start)
+        if text.startswith("]", start):
+            return
+        value, end = _decode(text, start, f"{path}:{line}")
+        yield line, value
+        line += text.count("\n", start, end)
+        pos = _SPACE.match(text, end).end()
+        line += text.count("\n", end, pos)
+        if text.startswith(",", pos):
+            pos += 1
+        elif not text.startswith("]", pos):
+            raise DataError(f"{path}:{line}: invalid JSON (expected ',' or ']' after an element)")
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, row) from a JSONL or CSV file; JSON errors name the line."""
+    """Yield (line number, row) from a JSONL, JSON-array or CSV file, optionally gzipped.
+
+    The line is where the row starts (a CSV field may span lines), so errors point at it.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+    suffix = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
+    if suffix not in (".jsonl", ".json", ".csv"):
+        raise DataError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .json or .csv)")
+    opener = gzip.open if path.suffix == ".gz" else open
+    if suffix == ".csv":
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            for row in reader:
-                yield reader.line_num, row
-        return
-    if path.suffix not in (".jsonl", ".json"):
-        raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl or .csv)")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: invalid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            yield number, row
+            _ = reader.fieldnames  # reads the header, so line_num counts from it
+            while True:
+                start = reader.line_num + 1
+                row = next(reader, None)
+                if row is None:
+                    return
+                yield start, row
+    with opener(path, "rt", encoding="utf-8") as handle:
+        text = handle.read()
+    values = _json_array(path, text) if text.lstrip().startswith("[") else _json_lines(path, text)
+    for number, row in values:
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        yield number, row
 
 
 def _split_rows(path: Path, split: str | None) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -110,8 +171,72 @@ def _text(row: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _answer(row: dict[str, Any], key: str, where: str) -> str:
+    """An A/B answer field as a completion (see :func:`ab_completion`)."""
+    text = _text(row, key, where)
+    try:
+        return ab_completion(text)
+    except ValueError as err:
+        raise DataError(f"{where}: field '{key}' is {err}") from err
+
+
 def _meta(row: dict[str, Any], used: set[str]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in used and k != "id"}
+
+
+AB_KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
+PAIR_KEYS = ("prompt", "chosen", "rejected")
+
+
+def row_kind(row: dict[str, Any]) -> str:
+    """``"mc"`` for a multiple-choice row (``choices`` or ``choice0``), else ``"pairs"``."""
+    return "mc" if "choices" in row or "choice0" in row else "pairs"
+
+
+def pair_from_row(
+    row: dict[str, Any],
+    row_id: str,
+    where: str,
+    keys: tuple[str, str, str] | None = None,
+    answers: bool | None = None,
+) -> PreferencePair:
+    """One pair from a row. ``keys`` names its prompt, chosen and rejected fields (default: the
+    A/B form when present, else ``prompt, chosen, rejected``); with ``answers`` (default: for the
+    A/B form) they are answers such as ``" (A)"`` or ``" Yes"``, see :func:`ab_completion`."""
+    if keys is None:
+        keys = AB_KEYS if AB_KEYS[1] in row else PAIR_KEYS
+    if answers is None:
+        answers = keys == AB_KEYS
+    answer = _answer if answers else _text
+    prompt = _text(row, keys[0], where)
+    chosen, rejected = answer(row, keys[1], where), answer(row, keys[2], where)
+    return PreferencePair(prompt, chosen, rejected, row_id, _meta(row, set(keys)))
+
+
+def mc_from_row(row: dict[str, Any], row_id: str, where: str) -> MCItem:
+    """One multiple-choice item from a row: ``question``, ``choices`` (a list, or columns
+    ``choice0``, ``choice1``, … where only trailing ones may be empty) and ``answer``."""
+    question = _text(row, "question", where)
+    if "choices" in row:
+        choices = row["choices"]
+        if isinstance(choices, str):  # CSV cell holding a JSON list
+            try:
+                choices = json.loads(choices)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: field 'choices' is not a JSON list") from err
+    else:
+        keys = sorted((k for k in row if re.fullmatch(r"choice\d+", k)), key=lambda k: int(k[6:]))
+        while keys and row[keys[-1]] in (None, ""):  # fewer choices than columns
+            keys.pop()
+        choices = [_text(row, key, where) for key in keys]
+    if not isinstance(choices, list) or len(choices) < 2:
+        raise DataError(f"{where}: field 'choices' must list at least two choices")
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, str) or not choice.strip():
+            raise DataError(f"{where}: field 'choices[{i}]' is empty or not text")
+    answer = _answer_index(row.get("answer"), len(choices), where)
+    used = {"question", "choices", "answer"} | {k for k in row if k.startswith("choice")}
+    return MCItem(question, tuple(choices), answer, row_id, _meta(row, used))
 
 
 def load_pairs(path: str | Path, split: str | None = None) -> list[PreferencePair]:
@@ -121,63 +246,30 @@ def load_pairs(path: str | Path, split: str | None = None) -> list[PreferencePai
     answer_matching_behavior, answer_not_matching_behavior``. Other fields go to ``meta``.
     With ``split``, only rows whose ``split`` field equals it are kept.
     """
-    pairs = []
-    for where, row_id, row in _split_rows(resolve_data(path), split):
-        if "answer_matching_behavior" in row:
-            keys = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
-            question, matching, not_matching = (_text(row, key, where) for key in keys)
-            used = set(keys)
-            try:
-                chosen, rejected = ab_completion(matching), ab_completion(not_matching)
-            except ValueError as err:
-                raise DataError(f"{where}: {err}") from err
-            pairs.append(PreferencePair(question, chosen, rejected, row_id, _meta(row, used)))
-        else:
-            used = {"prompt", "chosen", "rejected"}
-            prompt, chosen, rejected = (_text(row, key, where) for key in ("prompt", "chosen", "rejected"))
-            pairs.append(PreferencePair(prompt, chosen, rejected, row_id, _meta(row, used)))
-    return pairs
+    rows = _split_rows(resolve_data(path), split)
+    return [pair_from_row(row, row_id, where) for where, row_id, row in rows]
 
 
 def load_mc(path: str | Path, split: str | None = None) -> list[MCItem]:
     """Load multiple-choice items (file or bundled name): ``question``, ``choices`` (a list; or CSV columns
     ``choice0``, ``choice1``, …) and ``answer`` (0-based index, or a letter)."""
-    items = []
-    for where, row_id, row in _split_rows(resolve_data(path), split):
-        question = _text(row, "question", where)
-        if "choices" in row:
-            choices = row["choices"]
-            if isinstance(choices, str):  # CSV cell holding a JSON list
-                try:
-                    choices = json.loads(choices)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{where}: field 'choices' is not a JSON list") from err
-        else:
-            keys = sorted((k for k in row if re.fullmatch(r"choice\d+", k)), key=lambda k: int(k[6:]))
-            choices = [row[k] for k in keys if row[k] not in (None, "")]
-        if not isinstance(choices, list) or len(choices) < 2:
-            raise DataError(f"{where}: field 'choices' must list at least two choices")
-        for i, choice in enumerate(choices):
-            if not isinstance(choice, str) or not choice.strip():
-                raise DataError(f"{where}: field 'choices[{i}]' is empty or not text")
-        answer = _answer_index(row.get("answer"), len(choices), where)
-        used = {"question", "choices", "answer"} | {k for k in row if k.startswith("choice")}
-        items.append(MCItem(question, tuple(choices), answer, row_id, _meta(row, used)))
-    return items
+    rows = _split_rows(resolve_data(path), split)
+    return [mc_from_row(row, row_id, where) for where, row_id, row in rows]
 
 
-def _answer_index(value: Any, n_choices: int, where: str) -> int:
+def _answer_index(value: Any, n_choices: int, where: str, key: str = "answer") -> int:
+    """A 0-based answer index from an index or a letter, checked against the choices."""
     if value is None or value == "":
-        raise DataError(f"{where}: field 'answer' is missing")
+        raise DataError(f"{where}: field '{key}' is missing")
     text = str(value).strip()
     if len(text) == 1 and text.isalpha():
         index = ord(text.upper()) - ord("A")
     elif text.lstrip("-").isdigit():
         index = int(text)
     else:
-        raise DataError(f"{where}: field 'answer' must be an index or a letter, got {value!r}")
+        raise DataError(f"{where}: field '{key}' must be an index or a letter, got {value!r}")
     if not 0 <= index < n_choices:
-        raise DataError(f"{where}: field 'answer' is {index}, outside 0..{n_choices - 1}")
+        raise DataError(f"{where}: field '{key}' is {index}, outside 0..{n_choices - 1}")
     return index
 
 
@@ -226,5 +318,5 @@ def data_kind(path: str | Path) -> str:
     """``"mc"`` for multiple-choice data (a ``choices`` or ``choice0`` field), else ``"pairs"``."""
     path = resolve_data(path)
     for _, row in _rows(path):
-        return "mc" if "choices" in row or "choice0" in row else "pairs"
+        return row_kind(row)
     raise DataError(f"{path}: no rows")

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -24,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from steerlab.catalog import BUILTIN_MODELS, DEFAULT_MODEL, ModelLoadError, cache_dir
+from steerlab.catalog import BUILTIN_MODELS, DEFAULT_MODEL, ModelLoadError, cache_dir, hub_reachable
 
 __all__ = [
     "BUILTIN_MODELS", "DEFAULT_MODEL", "ModelHandle", "ModelLoadError", "cache_dir",
@@ -195,18 +192,6 @@ def resolve_spec(spec: str) -> Path | str:
     return spec
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face endpoint answers a TCP connection (avoids minutes of retries)."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
 def load_model(
     spec: str = DEFAULT_MODEL,
     device: str | torch.device | None = None,
@@ -220,7 +205,7 @@ def load_model(
     source = resolve_spec(spec)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    online = not isinstance(source, Path) and _hub_reachable()
+    online = not isinstance(source, Path) and hub_reachable()
     try:
         # Local files first (a directory, or a hub id already in the HF cache): no network.
         local_only = {"local_files_only": True}

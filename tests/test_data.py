@@ -29,7 +29,7 @@ def test_pairs_from_jsonl_and_ab_rows(tmp_path):
     ({"prompt": 3, "chosen": "a", "rejected": "b"}, r"p\.jsonl:2: field 'prompt' must be text"),
     ("{not json", r"p\.jsonl:2: invalid JSON"),
     ({"question": "Q", "answer_matching_behavior": "maybe", "answer_not_matching_behavior": "(A)"},
-     r"p\.jsonl:2: not an answer letter"),
+     r"p\.jsonl:2: field 'answer_matching_behavior' is not an answer letter or Yes/No: 'maybe'"),
 ])
 def test_pair_errors_name_file_line_and_field(tmp_path, row, message):
     path = write(tmp_path / "p.jsonl", [{"prompt": "ok", "chosen": "a", "rejected": "b"}, row])
@@ -106,3 +106,44 @@ def test_bundled_datasets_are_balanced_and_held_out():
     items = load_mc(bundled_path("general-knowledge"))
     assert len(items) == 100 and len({i.answer for i in items}) == 4
     assert set(BUNDLED) >= {"sycophancy", "refusal"}
+
+
+def test_json_arrays_report_the_line_each_element_starts_on(tmp_path):
+    path = tmp_path / "a.json"
+    good = {"question": "Q\n(A) x\n(B) y", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}
+    path.write_text(json.dumps([good, {**good, "answer_matching_behavior": ""}], indent=2))
+    with pytest.raises(DataError, match=r"a\.json:7: field 'answer_matching_behavior' is empty"):
+        load_pairs(path)
+    path.write_text('[\n  {"prompt": "p", "chosen": "a", "chosen": "b", "rejected": "c"}\n]')
+    with pytest.raises(DataError, match=r"a\.json:2: duplicate key 'chosen'"):
+        load_pairs(path)
+    path.write_text('[\n  {"prompt": "p", "chosen": "a", "rejected": "c"}\n  {"prompt": "q"}]')
+    with pytest.raises(DataError, match=r"a\.json:3: invalid JSON \(expected ','"):
+        load_pairs(path)
+
+
+def test_gzipped_jsonl_and_yes_no_answers(tmp_path):
+    import gzip
+
+    path = tmp_path / "p.jsonl.gz"
+    row = {"question": "Would you say so?", "answer_matching_behavior": " Yes", "answer_not_matching_behavior": " No"}
+    with gzip.open(path, "wt") as handle:
+        handle.write(json.dumps(row) + "\n")
+    (pair,) = load_pairs(path)
+    assert (pair.chosen, pair.rejected) == ("Yes", "No")
+
+
+def test_csv_rows_spanning_lines_report_their_first_line(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('prompt,chosen,rejected\n"two\nlines",a,b\n"Q3",,b\n')
+    with pytest.raises(DataError, match=r"p\.csv:4: field 'chosen' is empty"):
+        load_pairs(path)
+
+
+def test_an_empty_middle_choice_is_an_error_not_a_shift(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("question,choice0,choice1,choice2,choice3,answer\nQ,a,,c,,2\nQ2,a,b,,,1\n")
+    with pytest.raises(DataError, match=r"m\.csv:2: field 'choice1' is empty"):
+        load_mc(path)
+    path.write_text("question,choice0,choice1,choice2,choice3,answer\nQ2,a,b,,,1\n")
+    assert load_mc(path)[0].choices == ("a", "b")
