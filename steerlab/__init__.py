@@ -18,6 +18,9 @@ _EXPORTS = {
     "load_pairs": "steerlab.data",
     "nested_subsets": "steerlab.data",
     "split": "steerlab.data",
+    "list_datasets": "steerlab.datasets",
+    "load_dataset": "steerlab.datasets",
+    "mc_to_pairs": "steerlab.datasets",
     "Sweep": "steerlab.evaluation",
     "evaluate_ab": "steerlab.evaluation",
     "evaluate_mc": "steerlab.evaluation",
@@ -43,6 +46,7 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from steerlab.data import MCItem, PreferencePair, load_mc, load_pairs, nested_subsets, split
+    from steerlab.datasets import list_datasets, load_dataset, mc_to_pairs
     from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
     from steerlab.generation import generate
     from steerlab.methods import train_bipo, train_caa, train_dpo
