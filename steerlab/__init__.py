@@ -25,6 +25,7 @@ _EXPORTS = {
     "evaluate_ab": "steerlab.evaluation",
     "evaluate_mc": "steerlab.evaluation",
     "generate": "steerlab.generation",
+    "inspect_dataset": "steerlab.inspection",
     "train_bipo": "steerlab.methods",
     "train_caa": "steerlab.methods",
     "train_dpo": "steerlab.methods",
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from steerlab.datasets import list_datasets, load_dataset, mc_to_pairs
     from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
     from steerlab.generation import generate
+    from steerlab.inspection import inspect_dataset
     from steerlab.methods import train_bipo, train_caa, train_dpo
     from steerlab.models import ModelHandle, load_model, wrap_model
     from steerlab.reliability import plot_steerability, steerability
