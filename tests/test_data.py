@@ -37,10 +37,15 @@ def test_pair_errors_name_file_line_and_field(tmp_path, row, message):
         load_pairs(path)
 
 
-def test_pairs_from_csv_with_line_numbers(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ('prompt,chosen,rejected\nQ1,a,b\n"Q2, with comma",c,\n', r"p\.csv:3: field 'rejected' is empty"),
+    # a row spanning lines is named by its first line
+    ('prompt,chosen,rejected\n"two\nlines",a,b\n"Q3",,b\n', r"p\.csv:4: field 'chosen' is empty"),
+])
+def test_pairs_from_csv_with_line_numbers(tmp_path, text, message):
     path = tmp_path / "p.csv"
-    path.write_text('prompt,chosen,rejected\nQ1,a,b\n"Q2, with comma",c,\n')
-    with pytest.raises(DataError, match=r"p\.csv:3: field 'rejected' is empty"):
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
         load_pairs(path)
 
 
@@ -131,13 +136,6 @@ def test_gzipped_jsonl_and_yes_no_answers(tmp_path):
         handle.write(json.dumps(row) + "\n")
     (pair,) = load_pairs(path)
     assert (pair.chosen, pair.rejected) == ("Yes", "No")
-
-
-def test_csv_rows_spanning_lines_report_their_first_line(tmp_path):
-    path = tmp_path / "p.csv"
-    path.write_text('prompt,chosen,rejected\n"two\nlines",a,b\n"Q3",,b\n')
-    with pytest.raises(DataError, match=r"p\.csv:4: field 'chosen' is empty"):
-        load_pairs(path)
 
 
 def test_an_empty_middle_choice_is_an_error_not_a_shift(tmp_path):
