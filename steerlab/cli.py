@@ -337,7 +337,8 @@ def print_report(report) -> None:
         line += " · choices per item: " + ", ".join(f"{k}×{v}" for k, v in report.choice_counts.items())
     say(line)
     for example in report.examples:
-        say(f"\n[dim]{escape(f'{example.id}  {example.where}  [{example.split}]')}[/dim]")
+        where = f"{example.id}  {example.where}  [{example.split or 'no split'}]"
+        say(f"\n[dim]{escape(where)}[/dim]")
         say(escape(example.question))
         for index, choice in enumerate(example.choices):
             mark = " [green]✓ marked[/green]" if index == example.marked else ""

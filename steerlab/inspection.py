@@ -314,8 +314,8 @@ def _label_message(
         text = f"{rate} is above chance ({chance:.0%}; p = {p_above:.1e}): the labels agree with the model."
     else:
         text = (
-            f"{rate} is near chance ({chance:.0%}): the model does not separate the answers here, "
-            "so this check neither confirms nor refutes the labels."
+            f"{rate} is not far enough from chance ({chance:.0%}; one-sided p = {p_below:.2g} "
+            f"below, {p_above:.2g} above, threshold {ALPHA:g}) to confirm or refute the labels."
         )
     if top_share >= 0.9 and not calibrated:
         text += (
