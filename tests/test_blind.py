@@ -1,0 +1,95 @@
+import csv
+import json
+
+import pytest
+from test_judges import FALSE, TRUE, FirstShown, generation_records
+
+from steerlab.blind import export_blind, import_ratings
+from steerlab.data import DataError
+from steerlab.judges import judge_head_to_head, summarize_head_to_head
+from steerlab.records import RecordWriter, read_records
+
+RECORDS = generation_records([TRUE] * 6, [FALSE] * 3 + [TRUE] * 3)
+
+
+def read_sheet(path):
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def write_sheet(path, rows):
+    if path.suffix == ".csv":
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_export_import_unblind_round_trip(tmp_path, suffix):
+    sheet, key = tmp_path / f"sheet{suffix}", tmp_path / "key.json"
+    assert export_blind(RECORDS, "steered+4", sheet, key, seed=3) == 6
+    rows = read_sheet(sheet)
+    text = sheet.read_text()
+    assert "steered" not in text and "unsteered" not in text and "q0" not in text  # blind
+    assert [r["preferred"] for r in rows] == [""] * 6
+    assert sorted(r["question"] for r in rows) == sorted(f"question {i}?" for i in range(6))
+
+    for row in rows:  # a rater who always prefers the first answer shown
+        row["preferred"] = "1"
+    rows[0]["comment"] = "close call"
+    write_sheet(sheet, rows)
+    with RecordWriter(tmp_path / "verdicts.jsonl") as writer:
+        verdicts = import_ratings(sheet, key, rater="ann", writer=writer)
+    assert read_records(tmp_path / "verdicts.jsonl") == verdicts
+    assert {v["judge"] for v in verdicts} == {"human:ann"}
+    assert any(v["details"] == {"comment": "close call"} for v in verdicts)
+    # the same order as a judge run with the same seed sees, and the same records apart from who judged
+    judged = judge_head_to_head(RECORDS, FirstShown(), "steered+4", seed=3)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("judge", "details")} for r in rs]  # noqa: E731
+    assert strip(verdicts) == strip(judged)
+    (row,) = summarize_head_to_head(verdicts)
+    assert row.judge == "human:ann" and row.n == 6
+
+
+def test_ties_and_second_answers(tmp_path):
+    sheet, key = tmp_path / "sheet.csv", tmp_path / "key.json"
+    export_blind(RECORDS, "steered+4", sheet, key)
+    rows = read_sheet(sheet)
+    rows[0]["preferred"], rows[1]["preferred"] = " TIE ", "2"
+    for row in rows[2:]:
+        row["preferred"] = "1"
+    write_sheet(sheet, rows)
+    verdicts = {v["item_id"]: v for v in import_ratings(sheet, key)}
+    pairs = json.loads(key.read_text())["pairs"]
+    tie_item = pairs[rows[0]["pair_id"]]["fields"]["item_id"]
+    second = pairs[rows[1]["pair_id"]]
+    assert verdicts[tie_item]["verdict"] == "tie"
+    expected = "loss" if second["arm_first"] else "win"
+    assert verdicts[second["fields"]["item_id"]]["verdict"] == expected
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda rows: rows[1].update(preferred="maybe"), r"sheet.csv:3: field 'preferred' is 'maybe'; expected 1, 2 or tie"),
+        (lambda rows: rows[2].update(preferred=""), r"sheet.csv:4: field 'preferred' is ''"),
+        (lambda rows: rows[0].update(pair_id="p9999"), r"sheet.csv:2: field 'pair_id' is 'p9999', not a pair of the key"),
+        (lambda rows: rows[3].update(pair_id=rows[2]["pair_id"]), r"sheet.csv:5: pair p\d+ is rated twice \(first on line 4\)"),
+        (lambda rows: rows.pop(), r"sheet.csv: 1 pair\(s\) not rated, e.g. p\d+"),
+    ],
+)
+def test_bad_rows_name_file_line_and_field(tmp_path, edit, message):
+    sheet, key = tmp_path / "sheet.csv", tmp_path / "key.json"
+    export_blind(RECORDS, "steered+4", sheet, key)
+    rows = read_sheet(sheet)
+    for row in rows:
+        row["preferred"] = "2"
+    edit(rows)
+    write_sheet(sheet, rows)
+    with pytest.raises(DataError, match=message):
+        import_ratings(sheet, key)
