@@ -370,6 +370,209 @@ def print_report(report) -> None:
     if not report.warnings:
         say("[green]no problems found[/green]")
 
+# ---- open-ended generation, judges, blind rating, refusal -------------------------------------
+
+blind_app = typer.Typer(help="Blinded human rating of steered vs unsteered answers.", no_args_is_help=True)
+app.add_typer(blind_app, name="blind")
+RecordsArg = Annotated[Path, typer.Argument(help="Generation records (.jsonl) from `steerlab generate-eval`.")]
+BaseOpt = Annotated[str, typer.Option(help="The arm compared against.")]
+ArmsOpt = Annotated[Optional[list[str]], typer.Option("--arm", help="Arm to compare with --base (repeatable; default: every other arm).")]
+LayersOpt = Annotated[Optional[str], typer.Option(help="Apply at these layers (default: the vector's).")]
+NormRatioOpt = Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.")]
+
+
+def _read(path: Path) -> list[dict]:
+    from steerlab.records import read_records
+
+    if not path.is_file():
+        _fail(f"records file not found: {path}")
+    return read_records(path)
+
+
+def _other_arms(records: list[dict], base: str) -> list[str]:
+    """The arms of generation records other than ``base``, in order of appearance."""
+    from steerlab.openended import TASK
+
+    return list(dict.fromkeys(r["arm"] for r in records if r.get("task") == TASK and r["arm"] != base))
+
+
+@app.command("generate-eval")
+def generate_eval(
+    data: Annotated[list[str], typer.Option("--data", "-d", help="Question set (truthfulqa-open, advbench, harmless, another prompts dataset) or .jsonl/.csv file with a 'question' field; repeatable.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Generation records (.jsonl), appended to as produced.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    vector: Annotated[Optional[Path], typer.Option("--vector", "-v", help="Steering vector file; without it only the unsteered arm runs.")] = None,
+    multipliers: Annotated[str, typer.Option(help="Steered arms' multipliers, comma-separated (e.g. -4,4); the unsteered arm always runs.")] = "4",
+    layers: LayersOpt = None,
+    norm_ratio: NormRatioOpt = None,
+    positions: Annotated[str, typer.Option(help="Steer all, prompt or generated positions.")] = "all",
+    limit: Annotated[Optional[int], typer.Option("--n", help="Questions per set: a seeded sample (default: all).")] = None,
+    sample_seed: Annotated[int, typer.Option(help="Seed of the --n sample.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 64,
+    sample: Annotated[bool, typer.Option("--sample/--greedy", help="Sample (seeded) or decode greedily.")] = False,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (with --sample).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed; batch b uses seed + b, the same for every arm.")] = 0,
+    batch_size: BatchOpt = 8,
+) -> None:
+    """Answer questions unsteered and steered (one arm per multiplier), one record each.
+
+    The records feed `steerlab judge`, `steerlab blind export` and `steerlab refusal`.
+    """
+    from steerlab.data import DataError, split
+    from steerlab.datasets import DatasetUnavailable
+    from steerlab.openended import generate_answers, load_questions, steering_arms
+    from steerlab.records import RecordWriter
+    from steerlab.steering import POSITIONS
+    from steerlab.vectors import SteeringVector
+
+    if positions not in POSITIONS:
+        _fail(f"--positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+    try:
+        sets = {spec: load_questions(spec) for spec in data}
+        steering = SteeringVector.load(vector) if vector else None
+    except (DataError, DatasetUnavailable, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    if limit is not None:
+        sets = {spec: split(qs, [min(limit, len(qs))], sample_seed)[0] for spec, qs in sets.items()}
+    arms = steering_arms(steering, parse_floats(multipliers), parse_ints(layers) if layers else None,
+                         norm_ratio, positions)  # type: ignore[arg-type]
+    handle = _load(model)
+    with RecordWriter(out) as writer:
+        for spec, questions in sets.items():
+            records = generate_answers(
+                handle, questions, arms, dataset=spec, max_new_tokens=max_new_tokens,
+                batch_size=batch_size, seed=seed, do_sample=sample, temperature=temperature, writer=writer,
+            )
+            console.print(f"{spec}: {len(questions)} questions × {len(arms)} arms ({', '.join(a.label for a in arms)})")
+    console.print(f"records appended to {out}")
+
+
+def _short(dataset: str) -> str:
+    """A dataset for a table: its name, or a file's name without the folders."""
+    return Path(dataset).name if "/" in dataset else dataset
+
+
+def print_head_to_head(rows: list) -> None:
+    """One row per judge × dataset × arm: wins/ties/losses, win rate with its interval, z test."""
+    table = Table(title="head to head (win rate counts a tie as half)")
+    for column in ("judge", "dataset", "arm vs base", "n", "W/T/L", "win rate [credible interval]", "z", "p"):
+        table.add_column(column, justify="left" if column in ("judge", "dataset", "arm vs base") else "right")
+    for row in rows:
+        low, high = row.interval
+        test = row.test
+        table.add_row(
+            row.judge, _short(row.dataset), f"{row.arm} vs {row.base}", str(row.n),
+            f"{row.wins}/{row.ties}/{row.losses}",
+            f"{row.win_rate:.3f} [{low:.3f}, {high:.3f}] ({row.advantage.level:.0%})",
+            f"{test.z:.2f}" if test else "-", f"{test.p_value:.3f}" if test else "-",
+        )
+    console.print(table)
+    console.print("p: one-sided z test of win rate > 1/2; interval: Bayesian (steerlab.stats.paired_advantage)")
+
+
+@app.command()
+def judge(
+    records: RecordsArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Head-to-head records (.jsonl), appended to.")],
+    judge_name: Annotated[str, typer.Option("--judge", help="Judge: reference-similarity (embedding similarity to the dataset's reference answers; no API).")] = "reference-similarity",
+    arm: ArmsOpt = None,
+    base: BaseOpt = "unsteered",
+    seed: Annotated[int, typer.Option(help="Seed of the per-item answer order the judge sees.")] = 0,
+) -> None:
+    """Judge each steered answer against the unsteered one, item by item; print win rates."""
+    from steerlab.judges import JUDGES, judge_head_to_head, summarize_head_to_head
+    from steerlab.records import RecordWriter
+
+    if judge_name not in JUDGES:
+        _fail(f"unknown judge {judge_name!r}; available: {', '.join(JUDGES)}")
+    rows = _read(records)
+    arms = arm or _other_arms(rows, base)
+    try:
+        with console.status(f"loading the {judge_name} judge"):
+            chosen = JUDGES[judge_name]()
+        with RecordWriter(out) as writer:
+            verdicts = [v for a in arms for v in judge_head_to_head(rows, chosen, a, base, seed=seed, writer=writer)]
+    except (ValueError, ModuleNotFoundError) as err:
+        _fail(str(err))
+    print_head_to_head(summarize_head_to_head(verdicts))
+    console.print(f"{len(verdicts)} verdicts appended to {out}")
+
+
+@blind_app.command("export")
+def blind_export(
+    records: RecordsArg,
+    arm: Annotated[str, typer.Option(help="The steered arm to rate against --base (e.g. steered+4).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Rating sheet to fill in: .csv or .jsonl.")],
+    key: Annotated[Path, typer.Option(help="Key file (.json) saying which arm wrote which answer; keep it from the rater.")],
+    base: BaseOpt = "unsteered",
+    seed: Annotated[int, typer.Option(help="Seed of the row order and the per-item answer order.")] = 0,
+) -> None:
+    """Write a blinded rating sheet (answers shuffled, arms hidden) and its key."""
+    from steerlab.blind import export_blind
+
+    try:
+        count = export_blind(_read(records), arm, out, key, base, seed)
+    except ValueError as err:
+        _fail(str(err))
+    console.print(f"{count} pairs in {out}: fill 'preferred' with 1, 2 or tie; key in {key}")
+
+
+@blind_app.command("import")
+def blind_import(
+    sheet: Annotated[Path, typer.Argument(help="The filled rating sheet (.csv or .jsonl).")],
+    key: Annotated[Path, typer.Option(help="The key file written by `steerlab blind export`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Head-to-head records (.jsonl), appended to.")],
+    rater: Annotated[str, typer.Option(help="Who rated; records name the judge human:<rater>.")] = "human",
+) -> None:
+    """Check and unblind filled ratings into head-to-head records; print win rates."""
+    from steerlab.blind import import_ratings
+    from steerlab.judges import summarize_head_to_head
+    from steerlab.records import RecordWriter
+
+    if not key.is_file():
+        _fail(f"key file not found: {key}")
+    try:
+        with RecordWriter(out) as writer:
+            verdicts = import_ratings(sheet, key, rater, writer)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    print_head_to_head(summarize_head_to_head(verdicts))
+    console.print(f"{len(verdicts)} verdicts appended to {out}")
+
+
+@app.command()
+def refusal(
+    records: RecordsArg,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also append per-answer refusal records (.jsonl) here.")] = None,
+    level: Annotated[float, typer.Option(help="Confidence level of the Wilson intervals.")] = 0.95,
+) -> None:
+    """Refusal rate per question set and arm, and attack success on harmful sets.
+
+    Refusals are found by the documented phrase list (steerlab.refusal); attack success is
+    1 − refusal rate on harmful prompts (advbench).
+    """
+    from contextlib import nullcontext
+
+    from steerlab.records import RecordWriter
+    from steerlab.refusal import detect_refusals, summarize_refusals
+
+    with RecordWriter(out) if out else nullcontext() as writer:
+        flagged = detect_refusals(_read(records), writer=writer)
+    if not flagged:
+        _fail(f"no generation records in {records}")
+    table = Table(title=f"refusals ({flagged[0]['detector']} detector; {level:.0%} Wilson intervals)")
+    for column in ("dataset", "arm", "multiplier", "n", "refusal rate", "attack success"):
+        table.add_column(column, justify="left" if column in ("dataset", "arm") else "right")
+    for row in summarize_refusals(flagged, level):
+        rate = row.refusals
+        attack = row.attack_success_interval
+        table.add_row(
+            _short(row.dataset), row.arm, f"{row.multiplier:g}", str(rate.n),
+            f"{rate.estimate:.3f} [{rate.lower:.3f}, {rate.upper:.3f}]",
+            f"{row.attack_success:.3f} [{attack[0]:.3f}, {attack[1]:.3f}]" if attack else "-",
+        )
+    console.print(table)
+
 
 if __name__ == "__main__":
     app()
