@@ -24,14 +24,24 @@ _EXPORTS = {
     "Sweep": "steerlab.evaluation",
     "evaluate_ab": "steerlab.evaluation",
     "evaluate_mc": "steerlab.evaluation",
+    "export_blind": "steerlab.blind",
+    "import_ratings": "steerlab.blind",
     "generate": "steerlab.generation",
     "inspect_dataset": "steerlab.inspection",
+    "ReferenceSimilarityJudge": "steerlab.judges",
+    "judge_head_to_head": "steerlab.judges",
+    "summarize_head_to_head": "steerlab.judges",
     "train_bipo": "steerlab.methods",
     "train_caa": "steerlab.methods",
     "train_dpo": "steerlab.methods",
     "ModelHandle": "steerlab.models",
     "load_model": "steerlab.models",
     "wrap_model": "steerlab.models",
+    "generate_answers": "steerlab.openended",
+    "load_questions": "steerlab.openended",
+    "steering_arms": "steerlab.openended",
+    "detect_refusals": "steerlab.refusal",
+    "summarize_refusals": "steerlab.refusal",
     "plot_steerability": "steerlab.reliability",
     "steerability": "steerlab.reliability",
     "PairedTable": "steerlab.stats",
@@ -49,10 +59,14 @@ if TYPE_CHECKING:
     from steerlab.data import MCItem, PreferencePair, load_mc, load_pairs, nested_subsets, split
     from steerlab.datasets import list_datasets, load_dataset, mc_to_pairs
     from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
+    from steerlab.blind import export_blind, import_ratings
     from steerlab.generation import generate
     from steerlab.inspection import inspect_dataset
+    from steerlab.judges import ReferenceSimilarityJudge, judge_head_to_head, summarize_head_to_head
     from steerlab.methods import train_bipo, train_caa, train_dpo
     from steerlab.models import ModelHandle, load_model, wrap_model
+    from steerlab.openended import generate_answers, load_questions, steering_arms
+    from steerlab.refusal import detect_refusals, summarize_refusals
     from steerlab.reliability import plot_steerability, steerability
     from steerlab.stats import (
         PairedTable,
