@@ -30,6 +30,9 @@ ModelOpt = Annotated[
     ),
 ]
 BatchOpt = Annotated[int, typer.Option(help="Sequences per forward pass.")]
+LayersOpt = Annotated[Optional[str], typer.Option(help="Apply at these layers (default: the vector's).")]
+NormRatioOpt = Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--n", help="Items per dataset: a seeded sample (default: all).")]
 
 
 def parse_floats(text: str) -> list[float]:
@@ -138,35 +141,60 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    data: Annotated[str, typer.Option("--data", "-d", help="MC items or A/B pairs file, or bundled name.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Records file (.jsonl), appended to.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Dataset name (`steerlab data list`; name:split works) or MC / pairs file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Records file (.jsonl), appended to; a rerun resumes.")],
     model: ModelOpt = DEFAULT_MODEL,
     vector: Annotated[Optional[Path], typer.Option("--vector", "-v", help="Steering vector file.")] = None,
     multipliers: Annotated[str, typer.Option(help="Comma-separated multipliers.")] = "0",
-    layers: Annotated[Optional[str], typer.Option(help="Apply at these layers (default: the vector's).")] = None,
-    norm_ratio: Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this (bundled sets: train/test).")] = None,
+    layers: LayersOpt = None,
+    norm_ratio: NormRatioOpt = None,
+    split: Annotated[Optional[str], typer.Option(help="Use only this split (bundled sets: train/test).")] = None,
     batch_size: BatchOpt = 8,
 ) -> None:
-    """Score multiple-choice or A/B items by likelihood, per multiplier; print a table."""
-    from steerlab.data import DataError, data_kind, load_mc, load_pairs
-    from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
+    """Score multiple-choice or A/B items by likelihood, per multiplier; print a table.
+
+    Rerun on the same --out, it resumes: items whose records are there are not scored again.
+    """
+    from steerlab.evaluation import Sweep, evaluate
     from steerlab.records import RecordWriter, summarize
     from steerlab.vectors import SteeringVector
 
-    try:
-        kind = data_kind(data)
-        items = load_mc(data, split) if kind == "mc" else load_pairs(data, split)
-    except (DataError, FileNotFoundError) as err:
-        _fail(str(err))
+    items = _scored_items(data, split)
     steering = SteeringVector.load(vector) if vector else None
     handle = _load(model)
-    run = evaluate_mc if kind == "mc" else evaluate_ab
     with RecordWriter(out) as writer:
         sweep = Sweep(steering, parse_floats(multipliers), parse_ints(layers) if layers else None, norm_ratio)
-        records = run(handle, items, sweep, dataset=str(data), writer=writer, batch_size=batch_size)
+        records = evaluate(handle, items, [sweep], dataset=str(data), writer=writer, batch_size=batch_size)
     print_summary(summarize(records))
-    console.print(f"{len(records)} records appended to {out}")
+    console.print(f"{len(records)} records in {out}")
+
+
+def _dataset(spec: str, split: Optional[str], limit: Optional[int] = None, seed: int = 0) -> list:
+    """Records of a registered dataset or file (``name:split`` also names the split), or exit
+    with the loader's message; ``limit`` takes a seeded sample."""
+    from steerlab.data import DataError
+    from steerlab.data import split as sample
+    from steerlab.datasets import DatasetUnavailable, load_dataset
+
+    if split is None and ":" in spec and not Path(spec).exists():
+        spec, split = spec.rsplit(":", 1)
+    try:
+        items = load_dataset(spec, split)
+    except (DataError, DatasetUnavailable, FileNotFoundError, KeyError, ValueError) as err:
+        _fail(str(err))
+    if not items:
+        _fail(f"no rows in {spec}" + (f" with split '{split}'" if split else ""))
+    return sample(items, [min(limit, len(items))], seed)[0] if limit else items
+
+
+def _scored_items(spec: str, split: Optional[str], limit: Optional[int] = None) -> list:
+    """Multiple-choice items or A/B pairs: what likelihood evaluation takes."""
+    from steerlab.data import MCItem, PreferencePair
+
+    items = _dataset(spec, split, limit)
+    if not isinstance(items[0], (MCItem, PreferencePair)):
+        _fail(f"{spec} holds prompts or text, not multiple-choice items or pairs")
+    return items
 
 
 def print_summary(rows: list[dict]) -> None:
@@ -250,6 +278,132 @@ def demo(
     if multipliers:
         config.multipliers = parse_floats(multipliers)
     run_demo(config, console)
+
+
+# ---- sweeps, side effects, analysis ------------------------------------------------------------
+
+RunOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory: records, vectors, command log; a rerun resumes.")]
+
+
+@app.command()
+def sweep(
+    data: Annotated[list[str], typer.Option("--data", "-d", help="Dataset (name, name:split or file); repeatable.")],
+    vector: Annotated[list[Path], typer.Option("--vector", "-v", help="Steering vector file; repeatable.")],
+    out: RunOpt,
+    model: ModelOpt = DEFAULT_MODEL,
+    multipliers: Annotated[str, typer.Option(help="Comma-separated multipliers.")] = "-2,-1,0,1,2",
+    layers: Annotated[Optional[str], typer.Option(help="Layers to try, each on its own (default: the vector's own).")] = None,
+    norm_ratio: NormRatioOpt = None,
+    limit: LimitOpt = None,
+    batch_size: BatchOpt = 8,
+) -> None:
+    """Evaluate every vector × layer × multiplier on each dataset, into a run directory.
+
+    At each layer the layers below run once per batch and only those above once per multiplier.
+    """
+    from steerlab.evaluation import evaluate, grid
+    from steerlab.records import summarize
+    from steerlab.runs import RunDir
+
+    sets = {spec: _scored_items(spec, None, limit) for spec in data}
+    vectors = [_vector(path) for path in vector]
+    sweeps = grid(vectors, parse_floats(multipliers), parse_ints(layers) if layers else None, norm_ratio)
+    handle = _load(model)
+    run = RunDir.open(out, "sweep", {"data": data, "vectors": [str(v) for v in vector], "model": model,
+                                     "multipliers": multipliers, "layers": layers, "norm_ratio": norm_ratio,
+                                     "n": limit})
+    records = []
+    with run.writer() as writer:
+        for steering in vectors:
+            run.keep_vector(steering)
+        for spec, items in sets.items():
+            records += evaluate(handle, items, sweeps, dataset=spec, writer=writer, batch_size=batch_size)
+    print_summary(summarize(records))
+    console.print(f"{len(records)} records in {run.records_path}; `steerlab analyze {out}` builds the tables")
+
+
+def _vector(path: Path):
+    from steerlab.vectors import SteeringVector
+
+    try:
+        return SteeringVector.load(path)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+
+
+@app.command("side-effects")
+def side_effects(
+    vector: Annotated[Path, typer.Option("--vector", "-v", help="Steering vector file.")],
+    out: RunOpt,
+    model: ModelOpt = DEFAULT_MODEL,
+    multipliers: Annotated[str, typer.Option(help="Steered multipliers, comma-separated (0, the baseline, is added).")] = "4",
+    layers: LayersOpt = None,
+    norm_ratio: NormRatioOpt = None,
+    capability: Annotated[Optional[list[str]], typer.Option(help="Multiple-choice capability set (name or name:split); repeatable. Default: general-knowledge.")] = None,
+    text: Annotated[Optional[list[str]], typer.Option(help="Text set for perplexity (name or name:split); repeatable. Default: wikitext2:test.")] = None,
+    kl_prompts: Annotated[Optional[list[str]], typer.Option(help="Unrelated prompts for KL: a prompts set, or the questions of an MC / pairs set; repeatable. Default: general-knowledge.")] = None,
+    limit: Annotated[int, typer.Option("--n", help="Items, texts or prompts per set: a seeded sample.")] = 100,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per perplexity text.")] = 128,
+    batch_size: BatchOpt = 8,
+) -> None:
+    """Capability accuracy, perplexity and KL to the unsteered model: steered against unsteered."""
+    from steerlab.evaluation import Sweep
+    from steerlab.runs import RunDir
+    from steerlab.side_effects import as_prompts, passages, side_effect_records, side_effects_table
+
+    capability, text = capability or ["general-knowledge"], text or ["wikitext2:test"]
+    kl_prompts = kl_prompts or ["general-knowledge"]
+    steering = _vector(vector)
+    capability_sets = {spec: _scored_items(spec, None, limit) for spec in capability}
+    texts = {spec: passages(_texts(spec), limit) for spec in text}
+    prompts = {spec: as_prompts(_dataset(spec, None, limit)) for spec in kl_prompts}
+    handle = _load(model)
+    run = RunDir.open(out, "side-effects", {"vector": str(vector), "model": model, "multipliers": multipliers,
+                                            "layers": layers, "norm_ratio": norm_ratio, "capability": capability,
+                                            "text": text, "kl_prompts": kl_prompts, "n": limit})
+    run.keep_vector(steering)
+    sweep = Sweep(steering, parse_floats(multipliers), parse_ints(layers) if layers else None, norm_ratio)
+    with run.writer() as writer:
+        records = side_effect_records(handle, sweep, capability=capability_sets, texts=texts, prompts=prompts,
+                                      max_tokens=max_tokens, writer=writer, batch_size=batch_size)
+    print_side_effects(side_effects_table(records))
+    console.print(f"records in {run.records_path}")
+
+
+def _texts(spec: str) -> list[str]:
+    """Lines of a text dataset (e.g. wikitext2:test)."""
+    lines = _dataset(spec, None)
+    if not isinstance(lines[0], str):
+        _fail(f"{spec} holds {type(lines[0]).__name__} records, not text")
+    return lines
+
+
+def print_side_effects(rows: list) -> None:
+    """The side-effects table: unsteered, steered, change and its 90% interval."""
+    table = Table(title="side effects (steered vs unsteered; 90% intervals)")
+    for column in ("metric", "dataset", "multiplier", "n", "unsteered", "steered", "change", "interval"):
+        table.add_column(column, justify="left" if column in ("metric", "dataset") else "right")
+    for row in rows:
+        table.add_row(row.metric, row.dataset, f"{row.multiplier:g}", str(row.n), f"{row.unsteered:.4g}",
+                      f"{row.steered:.4g}", f"{row.change:+.4g}", f"[{row.lower:+.4g}, {row.upper:+.4g}]")
+    console.print(table)
+
+
+@app.command()
+def analyze(run_dir: Annotated[Path, typer.Argument(help="A run directory (from sweep, side-effects, ...).")]) -> None:
+    """Recompute every table and plot of a run from its records alone; write analysis.md."""
+    from rich.markdown import Markdown
+
+    from steerlab.analysis import write_analysis
+    from steerlab.runs import RunDir
+
+    run = RunDir(run_dir)
+    records = run.records()
+    if not records:
+        _fail(f"no records in {run.records_path}")
+    path = write_analysis(run.path, records)
+    console.print(Markdown(path.read_text(encoding="utf-8")))
+    console.print(f"analysis: {path}")
 
 
 # ---- data: list, inspect -------------------------------------------------------------------
@@ -377,16 +531,16 @@ app.add_typer(blind_app, name="blind")
 RecordsArg = Annotated[Path, typer.Argument(help="Generation records (.jsonl) from `steerlab generate-eval`.")]
 BaseOpt = Annotated[str, typer.Option(help="The arm compared against.")]
 ArmsOpt = Annotated[Optional[list[str]], typer.Option("--arm", help="Arm to compare with --base (repeatable; default: every other arm).")]
-LayersOpt = Annotated[Optional[str], typer.Option(help="Apply at these layers (default: the vector's).")]
-NormRatioOpt = Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.")]
+DatasetsOpt = Annotated[Optional[list[str]], typer.Option("--dataset", help="Only records of this question set (repeatable; default: all in the file).")]
 
 
-def _read(path: Path) -> list[dict]:
+def _read(path: Path, datasets: list[str] | None = None) -> list[dict]:
+    """The records of a file, only those of ``datasets`` when given."""
     from steerlab.records import read_records
 
     if not path.is_file():
         _fail(f"records file not found: {path}")
-    return read_records(path)
+    return [r for r in read_records(path) if not datasets or r.get("dataset") in datasets]
 
 
 def _other_arms(records: list[dict], base: str) -> list[str]:
@@ -477,6 +631,7 @@ def judge(
     judge_name: Annotated[str, typer.Option("--judge", help="Judge: reference-similarity (embedding similarity to the dataset's reference answers; no API).")] = "reference-similarity",
     arm: ArmsOpt = None,
     base: BaseOpt = "unsteered",
+    dataset: DatasetsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the per-item answer order the judge sees.")] = 0,
 ) -> None:
     """Judge each steered answer against the unsteered one, item by item; print win rates."""
@@ -485,7 +640,7 @@ def judge(
 
     if judge_name not in JUDGES:
         _fail(f"unknown judge {judge_name!r}; available: {', '.join(JUDGES)}")
-    rows = _read(records)
+    rows = _read(records, dataset)
     arms = arm or _other_arms(rows, base)
     try:
         with console.status(f"loading the {judge_name} judge"):
@@ -505,13 +660,14 @@ def blind_export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Rating sheet to fill in: .csv or .jsonl.")],
     key: Annotated[Path, typer.Option(help="Key file (.json) saying which arm wrote which answer; keep it from the rater.")],
     base: BaseOpt = "unsteered",
+    dataset: DatasetsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the row order and the per-item answer order.")] = 0,
 ) -> None:
     """Write a blinded rating sheet (answers shuffled, arms hidden) and its key."""
     from steerlab.blind import export_blind
 
     try:
-        count = export_blind(_read(records), arm, out, key, base, seed)
+        count = export_blind(_read(records, dataset), arm, out, key, base, seed)
     except ValueError as err:
         _fail(str(err))
     console.print(f"{count} pairs in {out}: fill 'preferred' with 1, 2 or tie; key in {key}")

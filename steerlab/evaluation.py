@@ -16,7 +16,7 @@ from functools import partial
 from steerlab.data import MCItem, PreferencePair
 from steerlab.encoding import encode
 from steerlab.models import ModelHandle
-from steerlab.records import Record, RecordWriter
+from steerlab.records import Record, RecordWriter, record_key
 from steerlab.scoring import CompletionScore, Setting, score_settings
 from steerlab.steering import Positions
 from steerlab.vectors import SteeringVector
@@ -70,47 +70,76 @@ def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 
+CHUNK = 64
+"""Items scored between two writes of records: what an interruption can lose at most."""
+
+
+def _item_ids(items: Sequence[MCItem] | Sequence[PreferencePair]) -> list[str]:
+    """Each item's id (its position where it has none); ids must be unique to pair records."""
+    ids = [item.id or str(index) for index, item in enumerate(items)]
+    if len(set(ids)) != len(ids):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"item ids must be unique; repeated: {repeated[:5]}")
+    return ids
+
+
 def _evaluate(
     task: str,
     build: Callable[[int, list[CompletionScore]], Record],
     model: ModelHandle,
     prompts: Sequence[str],
     choices: Sequence[Sequence[str]],
+    ids: Sequence[str],
     sweep: Sweep,
     dataset: str,
     writer: RecordWriter | None,
     batch_size: int,
     progress: bool,
+    chunk_size: int = CHUNK,
 ) -> list[Record]:
-    """Score every choice of every item at each setting; one record per item × setting."""
-    seqs = encode(
-        model,
-        [p for p, options in zip(prompts, choices) for _ in options],
-        [c for options in choices for c in options],
-    )
-    formatted = [model.format_prompt(p) for p in prompts]
+    """Score every choice of every item at each setting; one record per item × setting.
+
+    Items go in fixed chunks whose records are written as soon as they are scored, so an
+    interruption loses at most one chunk; with a ``writer`` on a file that already holds some of
+    these records, complete chunks are not scored again (the run resumes) and their records are
+    returned as they were written. A chunk is always scored whole, so its batches — and every
+    number — are those of an uninterrupted run.
+    """
     common = {"task": task, "dataset": dataset, "model": model.name, **sweep.describe()}
     settings = sweep.settings(model)
-    scored = score_settings(model, seqs, [make for _, make in settings], sweep.shared_layers(),
-                            batch_size, progress, f"scoring {len(settings)} setting(s)")
-    records = []
-    for (multiplier, _), flat in zip(settings, scored):
-        start = 0
-        for index, options in enumerate(choices):
-            scores = flat[start : start + len(options)]
-            start += len(options)
-            record = {
-                **common,
-                "multiplier": float(multiplier),
-                "prompt": formatted[index],
-                "logprobs": [s.logprob for s in scores],
-                "n_tokens": [s.n_tokens for s in scores],
-                **build(index, scores),
-            }
-            records.append(record)
-            if writer is not None:
-                writer.write(record)
-    return records
+
+    def key(index: int, multiplier: float) -> str:
+        return record_key({**common, "multiplier": float(multiplier), "item_id": ids[index]})
+
+    done = {} if writer is None else {
+        key(i, m): writer.get(key(i, m)) for i in range(len(prompts)) for m, _ in settings
+    }
+    for start in range(0, len(prompts), chunk_size):
+        chunk = range(start, min(start + chunk_size, len(prompts)))
+        if all(done.get(key(i, m)) is not None for i in chunk for m, _ in settings):
+            continue
+        seqs = encode(model, [prompts[i] for i in chunk for _ in choices[i]],
+                      [c for i in chunk for c in choices[i]])
+        scored = score_settings(model, seqs, [make for _, make in settings], sweep.shared_layers(),
+                                batch_size, progress, f"scoring {len(settings)} setting(s)")
+        for (multiplier, _), flat in zip(settings, scored):
+            offset = 0
+            for index in chunk:
+                scores = flat[offset : offset + len(choices[index])]
+                offset += len(choices[index])
+                record = {
+                    **common,
+                    "multiplier": float(multiplier),
+                    "item_id": ids[index],
+                    "prompt": model.format_prompt(prompts[index]),
+                    "logprobs": [s.logprob for s in scores],
+                    "n_tokens": [s.n_tokens for s in scores],
+                    **build(index, scores),
+                }
+                done[key(index, multiplier)] = record
+                if writer is not None and writer.get(key(index, multiplier)) is None:
+                    writer.write(record)
+    return [done[key(i, m)] for m, _ in settings for i in range(len(prompts))]
 
 
 def evaluate_mc(
@@ -132,7 +161,6 @@ def evaluate_mc(
         prediction = _argmax([s.logprob for s in scores])
         prediction_norm = _argmax(normed)
         return {
-            "item_id": item.id,
             "choices": list(item.choices),
             "answer": item.answer,
             "mean_logprobs": normed,
@@ -145,7 +173,7 @@ def evaluate_mc(
 
     return _evaluate(
         "mc", build, model, [i.question for i in items], [i.choices for i in items],
-        sweep, dataset, writer, batch_size, progress,
+        _item_ids(items), sweep, dataset, writer, batch_size, progress,
     )
 
 
@@ -166,7 +194,6 @@ def evaluate_ab(
         pair = pairs[index]
         probs = _softmax([s.logprob for s in scores])
         return {
-            "item_id": pair.id,
             "choices": [pair.chosen, pair.rejected],
             "answer": 0,
             "probs": probs,
@@ -177,7 +204,7 @@ def evaluate_ab(
 
     return _evaluate(
         "ab", build, model, [p.prompt for p in pairs], [(p.chosen, p.rejected) for p in pairs],
-        sweep, dataset, writer, batch_size, progress,
+        _item_ids(pairs), sweep, dataset, writer, batch_size, progress,
     )
 
 

@@ -17,17 +17,41 @@ Record = dict[str, Any]
 GROUP_KEYS = ("task", "dataset", "vector_id", "layers", "norm_ratio", "multiplier")
 
 
+KEY_FIELDS = ("task", "dataset", "model", "vector_id", "layers", "norm_ratio", "positions",
+              "multiplier", "arm", "item_id")
+"""The fields that tell one record's unit of work from another's (absent fields count as None)."""
+
+
+def record_key(record: Record) -> str:
+    """The identity of the work a record stands for: a rerun that finds it skips that work."""
+    return json.dumps([record.get(k) for k in KEY_FIELDS])
+
+
 class RecordWriter:
-    """Appends records to a JSONL file, flushing each line so an interruption loses nothing."""
+    """Appends records to a JSONL file, flushing each line so an interruption loses nothing.
+
+    Records already in the file are known by :func:`record_key` (:meth:`get`), so an interrupted
+    job reopened on the same file resumes instead of redoing work. A torn last line (a write cut
+    off mid-way) is removed before appending.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._known: dict[str, Record] = {}
+        if self.path.exists():
+            _drop_torn_tail(self.path)
+            self._known = {record_key(r): r for r in read_records(self.path)}
         self._file: TextIO = self.path.open("a", encoding="utf-8")
+
+    def get(self, key: str) -> Record | None:
+        """The record already written for this key, if any."""
+        return self._known.get(key)
 
     def write(self, record: Record) -> None:
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._file.flush()
+        self._known[record_key(record)] = record
 
     def close(self) -> None:
         self._file.close()
@@ -37,6 +61,14 @@ class RecordWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut the file after its last newline, removing a partly written record."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
 
 
 def read_records(path: str | Path) -> list[Record]:

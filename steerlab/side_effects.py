@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from steerlab.data import MCItem
+from steerlab.data import MCItem, PreferencePair
 from steerlab.encoding import TokenSequence, batches, encode
 from steerlab.evaluation import Sweep, evaluate_mc
 from steerlab.models import ModelHandle
@@ -111,6 +111,18 @@ def kl_records(
     return _emit(records, writer)
 
 
+def passages(lines: Sequence[str], n: int, min_words: int = 30) -> list[str]:
+    """The first ``n`` lines of at least ``min_words`` words: held text for perplexity (WikiText
+    lines are headings, blanks and paragraphs; only paragraphs are worth predicting)."""
+    return [line.strip() for line in lines if len(line.split()) >= min_words][:n]
+
+
+def as_prompts(items: Sequence[MCItem | PreferencePair | str]) -> list[str]:
+    """Prompts from any dataset: strings as they are, the question of an item, a pair's prompt."""
+    return [item if isinstance(item, str) else item.question if isinstance(item, MCItem) else item.prompt
+            for item in items]
+
+
 def side_effect_records(
     model: ModelHandle,
     sweep: Sweep,
@@ -118,6 +130,7 @@ def side_effect_records(
     capability: Mapping[str, Sequence[MCItem]] | None = None,
     texts: Mapping[str, Sequence[str]] | None = None,
     prompts: Mapping[str, Sequence[str]] | None = None,
+    max_tokens: int = 128,
     writer: RecordWriter | None = None,
     batch_size: int = 8,
     progress: bool = True,
@@ -131,7 +144,7 @@ def side_effect_records(
     for name, items in (capability or {}).items():
         records += evaluate_mc(model, items, sweep, dataset=name, **options)
     for name, chunk in (texts or {}).items():
-        records += perplexity_records(model, chunk, sweep, dataset=name, **options)
+        records += perplexity_records(model, chunk, sweep, dataset=name, max_tokens=max_tokens, **options)
     for name, chunk in (prompts or {}).items():
         records += kl_records(model, chunk, sweep, dataset=name, **options)
     return records
@@ -175,6 +188,7 @@ def _by_setting(records: Sequence[Record], task: str) -> dict[tuple, dict[float,
 
 
 def _paired_values(base: list[Record], steered: list[Record]) -> list[tuple[Record, Record]]:
+    """(unsteered, steered) records of each steered item; every one needs its unsteered twin."""
     by_id = {r["item_id"]: r for r in base}
     missing = [r["item_id"] for r in steered if r["item_id"] not in by_id]
     if missing:
@@ -185,19 +199,20 @@ def _paired_values(base: list[Record], steered: list[Record]) -> list[tuple[Reco
 def side_effects_table(records: Sequence[Record]) -> list[SideEffect]:
     """The side-effects table, recomputed from records: every steered multiplier of every
     capability (``mc``), ``perplexity`` and ``kl`` setting against the same setting's
-    multiplier-0 records (which capability and perplexity sweeps must therefore include)."""
+    multiplier-0 records of the same items (which capability and perplexity sweeps must
+    therefore include)."""
     rows: list[SideEffect] = []
     for (dataset, vector_id, _, _), by_m in _by_setting(records, "mc").items():
         if 0.0 not in by_m:
             raise ValueError(f"capability records of {dataset} have no multiplier-0 baseline")
-        base = by_m[0.0]
-        accuracy = sum(bool(r["correct"]) for r in base) / len(base)
         for m, steered in sorted(by_m.items()):
             if m == 0.0:
                 continue
+            base = [b for b, _ in _paired_values(by_m[0.0], steered)]
             post = paired_advantage(paired_table_from_records(steered, base))
             rows.append(SideEffect(
-                "accuracy", dataset, vector_id, m, len(steered), accuracy,
+                "accuracy", dataset, vector_id, m, len(steered),
+                sum(bool(r["correct"]) for r in base) / len(base),
                 sum(bool(r["correct"]) for r in steered) / len(steered), post.mean, post.lower,
                 post.upper, f"P(gain > 0) = {post.prob_positive:.2f}",
             ))
