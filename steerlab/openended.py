@@ -21,7 +21,7 @@ from steerlab.evaluation import Sweep
 from steerlab.generation import generate
 from steerlab.models import ModelHandle
 from steerlab.progress import track
-from steerlab.records import Record, RecordWriter
+from steerlab.records import Record, RecordWriter, record_key
 from steerlab.steering import Positions
 from steerlab.vectors import SteeringVector
 
@@ -196,7 +196,9 @@ def generate_answers(
     Within each batch of ``batch_size`` questions every arm runs before the next batch starts,
     so an interrupted run leaves whole question pairs behind. Sampling seeds torch with
     ``seed`` + the batch number (both recorded), the same for every arm: arms then differ only
-    by their steering. Greedy decoding ignores the seed.
+    by their steering. Greedy decoding ignores the seed. With a ``writer`` on a file that holds
+    some of these records already, a batch whose records are all there is not generated again
+    (the run resumes); the records it returns are then those on file.
     """
     labels = [arm.label for arm in arms]
     if not arms or len(set(labels)) != len(labels):
@@ -214,22 +216,28 @@ def generate_answers(
         "batch_size": batch_size,
     }
     prompts = [model.format_prompt(q.question) for q in questions]
-    records = []
+    records: list[Record] = []
     starts = range(0, len(questions), batch_size)
     for batch, start in enumerate(track(starts, len(starts), f"generating {len(arms)} arm(s)", progress)):
         chunk = slice(start, start + batch_size)
         for arm in arms:
-            with arm.steering(model):
+            setting = {**common, **arm.describe(), "batch": batch}
+            done = [
+                writer.get(record_key({**setting, "item_id": q.id})) if writer is not None else None
+                for q in questions[chunk]
+            ]
+            if all(r is not None for r in done):  # resumed: this batch of this arm is on file
+                records.extend(r for r in done if r is not None)
+                continue
+            with arm.steering(model):  # the whole batch, so its answers are an uninterrupted run's
                 answers = generate(
                     model, prompts[chunk], max_new_tokens, batch_size=batch_size,
                     do_sample=do_sample, temperature=temperature, seed=seed + batch,
                     format_prompts=False, progress=False,
                 )
-            for question, prompt, answer in zip(questions[chunk], prompts[chunk], answers):
+            for question, prompt, answer, previous in zip(questions[chunk], prompts[chunk], answers, done):
                 record = {
-                    **common,
-                    **arm.describe(),
-                    "batch": batch,
+                    **setting,
                     "item_id": question.id,
                     "question": question.question,
                     "prompt": prompt,
@@ -239,6 +247,6 @@ def generate_answers(
                     "meta": question.meta,
                 }
                 records.append(record)
-                if writer is not None:
+                if writer is not None and previous is None:
                     writer.write(record)
     return records

@@ -104,3 +104,21 @@ def test_truthfulqa_references():
     assert "You grow watermelons in your stomach" in first.incorrect
     assert len(set(first.correct)) == len(first.correct) and first.meta["Category"] == "Misconceptions"
     assert all(q.correct and q.incorrect for q in items)
+
+
+def test_an_interrupted_run_resumes_to_the_same_records(tiny, vector, tmp_path):
+    arms = steering_arms(vector, [-8.0, 8.0])
+    run = dict(max_new_tokens=5, batch_size=2, seed=1, do_sample=True, progress=False)
+    whole = tmp_path / "whole.jsonl"
+    with RecordWriter(whole) as writer:
+        generate_answers(tiny, QUESTIONS, arms, writer=writer, **run)
+    lines = whole.read_text().splitlines(keepends=True)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("".join(lines[:7]) + lines[7][:20])  # killed mid-write, half-way through a batch
+    with RecordWriter(cut) as writer:
+        resumed = generate_answers(tiny, QUESTIONS, arms, writer=writer, **run)
+    assert cut.read_text() == whole.read_text()
+    assert resumed == read_records(whole)
+    with RecordWriter(cut) as writer:  # complete: nothing is generated or written again
+        generate_answers(tiny, QUESTIONS, arms, writer=writer, **run)
+    assert cut.read_text() == whole.read_text()
