@@ -642,6 +642,8 @@ def judge(
         _fail(f"unknown judge {judge_name!r}; available: {', '.join(JUDGES)}")
     rows = _read(records, dataset)
     arms = arm or _other_arms(rows, base)
+    if not arms:
+        _fail(f"no generation records of an arm other than '{base}' in {records}")
     try:
         with console.status(f"loading the {judge_name} judge"):
             chosen = JUDGES[judge_name]()

@@ -91,7 +91,10 @@ class ReferenceSimilarityJudge:
         """Each answer's similarities to its own correct and incorrect reference sets."""
         for i, (good, bad) in enumerate(zip(correct, incorrect)):
             if not good or not bad:
-                raise ValueError(f"answer {i}: the reference judge needs correct and incorrect references")
+                raise ValueError(
+                    f"answer {i}: the reference judge needs correct and incorrect references; judge "
+                    "only question sets that have them (e.g. truthfulqa-open)"
+                )
         texts = list(dict.fromkeys([*answers, *(r for refs in [*correct, *incorrect] for r in refs)]))
         index = {text: i for i, text in enumerate(texts)}
         vectors = self.embed(texts)

@@ -35,7 +35,7 @@ def test_generate_judge_blind_refusal(model_dir, tmp_path):  # noqa: F811
     assert len(records) == 9 and {r["arm"] for r in records} == {"unsteered", "steered-2", "steered+2"}
 
     verdicts = tmp_path / "verdicts.jsonl"
-    result = invoke("judge", generated, "--out", verdicts)
+    result = invoke("judge", generated, "--out", verdicts, "--dataset", questions)
     assert result.exit_code == 0, result.output
     assert len(read_records(verdicts)) == 6 and "win rate" in result.output
 
@@ -63,3 +63,5 @@ def test_generate_judge_blind_refusal(model_dir, tmp_path):  # noqa: F811
 
     result = invoke("judge", generated, "--out", verdicts, "--arm", "steered+9")
     assert result.exit_code == 1 and "need records of arms 'steered+9'" in result.output
+    result = invoke("judge", generated, "--out", verdicts, "--dataset", "advbench")
+    assert result.exit_code == 1 and "no generation records of an arm" in result.output
