@@ -70,7 +70,7 @@ METHODS = ("caa", "bipo", "dpo")
 
 @app.command()
 def train(
-    data: Annotated[str, typer.Option("--data", "-d", help="Pairs file (.jsonl/.csv) or bundled dataset name.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Pairs: dataset name (`steerlab data list`; name:split works) or .jsonl/.csv file.")],
     layer: Annotated[str, typer.Option("--layer", "-l", help="Layer index (CAA also takes several: 10,12,14).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Vector file (.safetensors); a directory with --subset-sizes.")],
     method: Annotated[str, typer.Option(help="caa, bipo or dpo (BiPO with the direction fixed to +1).")] = "caa",
@@ -94,7 +94,6 @@ def train(
 
     BiPO/DPO rewrite --out after every epoch, so Ctrl-C keeps the last completed epoch's vector.
     """
-    from steerlab.data import DataError, load_pairs
     from steerlab.methods import TrainingHistory, train_bipo, train_caa
     from steerlab.methods.subsets import train_on_subsets
 
@@ -103,13 +102,8 @@ def train(
     layers = parse_ints(layer)
     if method != "caa" and len(layers) != 1:
         _fail(f"{method} trains one layer at a time; got --layer {layer}")
-    try:
-        pairs = load_pairs(data, split=split)
-        val_pairs = load_pairs(val_data, split=val_split) if val_data else None
-    except (DataError, FileNotFoundError) as err:
-        _fail(str(err))
-    if not pairs:
-        _fail(f"no pairs in {data}" + (f" with split '{split}'" if split else ""))
+    pairs = _pairs(data, split)
+    val_pairs = _pairs(val_data, val_split) if val_data else None
     handle = _load(model)
 
     def run(subset: list, run_seed: int, checkpoint: Path | None = None):
@@ -185,6 +179,17 @@ def _dataset(spec: str, split: Optional[str], limit: Optional[int] = None, seed:
     if not items:
         _fail(f"no rows in {spec}" + (f" with split '{split}'" if split else ""))
     return sample(items, [min(limit, len(items))], seed)[0] if limit else items
+
+
+def _pairs(spec: str, split: Optional[str]) -> list:
+    """Preference pairs (free text or A/B) for training."""
+    from steerlab.data import PreferencePair
+
+    pairs = _dataset(spec, split)
+    if not isinstance(pairs[0], PreferencePair):
+        _fail(f"{spec} holds {type(pairs[0]).__name__} records, not preference pairs "
+              "(multiple choice converts with steerlab.mc_to_pairs)")
+    return pairs
 
 
 def _scored_items(spec: str, split: Optional[str], limit: Optional[int] = None) -> list:
