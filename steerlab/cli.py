@@ -707,6 +707,7 @@ def blind_import(
 def refusal(
     records: RecordsArg,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also append per-answer refusal records (.jsonl) here.")] = None,
+    dataset: DatasetsOpt = None,
     level: Annotated[float, typer.Option(help="Confidence level of the Wilson intervals.")] = 0.95,
 ) -> None:
     """Refusal rate per question set and arm, and attack success on harmful sets.
@@ -720,7 +721,7 @@ def refusal(
     from steerlab.refusal import detect_refusals, summarize_refusals
 
     with RecordWriter(out) if out else nullcontext() as writer:
-        flagged = detect_refusals(_read(records), writer=writer)
+        flagged = detect_refusals(_read(records, dataset), writer=writer)
     if not flagged:
         _fail(f"no generation records in {records}")
     table = Table(title=f"refusals ({flagged[0]['detector']} detector; {level:.0%} Wilson intervals)")

@@ -57,7 +57,7 @@ def test_generate_judge_blind_refusal(model_dir, tmp_path):  # noqa: F811
     assert {r["judge"] for r in read_records(rated)} == {"human:ann"} and "3 verdicts" in result.output
 
     refusals = tmp_path / "refusals.jsonl"
-    result = invoke("refusal", generated, "--out", refusals)
+    result = invoke("refusal", generated, "--out", refusals, "--dataset", questions)
     assert result.exit_code == 0, result.output
     assert len(read_records(refusals)) == 9 and "steered-2" in result.output
 
