@@ -50,7 +50,7 @@ def test_export_import_unblind_round_trip(tmp_path, suffix):
     assert any(v["details"] == {"comment": "close call"} for v in verdicts)
     # the same order as a judge run with the same seed sees, and the same records apart from who judged
     judged = judge_head_to_head(RECORDS, FirstShown(), "steered+4", seed=3)
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("judge", "details")} for r in rs]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("judge", "details")} for r in rs]
     assert strip(verdicts) == strip(judged)
     (row,) = summarize_head_to_head(verdicts)
     assert row.judge == "human:ann" and row.n == 6

@@ -5,7 +5,11 @@ import pytest
 import torch
 
 from steerlab.judges import (
-    Comparison, ReferenceSimilarityJudge, Verdict, judge_head_to_head, pair_arms,
+    Comparison,
+    ReferenceSimilarityJudge,
+    Verdict,
+    judge_head_to_head,
+    pair_arms,
     summarize_head_to_head,
 )
 from steerlab.openended import OpenQuestion, generate_answers, steering_arms

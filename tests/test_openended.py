@@ -5,7 +5,13 @@ import torch
 
 from steerlab.data import DataError
 from steerlab.generation import generate
-from steerlab.openended import TRUTHFULQA_OPEN, OpenQuestion, generate_answers, load_questions, steering_arms
+from steerlab.openended import (
+    TRUTHFULQA_OPEN,
+    OpenQuestion,
+    generate_answers,
+    load_questions,
+    steering_arms,
+)
 from steerlab.records import RecordWriter, read_records
 from steerlab.vectors import SteeringVector, meta_for
 
@@ -58,7 +64,7 @@ def test_records_per_item_and_arm_written_as_produced(tiny, vector, tmp_path):
 
 def test_sampling_is_repeatable_with_the_recorded_seed(tiny):
     arms = steering_arms(None, [])
-    run = lambda seed: [r["answer"] for r in generate_answers(  # noqa: E731
+    run = lambda seed: [r["answer"] for r in generate_answers(
         tiny, QUESTIONS, arms, max_new_tokens=8, batch_size=2, seed=seed, do_sample=True,
         temperature=1.5, progress=False)]
     assert run(5) == run(5)
@@ -108,7 +114,7 @@ def test_truthfulqa_references():
 
 def test_an_interrupted_run_resumes_to_the_same_records(tiny, vector, tmp_path):
     arms = steering_arms(vector, [-8.0, 8.0])
-    run = dict(max_new_tokens=5, batch_size=2, seed=1, do_sample=True, progress=False)
+    run = {"max_new_tokens": 5, "batch_size": 2, "seed": 1, "do_sample": True, "progress": False}
     whole = tmp_path / "whole.jsonl"
     with RecordWriter(whole) as writer:
         generate_answers(tiny, QUESTIONS, arms, writer=writer, **run)

@@ -2,7 +2,10 @@ import pytest
 
 from steerlab.records import RecordWriter, read_records
 from steerlab.refusal import (
-    PhraseRefusalDetector, RefusalVerdict, detect_refusals, summarize_refusals,
+    PhraseRefusalDetector,
+    RefusalVerdict,
+    detect_refusals,
+    summarize_refusals,
 )
 from steerlab.stats import wilson_interval
 
