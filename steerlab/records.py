@@ -18,7 +18,7 @@ GROUP_KEYS = ("task", "dataset", "vector_id", "layers", "norm_ratio", "multiplie
 
 
 KEY_FIELDS = ("task", "dataset", "model", "vector_id", "layers", "norm_ratio", "positions",
-              "multiplier", "arm", "item_id")
+              "multiplier", "arm", "max_new_tokens", "do_sample", "temperature", "seed", "item_id")
 """The fields that tell one record's unit of work from another's (absent fields count as None)."""
 
 

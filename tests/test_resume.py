@@ -12,7 +12,7 @@ import torch
 
 from steerlab.data import PreferencePair
 from steerlab.evaluation import CHUNK, Sweep, evaluate_ab
-from steerlab.records import RecordWriter, read_records
+from steerlab.records import RecordWriter, read_records, record_key
 from steerlab.vectors import SteeringVector, meta_for
 
 PAIRS = [PreferencePair(f"Question {i}: is {i} even?{' really' * (i % 5)}", "(A", "(B", id=f"q{i}")
@@ -66,7 +66,7 @@ def test_torn_last_line_is_cut_before_appending(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text('{"item_id": "a"}\n{"item_id": "b", "sco')
     with RecordWriter(path) as writer:
-        assert writer.get(json.dumps([None] * 9 + ["a"])) == {"item_id": "a"}
+        assert writer.get(record_key({"item_id": "a"})) == {"item_id": "a"}
         writer.write({"item_id": "c"})
     assert read_records(path) == [{"item_id": "a"}, {"item_id": "c"}]
 
@@ -105,3 +105,11 @@ def test_killed_cli_evaluation_resumes(tiny, tmp_path):
         evaluate_ab(load_model(str(model_dir)), many, Sweep(), dataset=str(data), writer=writer,
                     batch_size=1, progress=False)
     assert lines(out) == lines(reference)
+
+
+def test_generation_settings_are_part_of_a_records_identity():
+    """Answers generated with other decoding settings are other work, never silently reused."""
+    base = {"task": "generate", "item_id": "q1", "arm": "unsteered", "max_new_tokens": 40, "seed": 0}
+    assert record_key(base) != record_key({**base, "max_new_tokens": 80})
+    assert record_key(base) != record_key({**base, "seed": 1})
+    assert record_key(base) != record_key({**base, "do_sample": True, "temperature": 0.7})
