@@ -3,11 +3,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("STEERLAB_PROGRESS", "0")
 
 from tiny import tiny_model  # noqa: E402
+
+ALL_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _threads(request):
+    """Tiny models run on one thread: their ops are too small to share, and with a second
+    thread any other load on the machine makes each op wait for it (tens of times slower).
+    Tests on the real model get every thread."""
+    torch.set_num_threads(ALL_THREADS if request.node.get_closest_marker("integration") else 1)
 
 
 @pytest.fixture(scope="session")

@@ -88,7 +88,7 @@ def test_killed_cli_evaluation_resumes(tiny, tmp_path):
     out = tmp_path / "records.jsonl"
     command = [sys.executable, "-m", "steerlab.cli", "eval", "--model", str(model_dir), "--data", str(data),
                "--out", str(out), "--batch-size", "1"]
-    env = {**os.environ, "STEERLAB_PROGRESS": "0"}
+    env = {**os.environ, "STEERLAB_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or out.stat().st_size == 0):
