@@ -29,6 +29,7 @@ def run_behaviour(model, behaviour: str) -> list[dict]:
     started = time.perf_counter()
     bipo = train_bipo(model, train, LAYER, epochs=EPOCHS, progress=False)
     bipo_seconds = time.perf_counter() - started
+    print(f"{behaviour}: BiPO trained in {bipo_seconds:.0f} s", flush=True)
     norm = bipo.norms()[LAYER]
     caa = train_caa(model, train, LAYER, progress=False).normalized() * norm
     path = RUN_DIR / f"{behaviour}.jsonl"
