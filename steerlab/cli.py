@@ -598,7 +598,7 @@ def generate_eval(
     handle = _load(model)
     with RecordWriter(out) as writer:
         for spec, questions in sets.items():
-            records = generate_answers(
+            generate_answers(
                 handle, questions, arms, dataset=spec, max_new_tokens=max_new_tokens,
                 batch_size=batch_size, seed=seed, do_sample=sample, temperature=temperature, writer=writer,
             )
