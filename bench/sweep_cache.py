@@ -63,6 +63,13 @@ def main() -> dict:
             "records_identical": identical,
         })
         print(json.dumps(rows[-1]), flush=True)
+        save(rows)  # after every layer, so a cut run keeps what it measured
+    result = save(rows)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def save(rows: list[dict]) -> dict:
     result = {
         "setting": {"model": MODEL, "data": "refusal test split (A/B)", "multipliers": MULTIPLIERS,
                     "vector": "CAA on the refusal training split"},
@@ -72,7 +79,6 @@ def main() -> dict:
     }
     path = Path(__file__).parent / "results" / "sweep_cache.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
     return result
 
 
