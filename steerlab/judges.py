@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from steerlab.openended import BASE_ARM, TASK
-from steerlab.records import Record, RecordWriter
+from steerlab.records import Record, RecordWriter, emit
 from steerlab.stats import PairedAdvantage, PairedTable, WinRate, paired_advantage, win_rate_test
 
 VERDICT_TASK = "head-to-head"
@@ -219,10 +219,7 @@ def judge_head_to_head(
         verdict_record(comparison_fields(a, b), judge.name, seed, first, verdict.preferred, verdict.details)
         for (a, b), first, verdict in zip(pairs, firsts, verdicts)
     ]
-    if writer is not None:
-        for record in out:
-            writer.write(record)
-    return out
+    return emit(out, writer)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,14 @@ class RecordWriter:
         self.close()
 
 
+def emit(records: list[Record], writer: RecordWriter | None) -> list[Record]:
+    """Write ``records`` when there is a writer, and return them (for tasks that do both)."""
+    if writer is not None:
+        for record in records:
+            writer.write(record)
+    return records
+
+
 def _drop_torn_tail(path: Path) -> None:
     """Cut the file after its last newline, removing a partly written record."""
     data = path.read_bytes()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from steerlab.openended import TASK
-from steerlab.records import Record, RecordWriter
+from steerlab.records import Record, RecordWriter, emit
 from steerlab.stats import Proportion, wilson_interval
 
 REFUSAL_TASK = "refusal"
@@ -118,10 +118,7 @@ def detect_refusals(
         }
         for record, verdict in zip(generated, verdicts)
     ]
-    if writer is not None:
-        for record in out:
-            writer.write(record)
-    return out
+    return emit(out, writer)
 
 
 @dataclass(frozen=True)

@@ -29,18 +29,11 @@ from steerlab.encoding import TokenSequence, batches, encode
 from steerlab.evaluation import Sweep, evaluate_mc
 from steerlab.models import ModelHandle
 from steerlab.progress import track
-from steerlab.records import Record, RecordWriter
+from steerlab.records import Record, RecordWriter, emit
 from steerlab.scoring import score_settings, settings_logits
 from steerlab.stats import paired_advantage, paired_table_from_records
 
 Z90 = 1.6448536269514722  # two-sided 90% normal quantile
-
-
-def _emit(records: list[Record], writer: RecordWriter | None) -> list[Record]:
-    if writer is not None:
-        for record in records:
-            writer.write(record)
-    return records
 
 
 def perplexity_records(
@@ -73,7 +66,7 @@ def perplexity_records(
         for (multiplier, _), scores in zip(settings, scored)
         for index, score in enumerate(scores)
     ]
-    return _emit(records, writer)
+    return emit(records, writer)
 
 
 @torch.no_grad()
@@ -108,7 +101,7 @@ def kl_records(
         for k, (multiplier, _) in enumerate(settings)
         for i, prompt in enumerate(prompts)
     ]
-    return _emit(records, writer)
+    return emit(records, writer)
 
 
 def passages(lines: Sequence[str], n: int, min_words: int = 30) -> list[str]:
