@@ -20,7 +20,14 @@ import torch
 
 from steerlab.openended import BASE_ARM, TASK
 from steerlab.records import Record, RecordWriter, emit
-from steerlab.stats import PairedAdvantage, PairedTable, WinRate, paired_advantage, win_rate_test
+from steerlab.stats import (
+    PairedAdvantage,
+    PairedTable,
+    WinRate,
+    paired_advantage,
+    tie_half_rate,
+    win_rate_test,
+)
 
 VERDICT_TASK = "head-to-head"
 
@@ -249,8 +256,8 @@ class HeadToHead:
 
     @property
     def win_rate(self) -> float:
-        """(wins + ties / 2) / n."""
-        return (self.wins + self.ties / 2) / self.n
+        """See :func:`steerlab.stats.tie_half_rate` (defined also when every item is a tie)."""
+        return tie_half_rate(self.wins, self.ties, self.losses)
 
     @property
     def interval(self) -> tuple[float, float]:

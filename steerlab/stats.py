@@ -206,6 +206,11 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> Proportion:
     return Proportion(successes, n, level, float(ci.low), float(ci.high))
 
 
+def tie_half_rate(wins: int, ties: int, losses: int) -> float:
+    """(wins + ties / 2) / n: the head-to-head win rate, a tie counting as half a win."""
+    return (wins + ties / 2) / (wins + ties + losses)
+
+
 @dataclass(frozen=True)
 class WinRate:
     """Head-to-head result of arm against base: the win rate with ties and a one-sided z test."""
@@ -222,8 +227,8 @@ class WinRate:
 
     @property
     def rate(self) -> float:
-        """(wins + ties / 2) / n: a tie counts as half a win."""
-        return (self.wins + self.ties / 2) / self.n
+        """See :func:`tie_half_rate`."""
+        return tie_half_rate(self.wins, self.ties, self.losses)
 
     def __str__(self) -> str:
         return (
