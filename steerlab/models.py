@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,14 +76,31 @@ class ModelHandle:
 
     def format_prompt(self, prompt: str, system: str | None = None) -> str:
         """The exact text the model sees before its answer: chat template or plain template."""
+        messages = [{"role": "system", "content": system}] if system else []
+        return self.format_messages([*messages, {"role": "user", "content": prompt}])
+
+    def format_messages(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """A conversation (``role``/``content`` dicts ending on a user turn) as the exact text the
+        model continues: its chat template, or for plain models the system text followed by
+        ``Question: ...\nAnswer: ...`` blocks, one per user/assistant exchange."""
+        if not messages or messages[-1].get("role") != "user":
+            raise ValueError("a conversation must end on a user message")
         if self.has_chat_template:
-            messages = [{"role": "system", "content": system}] if system else []
-            messages.append({"role": "user", "content": prompt})
             return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
             )
-        text = PLAIN_TEMPLATE.format(prompt=prompt)
-        return f"{system}\n\n{text}" if system else text
+        parts: list[str] = []
+        for message in messages:
+            role, content = message.get("role"), message.get("content", "")
+            if role == "system":
+                parts.append(f"{content}\n\n")
+            elif role == "user":
+                parts.append(PLAIN_TEMPLATE.format(prompt=content))
+            elif role == "assistant":
+                parts.append(f"{self.completion_prefix}{content}\n\n")
+            else:
+                raise ValueError(f"unknown message role {role!r} (system, user or assistant)")
+        return "".join(parts)
 
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids of an already formatted prompt (BOS added only when no template adds it)."""

@@ -40,6 +40,18 @@ def test_chat_and_plain_prompt_formats():
     assert plain.format_prompt("Hi") == "Question: Hi\nAnswer:"
 
 
+def test_conversations_format_as_chat_turns_or_plain_blocks():
+    turns = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
+             {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
+    chat, plain = tiny_model(chat=True), tiny_model(chat=False)
+    assert chat.format_messages(turns) == "<|system|>S\n<|user|>Q1\n<|assistant|>A1\n<|user|>Q2\n<|assistant|>"
+    assert plain.format_messages(turns) == "S\n\nQuestion: Q1\nAnswer: A1\n\nQuestion: Q2\nAnswer:"
+    with pytest.raises(ValueError, match="end on a user"):
+        plain.format_messages(turns[:3])
+    with pytest.raises(ValueError, match="unknown message role"):
+        plain.format_messages([{"role": "tool", "content": "x"}, turns[1]])
+
+
 def test_load_from_local_directory(tmp_path):
     model = tiny_model("gpt2")
     model.model.save_pretrained(tmp_path)
