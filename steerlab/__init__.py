@@ -19,6 +19,7 @@ _EXPORTS = {
     "nested_subsets": "steerlab.data",
     "split": "steerlab.data",
     "list_datasets": "steerlab.datasets",
+    "lettered": "steerlab.datasets",
     "load_dataset": "steerlab.datasets",
     "mc_to_pairs": "steerlab.datasets",
     "Sweep": "steerlab.evaluation",
@@ -57,7 +58,7 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from steerlab.data import MCItem, PreferencePair, load_mc, load_pairs, nested_subsets, split
-    from steerlab.datasets import list_datasets, load_dataset, mc_to_pairs
+    from steerlab.datasets import lettered, list_datasets, load_dataset, mc_to_pairs
     from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
     from steerlab.blind import export_blind, import_ratings
     from steerlab.generation import generate

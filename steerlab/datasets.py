@@ -529,22 +529,12 @@ def load_dataset(
     return records
 
 
-def mc_to_pairs(
-    items: Sequence[MCItem], rejected: Literal["one", "all"] = "one", seed: int = 0
-) -> list[PreferencePair]:
-    """Multiple-choice items as A/B-style preference pairs, for training on MC data.
-
-    The prompt is the question and every choice under a letter (``Choices:\\n(A) …``), the
-    choices reordered by ``seed`` so that the correct one sits at each letter equally often among
-    items with the same number of choices. ``chosen`` is the correct letter (``"(C"``);
-    ``rejected`` is one seeded incorrect letter (``"one"``), or, with ``"all"``, every incorrect
-    letter in its own pair (ids ``<item id>/<letter>``).
-    """
-    if rejected not in ("one", "all"):
-        raise ValueError(f"rejected must be 'one' or 'all', got {rejected!r}")
+def _lettered(items: Sequence[MCItem], seed: int) -> Iterator[tuple[MCItem, str, int, int]]:
+    """Each item with its prompt (question, then every choice under a letter), the slot of the
+    correct choice and one seeded incorrect slot; correct slots cycle so the correct letter sits
+    at each position equally often among items with the same number of choices."""
     rng = random.Random(seed)
     cycles: dict[int, list[int]] = {}
-    pairs = []
     for item in items:
         n = len(item.choices)
         if n > len(string.ascii_uppercase):
@@ -558,10 +548,41 @@ def mc_to_pairs(
         options = "\n".join(
             f"({string.ascii_uppercase[slot]}) {item.choices[index]}" for slot, index in enumerate(order)
         )
-        prompt = f"{item.question}\n\nChoices:\n{options}"
-        wrong = [slot for slot in range(n) if slot != position]
+        wrong = rng.choice([slot for slot in range(n) if slot != position])
+        yield item, f"{item.question}\n\nChoices:\n{options}", position, wrong
+
+
+def lettered(items: Sequence[MCItem], seed: int = 0) -> list[MCItem]:
+    """Multiple-choice items asked with lettered options, answered by the letter (``"(C"``).
+
+    The same prompts and letters as :func:`mc_to_pairs` with the same seed, so a vector trained
+    on those pairs is evaluated on the format it was trained on.
+    """
+    return [
+        MCItem(prompt, tuple(f"({string.ascii_uppercase[slot]}" for slot in range(len(item.choices))),
+               position, item.id, {**item.meta, "answer_text": item.choices[item.answer]})
+        for item, prompt, position, _ in _lettered(items, seed)
+    ]
+
+
+def mc_to_pairs(
+    items: Sequence[MCItem], rejected: Literal["one", "all"] = "one", seed: int = 0
+) -> list[PreferencePair]:
+    """Multiple-choice items as A/B-style preference pairs, for training on MC data.
+
+    The prompt is the question and every choice under a letter (``Choices:\\n(A) …``), the
+    choices reordered by ``seed`` so that the correct one sits at each letter equally often among
+    items with the same number of choices. ``chosen`` is the correct letter (``"(C"``);
+    ``rejected`` is one seeded incorrect letter (``"one"``), or, with ``"all"``, every incorrect
+    letter in its own pair (ids ``<item id>/<letter>``).
+    """
+    if rejected not in ("one", "all"):
+        raise ValueError(f"rejected must be 'one' or 'all', got {rejected!r}")
+    pairs = []
+    for item, prompt, position, one in _lettered(items, seed):
+        wrong = [slot for slot in range(len(item.choices)) if slot != position]
         meta = {"item_id": item.id, "answer_text": item.choices[item.answer]}
-        for slot in [rng.choice(wrong)] if rejected == "one" else wrong:
+        for slot in [one] if rejected == "one" else wrong:
             letter = string.ascii_uppercase[slot]
             pair_id = item.id if rejected == "one" else f"{item.id}/{letter}"
             chosen = f"({string.ascii_uppercase[position]}"

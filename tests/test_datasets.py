@@ -14,8 +14,8 @@ import steerlab
 from steerlab import datasets
 from steerlab.data import DataError, MCItem, PreferencePair
 from steerlab.datasets import (
-    DATASETS, DatasetUnavailable, DataWarning, data_search_paths, dataset_info, load_dataset,
-    mc_to_pairs,
+    DATASETS, DatasetUnavailable, DataWarning, data_search_paths, dataset_info, lettered,
+    load_dataset, mc_to_pairs,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -193,6 +193,18 @@ def test_mc_to_pairs_all_incorrect_answers():
     assert pairs[0].id.startswith("q1/")
     with pytest.raises(ValueError, match="'one' or 'all'"):
         mc_to_pairs([item], rejected="some")
+
+
+def test_lettered_items_ask_what_the_pairs_train_on():
+    items = load_dataset("truthfulqa-mc1", split="train")[:40]
+    for seed in (0, 1):
+        asked, pairs = lettered(items, seed), mc_to_pairs(items, seed=seed)
+        assert [a.question for a in asked] == [p.prompt for p in pairs]
+        assert [a.choices[a.answer] for a in asked] == [p.chosen for p in pairs]
+        assert all(a.choices == tuple(f"({chr(65 + k)}" for k in range(len(i.choices)))
+                   for a, i in zip(asked, items))
+        assert [a.meta["answer_text"] for a in asked] == [i.choices[i.answer] for i in items]
+    assert mc_to_pairs(items, "all", seed=0)[0].prompt == lettered(items, 0)[0].question
 
 
 def test_public_api_exports():
