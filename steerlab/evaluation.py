@@ -95,6 +95,7 @@ def _evaluate(
     writer: RecordWriter | None,
     batch_size: int,
     progress: bool,
+    arm: str | None = None,
     chunk_size: int = CHUNK,
 ) -> list[Record]:
     """Score every choice of every item at each setting; one record per item × setting.
@@ -103,9 +104,11 @@ def _evaluate(
     interruption loses at most one chunk; with a ``writer`` on a file that already holds some of
     these records, complete chunks are not scored again (the run resumes) and their records are
     returned as they were written. A chunk is always scored whole, so its batches — and every
-    number — are those of an uninterrupted run.
+    number — are those of an uninterrupted run. ``arm`` labels the records of one experiment arm
+    (a baseline, a method), so arms that share a setting keep apart.
     """
-    common = {"task": task, "dataset": dataset, "model": model.name, **sweep.describe()}
+    common = {"task": task, "dataset": dataset, "model": model.name, **sweep.describe(),
+              **({"arm": arm} if arm else {})}
     settings = sweep.settings(model)
 
     def key(index: int, multiplier: float) -> str:
@@ -151,6 +154,7 @@ def evaluate_mc(
     writer: RecordWriter | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    arm: str | None = None,
 ) -> list[Record]:
     """Multiple-choice accuracy by likelihood: the choice with the highest summed log-probability
     (``correct``) and with the highest per-token log-probability (``correct_norm``)."""
@@ -173,7 +177,7 @@ def evaluate_mc(
 
     return _evaluate(
         "mc", build, model, [i.question for i in items], [i.choices for i in items],
-        _item_ids(items), sweep, dataset, writer, batch_size, progress,
+        _item_ids(items), sweep, dataset, writer, batch_size, progress, arm,
     )
 
 
@@ -186,6 +190,7 @@ def evaluate_ab(
     writer: RecordWriter | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    arm: str | None = None,
 ) -> list[Record]:
     """A/B behaviour: the probability of the behaviour-matching answer (``chosen``), normalised
     over the offered answers. ``score`` is that probability; ``correct`` says it is the larger."""
@@ -204,7 +209,7 @@ def evaluate_ab(
 
     return _evaluate(
         "ab", build, model, [p.prompt for p in pairs], [(p.chosen, p.rejected) for p in pairs],
-        _item_ids(pairs), sweep, dataset, writer, batch_size, progress,
+        _item_ids(pairs), sweep, dataset, writer, batch_size, progress, arm,
     )
 
 
@@ -233,6 +238,7 @@ def evaluate(
     writer: RecordWriter | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    arm: str | None = None,
 ) -> list[Record]:
     """Evaluate items under every sweep: multiple choice for :class:`MCItem`, A/B for pairs."""
     if not items:
@@ -242,5 +248,5 @@ def evaluate(
         record
         for sweep in sweeps
         for record in task(model, items, sweep, dataset=dataset, writer=writer,  # type: ignore[arg-type]
-                           batch_size=batch_size, progress=progress)
+                           batch_size=batch_size, progress=progress, arm=arm)
     ]

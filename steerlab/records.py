@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 Record = dict[str, Any]
 
-GROUP_KEYS = ("task", "dataset", "vector_id", "layers", "norm_ratio", "multiplier")
+GROUP_KEYS = ("task", "dataset", "arm", "vector_id", "layers", "norm_ratio", "multiplier")
 
 
 KEY_FIELDS = ("task", "dataset", "model", "vector_id", "layers", "norm_ratio", "positions",
@@ -100,7 +100,7 @@ def _group_key(record: Record) -> tuple:
 
 
 def summarize(records: Iterable[Record], metrics: Sequence[str] = ("score", "correct")) -> list[Record]:
-    """One row per setting (task, dataset, vector, layers, norm ratio, multiplier).
+    """One row per setting (task, dataset, arm, vector, layers, norm ratio, multiplier).
 
     Each row holds ``n`` and, for each metric present, its mean and standard error.
     ``score`` is the behaviour probability for A/B tasks and correctness for multiple choice.
@@ -121,5 +121,6 @@ def summarize(records: Iterable[Record], metrics: Sequence[str] = ("score", "cor
             row[metric] = mean
             row[f"{metric}_se"] = math.sqrt(var / len(values))
         rows.append(row)
-    rows.sort(key=lambda r: (r["task"], r["dataset"] or "", str(r["vector_id"]), r["multiplier"]))
+    rows.sort(key=lambda r: (r["task"], r["dataset"] or "", r["arm"] or "", str(r["vector_id"]),
+                             r["multiplier"]))
     return rows

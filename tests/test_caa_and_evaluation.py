@@ -82,6 +82,15 @@ def test_summary_recomputed_from_records(tiny):
         assert row["score_se"] >= 0
 
 
+def test_arms_sharing_a_setting_keep_their_own_records(tiny, tmp_path):
+    with RecordWriter(tmp_path / "r.jsonl") as writer:
+        plain = evaluate_mc(tiny, ITEMS, dataset="d", writer=writer, progress=False)
+        shots = evaluate_mc(tiny, ITEMS, dataset="d", writer=writer, progress=False, arm="kshot-2")
+    assert "arm" not in plain[0] and {r["arm"] for r in shots} == {"kshot-2"}
+    assert len(read_records(tmp_path / "r.jsonl")) == 4  # the second arm was not taken as done
+    assert [(r["arm"], r["n"]) for r in summarize(plain + shots)] == [(None, 2), ("kshot-2", 2)]
+
+
 def test_torn_last_line_is_skipped(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
