@@ -54,31 +54,30 @@ def analyze(records: list[Record]) -> Analysis:
     )
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows), ""]
-
-
 def write_analysis(run_dir: str | Path, records: list[Record]) -> Path:
     """Write ``analysis.md`` (and its plots) into ``run_dir``; return its path."""
-    from steerlab.report import sweep_plot
-
     out = Path(run_dir)
-    found = analyze(records)
     parts = [f"# Analysis of {out}", "", (f"{len(records)} records; every figure below is "
              "recomputed from them (`steerlab analyze` again gives the same)."), ""]
-    if found.sweep:
+    parts += sections(analyze(records), out)
+    path = out / "analysis.md"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def sections(found: Analysis, out: Path, sweep: bool = True) -> list[str]:
+    """Markdown sections for every table the analysis found (plots written into ``out``);
+    ``sweep=False`` leaves out the raw likelihood sweep (reports that plot it their own way)."""
+    from steerlab.report import markdown_table, sweep_plot, sweep_table
+
+    parts: list[str] = []
+    if found.sweep and sweep:
         sweep_plot(found.sweep, out / "sweep.png")
         parts += ["## Likelihood sweep (mean ± standard error)", "", "![sweep](sweep.png)", ""]
-        parts += _table(
-            ["task", "dataset", "vector", "layers", "multiplier", "n", "score", "matching/correct"],
-            [[r["task"], str(r["dataset"]), str(r["vector_id"]), str(r["layers"]), f"{r['multiplier']:g}",
-              str(r["n"]), f"{r['score']:.3f} ± {r['score_se']:.3f}", f"{r['correct']:.3f}"]
-             for r in found.sweep],
-        )
+        parts += sweep_table(found.sweep)
     if found.side_effects:
         parts += ["## Side effects (steered against unsteered, 90% intervals)", ""]
-        parts += _table(
+        parts += markdown_table(
             ["metric", "dataset", "multiplier", "n", "unsteered", "steered", "change", "interval", "note"],
             [[s.metric, s.dataset, f"{s.multiplier:g}", str(s.n), f"{s.unsteered:.4g}", f"{s.steered:.4g}",
               f"{s.change:+.4g}", f"[{s.lower:+.4g}, {s.upper:+.4g}]", s.note] for s in found.side_effects],
@@ -88,13 +87,14 @@ def write_analysis(run_dir: str | Path, records: list[Record]) -> Path:
         rows = []
         for index, report in enumerate(found.steerability):
             plot = plot_steerability(report, out / f"steerability-{index}.png")
-            rows.append([str(report.setting.get("dataset")), str(report.setting.get("layers")),
+            rows.append([str(report.setting.get("dataset")), str(report.setting.get("arm") or "-"),
+                         str(report.setting.get("layers")),
                          str(report.n_inputs), f"{report.mean:+.3f}", f"{report.std:.3f}",
                          f"{report.anti_steerable:.1%}", f"![histogram]({plot.name})"])
-        parts += _table(["dataset", "layers", "inputs", "mean slope", "sd", "anti-steerable", "histogram"], rows)
+        parts += markdown_table(["dataset", "arm", "layers", "inputs", "mean slope", "sd", "anti-steerable", "histogram"], rows)
     if found.head_to_head:
         parts += ["## Head-to-head (win rate with ties counted half, 90% interval)", ""]
-        parts += _table(
+        parts += markdown_table(
             ["judge", "dataset", "arm", "base", "wins", "ties", "losses", "win rate", "interval", "one-sided p"],
             [[h.judge, h.dataset, h.arm, h.base, str(h.wins), str(h.ties), str(h.losses), f"{h.win_rate:.3f}",
               f"[{h.interval[0]:.3f}, {h.interval[1]:.3f}]", f"{h.test.p_value:.3g}" if h.test else "-"]
@@ -102,12 +102,10 @@ def write_analysis(run_dir: str | Path, records: list[Record]) -> Path:
         )
     if found.refusals:
         parts += ["## Refusals (95% Wilson intervals)", ""]
-        parts += _table(
+        parts += markdown_table(
             ["detector", "dataset", "arm", "multiplier", "refusal rate", "interval", "attack success"],
             [[r.detector, r.dataset, r.arm, f"{r.multiplier:g}", f"{r.refusals.estimate:.3f}",
               f"[{r.refusals.lower:.3f}, {r.refusals.upper:.3f}]",
               f"{r.attack_success:.3f}" if r.attack_success is not None else "-"] for r in found.refusals],
         )
-    path = out / "analysis.md"
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return parts

@@ -407,8 +407,40 @@ def analyze(run_dir: Annotated[Path, typer.Argument(help="A run directory (from 
     if not records:
         _fail(f"no records in {run.records_path}")
     path = write_analysis(run.path, records)
+    if any(r.get("task") == "experiment" for r in records):
+        from steerlab.report import experiment_report
+
+        path, page = experiment_report(run.path, records)
+        console.print(f"report: {page}")
     console.print(Markdown(path.read_text(encoding="utf-8")))
     console.print(f"analysis: {path}")
+
+
+@app.command("run")
+def run_config(
+    config: Annotated[Path, typer.Argument(help="An experiment config (YAML); see examples/.")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Run directory (default: runs/<name>); a rerun on it resumes.")] = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Validate the config and its data, print what would run, and stop.")] = False,
+) -> None:
+    """Run an experiment: every arm on validation and test into a run directory (stage one),
+    then the report from its records (stage two, as `steerlab analyze`)."""
+    from steerlab.experiment import ConfigError, load_config
+
+    try:
+        experiment = load_config(config)
+    except ConfigError as err:
+        _fail(str(err))
+    from steerlab.runner import data_summary, run_experiment
+
+    sizes = data_summary(experiment)
+    console.print(f"{experiment.name}: model {experiment.model}; " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    if check:
+        console.print("config is valid")
+        return
+    run = run_experiment(experiment, out or Path("runs") / experiment.name, log=console.print)
+    analyze(run.path)
 
 
 # ---- data: list, inspect -------------------------------------------------------------------

@@ -48,6 +48,10 @@ class RecordWriter:
         """The record already written for this key, if any."""
         return self._known.get(key)
 
+    def records(self) -> list[Record]:
+        """Every record in the file so far (those found on opening, then those written)."""
+        return list(self._known.values())
+
     def write(self, record: Record) -> None:
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._file.flush()

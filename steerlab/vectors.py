@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,14 @@ class SteeringVector:
 
     def __neg__(self) -> SteeringVector:
         return self * -1.0
+
+    def restricted(self, layers: Sequence[int]) -> SteeringVector:
+        """The directions at ``layers`` only (e.g. one layer of a multi-layer CAA vector)."""
+        missing = sorted(set(layers) - set(self.directions))
+        if missing:
+            raise ValueError(f"vector has no direction for layers {missing} (has {self.layers})")
+        return self._derived({layer: self.directions[layer] for layer in layers}, self.meta.method,
+                             source=self.id)
 
     def normalized(self) -> SteeringVector:
         """Each layer's direction scaled to unit L2 norm."""

@@ -1,0 +1,375 @@
+"""Stage one of `steerlab run`: every arm of an experiment evaluated into one run directory.
+
+The runner trains what the config asks for, evaluates each arm on validation, picks each arm's
+setting from those records (:func:`steerlab.comparison.select`), evaluates it on test, and runs
+the extra evaluations. It writes records only; every table comes later from the records
+(`steerlab analyze`). Everything it makes is kept in the run directory (vectors, adapters), and
+a rerun on the same directory skips whatever is already there, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from steerlab.comparison import ARM_TASK, BASE, EXPERIMENT_TASK, select
+from steerlab.data import MCItem, PreferencePair
+from steerlab.data import split as seeded_split
+from steerlab.datasets import dataset_info, lettered, load_dataset, mc_to_pairs
+from steerlab.evaluation import Sweep, evaluate
+from steerlab.experiment import DataSpec, ExperimentConfig, Method
+from steerlab.models import ModelHandle, load_model
+from steerlab.records import Record, RecordWriter, record_key
+from steerlab.runs import RunDir
+from steerlab.vectors import SteeringVector
+
+Items = list[MCItem] | list[PreferencePair]
+
+
+@dataclass(frozen=True)
+class ExperimentData:
+    """Training pairs and the evaluated items, with the names records give the two sets."""
+
+    train: list[PreferencePair]
+    val: Items
+    test: Items
+    val_label: str
+    test_label: str
+    val_pairs: list[PreferencePair]
+    test_pairs: list[PreferencePair]
+    """The sets as preference pairs (for LoRA validation and steerability)."""
+
+
+def _rows(spec: DataSpec, seed: int) -> list:
+    rows = load_dataset(spec.dataset, spec.split)
+    if spec.limit and spec.limit < len(rows):
+        rows = seeded_split(rows, [spec.limit], seed)[0]
+    if not rows:
+        raise ValueError(f"{spec.label()}: no rows")
+    return rows
+
+
+def load_experiment_data(config: ExperimentConfig) -> ExperimentData:
+    """Load and shape the config's data: MC items become lettered items and letter pairs."""
+    data, seed = config.data, config.seed
+    train = load_dataset(data.train.dataset, data.train.split)
+    if data.val is None:
+        val, train = seeded_split(train, [data.val_size, len(train) - data.val_size], seed)
+        val_label = f"{data.train.label()}-holdout{data.val_size}"
+    else:
+        val, val_label = _rows(data.val, seed), data.val.label()
+    if data.train.limit and data.train.limit < len(train):
+        train = seeded_split(train, [data.train.limit], seed)[0]
+    test = _rows(data.test, seed)
+    kinds = {type(rows[0]) for rows in (train, val, test)}
+    if len(kinds) != 1 or not kinds <= {MCItem, PreferencePair}:
+        raise ValueError(f"train, validation and test must all be multiple choice or all pairs; "
+                         f"got {sorted(k.__name__ for k in kinds)}")
+    if kinds == {MCItem}:
+        shape = (lambda rows: lettered(rows, seed)) if data.format == "letters" else list
+        return ExperimentData(mc_to_pairs(train, seed=seed), shape(val), shape(test), val_label,
+                              data.test.label(), mc_to_pairs(val, seed=seed), mc_to_pairs(test, seed=seed))
+    return ExperimentData(train, val, test, val_label, data.test.label(), val, test)
+
+
+class Runner:
+    """Runs one config into one run directory (see the module docstring)."""
+
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True,
+                 log: Callable[[str], None] = print, model: ModelHandle | None = None) -> None:
+        self.config = config
+        self.run = RunDir.open(run_dir, "run", config.model_dump())
+        self.progress = progress
+        self.log = log
+        self._model = model
+        self.data = load_experiment_data(config)
+        self.vectors: dict[str, dict[int, SteeringVector]] = {}
+        self.selected: dict[str, SteeringVector] = {}
+
+    @property
+    def model(self) -> ModelHandle:
+        if self._model is None:
+            self.log(f"loading {self.config.model}")
+            self._model = load_model(self.config.model)
+        return self._model
+
+    # ---- records ----------------------------------------------------------------------------
+
+    def _note(self, writer: RecordWriter, record: Record) -> None:
+        """Write a descriptive record (experiment, arm) once; a rerun keeps the first."""
+        if writer.get(record_key(record)) is None:
+            writer.write(record)
+
+    def _evaluate(self, writer: RecordWriter, model: ModelHandle, arm: str, sweeps: Sequence[Sweep],
+                  which: str) -> list[Record]:
+        items, label = ((self.data.val, self.data.val_label) if which == "val"
+                        else (self.data.test, self.data.test_label))
+        return evaluate(model, items, sweeps, dataset=label, writer=writer,
+                        batch_size=self.config.batch_size, progress=self.progress, arm=arm)
+
+    def _sweeps(self, vectors: dict[int, SteeringVector]) -> list[Sweep]:
+        steering = self.config.steering
+        return [Sweep(vector, steering.multipliers, [layer], steering.norm_ratio, steering.positions)
+                for layer, vector in sorted(vectors.items())]
+
+    def _select_and_test(self, writer: RecordWriter, model: ModelHandle, arm: str,
+                         vectors: dict[int, SteeringVector]) -> SteeringVector:
+        """Validation sweep over layers × multipliers, then test at the chosen setting; returns
+        the chosen layer's vector. A/B test sets are swept at every multiplier of the chosen
+        layer (steerability needs the slope), multiple-choice ones only at the chosen one."""
+        val = self._evaluate(writer, model, arm, self._sweeps(vectors), "val")
+        choice = select(val, arm, self.data.val_label)
+        (layer,) = choice.layers or [min(vectors)]
+        vector = vectors[layer]
+        steering = self.config.steering
+        multipliers = (steering.multipliers if isinstance(self.data.test[0], PreferencePair)
+                       else [choice.multiplier])
+        self._evaluate(writer, model, arm, [Sweep(vector, multipliers, [layer], steering.norm_ratio,
+                                                  steering.positions)], "test")
+        self.log(f"{arm}: layer {layer}, multiplier {choice.multiplier:g} chosen on validation "
+                 f"(accuracy {choice.accuracy:.3f} of {choice.tried} settings)")
+        return vector
+
+    # ---- vectors ----------------------------------------------------------------------------
+
+    def _train(self, name: str, method: Method, model: ModelHandle, layers: Sequence[int],
+               pairs: Sequence[PreferencePair], tag: str = "") -> dict[int, SteeringVector]:
+        """The method's vector at each layer, trained once and kept under ``vectors/``."""
+        from steerlab.methods import train_bipo, train_caa, train_dpo
+
+        folder = self.run.path / "vectors"
+        paths = {layer: folder / f"{name}{tag}-L{layer}.safetensors" for layer in layers}
+        missing = [layer for layer, path in paths.items() if not path.exists()]
+        if missing and method.method == "caa":
+            vector = train_caa(model, pairs, missing, batch_size=self.config.batch_size,
+                               progress=self.progress)
+            for layer in missing:
+                vector.restricted([layer]).save(paths[layer])
+        for layer in missing if method.method != "caa" else []:
+            self.log(f"training {name}{tag} ({method.method}) at layer {layer}")
+            train = train_bipo if method.method == "bipo" else train_dpo
+            vector = train(model, pairs, layer, beta=method.beta, lr=method.lr,
+                           batch_size=method.batch_size, epochs=method.epochs, seed=self.config.seed,
+                           val_pairs=self.data.val_pairs if method.patience else None,
+                           patience=method.patience, checkpoint=paths[layer].with_suffix(".partial"),
+                           progress=self.progress)
+            vector.save(paths[layer])
+            paths[layer].with_suffix(".partial").unlink(missing_ok=True)
+        return {layer: SteeringVector.load(path) for layer, path in paths.items()}
+
+    # ---- arms -------------------------------------------------------------------------------
+
+    def unsteered(self, writer: RecordWriter) -> None:
+        self._note(writer, {"task": ARM_TASK, "arm": BASE, "kind": "reference"})
+        for which in ("val", "test"):
+            self._evaluate(writer, self.model, BASE, [Sweep()], which)
+
+    def methods(self, writer: RecordWriter) -> None:
+        for name, method in self.config.methods.items():
+            layers = method.layers or self.config.steering.layers
+            self._note(writer, {"task": ARM_TASK, "arm": name, "kind": "method",
+                                "method": method.model_dump(), "trainable_parameters": self.model.d_model})
+            self.vectors[name] = self._train(name, method, self.model, layers, self.data.train)
+            self.selected[name] = self._select_and_test(writer, self.model, name, self.vectors[name])
+
+    def prompting(self, writer: RecordWriter) -> None:
+        baselines = self.config.baselines
+        if baselines.kshot is None and baselines.system is None:
+            return
+        from steerlab.prompting import kshot, max_shots, prompted, system_prompt
+
+        if baselines.kshot:
+            fits = max_shots(self.model, self.data.train, baselines.kshot.ks,
+                             [*self.data.val, *self.data.test], seed=baselines.kshot.seed)
+            if fits.cut is not None:
+                self.log(f"k-shot: k = {fits.cut} and above do not fit the context ({fits.describe()})")
+            for k in fits.fits:
+                arm = f"kshot-{k}"
+                self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "prompting", "shots": k,
+                                    "context_cut": fits.cut})
+                handle = prompted(self.model, kshot(self.data.train, k, baselines.kshot.seed))
+                for which in ("val", "test"):
+                    self._evaluate(writer, handle, arm, [Sweep()], which)
+        if baselines.system:
+            prompting = system_prompt(self.config.data.train.dataset, baselines.system.prompt)
+            self._note(writer, {"task": ARM_TASK, "arm": "system", "kind": "prompting",
+                                "system": prompting.system})
+            for which in ("val", "test"):
+                self._evaluate(writer, prompted(self.model, prompting), "system", [Sweep()], which)
+
+    def lora(self, writer: RecordWriter) -> ModelHandle | None:
+        """Train (or reload) the LoRA baseline, evaluate it, and return the adapted model."""
+        spec = self.config.baselines.lora
+        if spec is None:
+            return None
+        from steerlab.lora import SUMMARY_FILE, load_lora, train_lora
+
+        folder = self.run.path / "lora"
+        if not (folder / SUMMARY_FILE).exists():  # written when training finished
+            self.log(f"training LoRA (rank {spec.rank}, {spec.steps} steps, {spec.objective})")
+            train_lora(self.model, self.data.train, self.data.val_pairs, rank=spec.rank, lr=spec.lr,
+                       batch_size=spec.batch_size, eval_every=spec.eval_every, max_steps=spec.steps,
+                       objective=spec.objective, seed=self.config.seed, out_dir=folder,
+                       progress=self.progress)
+        summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+        self._note(writer, {"task": ARM_TASK, "arm": "lora", "kind": "lora",
+                            "trainable_parameters": summary["trainable_params"], **summary})
+        adapted = load_lora(self.model, folder)
+        for which in ("val", "test"):
+            self._evaluate(writer, adapted, "lora", [Sweep()], which)
+        return adapted
+
+    def combinations(self, writer: RecordWriter, adapted: ModelHandle) -> None:
+        combos = self.config.combinations
+        for name in combos.vector_on_lora:
+            arm, (layer,) = f"{name}+lora", self.selected[name].layers
+            self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "combination",
+                                "method": name, "trained_on": "lora"})
+            vectors = self._train(name, self.config.methods[name], adapted, [layer], self.data.train,
+                                  tag="-on-lora")
+            self._select_and_test(writer, adapted, arm, vectors)
+        for name in combos.transfer_to_lora:
+            arm, vector = f"{name}-transfer-lora", self.selected[name]
+            self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "combination",
+                                "method": name, "trained_on": "base"})
+            self._select_and_test(writer, adapted, arm, {vector.layers[0]: vector})
+
+    def sample_efficiency(self, writer: RecordWriter) -> None:
+        from steerlab.data import nested_subsets
+
+        spec = self.config.evaluations.sample_efficiency
+        if spec is None:
+            return
+        method = self.config.methods[spec.method]
+        choice = select(writer.records(), spec.method, self.data.val_label)
+        (layer,) = choice.layers
+        steering = self.config.steering
+        for seed in spec.seeds:
+            for size, subset in nested_subsets(self.data.train, [s for s in spec.sizes
+                                                                 if s <= len(self.data.train)], seed).items():
+                arm = f"{spec.method}-n{size}-seed{seed}"
+                self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "subset",
+                                    "method": spec.method, "size": size, "seed": seed})
+                (vector,) = self._train(spec.method, method, self.model, [layer], subset,
+                                        tag=f"-n{size}-seed{seed}").values()
+                self._evaluate(writer, self.model, arm, [Sweep(vector, [choice.multiplier], [layer],
+                                                               steering.norm_ratio, steering.positions)], "test")
+
+    def reliability(self, writer: RecordWriter) -> None:
+        """Steerability needs A/B records over the multipliers: multiple-choice test sets are
+        also swept as letter pairs (A/B test sets were swept already)."""
+        if not self.config.evaluations.reliability or isinstance(self.data.test[0], PreferencePair):
+            return
+        steering = self.config.steering
+        for name, vector in self.selected.items():
+            evaluate(self.model, self.data.test_pairs,
+                     [Sweep(vector, steering.multipliers, vector.layers, steering.norm_ratio,
+                            steering.positions)],
+                     dataset=f"{self.data.test_label}:pairs", writer=writer,
+                     batch_size=self.config.batch_size, progress=self.progress, arm=name)
+
+    def side_effects(self, writer: RecordWriter) -> None:
+        from steerlab.side_effects import passages, side_effect_records
+
+        spec = self.config.evaluations.side_effects
+        if spec is None:
+            return
+        capability = {d.label(): _rows(d, self.config.seed) for d in spec.capability}
+        texts = ({spec.text.label(): passages(load_dataset(spec.text.dataset, spec.text.split), spec.n_texts)}
+                 if spec.text else None)
+        prompts = None
+        if spec.prompts:
+            from steerlab.side_effects import as_prompts
+
+            prompts = {spec.prompts.label(): as_prompts(_rows(spec.prompts, self.config.seed))[: spec.n_prompts]}
+        records = writer.records()
+        steering = self.config.steering
+        for name, vector in self.selected.items():
+            choice = select(records, name, self.data.val_label)
+            side_effect_records(self.model, Sweep(vector, [choice.multiplier], vector.layers,
+                                                  steering.norm_ratio, steering.positions),
+                                capability=capability, texts=texts, prompts=prompts, writer=writer,
+                                batch_size=self.config.batch_size, progress=self.progress)
+
+    def open_ended(self, writer: RecordWriter) -> None:
+        from steerlab.judges import JUDGES, VERDICT_TASK, judge_head_to_head
+        from steerlab.openended import Arm, generate_answers, load_questions
+
+        spec = self.config.evaluations.open_ended
+        if spec is None or not self.selected:
+            return
+        questions = load_questions(spec.questions.dataset, spec.questions.split)
+        if spec.questions.limit and spec.questions.limit < len(questions):
+            questions = seeded_split(questions, [spec.questions.limit], self.config.seed)[0]
+        records = writer.records()
+        steering = self.config.steering
+        arms = [Arm(BASE)] + [
+            Arm(name, vector, select(records, name, self.data.val_label).multiplier, vector.layers,
+                steering.norm_ratio, steering.positions)
+            for name, vector in self.selected.items()
+        ]
+        label = spec.questions.label()
+        answers = generate_answers(self.model, questions, arms, dataset=label,
+                                   max_new_tokens=spec.max_new_tokens, batch_size=self.config.batch_size,
+                                   seed=self.config.seed, writer=writer, progress=self.progress)
+        judged = {(r["arm"], r["judge"]) for r in writer.records()
+                  if r.get("task") == VERDICT_TASK and r.get("dataset") == label}
+        judge = JUDGES[spec.judge]()
+        for arm in arms[1:]:
+            if (arm.label, judge.name) not in judged:
+                judge_head_to_head(answers, judge, arm.label, BASE, seed=self.config.seed, writer=writer)
+
+    # ---- the whole run ----------------------------------------------------------------------
+
+    def __call__(self) -> RunDir:
+        """Run every stage; return the run directory."""
+        started = time.perf_counter()
+        with self.run.writer() as writer:
+            self._note(writer, {"task": EXPERIMENT_TASK, "name": self.config.name,
+                                "model": self.config.model, "val": self.data.val_label,
+                                "test": self.data.test_label,
+                                "val_n": len(self.data.val), "test_n": len(self.data.test),
+                                "train_n": len(self.data.train), "config": self.config.model_dump(),
+                                "versions": versions()})
+            self.unsteered(writer)
+            self.methods(writer)
+            self.prompting(writer)
+            adapted = self.lora(writer)
+            if adapted is not None:
+                self.combinations(writer, adapted)
+            self.sample_efficiency(writer)
+            self.reliability(writer)
+            self.side_effects(writer)
+            self.open_ended(writer)
+        self.log(f"stage one done in {time.perf_counter() - started:.0f} s: {self.run.records_path}")
+        return self.run
+
+
+def versions() -> dict[str, str]:
+    """Versions of what the numbers depend on: Python and the libraries that compute them."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("steerlab", "torch", "transformers", "peft", "numpy", "scipy"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def run_experiment(config: ExperimentConfig, run_dir: str | Path, **options: Any) -> RunDir:
+    """Stage one: evaluate every arm of ``config`` into ``run_dir`` (resumes if it exists)."""
+    return Runner(config, run_dir, **options)()
+
+
+def data_summary(config: ExperimentConfig) -> dict[str, Any]:
+    """Sizes of the data the config uses (for `steerlab run --dry-run`)."""
+    data = load_experiment_data(config)
+    return {"train pairs": len(data.train), data.val_label: len(data.val), data.test_label: len(data.test),
+            "kind": dataset_info(config.data.train.dataset).kind}

@@ -1,0 +1,160 @@
+"""`steerlab run`: configs validated with located errors; the runner's arms, selection on
+validation, resume, and the report recomputed from records."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from steerlab.comparison import BASE, headline, select
+from steerlab.experiment import ConfigError, load_config, parse_config
+from steerlab.records import read_records
+from steerlab.runner import Runner, load_experiment_data
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def write_pairs(path: Path, n_train: int = 24, n_test: int = 12) -> Path:
+    """A toy A/B behaviour in steerlab's own JSONL format, with a split per row."""
+    rows = []
+    for i in range(n_train + n_test):
+        letter = "AB"[i % 2]
+        other = "BA"[i % 2]
+        rows.append({"id": f"q{i}", "prompt": f"Question {i}: pick one.\n(A) yes\n(B) no",
+                     "chosen": f"({letter}", "rejected": f"({other}",
+                     "split": "train" if i < n_train else "test"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def config_text(data: Path, **extra) -> str:
+    config = {
+        "name": "toy", "model": "tiny", "batch_size": 4,
+        "data": {"train": {"dataset": str(data), "split": "train"}, "val_size": 8,
+                 "test": {"dataset": str(data), "split": "test"}},
+        "methods": {"caa": {"method": "caa"}, "bipo": {"method": "bipo", "epochs": 1, "batch_size": 4}},
+        "steering": {"layers": [1, 2], "multipliers": [-2, 2]},
+        **extra,
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+# ---- configs ------------------------------------------------------------------------------------
+
+
+def test_bundled_examples_are_valid():
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        config = load_config(path)
+        assert config.name and config.steering.multipliers, path
+
+
+def test_config_errors_name_file_line_and_key_path(tmp_path):
+    text = """name: x
+data:
+  train: {dataset: refusal, split: trian}
+  val_size: 10
+  test: {dataset: no-such-dataset}
+methods:
+  bipo: {method: bipo, epochz: 2, lr: -1}
+steering:
+  layers: [3]
+  multipliers: one
+"""
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "bad.yaml")
+    message = str(raised.value)
+    assert "bad.yaml:7: methods.bipo.epochz: unknown key" in message
+    assert "bad.yaml:7: methods.bipo.lr: Input should be greater than 0" in message
+    assert "bad.yaml:10: steering.multipliers: Input should be a valid list" in message
+    fixed = text.replace("epochz: 2, lr: -1", "epochs: 2").replace("multipliers: one", "multipliers: [1]")
+    with pytest.raises(ConfigError) as raised:
+        parse_config(fixed, "bad.yaml")
+    message = str(raised.value)
+    assert "bad.yaml:3: data.train.split: refusal has no split 'trian'" in message
+    assert "bad.yaml:5: data.test.dataset: 'no-such-dataset' is neither a registered dataset" in message
+
+
+def test_config_errors_for_missing_keys_references_and_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"c.yaml:1: steering: missing \(required\)"):
+        parse_config("name: x\ndata:\n  train: {dataset: refusal}\n  val_size: 5\n"
+                     "  test: {dataset: refusal}\n", "c.yaml")
+    base = config_text(write_pairs(tmp_path / "d.jsonl"))
+    with pytest.raises(ConfigError, match="no method named 'dpo'"):
+        parse_config(base + "combinations: {transfer_to_lora: [dpo]}\n")
+    with pytest.raises(ConfigError, match="either val .* or val_size"):
+        parse_config(base.replace("val_size: 8", "val_size: 8\n  val: {dataset: refusal}"))
+    with pytest.raises(ConfigError, match=r"c.yaml:2: not valid YAML"):
+        parse_config("name: x\n  bad: [\n", "c.yaml")
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_held_out_validation_is_disjoint_from_training(tmp_path):
+    config = parse_config(config_text(write_pairs(tmp_path / "d.jsonl")))
+    data = load_experiment_data(config)
+    assert len(data.val) == 8 and len(data.train) == 16 and len(data.test) == 12
+    assert not {p.id for p in data.val} & {p.id for p in data.train}
+    assert data.val_label.endswith("-holdout8")
+
+
+# ---- the runner ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory, tiny):
+    folder = tmp_path_factory.mktemp("run")
+    data = write_pairs(folder / "toy.jsonl")
+    config = parse_config(config_text(data))
+    Runner(config, folder / "out", progress=False, log=lambda _: None, model=tiny)()
+    return config, folder / "out", tiny
+
+
+def test_runner_selects_on_validation_and_tests_that_setting(toy_run):
+    config, out, _ = toy_run
+    records = read_records(out / "records.jsonl")
+    info = next(r for r in records if r["task"] == "experiment")
+    for arm in ("caa", "bipo"):
+        choice = select(records, arm, info["val"])
+        val = [r for r in records if r.get("arm") == arm and r.get("dataset") == info["val"]]
+        assert len(val) == 8 * 2 * 2  # items × layers × multipliers
+        accuracy = {}
+        for r in val:
+            accuracy.setdefault((r["layers"][0], r["multiplier"]), []).append(r["correct"])
+        best = max(sum(v) / len(v) for v in accuracy.values())
+        assert choice.accuracy == best and choice.tried == 4
+        test = [r for r in records if r.get("arm") == arm and r.get("dataset") == info["test"]]
+        assert {r["layers"][0] for r in test} == set(choice.layers)  # only the chosen layer
+    assert (out / "vectors" / "bipo-L1.safetensors").exists()
+
+
+def test_headline_rows_and_contrasts_from_records(toy_run):
+    _, out, _ = toy_run
+    head = headline(read_records(out / "records.jsonl"))
+    assert [r.arm for r in head.rows] == [BASE, "caa", "bipo"]
+    base = head.row(BASE)
+    assert base.versus_base is None and base.test.n == 12
+    for row in head.rows[1:]:
+        assert row.versus_base is not None and row.versus_base.table.n == 12
+        assert -1 <= row.versus_base.lower <= row.versus_base.mean <= row.versus_base.upper <= 1
+    assert head.best_baseline is None and head.detectable.n == 12
+
+
+def test_rerun_resumes_without_new_records(toy_run):
+    config, out, tiny = toy_run
+    before = (out / "records.jsonl").read_text()
+    Runner(config, out, progress=False, log=lambda _: None, model=tiny)()
+    assert (out / "records.jsonl").read_text() == before
+
+
+def test_report_is_built_from_records_alone(toy_run):
+    from steerlab.report import experiment_report
+
+    _, out, _ = toy_run
+    markdown, page = experiment_report(out, read_records(out / "records.jsonl"))
+    text = markdown.read_text()
+    assert "## Headline (test set)" in text and "| caa | method |" in text
+    assert "does not detectably" in text or "beats" in text or "does worse" in text
+    html = page.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<table>" in html
+    assert 'src="data:image/png;base64,' in html and 'src="validation_sweep.png"' not in html
