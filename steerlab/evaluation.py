@@ -124,7 +124,8 @@ def _evaluate(
         seqs = encode(model, [prompts[i] for i in chunk for _ in choices[i]],
                       [c for i in chunk for c in choices[i]])
         scored = score_settings(model, seqs, [make for _, make in settings], sweep.shared_layers(),
-                                batch_size, progress, f"scoring {len(settings)} setting(s)")
+                                batch_size, progress, f"scoring {len(settings)} setting(s)",
+                                share_prefix=sweep.positions == "all")
         for (multiplier, _), flat in zip(settings, scored):
             offset = 0
             for index in chunk:

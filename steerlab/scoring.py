@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -50,6 +52,11 @@ def window_logits(model: ModelHandle, inputs: dict[str, torch.Tensor], keep: int
 
 
 Setting = Callable[[], AbstractContextManager]
+
+
+def _continued_logits(model: ModelHandle, inputs: dict[str, Any], setting: Setting, keep: int) -> torch.Tensor:
+    with setting():
+        return window_logits(model, inputs, keep)
 """Makes the context (e.g. a :class:`~steerlab.steering.Steering`) one scoring pass runs under."""
 
 
@@ -75,6 +82,34 @@ def settings_logits(
         yield logits
 
 
+PREFIX_MIN = 64
+"""Shortest token prefix common to every sequence worth running once for all (a k-shot or
+system preamble); shorter ones are recomputed per sequence."""
+
+
+def common_prefix(seqs: Sequence[TokenSequence]) -> int:
+    """Tokens every sequence starts with, short of each one's last prompt token (the logits
+    that score a completion must come from the sequence's own pass)."""
+    if not seqs:
+        return 0
+    first, limit = seqs[0].ids, min(seq.prompt_len for seq in seqs) - 1
+    length = 0
+    while length < limit and all(seq.ids[length] == first[length] for seq in seqs):
+        length += 1
+    return length
+
+
+def _prefix_inputs(model: ModelHandle, batch: Batch, prefix: tuple[int, ...], cache: Any) -> dict[str, Any]:
+    """A batch of suffixes continuing a cached prefix: the prefix's keys and values repeated per
+    row, the attention mask and positions extended over it."""
+    rows = batch.input_ids.shape[0]
+    past = copy.deepcopy(cache)
+    past.batch_repeat_interleave(rows)
+    ones = torch.ones((rows, len(prefix)), dtype=batch.attention_mask.dtype, device=batch.input_ids.device)
+    return {"input_ids": batch.input_ids, "attention_mask": torch.cat([ones, batch.attention_mask], dim=1),
+            "position_ids": batch.position_ids + len(prefix), "past_key_values": past}
+
+
 @torch.no_grad()
 def score_sequences(
     model: ModelHandle,
@@ -96,13 +131,16 @@ def score_settings(
     batch_size: int = 8,
     progress: bool = True,
     description: str = "scoring",
+    share_prefix: bool = False,
 ) -> list[list[CompletionScore]]:
     """Score the sequences under each setting; one list of scores per setting, input order kept.
 
     No setting may change layers ``0..shared-1`` (see :func:`settings_logits`). Sequences that
     differ only in their last token (A/B answer letters, single-token choices) share one forward
     pass: their common stem runs once and each last token is read from the stem's final
-    next-token distribution.
+    next-token distribution. With ``share_prefix`` (for settings that steer every position or
+    none, and ``shared`` 0), a long token prefix common to all sequences — a k-shot or system
+    preamble — runs once per setting and every batch continues from its cached keys and values.
     """
     stems: dict[tuple[tuple[int, ...], int], int] = {}
     needed: list[set[int]] = []
@@ -122,10 +160,25 @@ def score_settings(
     last_logp: list[list[dict[int, float]]] = [[{} for _ in stem_seqs] for _ in settings]
     pad_id = model.tokenizer.pad_token_id
     n_steps = -(-len(stem_seqs) // batch_size)
-    steps = batches(stem_seqs, batch_size, pad_id, model.device)
+    cut = common_prefix(stem_seqs) if share_prefix and shared == 0 else 0
+    prefix = stem_seqs[0].ids[:cut] if cut >= PREFIX_MIN else ()
+    caches = []
+    for setting in settings if prefix else []:
+        with setting():
+            ids = torch.tensor([prefix], device=model.device)
+            caches.append(model.model(input_ids=ids, use_cache=True).past_key_values)
+    suffixes = [TokenSequence(seq.ids[len(prefix):], seq.prompt_len - len(prefix)) for seq in stem_seqs]
+    steps = batches(suffixes, batch_size, pad_id, model.device)
     for index, batch in track(steps, n_steps, description, progress):
         window = batch.max_completion + 1
-        for k, logits in enumerate(settings_logits(model, batch.model_inputs(), settings, shared, window)):
+        if prefix:
+            passes: Iterator[torch.Tensor] = (
+                _continued_logits(model, _prefix_inputs(model, batch, prefix, cache), setting, window)
+                for setting, cache in zip(settings, caches)
+            )
+        else:
+            passes = settings_logits(model, batch.model_inputs(), settings, shared, window)
+        for k, logits in enumerate(passes):
             summed = token_logprobs(logits, batch).sum(dim=-1)
             final = torch.log_softmax(logits[:, -1].float(), dim=-1)
             for row, i in enumerate(index):

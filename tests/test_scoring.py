@@ -1,3 +1,5 @@
+from contextlib import nullcontext
+
 import pytest
 import torch
 from tiny import tiny_model
@@ -56,3 +58,25 @@ def test_choices_differing_in_last_token_share_a_pass_with_same_scores(tiny):
 def test_empty_completion_scores_zero(tiny):
     (score,) = score_completions(tiny, ["Hi"], [""], progress=False)
     assert (score.logprob, score.n_tokens) == (0.0, 0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2", "gemma"])
+def test_a_long_shared_preamble_runs_once_with_the_same_scores(family):
+    from steerlab.scoring import PREFIX_MIN, common_prefix, score_settings
+
+    model = tiny_model(family)
+    preamble = "You answer carefully. " * 6
+    prompts = [f"{preamble}Question {i}: which?" + " more words" * (i % 3) for i in range(7)]
+    seqs = encode(model, prompts, [" yes", " no", " maybe not", " yes", " no", " y", " perhaps"])
+    assert common_prefix(seqs) >= PREFIX_MIN
+    full = score_settings(model, seqs, [nullcontext], batch_size=3, progress=False)[0]
+    calls = []
+    handle = model.model.register_forward_pre_hook(lambda m, a, k: calls.append(k["input_ids"].shape),
+                                                   with_kwargs=True)
+    try:
+        shared = score_settings(model, seqs, [nullcontext], batch_size=3, progress=False, share_prefix=True)[0]
+    finally:
+        handle.remove()
+    assert [s.logprob for s in shared] == pytest.approx([s.logprob for s in full], abs=1e-4)
+    assert calls[0][0] == 1 and calls[0][1] >= PREFIX_MIN  # the preamble, once
+    assert all(shape[1] < min(len(s.ids) for s in seqs) - PREFIX_MIN + 20 for shape in calls[1:])
