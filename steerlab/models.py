@@ -41,6 +41,9 @@ class ModelHandle:
     tokenizer: PreTrainedTokenizerBase
     name: str
     layers: nn.ModuleList
+    preamble: tuple[Mapping[str, str], ...] = ()
+    """Messages put before every prompt (a system text, earlier turns such as k-shot examples);
+    see :func:`steerlab.prompting.prompted`."""
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
@@ -75,9 +78,13 @@ class ModelHandle:
         return self._fingerprint
 
     def format_prompt(self, prompt: str, system: str | None = None) -> str:
-        """The exact text the model sees before its answer: chat template or plain template."""
-        messages = [{"role": "system", "content": system}] if system else []
-        return self.format_messages([*messages, {"role": "user", "content": prompt}])
+        """The exact text the model sees before its answer: chat template or plain template,
+        with the handle's :attr:`preamble` (if any) as the conversation so far."""
+        head = [{"role": "system", "content": system}] if system else []
+        if head and any(m.get("role") == "system" for m in self.preamble):
+            raise ValueError("this handle's preamble already has a system message; "
+                             "pass system= only to a handle without one")
+        return self.format_messages([*head, *self.preamble, {"role": "user", "content": prompt}])
 
     def format_messages(self, messages: Sequence[Mapping[str, str]]) -> str:
         """A conversation (``role``/``content`` dicts ending on a user turn) as the exact text the

@@ -16,6 +16,7 @@ step and recomputes the reference, for equivalence tests and the benchmark.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import warnings
@@ -44,6 +45,18 @@ Callback = Callable[[dict[str, Any]], None]
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and batch."""
+
+
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: str, where: str) -> float:
+    """One optimiser step on ``loss``; return its value. A NaN or infinite loss raises
+    :class:`TrainingDiverged` ("<name> loss is nan at <where>") before any weight changes."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"{name} loss is {value} at {where}")
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return value
 
 
 @dataclass
@@ -318,17 +331,13 @@ def train_bipo(
             for number, chunk in enumerate(epoch_batches):
                 sign = 1.0 if direction == "forward" else float(torch.randint(2, (1,), generator=generator)) * 2 - 1
                 pc, pr, rc, rr = runner.logprobs(chunk, sign * vector)
-                loss = bipo_loss(pc, pr, rc, rr, sign, beta)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"{method} loss is {loss.item()} at step {step + 1} (epoch {epoch}, batch "
-                        f"{number + 1} of {len(epoch_batches)}; pairs {[e.pair_id for e in chunk]})"
-                    )
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                loss = descend(
+                    optimizer, bipo_loss(pc, pr, rc, rr, sign, beta), method,
+                    f"step {step + 1} (epoch {epoch}, batch {number + 1} of {len(epoch_batches)}; "
+                    f"pairs {[e.pair_id for e in chunk]})",
+                )
                 step += 1
-                record = {"step": step, "epoch": epoch, "batch": number + 1, "loss": loss.item(),
+                record = {"step": step, "epoch": epoch, "batch": number + 1, "loss": loss,
                           "direction": sign, "norm": float(vector.detach().norm())}
                 history.steps.append(record)
                 losses.append(record["loss"])
@@ -420,4 +429,6 @@ def train_dpo(model: ModelHandle, pairs: Sequence[PreferencePair], layer: int, *
     return train_bipo(model, pairs, layer, direction="forward", **kwargs)
 
 
-__all__ = ["TrainingDiverged", "TrainingHistory", "bipo_loss", "train_bipo", "train_dpo"]
+__all__ = [
+    "TrainingDiverged", "TrainingHistory", "bipo_loss", "descend", "train_bipo", "train_dpo",
+]
