@@ -21,7 +21,7 @@ def write_pairs(path: Path, n_train: int = 24, n_test: int = 12) -> Path:
     for i in range(n_train + n_test):
         letter = "AB"[i % 2]
         other = "BA"[i % 2]
-        rows.append({"id": f"q{i}", "prompt": f"Question {i}: pick one.\n(A) yes\n(B) no",
+        rows.append({"id": f"q{i}", "prompt": f"Q{i}: pick.\n(A) y\n(B) n",
                      "chosen": f"({letter}", "rejected": f"({other}",
                      "split": "train" if i < n_train else "test"})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -105,7 +105,13 @@ def test_held_out_validation_is_disjoint_from_training(tmp_path):
 def toy_run(tmp_path_factory, tiny):
     folder = tmp_path_factory.mktemp("run")
     data = write_pairs(folder / "toy.jsonl")
-    config = parse_config(config_text(data))
+    config = parse_config(config_text(
+        data,
+        baselines={"kshot": {"ks": [1, 2, 4]}, "system": {"prompt": "Pick the first option."},
+                   "lora": {"steps": 4, "eval_every": 2, "batch_size": 4}},
+        combinations={"vector_on_lora": ["caa"], "transfer_to_lora": ["bipo"]},
+        evaluations={"sample_efficiency": {"method": "caa", "sizes": [2, 8], "seeds": [0, 1]}},
+    ))
     Runner(config, folder / "out", progress=False, log=lambda _: None, model=tiny)()
     return config, folder / "out", tiny
 
@@ -130,14 +136,47 @@ def test_runner_selects_on_validation_and_tests_that_setting(toy_run):
 
 def test_headline_rows_and_contrasts_from_records(toy_run):
     _, out, _ = toy_run
-    head = headline(read_records(out / "records.jsonl"))
-    assert [r.arm for r in head.rows] == [BASE, "caa", "bipo"]
+    records = read_records(out / "records.jsonl")
+    head = headline(records)
+    assert [r.arm for r in head.rows] == [BASE, "caa", "bipo", "kshot-1", "kshot-2", "kshot-4", "system",
+                                          "lora", "caa+lora", "bipo-transfer-lora"]
     base = head.row(BASE)
     assert base.versus_base is None and base.test.n == 12
     for row in head.rows[1:]:
         assert row.versus_base is not None and row.versus_base.table.n == 12
         assert -1 <= row.versus_base.lower <= row.versus_base.mean <= row.versus_base.upper <= 1
-    assert head.best_baseline is None and head.detectable.n == 12
+    baselines = [r for r in head.rows if r.kind in ("prompting", "lora")]
+    best = max(baselines, key=lambda r: r.selection.accuracy)
+    assert head.best_baseline is not None
+    assert head.row(head.best_baseline).selection.accuracy == best.selection.accuracy
+    assert head.row(head.best_baseline).versus_best_baseline is None
+    assert head.row("caa").versus_best_baseline is not None and head.detectable.n == 12
+    shots = [r for r in records if r.get("arm") == "kshot-4" and r.get("dataset", "").endswith(":test")]
+    assert len(shots) == 12 and all(r["prompt"].count("pick.") == 5 for r in shots)  # 4 shots + item
+
+
+def test_lora_arms_and_transfer_use_the_adapted_model(toy_run):
+    _, out, tiny = toy_run
+    records = read_records(out / "records.jsonl")
+    lora = next(r for r in records if r.get("task") == "arm" and r["arm"] == "lora")
+    assert lora["trainable_parameters"] == lora["trainable_params"] > tiny.d_model
+    transfer = [r for r in records if r.get("arm") == "bipo-transfer-lora" and r["task"] == "ab"]
+    assert {r["model"] for r in transfer} == {f"{tiny.name}+lora"}
+    bipo_vectors = {r["vector_id"] for r in records if r.get("arm") == "bipo" and r.get("vector_id")}
+    assert {r["vector_id"] for r in transfer} <= bipo_vectors  # the base-trained vector, moved
+    assert (out / "vectors" / "caa-on-lora-L1.safetensors").exists() or \
+        (out / "vectors" / "caa-on-lora-L2.safetensors").exists()
+
+
+def test_sample_efficiency_points_from_subset_and_kshot_arms(toy_run):
+    from steerlab.comparison import sample_efficiency
+
+    _, out, _ = toy_run
+    points = sample_efficiency(read_records(out / "records.jsonl"))
+    assert [(p.family, p.n, p.seed) for p in points] == [
+        ("caa", 2, 0), ("caa", 2, 1), ("caa", 8, 0), ("caa", 8, 1),
+        ("k-shot", 1, None), ("k-shot", 2, None), ("k-shot", 4, None)]
+    assert all(p.accuracy.n == 12 for p in points)
 
 
 def test_rerun_resumes_without_new_records(toy_run):
@@ -158,3 +197,4 @@ def test_report_is_built_from_records_alone(toy_run):
     html = page.read_text()
     assert html.startswith("<!DOCTYPE html>") and "<table>" in html
     assert 'src="data:image/png;base64,' in html and 'src="validation_sweep.png"' not in html
+    assert "## Sample efficiency" in text and "LoRA:" in text and "best baseline" in text
