@@ -117,7 +117,7 @@ def toy_run(tmp_path_factory, tiny):
 
 
 def test_runner_selects_on_validation_and_tests_that_setting(toy_run):
-    config, out, _ = toy_run
+    _, out, _ = toy_run
     records = read_records(out / "records.jsonl")
     info = next(r for r in records if r["task"] == "experiment")
     for arm in ("caa", "bipo"):
