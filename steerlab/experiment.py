@@ -140,9 +140,15 @@ class SideEffects(_Strict):
 
 
 class OpenEnded(_Strict):
-    """Free answers, unsteered and at each method's selected setting, judged head to head."""
+    """Free answers, unsteered and at each method's selected setting, judged head to head.
+
+    ``test_only`` keeps the questions whose text is a test item's question (e.g. TruthfulQA's
+    open questions of the MC1 test split), so no arm is judged on what it was trained or
+    selected on; ``limit`` then samples from those.
+    """
 
     questions: DataSpec
+    test_only: bool = True
     judge: str = "reference-similarity"
     max_new_tokens: int = Field(default=48, gt=0)
 

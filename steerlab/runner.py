@@ -42,6 +42,8 @@ class ExperimentData:
     val_pairs: list[PreferencePair]
     test_pairs: list[PreferencePair]
     """The sets as preference pairs (for LoRA validation and steerability)."""
+    test_questions: frozenset[str]
+    """The test items' questions as asked in the source data (before any lettering)."""
 
 
 def _rows(spec: DataSpec, seed: int) -> list:
@@ -72,8 +74,10 @@ def load_experiment_data(config: ExperimentConfig) -> ExperimentData:
     if kinds == {MCItem}:
         shape = (lambda rows: lettered(rows, seed)) if data.format == "letters" else list
         return ExperimentData(mc_to_pairs(train, seed=seed), shape(val), shape(test), val_label,
-                              data.test.label(), mc_to_pairs(val, seed=seed), mc_to_pairs(test, seed=seed))
-    return ExperimentData(train, val, test, val_label, data.test.label(), val, test)
+                              data.test.label(), mc_to_pairs(val, seed=seed), mc_to_pairs(test, seed=seed),
+                              frozenset(item.question.strip() for item in test))
+    return ExperimentData(train, val, test, val_label, data.test.label(), val, test,
+                          frozenset(pair.prompt.strip() for pair in test))
 
 
 class Runner:
@@ -303,6 +307,12 @@ class Runner:
         if spec is None or not self.selected:
             return
         questions = load_questions(spec.questions.dataset, spec.questions.split)
+        if spec.test_only:
+            questions = [q for q in questions if q.question.strip() in self.data.test_questions]
+            if not questions:
+                raise ValueError(f"evaluations.open_ended: no question of {spec.questions.label()} is a "
+                                 f"test question of {self.data.test_label} (set test_only: false to "
+                                 "use them all)")
         if spec.questions.limit and spec.questions.limit < len(questions):
             questions = seeded_split(questions, [spec.questions.limit], self.config.seed)[0]
         records = writer.records()

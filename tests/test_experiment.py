@@ -105,12 +105,19 @@ def test_held_out_validation_is_disjoint_from_training(tmp_path):
 def toy_run(tmp_path_factory, tiny):
     folder = tmp_path_factory.mktemp("run")
     data = write_pairs(folder / "toy.jsonl")
+    questions = folder / "questions.jsonl"
+    questions.write_text("".join(
+        json.dumps({"id": f"o{i}", "question": f"Q{i}: pick.\n(A) y\n(B) n",
+                    "correct_answers": ["y"], "incorrect_answers": ["n"]}) + "\n"
+        for i in (0, 1, 30, 31, 32)  # two training questions, three test questions
+    ))
     config = parse_config(config_text(
         data,
         baselines={"kshot": {"ks": [1, 2, 4]}, "system": {"prompt": "Pick the first option."},
                    "lora": {"steps": 4, "eval_every": 2, "batch_size": 4}},
         combinations={"vector_on_lora": ["caa"], "transfer_to_lora": ["bipo"]},
-        evaluations={"sample_efficiency": {"method": "caa", "sizes": [2, 8], "seeds": [0, 1]}},
+        evaluations={"sample_efficiency": {"method": "caa", "sizes": [2, 8], "seeds": [0, 1]},
+                     "open_ended": {"questions": {"dataset": str(questions)}, "max_new_tokens": 4}},
     ))
     Runner(config, folder / "out", progress=False, log=lambda _: None, model=tiny)()
     return config, folder / "out", tiny
@@ -166,6 +173,17 @@ def test_lora_arms_and_transfer_use_the_adapted_model(toy_run):
     assert {r["vector_id"] for r in transfer} <= bipo_vectors  # the base-trained vector, moved
     assert (out / "vectors" / "caa-on-lora-L1.safetensors").exists() or \
         (out / "vectors" / "caa-on-lora-L2.safetensors").exists()
+
+
+def test_open_ended_answers_only_test_questions_and_judges_each_method(toy_run):
+    _, out, _ = toy_run
+    records = read_records(out / "records.jsonl")
+    answers = [r for r in records if r.get("task") == "generation"]
+    assert {r["item_id"] for r in answers} == {"o30", "o31", "o32"}
+    assert {r["arm"] for r in answers} == {BASE, "caa", "bipo"}
+    verdicts = [r for r in records if r.get("task") == "head-to-head"]
+    assert sorted((r["arm"], r["item_id"]) for r in verdicts) == sorted(
+        (arm, item) for arm in ("caa", "bipo") for item in ("o30", "o31", "o32"))
 
 
 def test_sample_efficiency_points_from_subset_and_kshot_arms(toy_run):
