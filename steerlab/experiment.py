@@ -238,11 +238,12 @@ def _line_of(root: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
 def _check_datasets(config: ExperimentConfig) -> list[tuple[str, str]]:
     """(key path, problem) for every named dataset or split that is not there."""
     from steerlab.datasets import DatasetUnavailable, dataset_info
+    from steerlab.openended import OPEN_DATASETS
 
     problems = []
     for path, spec in config.datasets().items():
         try:
-            info = dataset_info(spec.dataset)
+            info = OPEN_DATASETS.get(spec.dataset) or dataset_info(spec.dataset)
         except DatasetUnavailable as err:
             problems.append((f"{path}.dataset", str(err)))
             continue
