@@ -31,6 +31,8 @@ ARM_TASK = "arm"
 """Records that describe an arm (its kind and details), one per arm."""
 EXPERIMENT_TASK = "experiment"
 """The record that names an experiment's validation and test datasets."""
+COMPUTE_TASK = "compute"
+"""Records of one stage's wall time and token-layers, one per stage per invocation."""
 BASE = "unsteered"
 BASELINE_KINDS = ("prompting", "lora")
 LIKELIHOOD_TASKS = ("mc", "ab")

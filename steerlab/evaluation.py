@@ -123,6 +123,9 @@ def _evaluate(
             continue
         seqs = encode(model, [prompts[i] for i in chunk for _ in choices[i]],
                       [c for i in chunk for c in choices[i]])
+        offsets = [0]
+        for i in chunk:
+            offsets.append(offsets[-1] + len(choices[i]))
         scored = score_settings(model, seqs, [make for _, make in settings], sweep.shared_layers(),
                                 batch_size, progress, f"scoring {len(settings)} setting(s)",
                                 share_prefix=sweep.positions == "all")
@@ -136,6 +139,7 @@ def _evaluate(
                     "multiplier": float(multiplier),
                     "item_id": ids[index],
                     "prompt": model.format_prompt(prompts[index]),
+                    "prompt_tokens": seqs[offsets[index - start]].prompt_len,
                     "logprobs": [s.logprob for s in scores],
                     "n_tokens": [s.n_tokens for s in scores],
                     **build(index, scores),

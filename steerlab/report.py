@@ -240,6 +240,38 @@ def validation_sweep_plot(records: list[dict], arms: list[str], val_dataset: str
     return path
 
 
+def compute_section(records: list[dict], n_layers: int | None) -> list[str]:
+    """Wall time and token-layers per stage (summed over invocations), beside what per-choice
+    full-pass scoring of the same likelihood records would need."""
+    from collections import defaultdict
+
+    from steerlab.compute import naive_token_layers
+
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for record in records:
+        if record.get("task") == "compute":
+            totals[record["stage"]][0] += record["seconds"]
+            totals[record["stage"]][1] += record["token_layers"]
+    if not totals:
+        return []
+    invocations = len({r["invocation"] for r in records if r.get("task") == "compute"})
+    seconds = sum(t[0] for t in totals.values())
+    measured = sum(int(t[1]) for t in totals.values())
+    lines = ["## Compute", "",
+             f"Stage one took **{seconds / 60:.1f} min** of wall time over {invocations} invocation(s) "
+             f"and processed {measured:,} token-layers (one decoder layer applied to one token "
+             "position, padding included) for everything: training, generation and scoring."]
+    if n_layers:
+        naive = naive_token_layers(records, n_layers)
+        lines[-1] += (f" Scoring the likelihood records alone the plain way — each choice of each "
+                      f"item in its own full pass — would need {naive:,} token-layers "
+                      f"({naive / max(measured, 1):.1f}× what the whole run used).")
+    lines.append("")
+    lines += markdown_table(["stage", "wall time (s)", "token-layers"],
+                            [[stage, f"{t[0]:.0f}", f"{int(t[1]):,}"] for stage, t in totals.items()])
+    return lines
+
+
 def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, Path]:
     """Write ``report.md`` and the self-contained ``report.html`` of a `steerlab run` into
     ``run_dir``, from its records alone; return both paths."""
@@ -309,6 +341,7 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
         validation_sweep_plot(records, swept, head.val_dataset, out / "validation_sweep.png")
         lines += ["## Multiplier sweep (validation)", "", "![validation sweep](validation_sweep.png)", ""]
     lines += sections(analyze(records), out, sweep=False)
+    lines += compute_section(records, info.get("n_layers"))
     config = next((r for r in records if r.get("task") == "experiment"), {})
     lines += ["## Config and versions", "", "```yaml",
               yaml.safe_dump({"config": config.get("config"), "versions": config.get("versions")},

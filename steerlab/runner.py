@@ -13,10 +13,12 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from steerlab.comparison import ARM_TASK, BASE, EXPERIMENT_TASK, select
+from steerlab.comparison import ARM_TASK, BASE, COMPUTE_TASK, EXPERIMENT_TASK, select
+from steerlab.compute import TokenLayerCounter
 from steerlab.data import MCItem, PreferencePair
 from steerlab.data import split as seeded_split
 from steerlab.datasets import dataset_info, lettered, load_dataset, mc_to_pairs
@@ -93,12 +95,16 @@ class Runner:
         self.data = load_experiment_data(config)
         self.vectors: dict[str, dict[int, SteeringVector]] = {}
         self.selected: dict[str, SteeringVector] = {}
+        self.counter = TokenLayerCounter()
+        self.adapted: ModelHandle | None = None
+        self.invocation = datetime.now(timezone.utc).isoformat()
 
     @property
     def model(self) -> ModelHandle:
         if self._model is None:
             self.log(f"loading {self.config.model}")
             self._model = load_model(self.config.model)
+        self.counter.watch(self._model.layers)
         return self._model
 
     # ---- records ----------------------------------------------------------------------------
@@ -205,11 +211,11 @@ class Runner:
             for which in ("val", "test"):
                 self._evaluate(writer, prompted(self.model, prompting), "system", [Sweep()], which)
 
-    def lora(self, writer: RecordWriter) -> ModelHandle | None:
-        """Train (or reload) the LoRA baseline, evaluate it, and return the adapted model."""
+    def lora(self, writer: RecordWriter) -> None:
+        """Train (or reload) the LoRA baseline, evaluate it, and keep the adapted model."""
         spec = self.config.baselines.lora
         if spec is None:
-            return None
+            return
         from steerlab.lora import SUMMARY_FILE, load_lora, train_lora
 
         folder = self.run.path / "lora"
@@ -222,12 +228,15 @@ class Runner:
         summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
         self._note(writer, {"task": ARM_TASK, "arm": "lora", "kind": "lora",
                             "trainable_parameters": summary["trainable_params"], **summary})
-        adapted = load_lora(self.model, folder)
+        adapted = self.adapted = load_lora(self.model, folder)
+        self.counter.watch(adapted.layers)
         for which in ("val", "test"):
             self._evaluate(writer, adapted, "lora", [Sweep()], which)
-        return adapted
 
-    def combinations(self, writer: RecordWriter, adapted: ModelHandle) -> None:
+    def combinations(self, writer: RecordWriter) -> None:
+        adapted = self.adapted
+        if adapted is None:
+            return
         combos = self.config.combinations
         for name in combos.vector_on_lora:
             arm, (layer,) = f"{name}+lora", self.selected[name].layers
@@ -343,20 +352,27 @@ class Runner:
                                 "model": self.config.model, "val": self.data.val_label,
                                 "test": self.data.test_label,
                                 "val_n": len(self.data.val), "test_n": len(self.data.test),
-                                "train_n": len(self.data.train), "config": self.config.model_dump(),
-                                "versions": versions()})
-            self.unsteered(writer)
-            self.methods(writer)
-            self.prompting(writer)
-            adapted = self.lora(writer)
-            if adapted is not None:
-                self.combinations(writer, adapted)
-            self.sample_efficiency(writer)
-            self.reliability(writer)
-            self.side_effects(writer)
-            self.open_ended(writer)
+                                "train_n": len(self.data.train), "n_layers": self.model.n_layers,
+                                "config": self.config.model_dump(), "versions": versions()})
+            stages: list[tuple[str, Callable[[RecordWriter], None]]] = [
+                ("unsteered", self.unsteered), ("methods", self.methods), ("prompting", self.prompting),
+                ("lora", self.lora), ("combinations", self.combinations),
+                ("sample efficiency", self.sample_efficiency), ("reliability", self.reliability),
+                ("side effects", self.side_effects), ("open-ended", self.open_ended),
+            ]
+            for stage, work in stages:
+                self._timed(writer, stage, work)
+        self.counter.close()
         self.log(f"stage one done in {time.perf_counter() - started:.0f} s: {self.run.records_path}")
         return self.run
+
+    def _timed(self, writer: RecordWriter, stage: str, work: Callable[[RecordWriter], None]) -> None:
+        """Run one stage and record its wall time and token-layers (one record per invocation,
+        so a resumed run's totals add up every invocation's work)."""
+        count, started = self.counter.count, time.perf_counter()
+        work(writer)
+        writer.write({"task": COMPUTE_TASK, "stage": stage, "seconds": time.perf_counter() - started,
+                      "token_layers": self.counter.count - count, "invocation": self.invocation})
 
 
 def versions() -> dict[str, str]:

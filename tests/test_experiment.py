@@ -201,7 +201,27 @@ def test_rerun_resumes_without_new_records(toy_run):
     config, out, tiny = toy_run
     before = (out / "records.jsonl").read_text()
     Runner(config, out, progress=False, log=lambda _: None, model=tiny)()
-    assert (out / "records.jsonl").read_text() == before
+    after = (out / "records.jsonl").read_text()
+    assert after.startswith(before)
+    added = [json.loads(line) for line in after[len(before):].splitlines()]
+    assert {r["task"] for r in added} == {"compute"} and len(added) == 9  # one per stage
+    assert sum(r["token_layers"] for r in added) == 0  # nothing was computed again
+
+
+def test_compute_accounting_counts_less_than_per_choice_full_passes(toy_run):
+    from steerlab.compute import naive_token_layers
+
+    _, out, tiny = toy_run
+    records = read_records(out / "records.jsonl")
+    first = min(r["invocation"] for r in records if r["task"] == "compute")
+    stages = {r["stage"]: r for r in records if r["task"] == "compute" and r["invocation"] == first}
+    scored = [r for r in records if r.get("task") in ("mc", "ab")]
+    naive = naive_token_layers(scored, tiny.n_layers)
+    assert 0 < stages["unsteered"]["token_layers"]
+    unsteered = [r for r in scored if r.get("arm") == BASE]
+    # the two letters of an A/B item share one pass: half the tokens of two full passes, or less
+    assert stages["unsteered"]["token_layers"] < 0.75 * naive_token_layers(unsteered, tiny.n_layers)
+    assert naive > 0 and all(r["seconds"] >= 0 for r in stages.values())
 
 
 def test_report_is_built_from_records_alone(toy_run):
