@@ -738,5 +738,61 @@ def refusal(
     console.print(table)
 
 
+# ---- serving -----------------------------------------------------------------------------------
+
+
+def _named_vectors(specs: list[str]) -> dict:
+    """'name=path' (or a bare path, named by its file stem) → loaded vectors by name."""
+    vectors = {}
+    for spec in specs:
+        name, _, path = spec.partition("=") if "=" in spec else (Path(spec).stem, "", spec)
+        if not name:
+            _fail(f"--vector {spec!r}: expected name=path.safetensors")
+        if name in vectors:
+            _fail(f"--vector {spec!r}: the name {name!r} is already taken")
+        vectors[name] = _vector(Path(path))
+    return vectors
+
+
+@app.command()
+def serve(
+    model: ModelOpt = DEFAULT_MODEL,
+    vector: Annotated[Optional[list[str]], typer.Option("--vector", "-v", help="A vector clients may apply, as name=path.safetensors (a bare path is named by its file stem); repeatable.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; the default accepts connections from this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
+    max_multiplier: Annotated[float, typer.Option(help="Requests may use multipliers in [-this, this].", min=0)] = 8.0,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens one request may generate (and the default).", min=1)] = 512,
+    max_context: Annotated[Optional[int], typer.Option(help="Prompt + answer tokens allowed (default: the model's maximum positions).", min=1)] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Requests with identical settings generated together, at most.", min=1)] = 8,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key clients must send as a bearer token; unset or empty: no key. (Never on the command line, where other users can read it.)")] = "STEERLAB_API_KEY",
+    served_model_name: Annotated[Optional[str], typer.Option(help="Model id clients send and /v1/models lists (default: --model).")] = None,
+) -> None:
+    """Serve the model over an OpenAI-compatible API (chat completions, streaming) with steering.
+
+    Each request picks vectors and multipliers with an extra body field, e.g. with the openai
+    client: extra_body={"steering": [{"vector": "refusal", "multiplier": 4}]}; none by default.
+    """
+    import os
+
+    from steerlab.serve import ServeSettings
+    from steerlab.serve import serve as run_server
+
+    vectors = _named_vectors(vector or [])
+    key = os.environ.get(api_key_env) or None
+    settings = ServeSettings(
+        model_name=served_model_name or model, max_multiplier=max_multiplier, max_tokens=max_tokens,
+        max_context=max_context, api_key=key, max_batch_size=max_batch_size,
+    )
+    if key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key (set ${api_key_env})")
+    handle = _load(model)
+    console.print(f"serving {settings.model_name} on http://{host}:{port}/v1 with vectors: "
+                  f"{', '.join(vectors) or 'none'}; API key {'required' if key else 'not required'}")
+    try:
+        run_server(handle, vectors, settings, host=host, port=port)
+    except ValueError as err:
+        _fail(str(err))
+
+
 if __name__ == "__main__":
     app()
