@@ -24,6 +24,7 @@ from typing import Any
 import openai
 
 from steerlab.judges import RATING_SCALE, Comparison, JudgeError, Rating, Verdict
+from steerlab.progress import track
 
 BASE_URL_ENV = "STEERLAB_JUDGE_BASE_URL"
 MODEL_ENV = "STEERLAB_JUDGE_MODEL"
@@ -81,6 +82,7 @@ class LLMJudge:
 
     ``criterion`` is what "better" means (default: truthfulness). ``concurrency`` requests run at
     once; ``max_retries`` is the client's retry count for connection errors and overload.
+    ``max_tokens`` bounds each reply (the answer is one token; room for a little more).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class LLMJudge:
         max_retries: int = 5,
         timeout: float = 120.0,
         max_tokens: int = 16,
+        progress: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -104,6 +107,7 @@ class LLMJudge:
         self.name = f"llm:{self.model}"
         self.concurrency = concurrency
         self.max_tokens = max_tokens
+        self.progress = progress
         self._client = openai.OpenAI(
             base_url=self.base_url,
             api_key=key or "unused",
@@ -143,10 +147,10 @@ class LLMJudge:
                 ) from err
             return reply.choices[0].message.content or ""
 
-        if self.concurrency == 1:
-            return [one(p) for p in prompts]
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(one, prompts))
+            return list(
+                track(pool.map(one, prompts), len(prompts), f"asking {self.model}", self.progress)
+            )
 
     def _details(self, reply: str, choice: str | None) -> dict[str, Any]:
         return {
