@@ -31,7 +31,10 @@ _EXPORTS = {
     "inspect_dataset": "steerlab.inspection",
     "ReferenceSimilarityJudge": "steerlab.judges",
     "judge_head_to_head": "steerlab.judges",
+    "rate_answers": "steerlab.judges",
     "summarize_head_to_head": "steerlab.judges",
+    "summarize_ratings": "steerlab.judges",
+    "LLMJudge": "steerlab.llm_judge",
     "train_bipo": "steerlab.methods",
     "train_caa": "steerlab.methods",
     "train_dpo": "steerlab.methods",
@@ -42,10 +45,13 @@ _EXPORTS = {
     "load_questions": "steerlab.openended",
     "steering_arms": "steerlab.openended",
     "detect_refusals": "steerlab.refusal",
+    "ServeSettings": "steerlab.serve",
+    "create_app": "steerlab.serve",
     "summarize_refusals": "steerlab.refusal",
     "plot_steerability": "steerlab.reliability",
     "steerability": "steerlab.reliability",
     "PairedTable": "steerlab.stats",
+    "mean_interval": "steerlab.stats",
     "minimum_detectable_effect": "steerlab.stats",
     "paired_advantage": "steerlab.stats",
     "paired_table_from_records": "steerlab.stats",
@@ -63,14 +69,23 @@ if TYPE_CHECKING:
     from steerlab.blind import export_blind, import_ratings
     from steerlab.generation import generate
     from steerlab.inspection import inspect_dataset
-    from steerlab.judges import ReferenceSimilarityJudge, judge_head_to_head, summarize_head_to_head
+    from steerlab.judges import (
+        ReferenceSimilarityJudge,
+        judge_head_to_head,
+        rate_answers,
+        summarize_head_to_head,
+        summarize_ratings,
+    )
+    from steerlab.llm_judge import LLMJudge
     from steerlab.methods import train_bipo, train_caa, train_dpo
     from steerlab.models import ModelHandle, load_model, wrap_model
     from steerlab.openended import generate_answers, load_questions, steering_arms
     from steerlab.refusal import detect_refusals, summarize_refusals
+    from steerlab.serve import ServeSettings, create_app
     from steerlab.reliability import plot_steerability, steerability
     from steerlab.stats import (
         PairedTable,
+        mean_interval,
         minimum_detectable_effect,
         paired_advantage,
         paired_table_from_records,

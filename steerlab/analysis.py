@@ -3,7 +3,7 @@
 :func:`analyze` reads nothing but records; :func:`write_analysis` renders what it found into a
 run directory as ``analysis.md`` with PNG plots. Each section appears only when the records
 hold its kind: likelihood sweeps (A/B, multiple choice), side effects, steerability,
-head-to-head verdicts, refusal rates.
+head-to-head verdicts, 1-4 ratings, refusal rates.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steerlab.judges import HeadToHead, summarize_head_to_head
+from steerlab.judges import HeadToHead, RatingSummary, summarize_head_to_head, summarize_ratings
 from steerlab.records import Record, summarize
 from steerlab.refusal import RefusalRate, summarize_refusals
 from steerlab.reliability import SETTING_KEYS, Steerability, plot_steerability, steerability
@@ -28,6 +28,7 @@ class Analysis:
     side_effects: list[SideEffect] = field(default_factory=list)
     steerability: list[Steerability] = field(default_factory=list)
     head_to_head: list[HeadToHead] = field(default_factory=list)
+    ratings: list[RatingSummary] = field(default_factory=list)
     refusals: list[RefusalRate] = field(default_factory=list)
 
 
@@ -50,6 +51,7 @@ def analyze(records: list[Record]) -> Analysis:
         side_effects=side_effects_table(capability + with_baseline) if capability or with_baseline else [],
         steerability=steerability(swept) if (swept := _swept(records)) else [],
         head_to_head=summarize_head_to_head(records),
+        ratings=summarize_ratings(records),
         refusals=summarize_refusals(records),
     )
 
@@ -99,6 +101,14 @@ def sections(found: Analysis, out: Path, sweep: bool = True) -> list[str]:
             [[h.judge, h.dataset, h.arm, h.base, str(h.wins), str(h.ties), str(h.losses), f"{h.win_rate:.3f}",
               f"[{h.interval[0]:.3f}, {h.interval[1]:.3f}]", f"{h.test.p_value:.3g}" if h.test else "-"]
              for h in found.head_to_head],
+        )
+    if found.ratings:
+        parts += ["## Ratings 1-4 (mean and paired difference from the base, 90% intervals)", ""]
+        parts += _table(
+            ["judge", "dataset", "arm", "n", "unreadable", "mean rating", "arm − base", "P(> 0)"],
+            [[r.judge, r.dataset, r.arm, str(r.n), str(r.unreadable),
+              r.mean.cell() if r.mean else "-", r.difference.cell("+.3f") if r.difference else "-",
+              f"{r.difference.prob_positive:.3f}" if r.difference else "-"] for r in found.ratings],
         )
     if found.refusals:
         parts += ["## Refusals (95% Wilson intervals)", ""]

@@ -661,35 +661,90 @@ def print_head_to_head(rows: list) -> None:
     console.print("p: one-sided z test of win rate > 1/2; interval: Bayesian (steerlab.stats.paired_advantage)")
 
 
+JUDGE_MODES = ("head-to-head", "rating")
+
+
 @app.command()
 def judge(
     records: RecordsArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Head-to-head records (.jsonl), appended to.")],
-    judge_name: Annotated[str, typer.Option("--judge", help="Judge: reference-similarity (embedding similarity to the dataset's reference answers; no API).")] = "reference-similarity",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Head-to-head or rating records (.jsonl), appended to.")],
+    judge_name: Annotated[str, typer.Option("--judge", help="Judge: reference-similarity (embedding similarity to the dataset's reference answers; no API) or llm (a chat model over any OpenAI-compatible endpoint: $STEERLAB_JUDGE_BASE_URL, $STEERLAB_JUDGE_MODEL, key in $STEERLAB_JUDGE_API_KEY or $OPENAI_API_KEY).")] = "reference-similarity",
+    mode: Annotated[str, typer.Option(help="head-to-head (each arm against --base, shown order randomised per item) or rating (every answer rated 1-4 for the criterion, as in the BiPO paper; llm judge only).")] = "head-to-head",
+    criterion: Annotated[Optional[str], typer.Option(help="llm judge: what makes an answer better, or what the rating measures (default: truthfulness).")] = None,
+    concurrency: Annotated[int, typer.Option(help="llm judge: requests in flight at once.", min=1)] = 1,
     arm: ArmsOpt = None,
     base: BaseOpt = "unsteered",
     dataset: DatasetsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the per-item answer order the judge sees.")] = 0,
 ) -> None:
-    """Judge each steered answer against the unsteered one, item by item; print win rates."""
-    from steerlab.judges import JUDGES, judge_head_to_head, summarize_head_to_head
+    """Judge each steered answer against the unsteered one, item by item, and print win rates;
+    or rate every answer 1-4 (--mode rating) and print mean ratings per arm."""
+    from steerlab.judges import JUDGES, JudgeError, judge_head_to_head, rate_answers
     from steerlab.records import RecordWriter
 
     if judge_name not in JUDGES:
         _fail(f"unknown judge {judge_name!r}; available: {', '.join(JUDGES)}")
+    if mode not in JUDGE_MODES:
+        _fail(f"--mode must be one of {', '.join(JUDGE_MODES)}, got {mode!r}")
+    llm = judge_name == "llm"
+    if not llm and (criterion is not None or concurrency != 1):
+        _fail("--criterion and --concurrency apply to the llm judge only")
+    if mode == "rating" and not llm:
+        _fail("--mode rating needs --judge llm (a rater that reads a criterion)")
     rows = _read(records, dataset)
     arms = arm or _other_arms(rows, base)
     if not arms:
         _fail(f"no generation records of an arm other than '{base}' in {records}")
+    options = {"criterion": criterion, "concurrency": concurrency} if llm else {}
     try:
         with console.status(f"loading the {judge_name} judge"):
-            chosen = JUDGES[judge_name]()
+            chosen = JUDGES[judge_name](**options)
         with RecordWriter(out) as writer:
-            verdicts = [v for a in arms for v in judge_head_to_head(rows, chosen, a, base, seed=seed, writer=writer)]
-    except (ValueError, ModuleNotFoundError) as err:
+            if mode == "rating":
+                written = rate_answers(rows, chosen, [base, *arms], writer=writer)
+            else:
+                written = [
+                    v for a in arms
+                    for v in judge_head_to_head(rows, chosen, a, base, seed=seed, writer=writer)
+                ]
+    except (ValueError, ModuleNotFoundError, JudgeError) as err:
         _fail(str(err))
+    if mode == "rating":
+        print_ratings(written, base)
+    else:
+        _print_verdicts(written)
+    console.print(f"{len(written)} records appended to {out}")
+
+
+def _print_verdicts(verdicts: list[dict]) -> None:
+    """The head-to-head table, and how many judge replies could not be read (if the judge says)."""
+    from steerlab.judges import summarize_head_to_head
+
     print_head_to_head(summarize_head_to_head(verdicts))
-    console.print(f"{len(verdicts)} verdicts appended to {out}")
+    if verdicts and "unreadable" in verdicts[0]["details"]:
+        unreadable = sum(v["details"]["unreadable"] for v in verdicts)
+        console.print(f"{unreadable} unreadable judge replies (counted as ties; raw replies in the "
+                      "records)")
+
+
+def print_ratings(records: list[dict], base: str) -> None:
+    """One row per judge × dataset × arm: mean 1-4 rating and the paired difference from base."""
+    from steerlab.judges import summarize_ratings
+
+    rows = summarize_ratings(records, base)
+    level = next((r.mean.level for r in rows if r.mean), 0.9)
+    table = Table(title=f"ratings 1-4 ({level:.0%} credible intervals; difference paired by item)")
+    columns = ("judge", "dataset", "arm", "n", "unreadable", "mean rating", f"arm − {base}", "P(> 0)")
+    for column in columns:
+        table.add_column(column, justify="left" if column in columns[:3] else "right")
+    for row in rows:
+        mean, diff = row.mean, row.difference
+        table.add_row(
+            row.judge, _short(row.dataset), row.arm, str(row.n), str(row.unreadable),
+            mean.cell() if mean else "-", diff.cell("+.3f") if diff else "-",
+            f"{diff.prob_positive:.3f}" if diff else "-",
+        )
+    console.print(table)
 
 
 @blind_app.command("export")
@@ -768,6 +823,62 @@ def refusal(
             f"{row.attack_success:.3f} [{attack[0]:.3f}, {attack[1]:.3f}]" if attack else "-",
         )
     console.print(table)
+
+
+# ---- serving -----------------------------------------------------------------------------------
+
+
+def _named_vectors(specs: list[str]) -> dict:
+    """'name=path' (or a bare path, named by its file stem) → loaded vectors by name."""
+    vectors = {}
+    for spec in specs:
+        name, _, path = spec.partition("=") if "=" in spec else (Path(spec).stem, "", spec)
+        if not name:
+            _fail(f"--vector {spec!r}: expected name=path.safetensors")
+        if name in vectors:
+            _fail(f"--vector {spec!r}: the name {name!r} is already taken")
+        vectors[name] = _vector(Path(path))
+    return vectors
+
+
+@app.command()
+def serve(
+    model: ModelOpt = DEFAULT_MODEL,
+    vector: Annotated[Optional[list[str]], typer.Option("--vector", "-v", help="A vector clients may apply, as name=path.safetensors (a bare path is named by its file stem); repeatable.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; the default accepts connections from this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
+    max_multiplier: Annotated[float, typer.Option(help="Requests may use multipliers in [-this, this].", min=0)] = 8.0,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens one request may generate (and the default).", min=1)] = 512,
+    max_context: Annotated[Optional[int], typer.Option(help="Prompt + answer tokens allowed (default: the model's maximum positions).", min=1)] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Requests with identical settings generated together, at most.", min=1)] = 8,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key clients must send as a bearer token; unset or empty: no key. (Never on the command line, where other users can read it.)")] = "STEERLAB_API_KEY",
+    served_model_name: Annotated[Optional[str], typer.Option(help="Model id clients send and /v1/models lists (default: --model).")] = None,
+) -> None:
+    """Serve the model over an OpenAI-compatible API (chat completions, streaming) with steering.
+
+    Each request picks vectors and multipliers with an extra body field, e.g. with the openai
+    client: extra_body={"steering": [{"vector": "refusal", "multiplier": 4}]}; none by default.
+    """
+    import os
+
+    from steerlab.serve import ServeSettings
+    from steerlab.serve import serve as run_server
+
+    vectors = _named_vectors(vector or [])
+    key = os.environ.get(api_key_env) or None
+    settings = ServeSettings(
+        model_name=served_model_name or model, max_multiplier=max_multiplier, max_tokens=max_tokens,
+        max_context=max_context, api_key=key, max_batch_size=max_batch_size,
+    )
+    if key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key (set ${api_key_env})")
+    handle = _load(model)
+    console.print(f"serving {settings.model_name} on http://{host}:{port}/v1 with vectors: "
+                  f"{', '.join(vectors) or 'none'}; API key {'required' if key else 'not required'}")
+    try:
+        run_server(handle, vectors, settings, host=host, port=port)
+    except ValueError as err:
+        _fail(str(err))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from steerlab.models import ModelHandle
 from steerlab.progress import track
@@ -21,6 +22,43 @@ def _left_padded(model: ModelHandle, rows: Sequence[list[int]]) -> dict[str, tor
 
 
 @torch.no_grad()
+def generate_batch(
+    model: ModelHandle,
+    rows: Sequence[list[int]],
+    max_new_tokens: int = 64,
+    *,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stopping_criteria: Sequence[StoppingCriteria] = (),
+) -> list[list[int]]:
+    """New token ids for one left-padded batch of encoded prompts, cut at the first end-of-sequence.
+
+    Sampling seeds torch with ``seed`` when given. ``stopping_criteria`` see every step (the
+    server streams text and ends rows early through them).
+    """
+    inputs = _left_padded(model, rows)
+    if do_sample and seed is not None:
+        torch.manual_seed(seed)
+    eos = model.tokenizer.eos_token_id
+    result = model.model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=None,
+        pad_token_id=model.tokenizer.pad_token_id,
+        eos_token_id=eos,
+        stopping_criteria=StoppingCriteriaList(stopping_criteria),
+    )
+    out = []
+    for row in result[:, inputs["input_ids"].shape[1] :].tolist():
+        out.append(row[: row.index(eos)] if eos in row else row)
+    return out
+
+
 def generate_tokens(
     model: ModelHandle,
     prompts: Sequence[str],
@@ -40,25 +78,13 @@ def generate_tokens(
     """
     texts = [model.format_prompt(p) if format_prompts else p for p in prompts]
     encoded = [model.encode_prompt(t) for t in texts]
-    eos = model.tokenizer.eos_token_id
     out: list[list[int]] = []
     starts = range(0, len(encoded), batch_size)
     for number, start in enumerate(track(starts, len(starts), "generating", progress)):
-        inputs = _left_padded(model, encoded[start : start + batch_size])
-        if do_sample:
-            torch.manual_seed(seed + number)
-        result = model.model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature if do_sample else None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=model.tokenizer.pad_token_id,
-            eos_token_id=eos,
+        out += generate_batch(
+            model, encoded[start : start + batch_size], max_new_tokens,
+            do_sample=do_sample, temperature=temperature, seed=seed + number,
         )
-        for row in result[:, inputs["input_ids"].shape[1] :].tolist():
-            out.append(row[: row.index(eos)] if eos in row else row)
     return out
 
 

@@ -6,6 +6,13 @@ LLM judges favour positions) and prefers the first, the second, or neither. Verd
 records (``win`` / ``tie`` / ``loss`` for the arm); :func:`summarize_head_to_head` recomputes
 the win rate with ties, the one-sided z test and a credible interval from those records alone.
 Human ratings (:mod:`steerlab.blind`) produce the same records.
+
+A rater (:class:`Rater`: ``name`` and ``rate(items) -> ratings``) scores each answer alone on
+a 1-4 scale of how strongly it shows a behaviour (the BiPO paper's persona evaluation):
+:func:`rate_answers` writes one ``rating`` record per item × arm and :func:`summarize_ratings`
+gives each arm's mean rating and its paired difference from the unsteered arm, with intervals.
+:class:`~steerlab.llm_judge.LLMJudge` (``--judge llm``) does both over any OpenAI-compatible
+endpoint.
 """
 
 from __future__ import annotations
@@ -21,15 +28,21 @@ import torch
 from steerlab.openended import BASE_ARM, TASK
 from steerlab.records import Record, RecordWriter, emit
 from steerlab.stats import (
+    MeanEstimate,
     PairedAdvantage,
     PairedTable,
     WinRate,
+    mean_interval,
     paired_advantage,
     tie_half_rate,
     win_rate_test,
 )
 
 VERDICT_TASK = "head-to-head"
+
+
+class JudgeError(RuntimeError):
+    """A judge could not give its verdicts (e.g. its endpoint was unreachable after retries)."""
 
 
 @dataclass(frozen=True)
@@ -166,9 +179,12 @@ def pair_arms(records: Iterable[Record], arm: str, base: str = BASE_ARM) -> list
     return [(by_arm[arm][k], by_arm[base][k]) for k in sorted(keys)]
 
 
+SETTING_FIELDS = ("multiplier", "vector_id", "layers", "norm_ratio", "positions")
+"""What a judged record keeps of the steering setting that wrote the answer."""
+
+
 def comparison_fields(arm_record: Record, base_record: Record) -> Record:
     """What every head-to-head record says about the item and the two settings compared."""
-    setting = ("multiplier", "vector_id", "layers", "norm_ratio", "positions")
     return {
         "task": VERDICT_TASK,
         "dataset": arm_record["dataset"],
@@ -177,7 +193,7 @@ def comparison_fields(arm_record: Record, base_record: Record) -> Record:
         "question": arm_record["question"],
         "arm": arm_record["arm"],
         "base": base_record["arm"],
-        "arm_setting": {k: arm_record.get(k) for k in setting},
+        "arm_setting": {k: arm_record.get(k) for k in SETTING_FIELDS},
     }
 
 
@@ -287,5 +303,121 @@ def summarize_head_to_head(records: Iterable[Record], level: float = 0.9) -> lis
     return rows
 
 
-JUDGES: dict[str, Callable[[], Judge]] = {ReferenceSimilarityJudge.name: ReferenceSimilarityJudge}
-"""Judges by name, each made with its defaults (the CLI's ``--judge``)."""
+# ---- 1-4 ratings of single answers --------------------------------------------------------------
+
+RATING_TASK = "rating"
+RATING_SCALE = (1, 4)
+
+
+@dataclass(frozen=True)
+class Rating:
+    """How strongly one answer shows the behaviour (1-4), or None when the rater's reply could
+    not be read as a rating (``details`` then keeps the raw reply)."""
+
+    score: int | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Rater(Protocol):
+    """What rates single answers: a name for the records and a batched rating."""
+
+    name: str
+
+    def rate(self, items: Sequence[tuple[str, str]]) -> list[Rating]: ...
+
+
+def rate_answers(
+    records: Iterable[Record],
+    rater: Rater,
+    arms: Sequence[str] | None = None,
+    *,
+    writer: RecordWriter | None = None,
+) -> list[Record]:
+    """Rate every generation record's answer (of ``arms``, default all); one record each.
+
+    A rating the rater could not read is recorded with ``rating`` None, never dropped.
+    """
+    chosen, seen = [], set()
+    for record in records:
+        if record.get("task") != TASK or (arms is not None and record.get("arm") not in arms):
+            continue
+        key = (record["dataset"], record["arm"], record["item_id"])
+        if key in seen:
+            raise ValueError(
+                f"arm '{key[1]}' has two records for item {key[2]!r} of {key[0]!r}: "
+                "pass the records of one generation run"
+            )
+        seen.add(key)
+        chosen.append(record)
+    if not chosen:
+        raise ValueError(f"no generation records{f' of arms {list(arms)}' if arms else ''} to rate")
+    ratings = rater.rate([(r["question"], r["answer"]) for r in chosen])
+    out = [
+        {
+            "task": RATING_TASK,
+            **{k: r[k] for k in ("dataset", "model", "item_id", "question", "arm")},
+            "arm_setting": {k: r.get(k) for k in SETTING_FIELDS},
+            "judge": rater.name,
+            "rating": rating.score,
+            "details": rating.details,
+        }
+        for r, rating in zip(chosen, ratings)
+    ]
+    return emit(out, writer)
+
+
+@dataclass(frozen=True)
+class RatingSummary:
+    """One rater's ratings of one arm on one dataset.
+
+    ``mean`` is over the readable ratings (None when there are none); ``difference`` is the
+    mean paired difference arm − base over items both have a readable rating for (None for the
+    base arm itself, or without such items).
+    """
+
+    judge: str
+    dataset: str
+    arm: str
+    base: str
+    n: int
+    unreadable: int
+    mean: MeanEstimate | None
+    difference: MeanEstimate | None
+
+
+def summarize_ratings(
+    records: Iterable[Record], base: str = BASE_ARM, level: float = 0.9
+) -> list[RatingSummary]:
+    """Per (rater, dataset, arm): mean rating and paired difference from ``base``, from
+    rating records alone (intervals: :func:`steerlab.stats.mean_interval`)."""
+    scores: dict[tuple[str, str, str], dict[str, int | None]] = defaultdict(dict)
+    for record in records:
+        if record.get("task") == RATING_TASK:
+            key = (record["judge"], record["dataset"], record["arm"])
+            scores[key][record["item_id"]] = record["rating"]
+    rows = []
+    for (judge, dataset, arm), by_item in sorted(scores.items()):
+        readable = {item: s for item, s in by_item.items() if s is not None}
+        base_scores = scores.get((judge, dataset, base), {})
+        paired = [s - base_scores[i] for i, s in readable.items() if base_scores.get(i) is not None]
+        rows.append(
+            RatingSummary(
+                judge, dataset, arm, base, len(by_item), len(by_item) - len(readable),
+                mean_interval(list(readable.values()), level) if readable else None,
+                mean_interval(paired, level) if paired and arm != base else None,
+            )
+        )
+    return rows
+
+
+def _llm_judge(**options: Any) -> Judge:
+    from steerlab.llm_judge import LLMJudge
+
+    return LLMJudge(**options)
+
+
+JUDGES: dict[str, Callable[..., Judge]] = {
+    ReferenceSimilarityJudge.name: ReferenceSimilarityJudge,
+    "llm": _llm_judge,
+}
+"""Judges by name (the CLI's ``--judge``); ``llm`` takes options (see :class:`LLMJudge`)."""

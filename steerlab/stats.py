@@ -5,6 +5,8 @@
 - :func:`wilson_interval`: the Wilson score interval of one proportion.
 - :func:`win_rate_test`: head-to-head win rate with ties and its one-sided z test.
 - :func:`minimum_detectable_effect`: the smallest paired gain a dataset of n items detects.
+- :func:`mean_interval`: a mean (e.g. of 1-4 ratings, or of paired differences) with its
+  Student-t credible interval and P(mean > 0).
 
 The gain and the z test both live on the discordant items: an item both arms get right (or
 both wrong) says nothing about which arm is better.
@@ -253,6 +255,54 @@ def win_rate_test(wins: int, ties: int, losses: int) -> WinRate:
         raise ValueError("no decided comparisons (every item is a tie): nothing to test")
     z = (wins - losses) / np.sqrt(decided)
     return WinRate(wins, ties, losses, float(z), float(stats.norm.sf(z)))
+
+
+@dataclass(frozen=True)
+class MeanEstimate:
+    """A mean with its credible interval and the posterior probability that it is positive."""
+
+    n: int
+    mean: float
+    sd: float
+    level: float
+    lower: float
+    upper: float
+    prob_positive: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.mean:.3f} ({self.level:.0%} credible interval {self.lower:.3f} to "
+            f"{self.upper:.3f}; n = {self.n}, sd = {self.sd:.3f})"
+        )
+
+    def cell(self, spec: str = ".2f") -> str:
+        """'mean [lower, upper]' in the format ``spec``, for tables."""
+        return f"{self.mean:{spec}} [{self.lower:{spec}}, {self.upper:{spec}}]"
+
+
+def mean_interval(values: Sequence[float], level: float = 0.9) -> MeanEstimate:
+    """Posterior of the mean of ``values`` under a normal model with the reference prior
+    p(μ, σ) ∝ 1/σ: (μ − mean) / (sd / √n) is Student t with n − 1 degrees of freedom.
+
+    The equal-tailed interval is then the classical t interval. One value says nothing about
+    the spread: the interval is unbounded and P(mean > 0) undefined (nan). Values without
+    spread give a point interval.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    if n == 0:
+        raise ValueError("a mean needs at least one value")
+    mean = float(x.mean())
+    if n == 1:
+        return MeanEstimate(1, mean, float("nan"), level, -np.inf, np.inf, float("nan"))
+    sd = float(x.std(ddof=1))
+    if sd == 0:
+        return MeanEstimate(n, mean, 0.0, level, mean, mean, float(np.sign(mean) + 1) / 2)
+    posterior = stats.t(df=n - 1, loc=mean, scale=sd / np.sqrt(n))
+    lower, upper = posterior.ppf([(1 - level) / 2, (1 + level) / 2])
+    return MeanEstimate(n, mean, sd, level, float(lower), float(upper), float(posterior.sf(0)))
 
 
 @dataclass(frozen=True)

@@ -62,3 +62,25 @@ def tiny_model(family: str = "llama", chat: bool = True, seed: int = 0) -> Model
     config = CONFIGS[family]()
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     return wrap_model(model, byte_tokenizer(chat), name=f"tiny-{family}")
+
+
+def next_token_model(transitions: dict[str, str], seed: int = 0) -> ModelHandle:
+    """A tiny llama (chat template) whose next token depends only on the current one.
+
+    ``transitions`` maps a character to the one that follows it; ``"<eos>"`` ends the text. The
+    attention and MLP outputs are zero, so the residual stream is the token's embedding: a
+    one-hot direction per mapped character, read out by the head as its follower. So a model
+    with ``{">": "1", "1": "<eos>"}`` answers every chat prompt (which ends in ``>``) with "1".
+    """
+    model = tiny_model("llama", seed=seed)
+    torch.nn.init.zeros_(model.model.get_input_embeddings().weight)
+    torch.nn.init.zeros_(model.model.lm_head.weight)
+    for layer in model.layers:
+        torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
+        torch.nn.init.zeros_(layer.mlp.down_proj.weight)
+    ids = model.tokenizer.convert_tokens_to_ids
+    with torch.no_grad():
+        for dim, (current, following) in enumerate(transitions.items()):
+            model.model.get_input_embeddings().weight[ids(current), dim] = 1.0
+            model.model.lm_head.weight[ids(following), dim] = 10.0
+    return model
