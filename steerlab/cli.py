@@ -851,6 +851,7 @@ def serve(
     max_tokens: Annotated[int, typer.Option(help="Most tokens one request may generate (and the default).", min=1)] = 512,
     max_context: Annotated[Optional[int], typer.Option(help="Prompt + answer tokens allowed (default: the model's maximum positions).", min=1)] = None,
     max_batch_size: Annotated[int, typer.Option(help="Requests with identical settings generated together, at most.", min=1)] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(help="Milliseconds a request waits for others with its settings to join its batch.", min=0)] = 20.0,
     api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key clients must send as a bearer token; unset or empty: no key. (Never on the command line, where other users can read it.)")] = "STEERLAB_API_KEY",
     served_model_name: Annotated[Optional[str], typer.Option(help="Model id clients send and /v1/models lists (default: --model).")] = None,
 ) -> None:
@@ -869,6 +870,7 @@ def serve(
     settings = ServeSettings(
         model_name=served_model_name or model, max_multiplier=max_multiplier, max_tokens=max_tokens,
         max_context=max_context, api_key=key, max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms,
     )
     if key is None and host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key (set ${api_key_env})")
