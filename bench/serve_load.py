@@ -1,0 +1,152 @@
+"""Benchmark: load on `steerlab serve` (the default model) at a few client concurrency levels.
+
+Starts `steerlab serve` as a subprocess on 127.0.0.1 (a free port) with one random steering
+vector, then for each concurrency level sends a fixed number of streamed chat completions with
+the official openai client from that many threads and stops. Two request mixes: every request
+with the same steering ("shared": the server may batch them) and four settings in turn
+("mixed": -4, 0, 4, none, so batches only form within a setting). Per level: requests per
+second, latency p50/p95 (request sent → last chunk), time to first token p50, generated tokens
+per second. Greedy decoding, `max_tokens` fixed. Loopback only; bounded; saves
+bench/results/serve_load.json.
+Run: .venv/bin/python bench/serve_load.py [n_requests] [max_tokens]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import openai
+import torch
+
+from steerlab.catalog import DEFAULT_MODEL
+from steerlab.models import load_model
+from steerlab.serve import serve_process
+from steerlab.vectors import SteeringVector, meta_for
+
+LEVELS = (1, 4, 8)
+MIXES = {"shared": [4.0], "mixed": [-4.0, 0.0, 4.0, None]}
+QUESTIONS = [
+    "Explain how a bicycle stays upright.",
+    "Write a short poem about autumn.",
+    "What are the main causes of inflation?",
+    "Describe the water cycle.",
+    "Give three tips for learning a language.",
+    "How does a refrigerator work?",
+    "Summarise the plot of a detective story.",
+    "Why is the sky blue?",
+]
+
+
+def one_request(
+    client: openai.OpenAI, model: str, index: int, multiplier: float | None, max_tokens: int
+) -> dict:
+    """One streamed greedy completion; its latency, time to first token and tokens."""
+    steering = (
+        None if multiplier is None else {"steering": [{"vector": "v", "multiplier": multiplier}]}
+    )
+    sent = time.perf_counter()
+    first = None
+    tokens = 0
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=steering,
+    )
+    for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter()
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    done = time.perf_counter()
+    return {"latency_s": done - sent, "ttft_s": (first or done) - sent, "tokens": tokens}
+
+
+def level(
+    client: openai.OpenAI, model: str, concurrency: int, multipliers: list, n: int, max_tokens: int
+) -> dict:
+    """``n`` requests from ``concurrency`` threads; throughput and latency quantiles."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(
+            pool.map(
+                lambda i: one_request(
+                    client, model, i, multipliers[i % len(multipliers)], max_tokens
+                ),
+                range(n),
+            )
+        )
+    wall = time.perf_counter() - start
+    latency = np.array([r["latency_s"] for r in results])
+    ttft = np.array([r["ttft_s"] for r in results])
+    tokens = sum(r["tokens"] for r in results)
+    return {
+        "concurrency": concurrency,
+        "requests": n,
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(n / wall, 3),
+        "tokens_per_s": round(tokens / wall, 1),
+        "latency_p50_s": round(float(np.percentile(latency, 50)), 3),
+        "latency_p95_s": round(float(np.percentile(latency, 95)), 3),
+        "ttft_p50_s": round(float(np.percentile(ttft, 50)), 3),
+        "completion_tokens": tokens,
+    }
+
+
+def main(n: int = 32, max_tokens: int = 32, model: str = DEFAULT_MODEL) -> dict:
+    handle = load_model(model)
+    torch.manual_seed(0)
+    layer = handle.n_layers // 2
+    unit = SteeringVector(
+        {layer: torch.randn(handle.d_model)}, meta_for(handle, "random")
+    ).normalized()
+    unit.calibrate(handle, QUESTIONS)  # scaled below to 5% of the layer's mean residual norm
+    vector = unit * (0.05 * unit.meta.residual_norms[layer])
+    del handle
+    with tempfile.TemporaryDirectory() as tmp:
+        path = vector.save(Path(tmp) / "v.safetensors")
+        args = ["--model", model, "--vector", f"v={path}", "--max-tokens", "256"]
+        with serve_process(args, {"STEERLAB_API_KEY": ""}) as base_url:
+            client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
+            one_request(client, model, 0, None, 4)  # warm-up
+            rows = []
+            for mix, multipliers in MIXES.items():
+                for concurrency in LEVELS:
+                    row = {
+                        "mix": mix,
+                        **level(client, model, concurrency, multipliers, n, max_tokens),
+                    }
+                    print(json.dumps(row))
+                    rows.append(row)
+    result = {
+        "model": model,
+        "max_tokens": max_tokens,
+        "requests_per_level": n,
+        "decoding": "greedy, streamed",
+        "vector": f"random direction at layer {layer}, norm 5% of its mean residual norm",
+        "mixes": {k: [str(m) for m in v] for k, v in MIXES.items()},
+        "rows": rows,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        "note": "client and server share the machine; figures are contended by whatever else runs",
+    }
+    out = Path(__file__).parent / "results" / "serve_load.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:3]))
