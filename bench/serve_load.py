@@ -14,8 +14,6 @@ Run: .venv/bin/python bench/serve_load.py [n_requests] [max_tokens]
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import openai
 import torch
+from saving import machine, save
 
 from steerlab.catalog import DEFAULT_MODEL
 from steerlab.models import load_model
@@ -137,13 +136,10 @@ def main(n: int = 32, max_tokens: int = 32, model: str = DEFAULT_MODEL) -> dict:
         "vector": f"random direction at layer {layer}, norm 5% of its mean residual norm",
         "mixes": {k: [str(m) for m in v] for k, v in MIXES.items()},
         "rows": rows,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "machine": f"{machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "note": "client and server share the machine; figures are contended by whatever else runs",
     }
-    out = Path(__file__).parent / "results" / "serve_load.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save("serve_load", result)
     print(json.dumps(result, indent=2))
     return result
 
