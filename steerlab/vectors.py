@@ -1,7 +1,8 @@
 """`SteeringVector`: per-layer directions plus the metadata that says where they came from.
 
 Saved as ``.safetensors`` (tensors ``layer.<L>`` and a JSON metadata entry), never pickled.
-Vectors add, subtract, scale and normalise; :meth:`SteeringVector.apply` steers a model.
+Vectors add, subtract, scale and normalise; :meth:`SteeringVector.apply` steers a model and
+:meth:`SteeringVector.ablate` projects the vector's direction out of it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from steerlab import __version__
+from steerlab.composition import Part, compose
 from steerlab.models import ModelHandle, config_fingerprint, find_decoder_layers, text_config_value
 from steerlab.steering import Positions, Steering
 
@@ -207,6 +209,15 @@ class SteeringVector:
                 stacklevel=3,
             )
 
+    def target(self, model: ModelHandle | nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+        """The Hugging Face model and its decoder layers, once this vector is checked to fit."""
+        if isinstance(model, ModelHandle):
+            hf_model, decoder_layers = model.model, model.layers
+        else:
+            hf_model, decoder_layers = model, find_decoder_layers(model)
+        self.check_compatible(hf_model)
+        return hf_model, decoder_layers
+
     def apply(
         self,
         model: ModelHandle | nn.Module,
@@ -220,14 +231,23 @@ class SteeringVector:
         Returns an active :class:`~steerlab.steering.Steering`; use it in a ``with`` block or call
         ``.remove()``. ``positions`` is ``"all"``, ``"prompt"`` or ``"generated"``.
         """
-        if isinstance(model, ModelHandle):
-            hf_model, decoder_layers = model.model, model.layers
-        else:
-            hf_model, decoder_layers = model, find_decoder_layers(model)
-        self.check_compatible(hf_model)
-        return Steering(
-            hf_model, decoder_layers, self.additions(multiplier, layers, norm_ratio), positions
-        )
+        return compose([Part(self, multiplier, layers, norm_ratio)]).apply(model, positions)
+
+    def ablate(
+        self,
+        model: ModelHandle | nn.Module,
+        layers: list[int] | None = None,
+        strength: float = 1.0,
+        positions: Positions = "all",
+    ) -> Steering:
+        """Directional ablation: project this vector's direction out of the output of each of
+        its layers (or ``layers``: a single-layer vector's direction at any layers, e.g.
+        ``list(range(model.n_layers))`` for all), h ← h − strength (h·d̂) d̂ at every position.
+
+        Returns an active :class:`~steerlab.steering.Steering`, like :meth:`apply`.
+        """
+        part = Part(self, strength, layers, intervention="ablate")
+        return compose([part]).apply(model, positions)
 
     # ---- persistence ------------------------------------------------------------------------
 
