@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_ablation import hook_counts, outputs
+from test_ablation import added_hooks, hook_counts, outputs
 from test_steering import logits
 from test_sweep_cache import PAIRS, random_vector
 
@@ -24,7 +24,7 @@ def test_composition_equals_each_part_applied_nested(tiny):
         nested = logits(tiny)
     before = hook_counts(tiny)
     with composition.apply(tiny) as steering:
-        assert hook_counts(tiny)[0] == [0, 1, 1, 1]  # one hook per layer, additions summed
+        assert added_hooks(tiny, before) == [0, 1, 1, 1]  # one hook per layer, additions summed
         together = logits(tiny)
     assert hook_counts(tiny) == before and not steering.active
     torch.testing.assert_close(together, nested, atol=1e-5, rtol=1e-5)
