@@ -169,6 +169,7 @@ def evaluate(
     try:
         sweep = Sweep(steering, parse_floats(multipliers), parse_layers(layers, handle.n_layers), norm_ratio,
                       intervention="ablate" if ablate else "add")
+        sweep.check()
     except ValueError as err:
         _fail(str(err))
     with RecordWriter(out) as writer:
@@ -412,6 +413,8 @@ def compose_grid(
     try:
         sweeps = composition_grid(first, second, parse_floats(grid), None, parse_layers(layers, handle.n_layers),
                                   norm_ratio)
+        for sweep in sweeps:
+            sweep.check()
     except ValueError as err:
         _fail(str(err))
     run = RunDir.open(out, "compose", {"vectors": [str(v) for v in vector], "data": [data_a, data_b],

@@ -42,7 +42,13 @@ class Sweep:
 
     def __post_init__(self) -> None:
         if self.vector is not None:
-            self.composition(1.0).check()  # an impossible setting fails here, before any work
+            self.composition(1.0)  # a part's own settings (e.g. norm ratio with ablation) fail here
+
+    def check(self) -> None:
+        """Raise now if a setting cannot apply (a layer the vector lacks, residual norms its
+        norm ratio needs, a zero direction to ablate), before any work is done."""
+        if self.vector is not None:
+            self.composition(1.0).check()
 
     def composition(self, multiplier: float) -> Composition:
         """Everything applied at ``multiplier``: the fixed parts, then the swept vector."""

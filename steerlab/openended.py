@@ -151,7 +151,7 @@ class Arm:
     intervention: Intervention = "add"
 
     def __post_init__(self) -> None:
-        self._sweep()  # an impossible setting fails here, before any generation
+        self._sweep()  # a part's own settings (e.g. norm ratio with ablation) fail here
 
     def _sweep(self) -> Sweep:
         return Sweep(self.vector, [self.multiplier], self.layers, self.norm_ratio, self.positions,
