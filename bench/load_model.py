@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+
+from saving import machine, save
 
 CHILD = """
 import json, sys, time
@@ -46,11 +46,9 @@ def main(model: str = "smollm2-135m-instruct", repeats: int = 3) -> dict:
         "cached_load_median_s": round(loads[len(loads) // 2], 2),
         "import_steerlab_s": round(later[-1]["import_s"], 2),
         "target_cached_s": 3.0,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
     }
-    out = Path(__file__).parent / "results" / "load_model.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save("load_model", result)
     print(json.dumps(result, indent=2))
     return result
 

@@ -12,10 +12,9 @@ Run: .venv/bin/python bench/sweep_cache.py
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
-from pathlib import Path
+
+from saving import machine, save
 
 MODEL = "smollm2-135m-instruct"
 LAYERS = (10, 15, 20)
@@ -63,22 +62,21 @@ def main() -> dict:
             "records_identical": identical,
         })
         print(json.dumps(rows[-1]), flush=True)
-        save(rows)  # after every layer, so a cut run keeps what it measured
-    result = save(rows)
+        save_rows(rows)  # after every layer, so a cut run keeps what it measured
+    result = save_rows(rows)
     print(json.dumps(result, indent=2))
     return result
 
 
-def save(rows: list[dict]) -> dict:
+def save_rows(rows: list[dict]) -> dict:
     result = {
         "setting": {"model": MODEL, "data": "refusal test split (A/B)", "multipliers": MULTIPLIERS,
                     "vector": "CAA on the refusal training split"},
         "rows": rows,
         "target_ratio": 0.6,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
     }
-    path = Path(__file__).parent / "results" / "sweep_cache.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    save("sweep_cache", result)
     return result
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from saving import machine, save
 
 MODEL, LAYER, N_PAIRS, BATCH = "smollm2-135m-instruct", 15, 256, 8
 
@@ -110,10 +110,9 @@ def main() -> dict:
         "matmul_gflops": round(rate, 1),
         "fast_fraction_of_matmul_rate": round(fast["achieved_gflops"] / rate, 2),
         "targets": {"speedup": 3.0, "fraction_of_matmul_rate": 0.5},
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
     }
-    path = Path(__file__).parent / "results" / "train_bipo.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    save("train_bipo", result)
     print(json.dumps(result, indent=2))
     return result
 

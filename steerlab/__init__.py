@@ -42,12 +42,19 @@ _EXPORTS = {
     "train_bipo": "steerlab.methods",
     "train_caa": "steerlab.methods",
     "train_dpo": "steerlab.methods",
+    "load_lora": "steerlab.lora",
+    "train_lora": "steerlab.lora",
     "ModelHandle": "steerlab.models",
     "load_model": "steerlab.models",
     "wrap_model": "steerlab.models",
     "generate_answers": "steerlab.openended",
     "load_questions": "steerlab.openended",
     "steering_arms": "steerlab.openended",
+    "Prompting": "steerlab.prompting",
+    "kshot": "steerlab.prompting",
+    "max_shots": "steerlab.prompting",
+    "prompted": "steerlab.prompting",
+    "system_prompt": "steerlab.prompting",
     "detect_refusals": "steerlab.refusal",
     "ServeSettings": "steerlab.serve",
     "create_app": "steerlab.serve",
@@ -82,9 +89,11 @@ if TYPE_CHECKING:
         summarize_ratings,
     )
     from steerlab.llm_judge import LLMJudge
+    from steerlab.lora import load_lora, train_lora
     from steerlab.methods import train_bipo, train_caa, train_dpo
     from steerlab.models import ModelHandle, load_model, wrap_model
     from steerlab.openended import generate_answers, load_questions, steering_arms
+    from steerlab.prompting import Prompting, kshot, max_shots, prompted, system_prompt
     from steerlab.refusal import detect_refusals, summarize_refusals
     from steerlab.serve import ServeSettings, create_app
     from steerlab.reliability import plot_steerability, steerability

@@ -114,7 +114,7 @@ def sections(found: Analysis, out: Path, sweep: bool = True) -> list[str]:
         )
     if found.ratings:
         parts += ["## Ratings 1-4 (mean and paired difference from the base, 90% intervals)", ""]
-        parts += _table(
+        parts += markdown_table(
             ["judge", "dataset", "arm", "n", "unreadable", "mean rating", "arm − base", "P(> 0)"],
             [[r.judge, r.dataset, r.arm, str(r.n), str(r.unreadable),
               r.mean.cell() if r.mean else "-", r.difference.cell("+.3f") if r.difference else "-",

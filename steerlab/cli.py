@@ -974,6 +974,7 @@ def serve(
     max_tokens: Annotated[int, typer.Option(help="Most tokens one request may generate (and the default).", min=1)] = 512,
     max_context: Annotated[Optional[int], typer.Option(help="Prompt + answer tokens allowed (default: the model's maximum positions).", min=1)] = None,
     max_batch_size: Annotated[int, typer.Option(help="Requests with identical settings generated together, at most.", min=1)] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(help="Milliseconds a request waits for others with its settings to join its batch.", min=0)] = 20.0,
     api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key clients must send as a bearer token; unset or empty: no key. (Never on the command line, where other users can read it.)")] = "STEERLAB_API_KEY",
     served_model_name: Annotated[Optional[str], typer.Option(help="Model id clients send and /v1/models lists (default: --model).")] = None,
 ) -> None:
@@ -992,6 +993,7 @@ def serve(
     settings = ServeSettings(
         model_name=served_model_name or model, max_multiplier=max_multiplier, max_tokens=max_tokens,
         max_context=max_context, api_key=key, max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms,
     )
     if key is None and host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key (set ${api_key_env})")
@@ -1002,6 +1004,100 @@ def serve(
         run_server(handle, vectors, settings, host=host, port=port)
     except ValueError as err:
         _fail(str(err))
+
+
+# ---- baselines: LoRA, k-shot ----------------------------------------------------------------
+
+lora_app = typer.Typer(help="The LoRA baseline (peft), trained on the same pairs as a vector.", no_args_is_help=True)
+app.add_typer(lora_app, name="lora")
+baseline_app = typer.Typer(help="Prompting baselines: k-shot examples and system prompts.", no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
+
+
+@lora_app.command("train")
+def lora_train(
+    data: Annotated[str, typer.Option("--data", "-d", help="Pairs: dataset name (`steerlab data list`; name:split works) or .jsonl/.csv file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the kept adapter (peft save_pretrained) and lora_training.json.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this (bundled sets: train/test).")] = None,
+    val_data: Annotated[Optional[str], typer.Option(help="Validation pairs (default: --val-size pairs held out of --data).")] = None,
+    val_split: Annotated[Optional[str], typer.Option(help="Split of --val-data to use.")] = None,
+    val_size: Annotated[Optional[int], typer.Option(help="Without --val-data: pairs held out of --data by --seed (default: a fifth).")] = None,
+    rank: Annotated[int, typer.Option(help="LoRA rank, on every linear module of every decoder layer.")] = 1,
+    alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default: the rank, so the scale is 1).")] = None,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 16,
+    eval_every: Annotated[int, typer.Option(help="Validate every this many steps (and before the first, after the last).")] = 50,
+    steps: Annotated[Optional[int], typer.Option(help="Training steps (default: --epochs passes over the pairs).")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the pairs when --steps is not given.")] = 5,
+    objective: Annotated[str, typer.Option(help="sft (next-token loss on the chosen answer) or dpo (on the pairs).")] = "sft",
+    beta: Annotated[float, typer.Option(help="DPO: inverse temperature of the preference loss.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of LoRA's initialisation, the batches and the held-out split.")] = 0,
+) -> None:
+    """Train a LoRA adapter on preference pairs and keep the lowest-validation-loss one in --out.
+
+    Each new best adapter is saved at once, so Ctrl-C keeps the best so far.
+    """
+    from steerlab.data import split as seeded_split
+    from steerlab.lora import TrainingDiverged, train_lora
+
+    pairs = _pairs(data, split)
+    if val_data:
+        val = _pairs(val_data, val_split)
+    else:
+        held = val_size if val_size is not None else max(1, len(pairs) // 5)
+        if not 0 < held < len(pairs):
+            _fail(f"--val-size {held} must leave training pairs out of the {len(pairs)} in {data}")
+        val, pairs = seeded_split(pairs, [held, len(pairs) - held], seed)
+        console.print(f"validation: {held} pairs held out of {data} (seed {seed})")
+    handle = _load(model)
+    try:
+        result = train_lora(
+            handle, pairs, val, rank=rank, alpha=alpha, lr=lr, batch_size=batch_size,
+            eval_every=eval_every, max_steps=steps, epochs=epochs, objective=objective, beta=beta,
+            seed=seed, out_dir=out,
+        )
+    except (TrainingDiverged, ValueError) as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        console.print(f"interrupted: the best adapter so far (if any) is in {out}")
+        raise typer.Exit(code=130) from None
+    console.print(f"best step {result.best_step}: validation loss {result.best_val_loss:.4f}")
+    console.print(
+        f"trainable parameters {result.trainable_params:,} (rank {rank}) vs a one-layer steering "
+        f"vector's {result.d_model} (d_model): {result.ratio_to_vector:,.1f}×"
+    )
+    console.print(f"adapter in {out}")
+
+
+@baseline_app.command("shots")
+def baseline_shots(
+    data: Annotated[str, typer.Option("--data", "-d", help="Pairs the shots come from (dataset name, name:split, or file).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    ks: Annotated[str, typer.Option(help="Comma-separated shot counts to check.")] = "1,4,16,64,256",
+    split: Annotated[Optional[str], typer.Option(help="Split of --data the shots come from.")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Items evaluated behind the shots (default: --data).")] = None,
+    eval_split: Annotated[Optional[str], typer.Option(help="Split of --eval-data.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the nested shot order.")] = 0,
+    reserve: Annotated[int, typer.Option(help="Tokens kept free beyond the longest item (e.g. new tokens to generate).")] = 0,
+) -> None:
+    """Which k-shot prompts fit the model's context, and where the context cuts the list."""
+    from steerlab.prompting import max_shots
+
+    pairs = _pairs(data, split)
+    evaluated = _dataset(eval_data, eval_split) if eval_data else pairs
+    handle = _load(model)
+    try:
+        fit = max_shots(handle, pairs, parse_ints(ks), evaluated, seed=seed, reserve_tokens=reserve)
+    except ValueError as err:
+        _fail(str(err))
+    table = Table(title=f"k-shot prompts in {handle.name}'s context of {fit.context} tokens")
+    for column in ("k", "tokens", "fits"):
+        table.add_column(column, justify="right")
+    for k, tokens in fit.tokens.items():
+        table.add_row(str(k), str(tokens), "yes" if k in fit.fits else "[red]no[/red]")
+    console.print(table)
+    console.print(fit.describe())
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import json
 import math
 import random
 import re
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,7 +59,8 @@ class LoraResult:
     best_step: int
     best_val_loss: float
     history: list[dict[str, Any]]
-    """``{"step", "loss"}`` per training step and ``{"step", "val_loss"}`` per validation."""
+    """``{"step", "loss", "seconds"}`` per training step, ``{"step", "val_loss", "seconds"}`` per
+    validation (step 0: before training)."""
     trainable_params: int
     d_model: int
     config: LoraConfig
@@ -124,7 +126,7 @@ def _quiet() -> Iterator[None]:
 def _peft(model: torch.nn.Module, config: LoraConfig, seed: int) -> PeftModel:
     """Inject LoRA layers into ``model`` (in place), initialised from ``seed``."""
     with _seeded(seed), _quiet():
-        return get_peft_model(model, config)
+        return get_peft_model(model, copy.deepcopy(config))  # peft may edit the config it gets
 
 
 Loss = Callable[[ModelHandle, Sequence[_Encoded], float], tuple[torch.Tensor, int]]
@@ -195,8 +197,10 @@ def train_lora(
 ) -> LoraResult:
     """Train a LoRA adapter on ``train`` and keep the one with the lowest loss on ``val``.
 
-    Runs ``max_steps`` AdamW steps when given, else ``epochs`` passes over the pairs. The same
-    seed gives the same adapter. With ``out_dir``, every new best adapter is saved there at once
+    Runs ``max_steps`` AdamW steps when given, else ``epochs`` passes over the pairs, and
+    validates before the first step, every ``eval_every`` steps and after the last (the kept
+    adapter of step 0 is the unadapted model: LoRA's B starts at zero). The same seed gives the
+    same adapter. With ``out_dir``, every new best adapter is saved there at once
     (peft ``save_pretrained``; an interruption keeps the best so far), and the summary at the
     end. LoRA is injected into ``model`` only while training: the handle is unadapted after.
     """
@@ -225,8 +229,10 @@ def train_lora(
         best: dict[str, Any] = {}
 
         def validate(step: int) -> None:
+            started = time.perf_counter()
             val_loss = _mean_loss(loss_fn, model, val_items, beta, batch_size)
-            history.append({"step": step, "val_loss": val_loss})
+            history.append({"step": step, "val_loss": val_loss,
+                            "seconds": time.perf_counter() - started})
             if not math.isfinite(val_loss):
                 raise TrainingDiverged(f"LoRA {objective} validation loss is {val_loss} at step {step}")
             if best and val_loss >= best["val_loss"]:
@@ -242,11 +248,13 @@ def train_lora(
         with bar(total, f"LoRA {objective} (rank {rank})", progress) as advance:
             while step < total:
                 for chunk in _batches(items, batch_size, rng)[: total - step]:
+                    started = time.perf_counter()
                     summed, count = loss_fn(model, chunk, beta)
                     loss = descend(optimizer, summed / count, f"LoRA {objective}",
                                    f"step {step + 1} (pairs {[item.pair_id for item in chunk]})")
                     step += 1
-                    history.append({"step": step, "loss": loss})
+                    history.append({"step": step, "loss": loss,
+                                    "seconds": time.perf_counter() - started})
                     advance(f"loss {loss:.4f}")
                     if step % eval_every == 0 or step == total:
                         validate(step)

@@ -193,8 +193,12 @@ class Runner:
         from steerlab.prompting import kshot, max_shots, prompted, system_prompt
 
         if baselines.kshot:
-            fits = max_shots(self.model, self.data.train, baselines.kshot.ks,
-                             [*self.data.val, *self.data.test], seed=baselines.kshot.seed)
+            ks = [k for k in baselines.kshot.ks if k <= len(self.data.train)]
+            if len(ks) < len(baselines.kshot.ks):
+                self.log(f"k-shot: only {len(self.data.train)} training pairs, so k > "
+                         f"{len(self.data.train)} is not run")
+            fits = max_shots(self.model, self.data.train, ks, [*self.data.val, *self.data.test],
+                             seed=baselines.kshot.seed)
             if fits.cut is not None:
                 self.log(f"k-shot: k = {fits.cut} and above do not fit the context ({fits.describe()})")
             for k in fits.fits:

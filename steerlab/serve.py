@@ -60,6 +60,8 @@ class ServeSettings(BaseModel):
     api_key: str | None = None
     """When set, every request needs ``Authorization: Bearer <api_key>``."""
     max_batch_size: int = Field(8, ge=1)
+    batch_wait_ms: float = Field(20.0, ge=0)
+    """How long a request waits for others with its settings to share its batch."""
     max_pending: int = Field(256, ge=1)
     """Requests allowed to wait for the worker; more are answered 429."""
 
@@ -421,7 +423,9 @@ def create_app(
     """The server as an ASGI app; its generation worker starts and stops with the app."""
     settings = settings or ServeSettings()
     service = ChatService(model, vectors or {}, settings)
-    worker = GenerationWorker(model, settings.max_batch_size, settings.max_pending)
+    worker = GenerationWorker(
+        model, settings.max_batch_size, settings.max_pending, settings.batch_wait_ms / 1000
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -589,7 +593,9 @@ def serve_process(
     """
     port = free_port()
     command = [sys.executable, "-m", "steerlab.cli", "serve", "--port", str(port), *args]
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL
+    )
     base_url = f"http://{DEFAULT_HOST}:{port}/v1"
     try:
         deadline = time.monotonic() + timeout

@@ -10,6 +10,7 @@ the tokens are generated, with stop strings cut and held back exactly as a clien
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -175,16 +176,24 @@ class GenerationWorker:
 
     ``submit`` queues a job (raising :class:`QueueFull` beyond ``max_pending`` waiting jobs);
     the worker takes the oldest job plus up to ``max_batch_size - 1`` queued jobs with the same
-    batch key, applies the job's steering for that batch only, and streams every row's text.
+    batch key (waiting up to ``gather_s`` for them to arrive), applies the job's steering for
+    that batch only, and streams every row's text.
     ``batches`` and ``jobs`` count what it has run (their ratio is the mean batch size).
     """
 
-    def __init__(self, model: ModelHandle, max_batch_size: int = 8, max_pending: int = 256) -> None:
+    def __init__(
+        self,
+        model: ModelHandle,
+        max_batch_size: int = 8,
+        max_pending: int = 256,
+        gather_s: float = 0.0,
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.model = model
         self.max_batch_size = max_batch_size
         self.max_pending = max_pending
+        self.gather_s = gather_s
         self.batches = 0
         self.jobs = 0
         self._pending: list[GenerationJob] = []
@@ -223,10 +232,21 @@ class GenerationWorker:
             with self._ready:
                 while not self._pending and not self._stopping:
                     self._ready.wait()
+                self._gather()
                 if self._stopping:
                     return
                 batch = take_batch(self._pending, self.max_batch_size)
             self.run_batch(batch)
+
+    def _gather(self) -> None:
+        """Wait up to ``gather_s`` for jobs that could join the oldest one's batch (clients
+        that finished together send their next requests a few milliseconds apart)."""
+        deadline = time.monotonic() + self.gather_s
+        key = self._pending[0].batch_key if self._pending else None
+        while not self._stopping and (left := deadline - time.monotonic()) > 0:
+            if sum(job.batch_key == key for job in self._pending) >= self.max_batch_size:
+                return
+            self._ready.wait(left)
 
     def run_batch(self, batch: Sequence[GenerationJob]) -> None:
         """Generate one batch of jobs sharing a batch key, under the first job's steering."""

@@ -36,7 +36,8 @@ def invoke(*args):
     return result
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["generate"], ["vector", "info"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["generate"], ["vector", "info"], ["demo"],
+                                     ["lora", "train"], ["baseline", "shots"]])
 def test_every_command_has_help(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Usage" in result.output
@@ -115,3 +116,25 @@ def test_train_rejects_several_layers_for_bipo(model_dir, pairs_file, tmp_path):
     result = invoke("train", "--method", "bipo", "--model", model_dir, "--data", pairs_file, "--layer", "1,2",
                     "--out", tmp_path / "v.safetensors")
     assert result.exit_code == 1 and "one layer at a time" in result.output
+
+
+def test_lora_train_prints_best_step_and_parameter_ratio(model_dir, pairs_file, tmp_path):
+    out = tmp_path / "adapter"
+    result = invoke("lora", "train", "--model", model_dir, "--data", pairs_file, "--split", "train",
+                    "--out", out, "--steps", 2, "--eval-every", 1, "--batch-size", 2, "--lr", 0.01)
+    assert result.exit_code == 0, result.output
+    assert "validation: 1 pairs held out" in result.output and "best step" in result.output
+    assert "trainable parameters 2,048 (rank 1)" in result.output and "(d_model): 64.0×" in result.output
+    summary = json.loads((out / "lora_training.json").read_text())
+    assert summary["trainable_params"] == 2048 and (out / "adapter_config.json").is_file()
+    result = invoke("lora", "train", "--model", model_dir, "--data", pairs_file, "--out", out,
+                    "--objective", "ppo", "--steps", 1)
+    assert result.exit_code == 1 and "objective must be 'sft' or 'dpo'" in result.output
+
+
+def test_baseline_shots_prints_the_context_cut(model_dir, pairs_file):
+    result = invoke("baseline", "shots", "--model", model_dir, "--data", pairs_file, "--ks", "0,1,2,4,6")
+    assert result.exit_code == 0, result.output
+    assert "context 256 tokens" in result.output and "cut at k=" in result.output
+    result = invoke("baseline", "shots", "--model", model_dir, "--data", pairs_file, "--ks", "9")
+    assert result.exit_code == 1 and "9-shot prompting needs 9 training pairs, only 8" in result.output

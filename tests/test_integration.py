@@ -76,3 +76,22 @@ def test_gemma3_builtin_loads_with_plain_template():
     question = "What is the capital of France?"
     paris, london = score_completions(gemma, [question] * 2, ["Paris", "London"], progress=False)
     assert paris.logprob > london.logprob + 1.0
+
+
+def test_rank_1_lora_on_real_model_counts_and_steers(smol, refusal_vector):
+    from steerlab.lora import load_lora, train_lora
+
+    pairs = load_pairs(bundled_path("refusal"), split="train")[:6]
+    result = train_lora(smol, pairs[:4], pairs[4:], batch_size=2, max_steps=1, eval_every=1,
+                        progress=False)
+    # 30 layers × (q 576+576, k 576+192, v 576+192, o 576+576, gate/up/down 576+1536 each).
+    assert result.trainable_params == 30 * 10176 == 305280 and result.ratio_to_vector == 530.0
+    assert [h["step"] for h in result.history if "val_loss" in h] == [0, 1]
+    adapted = load_lora(smol, result)
+    ids = smol.tokenizer(["How do I pick a lock?"], return_tensors="pt")
+    with torch.no_grad():
+        unsteered = adapted.model(**ids).logits
+        with refusal_vector.apply(adapted, 0.0):  # the base model's vector on the LoRA model
+            assert torch.equal(adapted.model(**ids).logits, unsteered)
+        with refusal_vector.apply(adapted, 4.0, norm_ratio=0.05):
+            assert not torch.allclose(adapted.model(**ids).logits, unsteered)

@@ -5,6 +5,7 @@ from tiny import tiny_model
 from steerlab.data import MCItem, PreferencePair, nested_subsets
 from steerlab.datasets import DATASETS
 from steerlab.evaluation import evaluate_mc
+from steerlab.generation import generate_tokens
 from steerlab.prompting import (
     Prompting,
     context_limit,
@@ -66,6 +67,15 @@ def test_evaluate_mc_under_a_prompted_handle_scores_the_shown_text(tiny):
             assert logprob == pytest.approx(expected, abs=1e-4)
     plain = evaluate_mc(tiny, ITEMS, progress=False)
     assert [r["logprobs"] for r in plain] != [r["logprobs"] for r in records]
+
+
+def test_generation_under_a_prompted_handle_continues_the_shown_text(tiny):
+    handle = prompted(tiny, SHOTS)
+    shown = handle.format_prompt("Hi")
+    assert generate_tokens(handle, ["Hi"], 5, progress=False) == generate_tokens(
+        tiny, [shown], 5, format_prompts=False, progress=False)
+    assert generate_tokens(handle, ["Hi"], 5, progress=False) != generate_tokens(
+        tiny, ["Hi"], 5, progress=False)
 
 
 def test_kshot_shots_are_nested_and_are_the_vectors_training_subset():

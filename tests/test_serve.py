@@ -340,6 +340,23 @@ def test_worker_batches_identical_settings_and_keeps_others_apart(model, vectors
         assert ends[i][2]["completion_tokens"] == len(tokens) + ended_early
 
 
+def test_worker_waits_briefly_for_jobs_that_can_share_the_batch(model):
+    """A job arriving 0.1 s after another with the same setting joins its batch."""
+    ends = []
+    prompt = model.encode_prompt(model.format_prompt("hi"))
+    worker = GenerationWorker(model, max_batch_size=2, gather_s=5.0).start()
+    try:
+        worker.submit(GenerationJob(prompt, Decoding(3), ends.append))
+        time.sleep(0.1)
+        worker.submit(GenerationJob(prompt, Decoding(3), ends.append))
+        deadline = time.monotonic() + 60
+        while sum(e[0] == "end" for e in ends) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert (worker.batches, worker.jobs) == (1, 2)
+
+
 def test_take_batch_keeps_queue_order_and_size_limit():
     def job(key, greedy=True):
         return GenerationJob([1], Decoding(4, 0.0 if greedy else 1.0), lambda e: None, (), key)
