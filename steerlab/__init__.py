@@ -22,7 +22,11 @@ _EXPORTS = {
     "lettered": "steerlab.datasets",
     "load_dataset": "steerlab.datasets",
     "mc_to_pairs": "steerlab.datasets",
+    "Composition": "steerlab.composition",
+    "Part": "steerlab.composition",
+    "compose": "steerlab.composition",
     "Sweep": "steerlab.evaluation",
+    "composition_grid": "steerlab.evaluation",
     "evaluate_ab": "steerlab.evaluation",
     "evaluate_mc": "steerlab.evaluation",
     "export_blind": "steerlab.blind",
@@ -72,7 +76,8 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from steerlab.data import MCItem, PreferencePair, load_mc, load_pairs, nested_subsets, split
     from steerlab.datasets import lettered, list_datasets, load_dataset, mc_to_pairs
-    from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
+    from steerlab.composition import Composition, Part, compose
+    from steerlab.evaluation import Sweep, composition_grid, evaluate_ab, evaluate_mc
     from steerlab.blind import export_blind, import_ratings
     from steerlab.generation import generate
     from steerlab.inspection import inspect_dataset

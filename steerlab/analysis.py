@@ -2,8 +2,8 @@
 
 :func:`analyze` reads nothing but records; :func:`write_analysis` renders what it found into a
 run directory as ``analysis.md`` with PNG plots. Each section appears only when the records
-hold its kind: likelihood sweeps (A/B, multiple choice), side effects, steerability,
-head-to-head verdicts, 1-4 ratings, refusal rates.
+hold its kind: likelihood sweeps (A/B, multiple choice), composition grids, side effects,
+steerability, head-to-head verdicts, 1-4 ratings, refusal rates.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from steerlab.composition import GridCell, grid_cells, grid_table, is_grid_record, plot_grid
 from steerlab.judges import HeadToHead, RatingSummary, summarize_head_to_head, summarize_ratings
 from steerlab.records import Record, summarize
 from steerlab.refusal import RefusalRate, summarize_refusals
@@ -25,6 +26,7 @@ class Analysis:
     """Everything the records say, one list per kind of table."""
 
     sweep: list[Record] = field(default_factory=list)
+    composition: list[GridCell] = field(default_factory=list)
     side_effects: list[SideEffect] = field(default_factory=list)
     steerability: list[Steerability] = field(default_factory=list)
     head_to_head: list[HeadToHead] = field(default_factory=list)
@@ -35,7 +37,8 @@ class Analysis:
 def _swept(records: list[Record]) -> list[Record]:
     """Steered A/B records of settings evaluated at two or more multipliers (slopes need two)."""
     multipliers: dict[str, set[float]] = defaultdict(set)
-    steered = [r for r in records if r.get("task") == "ab" and r.get("vector_id") is not None]
+    steered = [r for r in records if r.get("task") == "ab" and r.get("vector_id") is not None
+               and not is_grid_record(r)]
     for record in steered:
         multipliers[json.dumps([record.get(k) for k in SETTING_KEYS])].add(float(record["multiplier"]))
     return [r for r in steered if len(multipliers[json.dumps([r.get(k) for k in SETTING_KEYS])]) > 1]
@@ -43,11 +46,12 @@ def _swept(records: list[Record]) -> list[Record]:
 
 def analyze(records: list[Record]) -> Analysis:
     """Recompute every table from ``records`` (as read from a run's ``records.jsonl``)."""
-    likelihood = [r for r in records if r.get("task") in ("ab", "mc")]
+    likelihood = [r for r in records if r.get("task") in ("ab", "mc") and not is_grid_record(r)]
     with_baseline = [r for r in records if r.get("task") in ("perplexity", "kl")]
     capability = [r for r in likelihood if r["task"] == "mc" and r.get("vector_id")]
     return Analysis(
         sweep=summarize(likelihood),
+        composition=grid_cells(records),
         side_effects=side_effects_table(capability + with_baseline) if capability or with_baseline else [],
         steerability=steerability(swept) if (swept := _swept(records)) else [],
         head_to_head=summarize_head_to_head(records),
@@ -77,6 +81,12 @@ def sections(found: Analysis, out: Path, sweep: bool = True) -> list[str]:
         sweep_plot(found.sweep, out / "sweep.png")
         parts += ["## Likelihood sweep (mean ± standard error)", "", "![sweep](sweep.png)", ""]
         parts += sweep_table(found.sweep)
+    if found.composition:
+        plot_grid(found.composition, out / "composition.png")
+        title = ("## Composition grid (mean score; rows: first vector's multiplier, "
+                 "columns: second's)")
+        parts += [title, "", "![composition](composition.png)", ""]
+        parts += grid_table(found.composition)
     if found.side_effects:
         parts += ["## Side effects (steered against unsteered, 90% intervals)", ""]
         parts += markdown_table(

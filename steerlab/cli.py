@@ -18,7 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-vector_app = typer.Typer(help="Inspect saved steering vectors.", no_args_is_help=True)
+vector_app = typer.Typer(help="Inspect saved steering vectors; export them to llama.cpp and back.", no_args_is_help=True)
 app.add_typer(vector_app, name="vector")
 console = Console()
 
@@ -30,8 +30,10 @@ ModelOpt = Annotated[
     ),
 ]
 BatchOpt = Annotated[int, typer.Option(help="Sequences per forward pass.")]
-LayersOpt = Annotated[Optional[str], typer.Option(help="Apply at these layers (default: the vector's).")]
+LayersOpt = Annotated[Optional[str], typer.Option(help="Apply at these layers, comma-separated, or 'all' (default: the vector's).")]
 NormRatioOpt = Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.")]
+AblateOpt = Annotated[bool, typer.Option(
+    "--ablate", help="Project the vector's direction out instead of adding it; the multiplier is the strength (1 removes the component).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--n", help="Items per dataset: a seeded sample (default: all).")]
 
 
@@ -48,6 +50,13 @@ def parse_ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_layers(text: Optional[str], n_layers: int) -> Optional[list[int]]:
+    """'all' → every layer of the model; '1,2' → [1, 2]; None → None (the vector's own)."""
+    if text is None:
+        return None
+    return list(range(n_layers)) if text.strip() == "all" else parse_ints(text)
 
 
 def _fail(message: str) -> None:
@@ -142,6 +151,7 @@ def evaluate(
     multipliers: Annotated[str, typer.Option(help="Comma-separated multipliers.")] = "0",
     layers: LayersOpt = None,
     norm_ratio: NormRatioOpt = None,
+    ablate: AblateOpt = False,
     split: Annotated[Optional[str], typer.Option(help="Use only this split (bundled sets: train/test).")] = None,
     batch_size: BatchOpt = 8,
 ) -> None:
@@ -156,8 +166,13 @@ def evaluate(
     items = _scored_items(data, split)
     steering = SteeringVector.load(vector) if vector else None
     handle = _load(model)
+    try:
+        sweep = Sweep(steering, parse_floats(multipliers), parse_layers(layers, handle.n_layers), norm_ratio,
+                      intervention="ablate" if ablate else "add")
+        sweep.check()
+    except ValueError as err:
+        _fail(str(err))
     with RecordWriter(out) as writer:
-        sweep = Sweep(steering, parse_floats(multipliers), parse_ints(layers) if layers else None, norm_ratio)
         records = evaluate(handle, items, [sweep], dataset=str(data), writer=writer, batch_size=batch_size)
     print_summary(summarize(records))
     console.print(f"{len(records)} records in {out}")
@@ -223,25 +238,31 @@ def generate(
     multiplier: Annotated[float, typer.Option(help="Steering multiplier.")] = 1.0,
     positions: Annotated[str, typer.Option(help="all, prompt or generated.")] = "all",
     norm_ratio: Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.")] = None,
+    layers: LayersOpt = None,
+    ablate: AblateOpt = False,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 80,
     compare: Annotated[bool, typer.Option(help="Also print the unsteered reply.")] = True,
 ) -> None:
     """Generate a reply (greedy), steered when a vector is given."""
-    from contextlib import nullcontext
+    from contextlib import AbstractContextManager, nullcontext
 
+    from steerlab.composition import Part, compose
     from steerlab.generation import generate as run_generate
-    from steerlab.vectors import SteeringVector
 
-    steering = SteeringVector.load(vector) if vector else None
+    steering = _vector(vector) if vector else None
     handle = _load(model)
     if steering is not None and compare:
         console.print("[bold]unsteered[/bold]")
         console.print(run_generate(handle, [prompt], max_new_tokens, progress=False)[0])
-        console.print(f"[bold]steered ×{multiplier:g}[/bold]")
-    context = (
-        steering.apply(handle, multiplier, positions=positions, norm_ratio=norm_ratio)
-        if steering else nullcontext()
-    )
+    context: AbstractContextManager = nullcontext()
+    if steering is not None:
+        try:
+            context = compose([Part(steering, multiplier, parse_layers(layers, handle.n_layers), norm_ratio,
+                                    "ablate" if ablate else "add")]).apply(handle, positions)  # type: ignore[arg-type]
+        except ValueError as err:
+            _fail(str(err))
+        if compare:
+            console.print(f"[bold]{'ablated' if ablate else 'steered'} ×{multiplier:g}[/bold]")
     with context:
         console.print(run_generate(handle, [prompt], max_new_tokens, progress=False)[0])
 
@@ -264,6 +285,42 @@ def vector_info(path: Annotated[Path, typer.Argument(help="A .safetensors steeri
         table.add_row(str(layer), f"{norm:.4g}", f"{residual:.4g}" if residual else "-")
     console.print(table)
     console.print_json(vector.meta.model_dump_json())
+
+
+@vector_app.command("export")
+def vector_export(
+    path: Annotated[Path, typer.Argument(help="A .safetensors steering vector.")],
+    gguf: Annotated[Path, typer.Option("--gguf", help="The llama.cpp control vector to write (.gguf).")],
+    multiplier: Annotated[float, typer.Option(help="Baked into the file: llama.cpp's strength 1 steers as this multiplier does.")] = 1.0,
+    layers: Annotated[Optional[str], typer.Option(help="Export these layers only, comma-separated (layer 0 never: llama.cpp has no direction.0).")] = None,
+    norm_ratio: NormRatioOpt = None,
+    model_hint: Annotated[Optional[str], typer.Option(help="controlvector.model_hint (default: the vector's model name).")] = None,
+) -> None:
+    """Write a vector as a llama.cpp control vector (`--control-vector`): layer L → direction.L."""
+    vector = _vector(path)
+    chosen = parse_ints(layers) if layers else None
+    try:
+        written = vector.to_gguf(gguf, multiplier, chosen, norm_ratio, model_hint)
+    except ValueError as err:
+        _fail(str(err))
+    directions = ", ".join(f"direction.{layer}" for layer in sorted(vector.additions(1.0, chosen)))
+    console.print(f"wrote {written} ({directions}); use it with llama.cpp's --control-vector")
+
+
+@vector_app.command("import")
+def vector_import(
+    gguf: Annotated[Path, typer.Argument(help="A llama.cpp control vector (.gguf).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The steering vector to write (.safetensors).")],
+) -> None:
+    """Read a llama.cpp control vector (direction.N → layer N) and save it as a steerlab vector."""
+    from steerlab.vectors import SteeringVector
+
+    try:
+        vector = SteeringVector.from_gguf(gguf)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    vector.save(out)
+    console.print(f"saved {vector} to {out}")
 
 
 @app.command()
@@ -325,6 +382,68 @@ def sweep(
             records += evaluate(handle, items, sweeps, dataset=spec, writer=writer, batch_size=batch_size)
     print_summary(summarize(records))
     console.print(f"{len(records)} records in {run.records_path}; `steerlab analyze {out}` builds the tables")
+
+
+@app.command("compose")
+def compose_grid(
+    vector: Annotated[list[Path], typer.Option("--vector", "-v", help="Steering vector file: give two, first then second.")],
+    data_a: Annotated[str, typer.Option("--data-a", help="The first vector's behaviour: A/B pairs or MC items (name, name:split or file).")],
+    data_b: Annotated[str, typer.Option("--data-b", help="The second vector's behaviour, likewise.")],
+    out: RunOpt,
+    grid: Annotated[str, typer.Option(help="Multipliers tried for each vector, comma-separated (both axes of the grid).")] = "-2,0,2",
+    model: ModelOpt = DEFAULT_MODEL,
+    layers: LayersOpt = None,
+    norm_ratio: NormRatioOpt = None,
+    limit: LimitOpt = None,
+    batch_size: BatchOpt = 8,
+) -> None:
+    """Steer with two vectors at once over a grid of both multipliers; score both behaviours.
+
+    Every grid point is scored on both datasets; `steerlab analyze` draws one heat map each.
+    """
+    from steerlab.composition import grid_cells
+    from steerlab.evaluation import composition_grid, evaluate
+    from steerlab.runs import RunDir
+
+    if len(vector) != 2:
+        _fail(f"compose takes exactly two --vector options, got {len(vector)}")
+    first, second = (_vector(path) for path in vector)
+    sets = {spec: _scored_items(spec, None, limit) for spec in (data_a, data_b)}
+    handle = _load(model)
+    try:
+        sweeps = composition_grid(first, second, parse_floats(grid), None, parse_layers(layers, handle.n_layers),
+                                  norm_ratio)
+        for sweep in sweeps:
+            sweep.check()
+    except ValueError as err:
+        _fail(str(err))
+    run = RunDir.open(out, "compose", {"vectors": [str(v) for v in vector], "data": [data_a, data_b],
+                                       "model": model, "grid": grid, "layers": layers,
+                                       "norm_ratio": norm_ratio, "n": limit})
+    records = []
+    with run.writer() as writer:
+        for steering in (first, second):
+            run.keep_vector(steering)
+        for spec, items in sets.items():
+            records += evaluate(handle, items, sweeps, dataset=spec, writer=writer, batch_size=batch_size)
+    print_grid(grid_cells(records), {first.id: str(vector[0]), second.id: str(vector[1])})
+    console.print(f"{len(records)} records in {run.records_path}; `steerlab analyze {out}` draws the heat maps")
+
+
+def print_grid(cells: list, names: dict[str, str]) -> None:
+    """One table per grid: the mean score at each (first, second) multiplier pair."""
+    from steerlab.composition import by_grid, grid_matrix
+
+    for (_, dataset, first, second), members in by_grid(cells).items():
+        rows, columns, matrix = grid_matrix(members)
+        table = Table(title=f"{dataset}: mean score (rows: ×{names.get(first, first)}, "
+                            f"columns: ×{names.get(second, second)})")
+        table.add_column("×", justify="right")
+        for column in columns:
+            table.add_column(f"{column:g}", justify="right")
+        for row, line in zip(rows, matrix):
+            table.add_row(f"{row:g}", *(f"{c.score:.3f}" if c else "-" for c in line))
+        console.print(table)
 
 
 def _vector(path: Path):
@@ -597,6 +716,7 @@ def generate_eval(
     layers: LayersOpt = None,
     norm_ratio: NormRatioOpt = None,
     positions: Annotated[str, typer.Option(help="Steer all, prompt or generated positions.")] = "all",
+    ablate: AblateOpt = False,
     limit: Annotated[Optional[int], typer.Option("--n", help="Questions per set: a seeded sample (default: all).")] = None,
     sample_seed: Annotated[int, typer.Option(help="Seed of the --n sample.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 64,
@@ -625,9 +745,12 @@ def generate_eval(
         _fail(str(err))
     if limit is not None:
         sets = {spec: split(qs, [min(limit, len(qs))], sample_seed)[0] for spec, qs in sets.items()}
-    arms = steering_arms(steering, parse_floats(multipliers), parse_ints(layers) if layers else None,
-                         norm_ratio, positions)  # type: ignore[arg-type]
     handle = _load(model)
+    try:
+        arms = steering_arms(steering, parse_floats(multipliers), parse_layers(layers, handle.n_layers),
+                             norm_ratio, positions, "ablate" if ablate else "add")  # type: ignore[arg-type]
+    except ValueError as err:
+        _fail(str(err))
     with RecordWriter(out) as writer:
         for spec, questions in sets.items():
             generate_answers(

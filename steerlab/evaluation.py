@@ -13,6 +13,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
+from steerlab.composition import Composition, Intervention, Part
 from steerlab.data import MCItem, PreferencePair
 from steerlab.encoding import encode
 from steerlab.models import ModelHandle
@@ -24,39 +25,67 @@ from steerlab.vectors import SteeringVector
 
 @dataclass(frozen=True)
 class Sweep:
-    """The steering settings an evaluation runs; without a vector, the unsteered model once."""
+    """The steering settings an evaluation runs; without a vector, the unsteered model once.
+
+    Each multiplier steers with ``vector`` (added, or with ``intervention="ablate"`` its direction
+    projected out with that strength), together with ``composed_with`` held fixed when given:
+    one row of a composition grid (:func:`composition_grid`).
+    """
 
     vector: SteeringVector | None = None
     multipliers: Sequence[float] = (0.0,)
     layers: list[int] | None = None
     norm_ratio: float | None = None
     positions: Positions = "all"
+    intervention: Intervention = "add"
+    composed_with: Composition | None = None
+
+    def __post_init__(self) -> None:
+        if self.vector is not None:
+            self.composition(1.0)  # a part's own settings (e.g. norm ratio with ablation) fail here
+
+    def check(self) -> None:
+        """Raise now if a setting cannot apply (a layer the vector lacks, residual norms its
+        norm ratio needs, a zero direction to ablate), before any work is done."""
+        if self.vector is not None:
+            self.composition(1.0).check()
+
+    def composition(self, multiplier: float) -> Composition:
+        """Everything applied at ``multiplier``: the fixed parts, then the swept vector."""
+        if self.vector is None:
+            raise ValueError("an unsteered sweep has no composition")
+        fixed = self.composed_with.parts if self.composed_with else ()
+        swept = Part(self.vector, multiplier, self.layers, self.norm_ratio, self.intervention)
+        return Composition((*fixed, swept))
 
     def settings(self, model: ModelHandle) -> list[tuple[float, Setting]]:
         """Each multiplier with a maker of the context that applies it."""
         if self.vector is None:
             return [(0.0, nullcontext)]
-        vector = self.vector
-        return [
-            (m, partial(vector.apply, model, m, self.layers, self.positions, self.norm_ratio))
-            for m in self.multipliers
-        ]
+        return [(m, partial(self.composition(m).apply, model, self.positions))
+                for m in self.multipliers]
 
     def shared_layers(self) -> int:
         """How many bottom layers no setting changes: the lowest steered layer (0 unsteered)."""
         if self.vector is None:
             return 0
-        return min(self.vector.additions(1.0, self.layers))
+        return min(self.composition(1.0).layers())
 
     def describe(self) -> dict:
-        """The fields every record carries about its setting."""
+        """The fields every record carries about its setting (``intervention`` only for an
+        ablation, ``composed_with`` only with fixed parts, so older records keep their keys)."""
         vector = self.vector
-        return {
+        fields = {
             "vector_id": vector.id if vector else None,
             "layers": sorted(vector.additions(1.0, self.layers)) if vector else None,
             "norm_ratio": self.norm_ratio if vector else None,
             "positions": self.positions,
         }
+        if vector is not None and self.intervention != "add":
+            fields["intervention"] = self.intervention
+        if vector is not None and self.composed_with is not None:
+            fields["composed_with"] = self.composed_with.describe()
+        return fields
 
 
 def _softmax(values: Sequence[float]) -> list[float]:
@@ -231,6 +260,30 @@ def grid(
         Sweep(vector, list(multipliers), placed, norm_ratio, positions)
         for vector in vectors
         for placed in placements
+    ]
+
+
+def composition_grid(
+    first: SteeringVector,
+    second: SteeringVector,
+    multipliers: Sequence[float],
+    second_multipliers: Sequence[float] | None = None,
+    layers: list[int] | None = None,
+    norm_ratio: float | None = None,
+    positions: Positions = "all",
+) -> list[Sweep]:
+    """The 2-D grid of two vectors steering together: for each multiplier of ``first`` (held
+    fixed), one sweep of ``second`` over ``second_multipliers`` (default: the same values).
+
+    Both use ``layers`` and ``norm_ratio``. Evaluate both behaviours' items under these sweeps;
+    records carry ``composed_with`` (the first vector and its multiplier) beside the second's
+    multiplier, and :func:`steerlab.composition.grid_cells` reads the grid back.
+    """
+    columns = list(second_multipliers if second_multipliers is not None else multipliers)
+    return [
+        Sweep(second, columns, layers, norm_ratio, positions,
+              composed_with=Composition((Part(first, float(m), layers, norm_ratio),)))
+        for m in multipliers
     ]
 
 

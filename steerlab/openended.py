@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from steerlab.composition import Intervention
 from steerlab.data import DataError, _split_rows, _text, bundled_path
 from steerlab.datasets import DATASETS, LICENCES, DatasetInfo, DatasetUnavailable
 from steerlab.evaluation import Sweep
@@ -138,7 +139,8 @@ def load_questions(
 
 @dataclass(frozen=True)
 class Arm:
-    """One generation setting: a label and the steering it applies (none for the base arm)."""
+    """One generation setting: a label and the steering it applies (none for the base arm);
+    ``intervention="ablate"`` projects the vector's direction out with strength ``multiplier``."""
 
     label: str
     vector: SteeringVector | None = None
@@ -146,17 +148,24 @@ class Arm:
     layers: list[int] | None = None
     norm_ratio: float | None = None
     positions: Positions = "all"
+    intervention: Intervention = "add"
+
+    def __post_init__(self) -> None:
+        self._sweep()  # a part's own settings (e.g. norm ratio with ablation) fail here
+
+    def _sweep(self) -> Sweep:
+        return Sweep(self.vector, [self.multiplier], self.layers, self.norm_ratio, self.positions,
+                     self.intervention)
 
     def steering(self, model: ModelHandle) -> AbstractContextManager:
         """The context that applies this arm's steering to ``model`` (nothing for the base)."""
         if self.vector is None:
             return nullcontext()
-        return self.vector.apply(model, self.multiplier, self.layers, self.positions, self.norm_ratio)
+        return self._sweep().composition(self.multiplier).apply(model, self.positions)
 
     def describe(self) -> Record:
         """The fields every record carries about this arm's setting."""
-        sweep = Sweep(self.vector, [self.multiplier], self.layers, self.norm_ratio, self.positions)
-        return {"arm": self.label, "multiplier": float(self.multiplier), **sweep.describe()}
+        return {"arm": self.label, "multiplier": float(self.multiplier), **self._sweep().describe()}
 
 
 def steering_arms(
@@ -165,12 +174,15 @@ def steering_arms(
     layers: list[int] | None = None,
     norm_ratio: float | None = None,
     positions: Positions = "all",
+    intervention: Intervention = "add",
 ) -> list[Arm]:
-    """The unsteered arm, then one arm per non-zero multiplier, labelled ``steered+4`` etc."""
+    """The unsteered arm, then one arm per non-zero multiplier, labelled ``steered+4`` etc.
+    (``ablated+1`` for an ablation of strength 1)."""
     arms = [Arm(BASE_ARM)]
+    name = "ablated" if intervention == "ablate" else "steered"
     if vector is not None:
         arms += [
-            Arm(f"steered{m:+g}", vector, m, layers, norm_ratio, positions)
+            Arm(f"{name}{m:+g}", vector, m, layers, norm_ratio, positions, intervention)
             for m in dict.fromkeys(multipliers)
             if m != 0
         ]

@@ -1,4 +1,5 @@
-"""The intervention: forward hooks that add directions to decoder-layer outputs, and read them.
+"""The intervention: forward hooks that add directions to decoder-layer outputs or project them
+out (directional ablation), and hooks that read layer outputs.
 
 A :class:`Steering` owns its hooks and all its state; nothing is global, so several steerings
 compose (their additions sum) and batched calls behave like single ones. Position selection
@@ -74,12 +75,20 @@ class _PositionTracker:
         return keep.view(1, -1, 1)
 
 
+Ablations = dict[int, list[tuple[torch.Tensor, float]]]
+"""Per layer, the directions to project out of its output: (unit direction, strength) pairs."""
+
+
 class Steering:
-    """Adds a fixed vector to the output of chosen decoder layers while active.
+    """Edits the output of chosen decoder layers while active: adds a fixed vector, and/or
+    projects directions out (directional ablation).
 
     Use as a context manager, or keep it and call :meth:`remove`. ``additions`` maps a layer
-    index to the exact vector added there (multiplier and scaling already applied); all-zero
-    additions register no hook at all, so a zero multiplier leaves the model bit-for-bit intact.
+    index to the exact vector added there (multiplier and scaling already applied);
+    ``ablations`` maps a layer to (unit direction d̂, strength s) pairs, each applied as
+    h ← h − s (h·d̂) d̂ at every selected position (s = 1 removes the component, 2 reflects it),
+    in order and before the addition. All-zero additions and zero strengths register no hook at
+    all, so a zero multiplier leaves the model bit-for-bit intact.
     """
 
     def __init__(
@@ -88,34 +97,49 @@ class Steering:
         layers: nn.ModuleList,
         additions: dict[int, torch.Tensor],
         positions: Positions = "all",
+        ablations: Ablations | None = None,
     ) -> None:
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
-        for layer in additions:
+        for layer in [*additions, *(ablations or {})]:
             if not 0 <= layer < len(layers):
                 raise ValueError(f"layer {layer} out of range: the model has {len(layers)} layers")
         self.positions = positions
         self.additions = {layer: v for layer, v in additions.items() if bool(v.any())}
+        kept = {layer: [(d, s) for d, s in pairs if s != 0]
+                for layer, pairs in (ablations or {}).items()}
+        self.ablations = {layer: pairs for layer, pairs in kept.items() if pairs}
         self._hooks: list[RemovableHandle] = []
         self._tracker: _PositionTracker | None = None
-        if self.additions and positions != "all":
+        edited = sorted(set(self.additions) | set(self.ablations))
+        if edited and positions != "all":
             self._tracker = _PositionTracker(model)
             self._hooks.append(self._tracker.handle)
-        for layer, vector in self.additions.items():
-            self._hooks.append(layers[layer].register_forward_hook(self._hook_for(vector)))
+        for layer in edited:
+            hook = self._hook_for(self.additions.get(layer), self.ablations.get(layer, []))
+            self._hooks.append(layers[layer].register_forward_hook(hook))
 
-    def _hook_for(self, vector: torch.Tensor):
-        cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+    def _hook_for(self, vector: torch.Tensor | None, ablations: list[tuple[torch.Tensor, float]]):
+        cast: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+        def like(index: int, tensor: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+            key = (index, hidden.dtype, hidden.device)
+            if key not in cast:
+                cast[key] = tensor.to(dtype=hidden.dtype, device=hidden.device)
+            return cast[key]
 
         def hook(module: nn.Module, args: tuple, output: Any) -> Any:
             hidden = _hidden(output)
-            key = (hidden.dtype, hidden.device)
-            if key not in cast:
-                cast[key] = vector.to(dtype=hidden.dtype, device=hidden.device)
-            delta = cast[key]
+            edited = hidden
+            for index, (direction, strength) in enumerate(ablations):
+                unit = like(index, direction, hidden)
+                edited = edited - (strength * (edited @ unit)).unsqueeze(-1) * unit
+            if vector is not None:
+                edited = edited + like(-1, vector, hidden)
             if self._tracker is not None:
-                delta = delta * self._tracker.mask(self.positions, hidden.device)
-            return _with_hidden(output, hidden + delta)
+                keep = self._tracker.mask(self.positions, hidden.device)
+                edited = torch.where(keep, edited, hidden)
+            return _with_hidden(output, edited)
 
         return hook
 

@@ -1,7 +1,28 @@
 """`SteeringVector`: per-layer directions plus the metadata that says where they came from.
 
 Saved as ``.safetensors`` (tensors ``layer.<L>`` and a JSON metadata entry), never pickled.
-Vectors add, subtract, scale and normalise; :meth:`SteeringVector.apply` steers a model.
+Vectors add, subtract, scale and normalise; :meth:`SteeringVector.apply` steers a model and
+:meth:`SteeringVector.ablate` projects the vector's direction out of it.
+
+**llama.cpp control vectors.** :meth:`SteeringVector.to_gguf` writes the GGUF file that
+llama.cpp's ``--control-vector`` / ``--control-vector-scaled`` read, and
+:meth:`SteeringVector.from_gguf` reads one. The format, as llama.cpp reads and writes it
+(``common_control_vector_load_one`` in ``common/common.cpp``, ``llama_adapter_cvec`` in
+``src/llama-adapter.cpp``, ``export_gguf`` of ``cvector-generator``):
+
+- metadata ``general.architecture = "controlvector"``, ``controlvector.model_hint`` (a string;
+  llama.cpp's generator writes the model's architecture) and ``controlvector.layer_count``
+  (int32, the number of direction tensors). llama.cpp's loader reads none of these keys.
+- one tensor per steered layer named ``direction.N``: float32, one dimension of ``n_embd``. The
+  loader rejects the whole file if any tensor is named otherwise, or is ``direction.0``.
+
+Layer indexing: llama.cpp adds ``strength × direction.N`` to the output of block N, counted from
+0 (each block ends with ``build_cvec(cur, il)``, adding ``tensors[il]``, which is filled from
+``direction.il``); block 0's output is never steered. steerlab's layer L is the output of
+``model.layers[L]``, also counted from 0, so **steerlab layer L is written as direction.L**, and
+a direction at layer 0 cannot be exported (a clear error). Like ``positions="all"``, llama.cpp
+adds at every token. steerlab's own metadata goes in extra keys under ``steerlab.`` (never extra
+tensors, which llama.cpp would reject), so re-import restores the vector's provenance.
 """
 
 from __future__ import annotations
@@ -14,16 +35,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from steerlab import __version__
+from steerlab.composition import Part, compose
 from steerlab.models import ModelHandle, config_fingerprint, find_decoder_layers, text_config_value
 from steerlab.steering import Positions, Steering
 
 _META_KEY = "steerlab"
+GGUF_ARCH = "controlvector"
+"""``general.architecture`` of a llama.cpp control vector (see the module docstring)."""
+_GGUF_META = "steerlab.meta"
+_GGUF_EXPORT = "steerlab.export"
+_DIRECTION = "direction."
 
 
 class VectorMeta(BaseModel):
@@ -207,6 +235,15 @@ class SteeringVector:
                 stacklevel=3,
             )
 
+    def target(self, model: ModelHandle | nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+        """The Hugging Face model and its decoder layers, once this vector is checked to fit."""
+        if isinstance(model, ModelHandle):
+            hf_model, decoder_layers = model.model, model.layers
+        else:
+            hf_model, decoder_layers = model, find_decoder_layers(model)
+        self.check_compatible(hf_model)
+        return hf_model, decoder_layers
+
     def apply(
         self,
         model: ModelHandle | nn.Module,
@@ -220,14 +257,23 @@ class SteeringVector:
         Returns an active :class:`~steerlab.steering.Steering`; use it in a ``with`` block or call
         ``.remove()``. ``positions`` is ``"all"``, ``"prompt"`` or ``"generated"``.
         """
-        if isinstance(model, ModelHandle):
-            hf_model, decoder_layers = model.model, model.layers
-        else:
-            hf_model, decoder_layers = model, find_decoder_layers(model)
-        self.check_compatible(hf_model)
-        return Steering(
-            hf_model, decoder_layers, self.additions(multiplier, layers, norm_ratio), positions
-        )
+        return compose([Part(self, multiplier, layers, norm_ratio)]).apply(model, positions)
+
+    def ablate(
+        self,
+        model: ModelHandle | nn.Module,
+        layers: list[int] | None = None,
+        strength: float = 1.0,
+        positions: Positions = "all",
+    ) -> Steering:
+        """Directional ablation: project this vector's direction out of the output of each of
+        its layers (or ``layers``: a single-layer vector's direction at any layers, e.g.
+        ``list(range(model.n_layers))`` for all), h ← h − strength (h·d̂) d̂ at every position.
+
+        Returns an active :class:`~steerlab.steering.Steering`, like :meth:`apply`.
+        """
+        part = Part(self, strength, layers, intervention="ablate")
+        return compose([part]).apply(model, positions)
 
     # ---- persistence ------------------------------------------------------------------------
 
@@ -262,6 +308,100 @@ class SteeringVector:
         directions = {int(name.split(".", 1)[1]): t for name, t in tensors.items()}
         return cls(directions, meta)
 
+    def to_gguf(
+        self,
+        path: str | Path,
+        multiplier: float = 1.0,
+        layers: list[int] | None = None,
+        norm_ratio: float | None = None,
+        model_hint: str | None = None,
+    ) -> Path:
+        """Write this vector as a llama.cpp control vector: ``direction.L`` = what :meth:`additions`
+        gives at layer L for these settings, so llama.cpp at strength 1 steers as
+        ``apply(model, multiplier, layers, norm_ratio=norm_ratio)`` does (see the module docstring).
+
+        ``model_hint`` defaults to the vector's model name. The vector's metadata and these
+        settings go in ``steerlab.meta`` / ``steerlab.export``. Written beside ``path`` and
+        renamed into place, like :meth:`save`.
+        """
+        from gguf import GGUFWriter
+
+        additions = self.additions(multiplier, layers, norm_ratio)
+        if 0 in additions:
+            raise ValueError(
+                "layer 0 cannot be exported: llama.cpp has no direction.0 (it never steers the "
+                f"output of block 0); export the vector's other layers (it has {sorted(additions)})"
+            )
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        writer = GGUFWriter(tmp, GGUF_ARCH)
+        writer.add_string(f"{GGUF_ARCH}.model_hint", model_hint or self.meta.model_name)
+        writer.add_int32(f"{GGUF_ARCH}.layer_count", len(additions))
+        writer.add_string(_GGUF_META, self.meta.model_dump_json())
+        settings = {"source_id": self.id, "multiplier": float(multiplier), "layers": layers,
+                    "norm_ratio": norm_ratio}
+        writer.add_string(_GGUF_EXPORT, json.dumps(settings))
+        for layer, direction in additions.items():
+            writer.add_tensor(f"{_DIRECTION}{layer}", direction.numpy().astype(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_gguf(cls, path: str | Path) -> SteeringVector:
+        """Read a llama.cpp control vector: ``direction.N`` becomes layer N (what llama.cpp adds
+        at strength 1). A file from :meth:`to_gguf` gets its metadata back (plus, when the export
+        scaled or placed the vector, ``extra["gguf_export"]`` saying how); any other file gets
+        minimal metadata naming the file and its model hint. Errors name the file and tensor."""
+        from gguf import GGMLQuantizationType, GGUFReader
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"control vector file not found: {path}")
+        try:
+            reader = GGUFReader(path)
+        except (ValueError, OSError) as err:
+            raise ValueError(f"{path}: not a GGUF file ({err})") from None
+
+        def text(key: str) -> str | None:
+            field = reader.get_field(key)
+            return None if field is None else str(field.contents())
+
+        arch = text("general.architecture")
+        if arch != GGUF_ARCH:
+            raise ValueError(f"{path}: general.architecture is {arch!r}, not {GGUF_ARCH!r}: "
+                             "not a control vector")
+        directions: dict[int, torch.Tensor] = {}
+        for tensor in reader.tensors:
+            index = tensor.name.removeprefix(_DIRECTION)
+            if not tensor.name.startswith(_DIRECTION) or not index.isdigit() or int(index) == 0:
+                raise ValueError(f"{path}: tensor {tensor.name!r} is not direction.N with N ≥ 1")
+            if tensor.tensor_type != GGMLQuantizationType.F32 or len(tensor.shape) != 1:
+                raise ValueError(f"{path}: tensor {tensor.name!r} must be float32 with one "
+                                 f"dimension, got {tensor.tensor_type.name} of shape "
+                                 f"{list(tensor.shape)}")
+            directions[int(index)] = torch.from_numpy(np.array(tensor.data, dtype=np.float32))
+        if not directions:
+            raise ValueError(f"{path}: no direction tensors")
+        sizes = {len(v) for v in directions.values()}
+        if len(sizes) > 1:
+            raise ValueError(f"{path}: direction tensors differ in length: {sorted(sizes)}")
+        stored = text(_GGUF_META)
+        if stored is None:
+            hint = text(f"{GGUF_ARCH}.model_hint") or "unknown"
+            meta = VectorMeta(model_name=hint, model_fingerprint="unknown", d_model=sizes.pop(),
+                              method="gguf", extra={"source": path.name, "model_hint": hint})
+            return cls(directions, meta)
+        meta = VectorMeta.model_validate_json(stored)
+        settings = json.loads(text(_GGUF_EXPORT) or "{}")
+        scaled = settings.get("multiplier", 1.0) != 1.0 or settings.get("norm_ratio") is not None
+        if scaled or settings.get("layers") is not None:
+            meta.extra = {**meta.extra, "gguf_export": settings}
+        return cls(directions, meta)
 
 def data_hash(records: list[Any]) -> str:
     """A stable hash of training data (dataclasses or dicts), stored in vector metadata."""
