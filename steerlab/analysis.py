@@ -71,9 +71,11 @@ def write_analysis(run_dir: str | Path, records: list[Record]) -> Path:
     return path
 
 
-def sections(found: Analysis, out: Path, sweep: bool = True) -> list[str]:
+def sections(found: Analysis, out: Path, sweep: bool = True,
+             labels: dict[str | None, str] | None = None) -> list[str]:
     """Markdown sections for every table the analysis found (plots written into ``out``);
-    ``sweep=False`` leaves out the raw likelihood sweep (reports that plot it their own way)."""
+    ``sweep=False`` leaves out the raw likelihood sweep (reports that plot it their own way);
+    ``labels`` names vectors by id (e.g. by the experiment arm they belong to)."""
     from steerlab.report import markdown_table, sweep_plot, sweep_table
 
     parts: list[str] = []
@@ -90,8 +92,10 @@ def sections(found: Analysis, out: Path, sweep: bool = True) -> list[str]:
     if found.side_effects:
         parts += ["## Side effects (steered against unsteered, 90% intervals)", ""]
         parts += markdown_table(
-            ["metric", "dataset", "multiplier", "n", "unsteered", "steered", "change", "interval", "note"],
-            [[s.metric, s.dataset, f"{s.multiplier:g}", str(s.n), f"{s.unsteered:.4g}", f"{s.steered:.4g}",
+            ["metric", "dataset", "vector", "multiplier", "n", "unsteered", "steered", "change", "interval",
+             "note"],
+            [[s.metric, s.dataset, (labels or {}).get(s.vector_id, str(s.vector_id)), f"{s.multiplier:g}",
+              str(s.n), f"{s.unsteered:.4g}", f"{s.steered:.4g}",
               f"{s.change:+.4g}", f"[{s.lower:+.4g}, {s.upper:+.4g}]", s.note] for s in found.side_effects],
         )
     if found.steerability:

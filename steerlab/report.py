@@ -340,7 +340,8 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
     if swept:
         validation_sweep_plot(records, swept, head.val_dataset, out / "validation_sweep.png")
         lines += ["## Multiplier sweep (validation)", "", "![validation sweep](validation_sweep.png)", ""]
-    lines += sections(analyze(records), out, sweep=False)
+    labels = {r.selection.vector_id: r.arm for r in head.rows if r.kind == "method"}
+    lines += sections(analyze(records), out, sweep=False, labels=labels)
     lines += compute_section(records, info.get("n_layers"))
     config = next((r for r in records if r.get("task") == "experiment"), {})
     lines += ["## Config and versions", "", "```yaml",
