@@ -216,8 +216,10 @@ def sample_efficiency_plot(points: list, reference: float | None, path: Path) ->
     return path
 
 
-def validation_sweep_plot(records: list[dict], arms: list[str], val_dataset: str, path: Path) -> Path:
-    """Validation accuracy against the multiplier for each steered arm, one line per layer."""
+def validation_sweep_plot(records: list[dict], arms: list[str], val_dataset: str, path: Path,
+                          reference: float | None = None) -> Path:
+    """Validation accuracy against the multiplier for each steered arm, one line per layer, with
+    the unsteered model's validation accuracy as a reference line."""
     from collections import defaultdict
 
     fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms), 3.4), squeeze=False)
@@ -230,6 +232,8 @@ def validation_sweep_plot(records: list[dict], arms: list[str], val_dataset: str
             series = sorted((m, sum(v) / len(v)) for (lay, m), v in cells.items() if lay == layers)
             ax.plot([m for m, _ in series], [a for _, a in series], marker="o",
                     label=f"layer {','.join(map(str, layers))}")
+        if reference is not None:
+            ax.axhline(reference, color="grey", ls=":", label="unsteered")
         ax.set_title(arm)
         ax.set_xlabel("multiplier")
         ax.set_ylabel("validation accuracy")
@@ -338,10 +342,12 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
                          for p in points])
     swept = [r.arm for r in head.rows if r.selection.tried > 1]
     if swept:
-        validation_sweep_plot(records, swept, head.val_dataset, out / "validation_sweep.png")
+        validation_sweep_plot(records, swept, head.val_dataset, out / "validation_sweep.png",
+                              head.row(BASE).selection.accuracy if BASE in kinds else None)
         lines += ["## Multiplier sweep (validation)", "", "![validation sweep](validation_sweep.png)", ""]
     labels = {r.selection.vector_id: r.arm for r in head.rows if r.kind == "method"}
-    lines += sections(analyze(records), out, sweep=False, labels=labels)
+    held_out = [r for r in records if r.get("dataset") != head.val_dataset]  # validation only selects
+    lines += sections(analyze(held_out), out, sweep=False, labels=labels)
     lines += compute_section(records, info.get("n_layers"))
     config = next((r for r in records if r.get("task") == "experiment"), {})
     lines += ["## Config and versions", "", "```yaml",
