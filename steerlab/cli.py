@@ -558,7 +558,13 @@ def run_config(
     if check:
         console.print("config is valid")
         return
-    run = run_experiment(experiment, out or Path("runs") / experiment.name, log=console.print)
+    run_dir = out or Path("runs") / experiment.name
+    try:
+        run = run_experiment(experiment, run_dir, log=console.print)
+    except KeyboardInterrupt:
+        _fail(f"interrupted: the records so far are in {run_dir}; run the same command to resume")
+    except (ValueError, FileNotFoundError) as err:
+        _fail(f"{config}: {err}")
     analyze(run.path)
 
 

@@ -236,3 +236,19 @@ def test_report_is_built_from_records_alone(toy_run):
     assert html.startswith("<!DOCTYPE html>") and "<table>" in html
     assert 'src="data:image/png;base64,' in html and 'src="validation_sweep.png"' not in html
     assert "## Sample efficiency" in text and "LoRA:" in text and "best baseline" in text
+
+
+def test_cli_run_checks_the_config_and_reports_errors_with_their_place(tmp_path):
+    from typer.testing import CliRunner
+
+    from steerlab.cli import app
+
+    good = tmp_path / "good.yaml"
+    good.write_text(config_text(write_pairs(tmp_path / "d.jsonl")))
+    result = CliRunner().invoke(app, ["run", str(good), "--check"])
+    assert result.exit_code == 0 and "config is valid" in result.output
+    assert "train pairs 16" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("batch_size: 4", "batch_size: many"))
+    result = CliRunner().invoke(app, ["run", str(bad)])
+    assert result.exit_code == 1 and "bad.yaml:3: batch_size: Input should be a valid integer" in result.output
