@@ -298,7 +298,7 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
              f"items) reports. Training pairs: {info['train_n']}. Accuracy is by model likelihood; "
              "intervals are 90% (Wilson for accuracies, Dirichlet posterior for paired advantages).", ""]
     lines += ["## Verdicts", ""]
-    steered = [r for r in head.rows if kinds[r.arm] in ("method", "combination")]
+    steered = [r for r in head.rows if kinds[r.arm] in ("method", "combination", "conditional")]
     for row in steered:
         for other, advantage in ((BASE, row.versus_base), (head.best_baseline, row.versus_best_baseline)):
             if other is not None and advantage is not None:
@@ -341,6 +341,8 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
         validation_sweep_plot(records, swept, head.val_dataset, out / "validation_sweep.png")
         lines += ["## Multiplier sweep (validation)", "", "![validation sweep](validation_sweep.png)", ""]
     labels = {r.selection.vector_id: r.arm for r in head.rows if r.kind == "method"}
+    labels |= {f"{r.selection.vector_id} if {arm_info[r.arm]['condition']['id']}": r.arm
+               for r in head.rows if r.kind == "conditional"}
     lines += sections(analyze(records), out, sweep=False, labels=labels)
     lines += compute_section(records, info.get("n_layers"))
     config = next((r for r in records if r.get("task") == "experiment"), {})
