@@ -103,9 +103,13 @@ def sweep_plot(rows: list[dict], path: Path) -> Path:
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    """A Markdown table as lines (then a blank line)."""
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows), ""]
+    """A Markdown table as lines (then a blank line); a ``|`` inside a cell (an arm such as
+    ``caa|cond``) is escaped so it stays in its cell."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows), ""]
 
 
 def sweep_table(rows: list[dict]) -> list[str]:

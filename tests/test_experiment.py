@@ -287,7 +287,7 @@ def test_conditional_arm_gates_the_methods_setting(tmp_path, tiny):
     kl = [s for s in analyze(records).side_effects if s.metric.startswith("KL")]
     assert sorted(s.condition_id or "-" for s in kl) == sorted(["-", condition.id])
     text = experiment_report(out, records)[0].read_text()
-    assert "| caa|cond | conditional |" in text and "| harmless | caa|cond |" in text
+    assert "| caa\\|cond | conditional |" in text and "| harmless | caa\\|cond |" in text
 
 
 def test_conditional_config_errors(tmp_path):
