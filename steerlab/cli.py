@@ -1006,6 +1006,56 @@ def serve(
         _fail(str(err))
 
 
+@app.command()
+def chat(
+    model: ModelOpt = DEFAULT_MODEL,
+    vector: Annotated[Optional[list[str]], typer.Option(
+        "--vector", "-v", help="A vector to steer with, as name=path.safetensors (a bare path is "
+        "named by its file stem); repeatable, switch with /vector NAME.")] = None,
+    multiplier: Annotated[float, typer.Option(
+        help="Steering multiplier (change it with /multiplier X).")] = 1.0,
+    layers: LayersOpt = None,
+    norm_ratio: NormRatioOpt = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per reply.", min=1)] = 128,
+    side: Annotated[bool, typer.Option(
+        "--side/--no-side",
+        help="Show the unsteered reply beside the steered one (toggle with /side).")] = True,
+) -> None:
+    """Chat with the model in the terminal, steered; change the vector, multiplier and layers
+    between turns (/help lists the commands) and compare with the unsteered reply side by side."""
+    from steerlab.chat import ChatError, ChatSession
+
+    vectors = _named_vectors(vector or [])
+    handle = _load(model)
+    try:
+        session = ChatSession(handle, vectors, multiplier=multiplier,
+                              layers=parse_layers(layers, handle.n_layers), norm_ratio=norm_ratio,
+                              side_by_side=side, max_new_tokens=max_new_tokens)
+    except ChatError as err:
+        _fail(str(err))
+    console.print(f"chatting with {handle.name}: {session.describe()}. /help lists the commands, "
+                  "/quit leaves.", highlight=False)
+    while not session.done:
+        try:
+            line = console.input("[bold]you>[/bold] ")
+        except (EOFError, KeyboardInterrupt):
+            break
+        try:
+            if line.strip().startswith("/"):
+                console.print(session.command(line), highlight=False)
+                continue
+            with console.status("generating"):
+                replies = session.send(line)
+        except ChatError as err:
+            console.print(f"[red]error:[/red] {err}", highlight=False)
+            continue
+        table = Table(show_lines=False, expand=True)
+        for reply in replies:
+            table.add_column(reply.label, ratio=1, overflow="fold")
+        table.add_row(*(reply.text for reply in replies))
+        console.print(table)
+
+
 # ---- baselines: LoRA, k-shot ----------------------------------------------------------------
 
 lora_app = typer.Typer(help="The LoRA baseline (peft), trained on the same pairs as a vector.", no_args_is_help=True)
