@@ -138,6 +138,18 @@ def load_questions(
     return questions
 
 
+def load_prompts(spec: str | Path, split: str | None = None) -> list[str]:
+    """Prompt texts from a question set (:data:`OPEN_DATASETS`, e.g. the bundled harmless
+    requests), a registered ``prompts`` dataset (AdvBench) or any dataset or file: the question
+    of a multiple-choice item, the prompt of a pair."""
+    from steerlab.datasets import load_dataset
+    from steerlab.side_effects import as_prompts
+
+    if str(spec) in OPEN_DATASETS:
+        return [q.question for q in load_questions(spec, split)]
+    return as_prompts(load_dataset(spec, split))
+
+
 @dataclass(frozen=True)
 class Arm:
     """One generation setting: a label and the steering it applies (none for the base arm);

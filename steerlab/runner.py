@@ -61,15 +61,11 @@ def _rows(spec: DataSpec, seed: int) -> list:
 
 
 def _prompts(spec: DataSpec, seed: int) -> list[str]:
-    """The prompts of a question set (e.g. the bundled harmless requests), a registered prompts
-    dataset (AdvBench) or any dataset's prompts; a seeded sample of ``limit`` when given."""
-    from steerlab.openended import OPEN_DATASETS, load_questions
-    from steerlab.side_effects import as_prompts
+    """The prompts of any dataset (:func:`~steerlab.openended.load_prompts`); a seeded sample of
+    ``limit`` when given."""
+    from steerlab.openended import load_prompts
 
-    if spec.dataset in OPEN_DATASETS:
-        texts = [q.question for q in load_questions(spec.dataset, spec.split)]
-    else:
-        texts = as_prompts(load_dataset(spec.dataset, spec.split))
+    texts = load_prompts(spec.dataset, spec.split)
     if spec.limit and spec.limit < len(texts):
         texts = seeded_split(texts, [spec.limit], seed)[0]
     if not texts:

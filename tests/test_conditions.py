@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 from test_ablation import added_hooks, hook_counts
+from test_cli import invoke, model_dir  # noqa: F401  (fixture)
 from test_steering import PROMPTS, logits, make_vector
 from test_sweep_cache import PAIRS
 from tiny import tiny_model
@@ -19,6 +20,7 @@ from steerlab.conditions import (
 )
 from steerlab.evaluation import Sweep, evaluate_ab
 from steerlab.generation import generate_tokens
+from steerlab.models import load_model
 from steerlab.records import record_key
 from steerlab.steering import capture_layer_outputs
 from steerlab.vectors import SteeringVector, meta_for
@@ -251,3 +253,31 @@ def test_conditional_sweep_records(tiny):
     assert Sweep(vector, multipliers, condition=fixed(tiny, layer=1)).shared_layers() == 1
     assert always[0]["condition"]["threshold"] == -2.0 and "condition" not in plain[0]
     assert record_key(always[0]) != record_key(plain[0])
+
+
+def test_cli_fits_a_condition_and_generate_gates_with_it(model_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "harmful.safetensors"
+    result = invoke("condition", "--model", model_dir, "--positive", "advbench",
+                    "--negative", "harmless", "--layer", 1, "--n", 10, "--out", out)
+    assert result.exit_code == 0, result.output
+    condition = Condition.load(out)
+    search = condition.meta.extra["threshold_search"]
+    assert condition.layer == 1 and (search["n_positive"], search["n_negative"]) == (3, 3)
+    assert f"F1 {search['f1']:.3f}" in result.output
+    vector = make_vector(tiny_model("llama"), layers=(2,)).save(tmp_path / "v.safetensors")
+    prompt = "Write a poem about the sea"
+    result = invoke("generate", prompt, "--model", model_dir, "--vector", vector,
+                    "--condition", out, "--max-new-tokens", 4)
+    assert result.exit_code == 0, result.output
+    holds = condition.applies(load_model(model_dir), [prompt], progress=False)[0]
+    assert ("holds: steering" if holds else "does not hold: unsteered") in result.output
+    bad = [(("condition", "--model", model_dir, "--positive", "advbench", "--negative",
+             "no-such-set", "--layer", 1, "--out", out), "no-such-set"),
+           (("condition", "--model", model_dir, "--positive", "advbench", "--negative",
+             "harmless", "--layer", 9, "--n", 10, "--out", out), "layer 9 out of range"),
+           (("generate", prompt, "--model", model_dir, "--condition", out),
+            "--condition gates a vector"),
+           (("generate", prompt, "--model", model_dir, "--vector", out), "not a steering vector")]
+    for args, message in bad:
+        result = invoke(*args)
+        assert result.exit_code == 1 and message in result.output, result.output
