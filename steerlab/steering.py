@@ -43,8 +43,8 @@ class _PositionTracker:
     A pass that starts from an empty cache begins a new sequence, whose length is the prompt
     length; a pass with a non-empty cache continues it (generated tokens). Generation without a
     cache re-runs the whole sequence: recognised because it starts with the stored prompt.
-    ``fresh`` says the current pass begins a new sequence; ``attention_mask`` is that pass's
-    (B, T) mask of real tokens (None: no padding).
+    ``fresh`` says the current pass begins a new sequence; ``attention_mask`` is the mask that
+    pass was given (None: no padding).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -78,7 +78,7 @@ class _PositionTracker:
                 self.prompt_len = length
                 self._prompt_ids = ids
                 self.fresh = True
-                self.attention_mask = _row_mask(kwargs.get("attention_mask"))
+                self.attention_mask = kwargs.get("attention_mask")
         self.length = length
 
     def mask(self, positions: Positions, device: torch.device) -> torch.Tensor:
@@ -221,7 +221,7 @@ class Steering:
         def hook(module: nn.Module, args: tuple, output: Any) -> Any:
             hidden = _hidden(output)
             if deciding and self._tracker is not None and self._tracker.fresh:
-                mask = self._tracker.attention_mask
+                mask = _row_mask(self._tracker.attention_mask)
                 for slot in deciding:
                     decision = self.gated[slot].condition.decide(hidden, mask)
                     self.decisions[slot] = decision.to(device=hidden.device, dtype=torch.bool)

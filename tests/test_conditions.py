@@ -281,3 +281,15 @@ def test_cli_fits_a_condition_and_generate_gates_with_it(model_dir, tmp_path):  
     for args, message in bad:
         result = invoke(*args)
         assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_a_condition_needs_a_two_dimensional_mask(tiny):
+    ids = torch.tensor([tiny.encode_prompt(tiny.format_prompt("Hello"))])
+    width = ids.shape[1]
+    causal = torch.full((width, width), float("-inf")).triu(1)[None, None]  # (1, 1, T, T)
+    vector = make_vector(tiny, layers=(2,))
+    with torch.no_grad(), vector.apply(tiny, 1.0, positions="prompt"):
+        tiny.model(input_ids=ids, attention_mask=causal)  # positions alone need no row mask
+    with torch.no_grad(), vector.apply(tiny, 1.0, condition=fixed(tiny, threshold=-2.0)):
+        with pytest.raises(ValueError, match="needs a 2-D attention mask"):
+            tiny.model(input_ids=ids, attention_mask=causal)
