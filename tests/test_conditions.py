@@ -290,6 +290,7 @@ def test_a_condition_needs_a_two_dimensional_mask(tiny):
     vector = make_vector(tiny, layers=(2,))
     with torch.no_grad(), vector.apply(tiny, 1.0, positions="prompt"):
         tiny.model(input_ids=ids, attention_mask=causal)  # positions alone need no row mask
-    with torch.no_grad(), vector.apply(tiny, 1.0, condition=fixed(tiny, threshold=-2.0)):
-        with pytest.raises(ValueError, match="needs a 2-D attention mask"):
-            tiny.model(input_ids=ids, attention_mask=causal)
+    gate = fixed(tiny, threshold=-2.0)
+    with (torch.no_grad(), vector.apply(tiny, 1.0, condition=gate),
+          pytest.raises(ValueError, match="needs a 2-D attention mask")):
+        tiny.model(input_ids=ids, attention_mask=causal)
