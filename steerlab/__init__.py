@@ -22,6 +22,11 @@ _EXPORTS = {
     "lettered": "steerlab.datasets",
     "load_dataset": "steerlab.datasets",
     "mc_to_pairs": "steerlab.datasets",
+    "ChatSession": "steerlab.chat",
+    "Condition": "steerlab.conditions",
+    "fit_condition": "steerlab.conditions",
+    "search_threshold": "steerlab.conditions",
+    "train_condition": "steerlab.conditions",
     "Composition": "steerlab.composition",
     "Part": "steerlab.composition",
     "compose": "steerlab.composition",
@@ -76,6 +81,8 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from steerlab.data import MCItem, PreferencePair, load_mc, load_pairs, nested_subsets, split
     from steerlab.datasets import lettered, list_datasets, load_dataset, mc_to_pairs
+    from steerlab.chat import ChatSession
+    from steerlab.conditions import Condition, fit_condition, search_threshold, train_condition
     from steerlab.composition import Composition, Part, compose
     from steerlab.evaluation import Sweep, composition_grid, evaluate_ab, evaluate_mc
     from steerlab.blind import export_blind, import_ratings

@@ -10,14 +10,16 @@ import torch
 from steerlab.encoding import TokenSequence, batches, encode_texts
 from steerlab.models import ModelHandle
 from steerlab.progress import track
-from steerlab.steering import forward_until
+from steerlab.steering import forward_until, masked_mean
 
 
 @dataclass
 class LayerReadout:
-    """Per layer: the output at each sequence's last token (N, D) and the mean token norm."""
+    """Per layer: the output at each sequence's last token (N, D), each sequence's mean output
+    over its tokens (N, D), and the mean token norm."""
 
     last: dict[int, torch.Tensor]
+    mean: dict[int, torch.Tensor]
     mean_norm: dict[int, float]
 
 
@@ -33,6 +35,7 @@ def read_layers(
     """Run each sequence up to the highest layer needed and read the chosen layers' outputs."""
     layers = sorted(set(int(layer) for layer in layers))
     last = {layer: torch.empty(len(seqs), model.d_model) for layer in layers}
+    mean = {layer: torch.empty(len(seqs), model.d_model) for layer in layers}
     norm_sum = dict.fromkeys(layers, 0.0)
     n_tokens = 0
     pad_id = model.tokenizer.pad_token_id
@@ -45,8 +48,9 @@ def read_layers(
         for layer in layers:
             hidden = outputs[layer].float()
             last[layer][index] = hidden[:, -1].cpu()
+            mean[layer][index] = masked_mean(hidden, batch.attention_mask).cpu()
             norm_sum[layer] += float(hidden.norm(dim=-1)[real].sum())
-    return LayerReadout(last, {layer: norm_sum[layer] / max(n_tokens, 1) for layer in layers})
+    return LayerReadout(last, mean, {layer: norm_sum[layer] / max(n_tokens, 1) for layer in layers})
 
 
 def mean_residual_norms(

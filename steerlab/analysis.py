@@ -75,7 +75,8 @@ def sections(found: Analysis, out: Path, sweep: bool = True,
              labels: dict[str | None, str] | None = None) -> list[str]:
     """Markdown sections for every table the analysis found (plots written into ``out``);
     ``sweep=False`` leaves out the raw likelihood sweep (reports that plot it their own way);
-    ``labels`` names vectors by id (e.g. by the experiment arm they belong to)."""
+    ``labels`` names settings (a vector's id, or ``"<vector id> if <condition id>"`` for
+    conditional steering) by the experiment arm they belong to."""
     from steerlab.report import markdown_table, sweep_plot, sweep_table
 
     parts: list[str] = []
@@ -94,7 +95,7 @@ def sections(found: Analysis, out: Path, sweep: bool = True,
         parts += markdown_table(
             ["metric", "dataset", "vector", "multiplier", "n", "unsteered", "steered", "change", "interval",
              "note"],
-            [[s.metric, s.dataset, (labels or {}).get(s.vector_id, str(s.vector_id)), f"{s.multiplier:g}",
+            [[s.metric, s.dataset, (labels or {}).get(s.setting, s.setting), f"{s.multiplier:g}",
               str(s.n), f"{s.unsteered:.4g}", f"{s.steered:.4g}",
               f"{s.change:+.4g}", f"[{s.lower:+.4g}, {s.upper:+.4g}]", s.note] for s in found.side_effects],
         )

@@ -196,6 +196,24 @@ def _dataset(spec: str, split: Optional[str], limit: Optional[int] = None, seed:
     return sample(items, [min(limit, len(items))], seed)[0] if limit else items
 
 
+def _prompt_set(spec: str, limit: Optional[int], seed: int) -> list[str]:
+    """Prompts of a question set, prompts dataset or any dataset (``name:split`` names the
+    split), or exit with the loader's message; ``limit`` takes a seeded sample."""
+    from steerlab.data import DataError
+    from steerlab.data import split as sample
+    from steerlab.datasets import DatasetUnavailable
+    from steerlab.openended import load_prompts
+
+    name, split = spec.rsplit(":", 1) if ":" in spec and not Path(spec).exists() else (spec, None)
+    try:
+        prompts = load_prompts(name, split)
+    except (DataError, DatasetUnavailable, FileNotFoundError, KeyError, ValueError) as err:
+        _fail(str(err))
+    if not prompts:
+        _fail(f"no prompts in {spec}")
+    return sample(prompts, [min(limit, len(prompts))], seed)[0] if limit else prompts
+
+
 def _pairs(spec: str, split: Optional[str]) -> list:
     """Preference pairs (free text or A/B) for training."""
     from steerlab.data import PreferencePair
@@ -242,6 +260,8 @@ def generate(
     ablate: AblateOpt = False,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 80,
     compare: Annotated[bool, typer.Option(help="Also print the unsteered reply.")] = True,
+    condition: Annotated[Optional[Path], typer.Option(
+        help="Steer only if the prompt meets this condition (from `steerlab condition`).")] = None,
 ) -> None:
     """Generate a reply (greedy), steered when a vector is given."""
     from contextlib import AbstractContextManager, nullcontext
@@ -250,15 +270,23 @@ def generate(
     from steerlab.generation import generate as run_generate
 
     steering = _vector(vector) if vector else None
+    gate = _condition(condition) if condition else None
+    if gate is not None and steering is None:
+        _fail("--condition gates a vector: give --vector too")
     handle = _load(model)
+    if gate is not None:
+        holds = gate.applies(handle, [prompt], progress=False)[0]
+        verdict = "holds: steering" if holds else "does not hold: unsteered"
+        console.print(f"condition {gate.id} {verdict}", highlight=False)
     if steering is not None and compare:
         console.print("[bold]unsteered[/bold]")
         console.print(run_generate(handle, [prompt], max_new_tokens, progress=False)[0])
     context: AbstractContextManager = nullcontext()
     if steering is not None:
         try:
-            context = compose([Part(steering, multiplier, parse_layers(layers, handle.n_layers), norm_ratio,
-                                    "ablate" if ablate else "add")]).apply(handle, positions)  # type: ignore[arg-type]
+            part = Part(steering, multiplier, parse_layers(layers, handle.n_layers), norm_ratio,
+                        "ablate" if ablate else "add", gate)
+            context = compose([part]).apply(handle, positions)  # type: ignore[arg-type]
         except ValueError as err:
             _fail(str(err))
         if compare:
@@ -444,6 +472,15 @@ def print_grid(cells: list, names: dict[str, str]) -> None:
         for row, line in zip(rows, matrix):
             table.add_row(f"{row:g}", *(f"{c.score:.3f}" if c else "-" for c in line))
         console.print(table)
+
+
+def _condition(path: Path):
+    from steerlab.conditions import Condition
+
+    try:
+        return Condition.load(path)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
 
 
 def _vector(path: Path):
@@ -1010,6 +1047,94 @@ def serve(
         run_server(handle, vectors, settings, host=host, port=port)
     except ValueError as err:
         _fail(str(err))
+
+
+@app.command("condition")
+def condition_fit(
+    positive: Annotated[str, typer.Option(
+        help="Prompts the condition should hold for: a dataset (advbench, harmless, name:split) "
+        "or file.")],
+    negative: Annotated[str, typer.Option(help="Prompts it should not hold for (same forms).")],
+    layer: Annotated[int, typer.Option(
+        "--layer", "-l", help="The layer whose prompt states it reads.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Condition file to write (.safetensors).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    holdout: Annotated[float, typer.Option(
+        help="Fraction of each set held out for the F1-maximising threshold search.")] = 0.3,
+    limit: LimitOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the samples and the held-out split.")] = 0,
+    batch_size: BatchOpt = 8,
+) -> None:
+    """Fit a condition for conditional steering (CAST): a direction between the two prompt sets
+    at a layer, and the cosine threshold with the best F1 on held-out prompts."""
+    from steerlab.conditions import fit_condition
+
+    positives = _prompt_set(positive, limit, seed)
+    negatives = _prompt_set(negative, limit, seed)
+    handle = _load(model)
+    try:
+        with console.status("fitting the condition"):
+            fitted = fit_condition(handle, positives, negatives, layer, holdout, seed, batch_size,
+                                   progress=False)
+    except ValueError as err:
+        _fail(str(err))
+    fitted.save(out)
+    search = fitted.meta.extra["threshold_search"]
+    console.print(f"condition {fitted.id} → {out}: layer {layer}, cosine {fitted.comparison} "
+                  f"than {fitted.threshold:.4f}; on {search['n_positive']} + "
+                  f"{search['n_negative']} held-out prompts F1 {search['f1']:.3f}, precision "
+                  f"{search['precision']:.3f}, recall {search['recall']:.3f}", highlight=False)
+
+
+@app.command()
+def chat(
+    model: ModelOpt = DEFAULT_MODEL,
+    vector: Annotated[Optional[list[str]], typer.Option(
+        "--vector", "-v", help="A vector to steer with, as name=path.safetensors (a bare path is "
+        "named by its file stem); repeatable, switch with /vector NAME.")] = None,
+    multiplier: Annotated[float, typer.Option(
+        help="Steering multiplier (change it with /multiplier X).")] = 1.0,
+    layers: LayersOpt = None,
+    norm_ratio: NormRatioOpt = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per reply.", min=1)] = 128,
+    side: Annotated[bool, typer.Option(
+        "--side/--no-side",
+        help="Show the unsteered reply beside the steered one (toggle with /side).")] = True,
+) -> None:
+    """Chat with the model in the terminal, steered; change the vector, multiplier and layers
+    between turns (/help lists the commands) and compare with the unsteered reply side by side."""
+    from steerlab.chat import ChatError, ChatSession
+
+    vectors = _named_vectors(vector or [])
+    handle = _load(model)
+    try:
+        session = ChatSession(handle, vectors, multiplier=multiplier,
+                              layers=parse_layers(layers, handle.n_layers), norm_ratio=norm_ratio,
+                              side_by_side=side, max_new_tokens=max_new_tokens)
+    except ChatError as err:
+        _fail(str(err))
+    console.print(f"chatting with {handle.name}: {session.describe()}. /help lists the commands, "
+                  "/quit leaves.", highlight=False)
+    while not session.done:
+        try:
+            line = console.input("[bold]you>[/bold] ")
+        except (EOFError, KeyboardInterrupt):
+            break
+        try:
+            if line.strip().startswith("/"):
+                console.print(session.command(line), highlight=False)
+                continue
+            with console.status("generating"):
+                replies = session.send(line)
+        except ChatError as err:
+            console.print(f"[red]error:[/red] {err}", highlight=False)
+            continue
+        table = Table(show_lines=False, expand=True)
+        for reply in replies:
+            table.add_column(reply.label, ratio=1, overflow="fold")
+        table.add_row(*(reply.text for reply in replies))
+        console.print(table)
 
 
 # ---- baselines: LoRA, k-shot ----------------------------------------------------------------

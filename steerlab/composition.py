@@ -3,9 +3,11 @@
 A :class:`Composition` is a list of :class:`Part`; applied, it is one
 :class:`~steerlab.steering.Steering` whose additions are the parts' additions summed per layer
 (so it equals applying each part on its own, nested) and whose ablations project each ablating
-part's direction out first. The 2-D grid of two behaviours (BiPO's composition result) is
-evaluated by :func:`steerlab.evaluation.composition_grid`; :func:`grid_cells` and
-:func:`plot_grid` read it back from records alone.
+part's direction out first. A part with a ``condition`` (:class:`~steerlab.conditions.Condition`)
+acts only on the rows whose prompt meets it; parts sharing a condition are summed under one
+gate. The 2-D grid of two behaviours (BiPO's composition result) is evaluated by
+:func:`steerlab.evaluation.composition_grid`; :func:`grid_cells` and :func:`plot_grid` read it
+back from records alone.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import torch
 from torch import nn
 
 from steerlab.records import Record, summarize
-from steerlab.steering import Ablations, Positions, Steering
+from steerlab.steering import Ablations, Gated, Positions, Steering
 
 if TYPE_CHECKING:
+    from steerlab.conditions import Condition
     from steerlab.models import ModelHandle
     from steerlab.vectors import SteeringVector
 
@@ -37,7 +40,8 @@ class Part:
     ``intervention="add"`` adds ``multiplier`` × the vector (``norm_ratio`` rescales it first, see
     :meth:`SteeringVector.additions`); ``"ablate"`` projects the vector's direction out of each
     layer's output with strength ``multiplier`` (1 removes the component, 0 does nothing).
-    ``layers`` places the vector as in :meth:`SteeringVector.additions`.
+    ``layers`` places the vector as in :meth:`SteeringVector.additions`. With a ``condition``
+    the part acts only on the rows (sequences) whose prompt meets it.
     """
 
     vector: SteeringVector
@@ -45,6 +49,7 @@ class Part:
     layers: list[int] | None = None
     norm_ratio: float | None = None
     intervention: Intervention = "add"
+    condition: Condition | None = None
 
     def __post_init__(self) -> None:
         if self.intervention not in INTERVENTIONS:
@@ -82,7 +87,25 @@ class Part:
                           "layers": sorted(self.placed()), "norm_ratio": self.norm_ratio}
         if self.intervention != "add":
             fields["intervention"] = self.intervention
+        if self.condition is not None:
+            fields["condition"] = self.condition.describe()
         return fields
+
+
+def _summed_additions(parts: Iterable[Part]) -> dict[int, torch.Tensor]:
+    total: dict[int, torch.Tensor] = {}
+    for part in parts:
+        for layer, vector in part.additions().items():
+            total[layer] = total[layer] + vector if layer in total else vector
+    return total
+
+
+def _ordered_ablations(parts: Iterable[Part]) -> Ablations:
+    total: Ablations = defaultdict(list)
+    for part in parts:
+        for layer, pairs in part.ablations().items():
+            total[layer] += pairs
+    return dict(total)
 
 
 @dataclass(frozen=True)
@@ -92,20 +115,18 @@ class Composition:
     parts: tuple[Part, ...]
 
     def additions(self) -> dict[int, torch.Tensor]:
-        """Every part's additions summed per layer."""
-        total: dict[int, torch.Tensor] = {}
-        for part in self.parts:
-            for layer, vector in part.additions().items():
-                total[layer] = total[layer] + vector if layer in total else vector
-        return total
+        """Every part's additions summed per layer (conditions aside: what every row gets when
+        every condition holds)."""
+        return _summed_additions(self.parts)
 
     def ablations(self) -> Ablations:
-        """Every ablating part's directions per layer, in part order."""
-        total: Ablations = defaultdict(list)
-        for part in self.parts:
-            for layer, pairs in part.ablations().items():
-                total[layer] += pairs
-        return dict(total)
+        """Every ablating part's directions per layer, in part order (conditions aside)."""
+        return _ordered_ablations(self.parts)
+
+    def conditions(self) -> list[Condition]:
+        """The distinct conditions of the parts, in part order."""
+        found = {p.condition.id: p.condition for p in self.parts if p.condition is not None}
+        return list(found.values())
 
     def check(self) -> None:
         """Raise now if some part cannot apply (a layer it lacks, residual norms it needs for
@@ -117,15 +138,28 @@ class Composition:
         """Every layer some part acts on, whatever its multiplier."""
         return sorted({layer for part in self.parts for layer in part.placed()})
 
+    def lowest_layer(self) -> int:
+        """The lowest layer the steering touches: edited, or read by a condition."""
+        return min([*self.layers(), *(c.layer for c in self.conditions())])
+
     def apply(self, model: ModelHandle | nn.Module, positions: Positions = "all") -> Steering:
         """Steer ``model`` with every part at once; an active :class:`Steering` (a context
-        manager, or call ``.remove()``). Each vector is checked against the model first."""
+        manager, or call ``.remove()``). Each vector and condition is checked against the model
+        first."""
         if not self.parts:
             raise ValueError("a composition needs at least one part")
         for part in self.parts[1:]:
             part.vector.target(model)
         hf_model, decoder_layers = self.parts[0].vector.target(model)
-        return Steering(hf_model, decoder_layers, self.additions(), positions, self.ablations())
+        ungated = [p for p in self.parts if p.condition is None]
+        gated = []
+        for condition in self.conditions():
+            condition.check_compatible(hf_model)
+            members = [p for p in self.parts
+                       if p.condition is not None and p.condition.id == condition.id]
+            gated.append(Gated(condition, _summed_additions(members), _ordered_ablations(members)))
+        return Steering(hf_model, decoder_layers, _summed_additions(ungated), positions,
+                        _ordered_ablations(ungated), gated)
 
     def describe(self) -> list[Record]:
         """The parts as record fields."""
@@ -133,7 +167,8 @@ class Composition:
 
 
 PartSpec = Part | tuple
-"""A :class:`Part`, or a tuple of its fields in order: (vector, multiplier, layers, norm_ratio)."""
+"""A :class:`Part`, or a tuple of its fields in order: (vector, multiplier, layers, norm_ratio,
+intervention, condition)."""
 
 
 def compose(parts: Iterable[PartSpec]) -> Composition:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from steerlab.composition import Composition, Intervention, Part
+from steerlab.conditions import Condition
 from steerlab.data import MCItem, PreferencePair
 from steerlab.encoding import encode
 from steerlab.models import ModelHandle
@@ -29,7 +30,8 @@ class Sweep:
 
     Each multiplier steers with ``vector`` (added, or with ``intervention="ablate"`` its direction
     projected out with that strength), together with ``composed_with`` held fixed when given:
-    one row of a composition grid (:func:`composition_grid`).
+    one row of a composition grid (:func:`composition_grid`). With a ``condition`` the swept
+    vector acts only on the sequences whose prompt meets it (conditional steering).
     """
 
     vector: SteeringVector | None = None
@@ -39,6 +41,7 @@ class Sweep:
     positions: Positions = "all"
     intervention: Intervention = "add"
     composed_with: Composition | None = None
+    condition: Condition | None = None
 
     def __post_init__(self) -> None:
         if self.vector is not None:
@@ -55,7 +58,8 @@ class Sweep:
         if self.vector is None:
             raise ValueError("an unsteered sweep has no composition")
         fixed = self.composed_with.parts if self.composed_with else ()
-        swept = Part(self.vector, multiplier, self.layers, self.norm_ratio, self.intervention)
+        swept = Part(self.vector, multiplier, self.layers, self.norm_ratio, self.intervention,
+                     self.condition)
         return Composition((*fixed, swept))
 
     def settings(self, model: ModelHandle) -> list[tuple[float, Setting]]:
@@ -66,14 +70,23 @@ class Sweep:
                 for m in self.multipliers]
 
     def shared_layers(self) -> int:
-        """How many bottom layers no setting changes: the lowest steered layer (0 unsteered)."""
+        """How many bottom layers no setting changes or reads: the lowest steered layer, or
+        condition layer (0 unsteered)."""
         if self.vector is None:
             return 0
-        return min(self.composition(1.0).layers())
+        return self.composition(1.0).lowest_layer()
+
+    def shares_prefix(self) -> bool:
+        """Whether a token prefix common to all sequences may run once per setting: only when
+        every position is steered alike (no position choice, no condition reading the prompt)."""
+        if self.vector is None:
+            return self.positions == "all"
+        return self.positions == "all" and not self.composition(1.0).conditions()
 
     def describe(self) -> dict:
         """The fields every record carries about its setting (``intervention`` only for an
-        ablation, ``composed_with`` only with fixed parts, so older records keep their keys)."""
+        ablation, ``composed_with`` only with fixed parts, ``condition`` only when conditional,
+        so older records keep their keys)."""
         vector = self.vector
         fields = {
             "vector_id": vector.id if vector else None,
@@ -85,6 +98,8 @@ class Sweep:
             fields["intervention"] = self.intervention
         if vector is not None and self.composed_with is not None:
             fields["composed_with"] = self.composed_with.describe()
+        if vector is not None and self.condition is not None:
+            fields["condition"] = self.condition.describe()
         return fields
 
 
@@ -157,7 +172,7 @@ def _evaluate(
             offsets.append(offsets[-1] + len(choices[i]))
         scored = score_settings(model, seqs, [make for _, make in settings], sweep.shared_layers(),
                                 batch_size, progress, f"scoring {len(settings)} setting(s)",
-                                share_prefix=sweep.positions == "all")
+                                share_prefix=sweep.shares_prefix())
         for (multiplier, _), flat in zip(settings, scored):
             offset = 0
             for index in chunk:

@@ -82,6 +82,26 @@ class Steering(_Strict):
     positions: Literal["all", "prompt", "generated"] = "all"
 
 
+class ConditionSpec(_Strict):
+    """How a condition is made: prompts that should meet it (``positive``) and prompts that
+    should not (``negative``), the layer it reads, and the fraction of each set held out for the
+    F1-maximising threshold search (the rest gives the direction)."""
+
+    positive: DataSpec
+    negative: DataSpec
+    layer: int = Field(ge=0)
+    holdout: float = Field(default=0.3, gt=0, lt=1)
+
+
+class Conditional(_Strict):
+    """Conditional activation steering: a method's vector applied only to the sequences whose
+    prompt meets a condition, as the arm ``<method>|cond`` at the method's selected layer and
+    multiplier (so the two arms differ only by the condition)."""
+
+    method: str
+    condition: ConditionSpec
+
+
 class KShot(_Strict):
     """k-shot prompting with examples drawn from the training pairs, nested across k."""
 
@@ -182,6 +202,7 @@ class ExperimentConfig(_Strict):
     steering: Steering
     baselines: Baselines = Baselines()
     combinations: Combinations = Combinations()
+    conditional: Conditional | None = None
     evaluations: Evaluations = Evaluations()
 
     @model_validator(mode="after")
@@ -198,6 +219,17 @@ class ExperimentConfig(_Strict):
         if efficiency and efficiency.method not in self.methods:
             raise ValueError(f"evaluations.sample_efficiency.method: no method named "
                              f"{efficiency.method!r} (methods: {sorted(self.methods)})")
+        conditional = self.conditional
+        if conditional is not None:
+            if conditional.method not in self.methods:
+                raise ValueError(f"conditional.method: no method named {conditional.method!r} "
+                                 f"(methods: {sorted(self.methods)})")
+            layers = self.methods[conditional.method].layers or self.steering.layers
+            if conditional.condition.layer > min(layers):
+                raise ValueError(
+                    f"conditional.condition.layer: {conditional.condition.layer} is above the "
+                    f"steered layer {min(layers)}; a condition reads the prompt at or below the "
+                    "layers it gates")
         reserved = {"unsteered", "system", "lora"}
         clash = sorted(set(self.methods) & reserved | {m for m in self.methods if m.startswith("kshot")})
         if clash:
@@ -215,6 +247,10 @@ class ExperimentConfig(_Strict):
                       if getattr(side, k)}
         if self.evaluations.open_ended:
             found["evaluations.open_ended.questions"] = self.evaluations.open_ended.questions
+        if self.conditional:
+            condition = self.conditional.condition
+            found |= {f"conditional.condition.{k}": getattr(condition, k)
+                      for k in ("positive", "negative")}
         return found
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.composition import Intervention
+from steerlab.conditions import Condition
 from steerlab.data import DataError, _split_rows, _text, bundled_path
 from steerlab.datasets import DATASETS, LICENCES, DatasetInfo, DatasetUnavailable
 from steerlab.evaluation import Sweep
@@ -137,10 +138,23 @@ def load_questions(
     return questions
 
 
+def load_prompts(spec: str | Path, split: str | None = None) -> list[str]:
+    """Prompt texts from a question set (:data:`OPEN_DATASETS`, e.g. the bundled harmless
+    requests), a registered ``prompts`` dataset (AdvBench) or any dataset or file: the question
+    of a multiple-choice item, the prompt of a pair."""
+    from steerlab.datasets import load_dataset
+    from steerlab.side_effects import as_prompts
+
+    if str(spec) in OPEN_DATASETS:
+        return [q.question for q in load_questions(spec, split)]
+    return as_prompts(load_dataset(spec, split))
+
+
 @dataclass(frozen=True)
 class Arm:
     """One generation setting: a label and the steering it applies (none for the base arm);
-    ``intervention="ablate"`` projects the vector's direction out with strength ``multiplier``."""
+    ``intervention="ablate"`` projects the vector's direction out with strength ``multiplier``;
+    a ``condition`` steers only the questions whose prompt meets it."""
 
     label: str
     vector: SteeringVector | None = None
@@ -149,13 +163,14 @@ class Arm:
     norm_ratio: float | None = None
     positions: Positions = "all"
     intervention: Intervention = "add"
+    condition: Condition | None = None
 
     def __post_init__(self) -> None:
         self._sweep()  # a part's own settings (e.g. norm ratio with ablation) fail here
 
     def _sweep(self) -> Sweep:
         return Sweep(self.vector, [self.multiplier], self.layers, self.norm_ratio, self.positions,
-                     self.intervention)
+                     self.intervention, condition=self.condition)
 
     def steering(self, model: ModelHandle) -> AbstractContextManager:
         """The context that applies this arm's steering to ``model`` (nothing for the base)."""

@@ -15,14 +15,15 @@ from typing import Any, TextIO
 Record = dict[str, Any]
 
 GROUP_KEYS = ("task", "dataset", "arm", "vector_id", "layers", "norm_ratio", "intervention",
-              "composed_with", "multiplier")
+              "composed_with", "condition", "multiplier")
 
 
 KEY_FIELDS = ("task", "dataset", "model", "vector_id", "layers", "norm_ratio", "positions",
               "multiplier", "arm", "max_new_tokens", "do_sample", "temperature", "seed", "item_id",
-              "intervention", "composed_with")
+              "intervention", "composed_with", "condition")
 """The fields that tell one record's unit of work from another's (absent fields count as None:
-``intervention`` is absent for addition, ``composed_with`` when no other steering is held fixed)."""
+``intervention`` is absent for addition, ``composed_with`` when no other steering is held fixed,
+``condition`` when the steering is unconditional)."""
 
 
 def record_key(record: Record) -> str:
@@ -108,7 +109,7 @@ def _group_key(record: Record) -> tuple:
 
 def summarize(records: Iterable[Record], metrics: Sequence[str] = ("score", "correct")) -> list[Record]:
     """One row per setting (task, dataset, arm, vector, layers, norm ratio, intervention, the
-    steering composed with it, multiplier).
+    steering composed with it, its condition, multiplier).
 
     Each row holds ``n`` and, for each metric present, its mean and standard error.
     ``score`` is the behaviour probability for A/B tasks and correctness for multiple choice.

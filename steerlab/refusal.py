@@ -106,7 +106,8 @@ def detect_refusals(
     classifier = classifier or PhraseRefusalDetector()
     generated = [r for r in records if r.get("task") == TASK]
     verdicts = classifier.classify([r["question"] for r in generated], [r["answer"] for r in generated])
-    keep = ("dataset", "model", "item_id", "arm", "multiplier", "vector_id", "layers", "norm_ratio", "meta")
+    keep = ("dataset", "model", "item_id", "arm", "multiplier", "vector_id", "layers", "norm_ratio",
+            "condition", "meta")
     out = [
         {
             "task": REFUSAL_TASK,

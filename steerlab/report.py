@@ -103,9 +103,13 @@ def sweep_plot(rows: list[dict], path: Path) -> Path:
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    """A Markdown table as lines (then a blank line)."""
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows), ""]
+    """A Markdown table as lines (then a blank line); a ``|`` inside a cell (an arm such as
+    ``caa|cond``) is escaped so it stays in its cell."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows), ""]
 
 
 def sweep_table(rows: list[dict]) -> list[str]:
@@ -302,7 +306,7 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
              f"items) reports. Training pairs: {info['train_n']}. Accuracy is by model likelihood; "
              "intervals are 90% (Wilson for accuracies, Dirichlet posterior for paired advantages).", ""]
     lines += ["## Verdicts", ""]
-    steered = [r for r in head.rows if kinds[r.arm] in ("method", "combination")]
+    steered = [r for r in head.rows if kinds[r.arm] in ("method", "combination", "conditional")]
     for row in steered:
         for other, advantage in ((BASE, row.versus_base), (head.best_baseline, row.versus_best_baseline)):
             if other is not None and advantage is not None:
@@ -346,6 +350,8 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
                               head.row(BASE).selection.accuracy if BASE in kinds else None)
         lines += ["## Multiplier sweep (validation)", "", "![validation sweep](validation_sweep.png)", ""]
     labels = {r.selection.vector_id: r.arm for r in head.rows if r.kind == "method"}
+    labels |= {f"{r.selection.vector_id} if {arm_info[r.arm]['condition']['id']}": r.arm
+               for r in head.rows if r.kind == "conditional"}
     held_out = [r for r in records if r.get("dataset") != head.val_dataset]  # validation only selects
     lines += sections(analyze(held_out), out, sweep=False, labels=labels)
     lines += compute_section(records, info.get("n_layers"))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steerlab.comparison import ARM_TASK, BASE, COMPUTE_TASK, EXPERIMENT_TASK, select
 from steerlab.compute import TokenLayerCounter
@@ -28,6 +28,9 @@ from steerlab.models import ModelHandle, load_model
 from steerlab.records import Record, RecordWriter, record_key
 from steerlab.runs import RunDir
 from steerlab.vectors import SteeringVector
+
+if TYPE_CHECKING:
+    from steerlab.conditions import Condition
 
 Items = list[MCItem] | list[PreferencePair]
 
@@ -55,6 +58,19 @@ def _rows(spec: DataSpec, seed: int) -> list:
     if not rows:
         raise ValueError(f"{spec.label()}: no rows")
     return rows
+
+
+def _prompts(spec: DataSpec, seed: int) -> list[str]:
+    """The prompts of any dataset (:func:`~steerlab.openended.load_prompts`); a seeded sample of
+    ``limit`` when given."""
+    from steerlab.openended import load_prompts
+
+    texts = load_prompts(spec.dataset, spec.split)
+    if spec.limit and spec.limit < len(texts):
+        texts = seeded_split(texts, [spec.limit], seed)[0]
+    if not texts:
+        raise ValueError(f"{spec.label()}: no prompts")
+    return texts
 
 
 def load_experiment_data(config: ExperimentConfig) -> ExperimentData:
@@ -95,6 +111,8 @@ class Runner:
         self.data = load_experiment_data(config)
         self.vectors: dict[str, dict[int, SteeringVector]] = {}
         self.selected: dict[str, SteeringVector] = {}
+        self.conditions: dict[str, Condition] = {}
+        """The condition of each conditional arm (its vector is in :attr:`selected`)."""
         self.counter = TokenLayerCounter()
         self.adapted: ModelHandle | None = None
         self.invocation = datetime.now(timezone.utc).isoformat()
@@ -185,6 +203,38 @@ class Runner:
                                 "method": method.model_dump(), "trainable_parameters": self.model.d_model})
             self.vectors[name] = self._train(name, method, self.model, layers, self.data.train)
             self.selected[name] = self._select_and_test(writer, self.model, name, self.vectors[name])
+
+    def conditional(self, writer: RecordWriter) -> None:
+        """The arm ``<method>|cond``: the method's selected vector and multiplier, applied only
+        where a condition made from the config's prompts holds (:func:`fit_condition`); the
+        condition is kept under ``vectors/``."""
+        spec = self.config.conditional
+        if spec is None:
+            return
+        from steerlab.conditions import Condition, fit_condition
+
+        arm, vector = f"{spec.method}|cond", self.selected[spec.method]
+        path = self.run.path / "vectors" / f"{spec.method}-cond.condition.safetensors"
+        if not path.exists():
+            made, seed = spec.condition, self.config.seed
+            self.log(f"training the condition at layer {made.layer}")
+            fit_condition(self.model, _prompts(made.positive, seed), _prompts(made.negative, seed),
+                          made.layer, made.holdout, seed, batch_size=self.config.batch_size,
+                          progress=self.progress).save(path)
+        condition = Condition.load(path)
+        search = condition.meta.extra["threshold_search"]
+        self.log(f"{arm}: threshold {condition.threshold:.4f} (F1 {search['f1']:.3f} on held-out "
+                 "prompts)")
+        self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "conditional",
+                            "method": spec.method, "condition": condition.describe(),
+                            **condition.meta.extra})
+        choice = select(writer.records(), spec.method, self.data.val_label)
+        steering = self.config.steering
+        sweep = Sweep(vector, [choice.multiplier], vector.layers, steering.norm_ratio,
+                      steering.positions, condition=condition)
+        for which in ("val", "test"):
+            self._evaluate(writer, self.model, arm, [sweep], which)
+        self.selected[arm], self.conditions[arm] = vector, condition
 
     def prompting(self, writer: RecordWriter) -> None:
         baselines = self.config.baselines
@@ -283,6 +333,8 @@ class Runner:
             return
         steering = self.config.steering
         for name, vector in self.selected.items():
+            if name in self.conditions:
+                continue
             evaluate(self.model, self.data.test_pairs,
                      [Sweep(vector, steering.multipliers, vector.layers, steering.norm_ratio,
                             steering.positions)],
@@ -300,15 +352,15 @@ class Runner:
                  if spec.text else None)
         prompts = None
         if spec.prompts:
-            from steerlab.side_effects import as_prompts
-
-            prompts = {spec.prompts.label(): as_prompts(_rows(spec.prompts, self.config.seed))[: spec.n_prompts]}
+            prompts = {spec.prompts.label():
+                       _prompts(spec.prompts, self.config.seed)[: spec.n_prompts]}
         records = writer.records()
         steering = self.config.steering
         for name, vector in self.selected.items():
             choice = select(records, name, self.data.val_label)
             side_effect_records(self.model, Sweep(vector, [choice.multiplier], vector.layers,
-                                                  steering.norm_ratio, steering.positions),
+                                                  steering.norm_ratio, steering.positions,
+                                                  condition=self.conditions.get(name)),
                                 capability=capability, texts=texts, prompts=prompts, writer=writer,
                                 batch_size=self.config.batch_size, progress=self.progress)
 
@@ -332,7 +384,7 @@ class Runner:
         steering = self.config.steering
         arms = [Arm(BASE)] + [
             Arm(name, vector, select(records, name, self.data.val_label).multiplier, vector.layers,
-                steering.norm_ratio, steering.positions)
+                steering.norm_ratio, steering.positions, condition=self.conditions.get(name))
             for name, vector in self.selected.items()
         ]
         label = spec.questions.label()
@@ -359,7 +411,8 @@ class Runner:
                                 "train_n": len(self.data.train), "n_layers": self.model.n_layers,
                                 "config": self.config.model_dump(), "versions": versions()})
             stages: list[tuple[str, Callable[[RecordWriter], None]]] = [
-                ("unsteered", self.unsteered), ("methods", self.methods), ("prompting", self.prompting),
+                ("unsteered", self.unsteered), ("methods", self.methods),
+                ("conditional", self.conditional), ("prompting", self.prompting),
                 ("lora", self.lora), ("combinations", self.combinations),
                 ("sample efficiency", self.sample_efficiency), ("reliability", self.reliability),
                 ("side effects", self.side_effects), ("open-ended", self.open_ended),

@@ -162,6 +162,13 @@ class SideEffect:
     lower: float
     upper: float
     note: str = ""
+    condition_id: str | None = None
+    """The condition gating the steering (None: unconditional)."""
+
+    @property
+    def setting(self) -> str:
+        """The steering measured: the vector's id, with its condition's when conditional."""
+        return str(self.vector_id) + (f" if {self.condition_id}" if self.condition_id else "")
 
 
 def _mean_se(values: Sequence[float]) -> tuple[float, float]:
@@ -175,7 +182,7 @@ def _by_setting(records: Sequence[Record], task: str) -> dict[tuple, dict[float,
     for record in records:
         if record.get("task") == task:
             key = (record.get("dataset"), record.get("vector_id"), str(record.get("layers")),
-                   record.get("norm_ratio"))
+                   record.get("norm_ratio"), (record.get("condition") or {}).get("id"))
             groups[key][float(record["multiplier"])].append(record)
     return groups
 
@@ -195,7 +202,7 @@ def side_effects_table(records: Sequence[Record]) -> list[SideEffect]:
     multiplier-0 records of the same items (which capability and perplexity sweeps must
     therefore include)."""
     rows: list[SideEffect] = []
-    for (dataset, vector_id, _, _), by_m in _by_setting(records, "mc").items():
+    for (dataset, vector_id, _, _, condition), by_m in _by_setting(records, "mc").items():
         if 0.0 not in by_m:
             raise ValueError(f"capability records of {dataset} have no multiplier-0 baseline")
         for m, steered in sorted(by_m.items()):
@@ -207,9 +214,9 @@ def side_effects_table(records: Sequence[Record]) -> list[SideEffect]:
                 "accuracy", dataset, vector_id, m, len(steered),
                 sum(bool(r["correct"]) for r in base) / len(base),
                 sum(bool(r["correct"]) for r in steered) / len(steered), post.mean, post.lower,
-                post.upper, f"P(gain > 0) = {post.prob_positive:.2f}",
+                post.upper, f"P(gain > 0) = {post.prob_positive:.2f}", condition,
             ))
-    for (dataset, vector_id, _, _), by_m in _by_setting(records, "perplexity").items():
+    for (dataset, vector_id, _, _, condition), by_m in _by_setting(records, "perplexity").items():
         if 0.0 not in by_m:
             raise ValueError(f"perplexity records of {dataset} have no multiplier-0 baseline")
         base_ppl = math.exp(-sum(r["logprob"] for r in by_m[0.0]) / sum(r["n_tokens"] for r in by_m[0.0]))
@@ -225,8 +232,9 @@ def side_effects_table(records: Sequence[Record]) -> list[SideEffect]:
                 "perplexity", dataset, vector_id, m, len(pairs), base_ppl, ppl, ppl / base_ppl - 1,
                 math.exp(mean - Z90 * se) - 1, math.exp(mean + Z90 * se) - 1,
                 "change is the perplexity ratio − 1; interval from per-text NLL changes",
+                condition,
             ))
-    for (dataset, vector_id, _, _), by_m in _by_setting(records, "kl").items():
+    for (dataset, vector_id, _, _, condition), by_m in _by_setting(records, "kl").items():
         for m, steered in sorted(by_m.items()):
             if m == 0.0:
                 continue
@@ -234,5 +242,6 @@ def side_effects_table(records: Sequence[Record]) -> list[SideEffect]:
             rows.append(SideEffect(
                 "KL(unsteered‖steered), nats", dataset, vector_id, m, len(steered), 0.0, mean, mean,
                 max(mean - Z90 * se, 0.0), mean + Z90 * se, "next token after unrelated prompts",
+                condition,
             ))
     return rows

@@ -4,13 +4,21 @@ out (directional ablation), and hooks that read layer outputs.
 A :class:`Steering` owns its hooks and all its state; nothing is global, so several steerings
 compose (their additions sum) and batched calls behave like single ones. Position selection
 ("prompt" / "generated") follows absolute token positions across KV-cache generation steps.
+
+**Conditional edits** (:class:`Gated`, conditional activation steering after Lee et al. 2024)
+apply only to the rows of a batch whose prompt meets a :class:`RowCondition`. The condition
+reads its layer's output on a sequence's first forward pass (empty cache: in generation, the
+prompt; in likelihood scoring, which reads prompt and completion in one pass, both) and decides
+once per row; the decision holds for every later pass of that sequence (KV-cache steps, or
+cache-free generation re-running the whole sequence), and a new sequence decides afresh.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -35,12 +43,16 @@ class _PositionTracker:
     A pass that starts from an empty cache begins a new sequence, whose length is the prompt
     length; a pass with a non-empty cache continues it (generated tokens). Generation without a
     cache re-runs the whole sequence: recognised because it starts with the stored prompt.
+    ``fresh`` says the current pass begins a new sequence; ``attention_mask`` is the mask that
+    pass was given (None: no padding).
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.start = 0
         self.length = 0
         self.prompt_len: int | None = None
+        self.fresh = False
+        self.attention_mask: torch.Tensor | None = None
         self._prompt_ids: torch.Tensor | None = None
         self.handle = model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
 
@@ -50,6 +62,7 @@ class _PositionTracker:
         length = ids.shape[1] if ids is not None else embeds.shape[1]
         cache = kwargs.get("past_key_values")
         cached = cache is not None and cache.get_seq_length() > 0
+        self.fresh = False
         if cached:
             self.start = self.start + self.length
         else:
@@ -64,6 +77,8 @@ class _PositionTracker:
             if not continues_prompt:
                 self.prompt_len = length
                 self._prompt_ids = ids
+                self.fresh = True
+                self.attention_mask = kwargs.get("attention_mask")
         self.length = length
 
     def mask(self, positions: Positions, device: torch.device) -> torch.Tensor:
@@ -75,20 +90,73 @@ class _PositionTracker:
         return keep.view(1, -1, 1)
 
 
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, D) float32 mean of each row's hidden states (B, T, D) over its real tokens (``mask``
+    (B, T), 1 at real tokens; None: every token)."""
+    hidden = hidden.float()
+    if mask is None:
+        return hidden.mean(dim=1)
+    weights = mask.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def _row_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A (B, T) mask of real tokens, or None when the pass has no padding to mask."""
+    if mask is None or mask.dim() == 2:
+        return mask
+    raise ValueError(
+        f"conditional steering needs a 2-D attention mask (batch, tokens) to tell padding from "
+        f"prompt tokens; this pass has a {mask.dim()}-D mask")
+
+
 Ablations = dict[int, list[tuple[torch.Tensor, float]]]
 """Per layer, the directions to project out of its output: (unit direction, strength) pairs."""
 
 
+class RowCondition(Protocol):
+    """What gates conditional edits (e.g. :class:`steerlab.conditions.Condition`): the layer
+    it reads and a per-row decision from that layer's output on a sequence's first pass."""
+
+    layer: int
+
+    def decide(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B,) bool from the layer's output (B, T, D) and the (B, T) mask of real tokens."""
+        ...
+
+
+@dataclass(frozen=True)
+class Gated:
+    """Edits applied only to the rows whose prompt meets ``condition`` (same forms as
+    :class:`Steering`'s own additions and ablations)."""
+
+    condition: RowCondition
+    additions: dict[int, torch.Tensor]
+    ablations: Ablations = field(default_factory=dict)
+
+
+def _kept_additions(additions: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    return {layer: v for layer, v in additions.items() if bool(v.any())}
+
+
+def _kept_ablations(ablations: Ablations) -> Ablations:
+    kept = {layer: [(d, s) for d, s in pairs if s != 0] for layer, pairs in ablations.items()}
+    return {layer: pairs for layer, pairs in kept.items() if pairs}
+
+
 class Steering:
     """Edits the output of chosen decoder layers while active: adds a fixed vector, and/or
-    projects directions out (directional ablation).
+    projects directions out (directional ablation), optionally only for some rows.
 
     Use as a context manager, or keep it and call :meth:`remove`. ``additions`` maps a layer
     index to the exact vector added there (multiplier and scaling already applied);
     ``ablations`` maps a layer to (unit direction d̂, strength s) pairs, each applied as
     h ← h − s (h·d̂) d̂ at every selected position (s = 1 removes the component, 2 reflects it),
-    in order and before the addition. All-zero additions and zero strengths register no hook at
-    all, so a zero multiplier leaves the model bit-for-bit intact.
+    in order and before the addition. ``gated`` adds edits that apply only to the rows whose
+    prompt meets their condition (see the module docstring); each condition reads its layer
+    before any edit there, so a gated edit must sit at or above its condition's layer. At a
+    layer, ungated ablations run first, then gated ones, then ungated and gated additions.
+    All-zero additions and zero strengths register no hook at all, so a zero multiplier leaves
+    the model bit-for-bit intact; :attr:`decisions` holds each gate's last per-row decision.
     """
 
     def __init__(
@@ -98,28 +166,50 @@ class Steering:
         additions: dict[int, torch.Tensor],
         positions: Positions = "all",
         ablations: Ablations | None = None,
+        gated: Sequence[Gated] = (),
     ) -> None:
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
-        for layer in [*additions, *(ablations or {})]:
+        for layer in [*additions, *(ablations or {}),
+                      *(layer for g in gated for layer in [*g.additions, *g.ablations])]:
             if not 0 <= layer < len(layers):
                 raise ValueError(f"layer {layer} out of range: the model has {len(layers)} layers")
         self.positions = positions
-        self.additions = {layer: v for layer, v in additions.items() if bool(v.any())}
-        kept = {layer: [(d, s) for d, s in pairs if s != 0]
-                for layer, pairs in (ablations or {}).items()}
-        self.ablations = {layer: pairs for layer, pairs in kept.items() if pairs}
+        self.additions = _kept_additions(additions)
+        self.ablations = _kept_ablations(ablations or {})
+        self.gated = [kept for g in gated
+                      if (kept := Gated(g.condition, _kept_additions(g.additions),
+                                        _kept_ablations(g.ablations))).additions or kept.ablations]
+        for gate in self.gated:
+            if not 0 <= gate.condition.layer < len(layers):
+                raise ValueError(f"condition layer {gate.condition.layer} out of range: the model "
+                                 f"has {len(layers)} layers")
+            below = sorted(layer for layer in {*gate.additions, *gate.ablations}
+                           if layer < gate.condition.layer)
+            if below:
+                raise ValueError(
+                    f"a conditional edit at layer {below[0]} would change the prompt its condition "
+                    f"reads at layer {gate.condition.layer}: edit at or above the condition's "
+                    "layer")
+        self.decisions: list[torch.Tensor | None] = [None] * len(self.gated)
         self._hooks: list[RemovableHandle] = []
         self._tracker: _PositionTracker | None = None
-        edited = sorted(set(self.additions) | set(self.ablations))
-        if edited and positions != "all":
+        edited = sorted({*self.additions, *self.ablations,
+                         *(layer for g in self.gated for layer in [*g.additions, *g.ablations])})
+        if edited and (positions != "all" or self.gated):
             self._tracker = _PositionTracker(model)
             self._hooks.append(self._tracker.handle)
-        for layer in edited:
-            hook = self._hook_for(self.additions.get(layer), self.ablations.get(layer, []))
-            self._hooks.append(layers[layer].register_forward_hook(hook))
+        for layer in sorted({*edited, *(g.condition.layer for g in self.gated)}):
+            self._hooks.append(layers[layer].register_forward_hook(self._hook_for(layer)))
 
-    def _hook_for(self, vector: torch.Tensor | None, ablations: list[tuple[torch.Tensor, float]]):
+    def _hook_for(self, layer: int):
+        """The hook of one layer: decide the conditions read here, then edit (see the class)."""
+        deciding = [slot for slot, g in enumerate(self.gated) if g.condition.layer == layer]
+        ablations = [(d, s, None) for d, s in self.ablations.get(layer, [])] + [
+            (d, s, slot) for slot, g in enumerate(self.gated)
+            for d, s in g.ablations.get(layer, [])]
+        additions = [(v, None) for v in [self.additions.get(layer)] if v is not None] + [
+            (g.additions[layer], slot) for slot, g in enumerate(self.gated) if layer in g.additions]
         cast: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
 
         def like(index: int, tensor: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -130,18 +220,37 @@ class Steering:
 
         def hook(module: nn.Module, args: tuple, output: Any) -> Any:
             hidden = _hidden(output)
+            if deciding and self._tracker is not None and self._tracker.fresh:
+                mask = _row_mask(self._tracker.attention_mask)
+                for slot in deciding:
+                    decision = self.gated[slot].condition.decide(hidden, mask)
+                    self.decisions[slot] = decision.to(device=hidden.device, dtype=torch.bool)
             edited = hidden
-            for index, (direction, strength) in enumerate(ablations):
+            for index, (direction, strength, slot) in enumerate(ablations):
                 unit = like(index, direction, hidden)
-                edited = edited - (strength * (edited @ unit)).unsqueeze(-1) * unit
-            if vector is not None:
-                edited = edited + like(-1, vector, hidden)
-            if self._tracker is not None:
+                step = edited - (strength * (edited @ unit)).unsqueeze(-1) * unit
+                edited = self._gate(slot, step, edited)
+            for index, (vector, slot) in enumerate(additions):
+                edited = self._gate(slot, edited + like(-1 - index, vector, hidden), edited)
+            if self._tracker is not None and self.positions != "all":
                 keep = self._tracker.mask(self.positions, hidden.device)
                 edited = torch.where(keep, edited, hidden)
             return _with_hidden(output, edited)
 
         return hook
+
+    def _gate(self, slot: int | None, edited: torch.Tensor, unedited: torch.Tensor) -> torch.Tensor:
+        """``edited`` in the rows whose condition holds (every row when ungated)."""
+        if slot is None:
+            return edited
+        decision = self.decisions[slot]
+        if decision is None:
+            raise RuntimeError("conditional steering decides on a sequence's first forward pass "
+                               "(empty cache); this pass continues a sequence it did not see")
+        if decision.shape[0] != edited.shape[0]:
+            raise RuntimeError(f"conditional steering decided for {decision.shape[0]} rows but "
+                               f"this pass has {edited.shape[0]}")
+        return torch.where(decision.view(-1, 1, 1), edited, unedited)
 
     @property
     def active(self) -> bool:

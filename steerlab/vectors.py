@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from steerlab import __version__
 from steerlab.composition import Part, compose
 from steerlab.models import ModelHandle, config_fingerprint, find_decoder_layers, text_config_value
 from steerlab.steering import Positions, Steering
+
+if TYPE_CHECKING:
+    from steerlab.conditions import Condition
 
 _META_KEY = "steerlab"
 GGUF_ARCH = "controlvector"
@@ -220,20 +223,7 @@ class SteeringVector:
 
     def check_compatible(self, model: nn.Module) -> None:
         """Fail on a d_model mismatch; warn when the model's config fingerprint differs."""
-        d_model = text_config_value(model.config, "hidden_size", "n_embd", "d_model")
-        if d_model != self.d_model:
-            raise ValueError(
-                f"vector has d_model {self.d_model} but the model has d_model {d_model}: "
-                "it was trained for a different architecture"
-            )
-        fingerprint = config_fingerprint(model.config)
-        if fingerprint != self.meta.model_fingerprint:
-            warnings.warn(
-                f"vector was trained on '{self.meta.model_name}' (fingerprint "
-                f"{self.meta.model_fingerprint}); this model's fingerprint is {fingerprint}. "
-                "Applying anyway (transfer to a related model).",
-                stacklevel=3,
-            )
+        check_model_fit(model, self.meta, "vector")
 
     def target(self, model: ModelHandle | nn.Module) -> tuple[nn.Module, nn.ModuleList]:
         """The Hugging Face model and its decoder layers, once this vector is checked to fit."""
@@ -251,13 +241,16 @@ class SteeringVector:
         layers: list[int] | None = None,
         positions: Positions = "all",
         norm_ratio: float | None = None,
+        condition: Condition | None = None,
     ) -> Steering:
         """Steer ``model``: add ``multiplier`` × this vector at its layers.
 
         Returns an active :class:`~steerlab.steering.Steering`; use it in a ``with`` block or call
-        ``.remove()``. ``positions`` is ``"all"``, ``"prompt"`` or ``"generated"``.
+        ``.remove()``. ``positions`` is ``"all"``, ``"prompt"`` or ``"generated"``. With a
+        ``condition`` only the sequences whose prompt meets it are steered (decided per row).
         """
-        return compose([Part(self, multiplier, layers, norm_ratio)]).apply(model, positions)
+        part = Part(self, multiplier, layers, norm_ratio, condition=condition)
+        return compose([part]).apply(model, positions)
 
     def ablate(
         self,
@@ -283,28 +276,18 @@ class SteeringVector:
         Written beside ``path`` and renamed into place, so an interruption never leaves half a
         file (training checkpoints rely on this).
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"layer.{layer}": v for layer, v in self.directions.items()}
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata={_META_KEY: self.meta.model_dump_json()})
-        tmp.replace(path)
-        return path
+        return save_tensors(path, tensors, {_META_KEY: self.meta.model_dump_json()})
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
         """Read a vector written by :meth:`save`; errors name the file and what is wrong."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"steering vector file not found: {path}")
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-        if _META_KEY not in header:
-            raise ValueError(f"{path}: not a steerlab vector (no '{_META_KEY}' metadata)")
+        tensors, header = load_tensors(path, "vector")
+        names = sorted(name for name in tensors if not name.startswith("layer."))
+        if names:
+            raise ValueError(f"{path}: not a steering vector (tensors {names}; a vector has "
+                             "layer.<L>): a condition loads with Condition.load")
         meta = VectorMeta.model_validate(json.loads(header[_META_KEY]))
-        tensors = load_file(str(path))
         directions = {int(name.split(".", 1)[1]): t for name, t in tensors.items()}
         return cls(directions, meta)
 
@@ -402,6 +385,53 @@ class SteeringVector:
         if scaled or settings.get("layers") is not None:
             meta.extra = {**meta.extra, "gguf_export": settings}
         return cls(directions, meta)
+
+def check_model_fit(model: nn.Module, meta: VectorMeta, what: str) -> None:
+    """Fail when ``model``'s d_model is not the one ``meta`` was made for; warn when its config
+    fingerprint differs (a related model: applying anyway). ``what`` names the object."""
+    d_model = text_config_value(model.config, "hidden_size", "n_embd", "d_model")
+    if d_model != meta.d_model:
+        raise ValueError(
+            f"{what} has d_model {meta.d_model} but the model has d_model {d_model}: "
+            "it was made for a different architecture"
+        )
+    fingerprint = config_fingerprint(model.config)
+    if fingerprint != meta.model_fingerprint:
+        warnings.warn(
+            f"{what} was made on '{meta.model_name}' (fingerprint {meta.model_fingerprint}); "
+            f"this model's fingerprint is {fingerprint}. Applying anyway (transfer to a related "
+            "model).",
+            stacklevel=4,
+        )
+
+
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> Path:
+    """Write ``tensors`` with string ``metadata`` as safetensors: beside ``path``, then renamed
+    into place, so an interruption never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+def load_tensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and header metadata of a steerlab safetensors file; errors name the file
+    (missing, or without steerlab metadata: not a steerlab ``what``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"steering {what} file not found: {path}")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata() or {}
+    if _META_KEY not in header:
+        raise ValueError(f"{path}: not a steerlab {what} (no '{_META_KEY}' metadata)")
+    return load_file(str(path)), header
+
 
 def data_hash(records: list[Any]) -> str:
     """A stable hash of training data (dataclasses or dicts), stored in vector metadata."""

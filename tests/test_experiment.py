@@ -204,7 +204,7 @@ def test_rerun_resumes_without_new_records(toy_run):
     after = (out / "records.jsonl").read_text()
     assert after.startswith(before)
     added = [json.loads(line) for line in after[len(before):].splitlines()]
-    assert {r["task"] for r in added} == {"compute"} and len(added) == 9  # one per stage
+    assert {r["task"] for r in added} == {"compute"} and len(added) == 10  # one per stage
     assert sum(r["token_layers"] for r in added) == 0  # nothing was computed again
 
 
@@ -252,3 +252,69 @@ def test_cli_run_checks_the_config_and_reports_errors_with_their_place(tmp_path)
     bad.write_text(good.read_text().replace("batch_size: 4", "batch_size: many"))
     result = CliRunner().invoke(app, ["run", str(bad)])
     assert result.exit_code == 1 and "bad.yaml:3: batch_size: Input should be a valid integer" in result.output
+
+
+# ---- conditional steering arm -------------------------------------------------------------------
+
+
+def test_conditional_arm_gates_the_methods_setting(tmp_path, tiny):
+    from steerlab.analysis import analyze
+    from steerlab.conditions import Condition
+    from steerlab.report import experiment_report
+
+    config = parse_config(config_text(
+        write_pairs(tmp_path / "toy.jsonl"), methods={"caa": {"method": "caa"}},
+        steering={"layers": [2], "multipliers": [-2, 2]},
+        conditional={"method": "caa", "condition": {
+            "positive": {"dataset": "advbench", "limit": 12},
+            "negative": {"dataset": "harmless", "limit": 12},
+            "layer": 1}},
+        evaluations={"reliability": False,
+                     "side_effects": {"prompts": {"dataset": "harmless"}, "n_prompts": 5}},
+    ))
+    out = tmp_path / "out"
+    Runner(config, out, progress=False, log=lambda _: None, model=tiny)()
+    records = read_records(out / "records.jsonl")
+    info = next(r for r in records if r["task"] == "experiment")
+    arm = next(r for r in records if r.get("task") == "arm" and r["arm"] == "caa|cond")
+    condition = Condition.load(out / "vectors" / "caa-cond.condition.safetensors")
+    assert arm["kind"] == "conditional" and arm["condition"] == condition.describe()
+    search = arm["threshold_search"]
+    assert (search["n_positive"], search["n_negative"]) == (4, 4) and 0 <= search["f1"] <= 1
+    assert max(row["f1"] for row in search["table"]) == search["f1"]
+    assert condition.meta.extra["n_positive"] == 8  # the other 8 of 12 gave the direction
+    chosen = select(records, "caa", info["val"])
+    for dataset in (info["val"], info["test"]):
+        gated = [r for r in records if r.get("arm") == "caa|cond" and r.get("dataset") == dataset]
+        assert len(gated) == (8 if dataset == info["val"] else 12)
+        assert {(r["multiplier"], tuple(r["layers"])) for r in gated} == {
+            (chosen.multiplier, tuple(chosen.layers))}
+        assert all(r["condition"] == condition.describe() for r in gated)
+    # Each item is scored either exactly as the method steers it or exactly unsteered.
+    steered = {r["item_id"]: r["logprobs"] for r in records if r.get("arm") == "caa"
+               and r.get("dataset") == info["test"] and r["multiplier"] == chosen.multiplier}
+    base = {r["item_id"]: r["logprobs"] for r in records if r.get("arm") == BASE
+            and r.get("dataset") == info["test"]}
+    assert all(steered[item] != base[item] for item in base)
+    for record in (r for r in records
+                   if r.get("arm") == "caa|cond" and r.get("dataset") == info["test"]):
+        assert record["logprobs"] in (steered[record["item_id"]], base[record["item_id"]])
+    assert "caa|cond" in [row.arm for row in headline(records).rows]
+    kl = [s for s in analyze(records).side_effects if s.metric.startswith("KL")]
+    assert sorted(s.condition_id or "-" for s in kl) == sorted(["-", condition.id])
+    text = experiment_report(out, records)[0].read_text()
+    assert "| caa\\|cond | conditional |" in text and "| harmless | caa\\|cond |" in text
+
+
+def test_conditional_config_errors(tmp_path):
+    data = write_pairs(tmp_path / "d.jsonl")
+    condition = {"positive": {"dataset": "advbench"}, "negative": {"dataset": "harmless"},
+                 "layer": 3}
+    with pytest.raises(ConfigError, match="conditional.method: no method named 'dpo'"):
+        parse_config(config_text(data, conditional={"method": "dpo", "condition": condition}))
+    with pytest.raises(ConfigError, match="conditional.condition.layer: 3 is above the steered "
+                                          "layer 1"):
+        parse_config(config_text(data, conditional={"method": "caa", "condition": condition}))
+    condition = {**condition, "layer": 1, "negative": {"dataset": "no-such-set"}}
+    with pytest.raises(ConfigError, match="conditional.condition.negative.dataset"):
+        parse_config(config_text(data, conditional={"method": "caa", "condition": condition}))

@@ -41,7 +41,8 @@ def test_slopes_and_summary_are_exact_on_known_lines():
     assert report.quantiles[0.5] == pytest.approx(np.median(values))
     assert report.anti_steerable == 0.25
     assert report.setting == {"task": "ab", "dataset": "toy", "arm": None, "vector_id": "v1", "layers": [3],
-                              "norm_ratio": None, "intervention": None, "composed_with": None}
+                              "norm_ratio": None, "intervention": None, "composed_with": None,
+                              "condition": None}
     assert "4 inputs" in str(report) and "anti-steerable 25%" in str(report)
 
 
