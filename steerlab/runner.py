@@ -51,8 +51,9 @@ class ExperimentData:
     """The test items' questions as asked in the source data (before any lettering)."""
 
 
-def _rows(spec: DataSpec, seed: int) -> list:
-    rows = load_dataset(spec.dataset, spec.split)
+def _rows(spec: DataSpec, seed: int, load: Callable[[str, str | None], list] = load_dataset) -> list:
+    """The rows ``load`` reads for ``spec``: a seeded sample of ``limit`` rows when given."""
+    rows = load(spec.dataset, spec.split)
     if spec.limit and spec.limit < len(rows):
         rows = seeded_split(rows, [spec.limit], seed)[0]
     if not rows:
@@ -61,16 +62,11 @@ def _rows(spec: DataSpec, seed: int) -> list:
 
 
 def _prompts(spec: DataSpec, seed: int) -> list[str]:
-    """The prompts of any dataset (:func:`~steerlab.openended.load_prompts`); a seeded sample of
-    ``limit`` when given."""
+    """The prompts of any dataset (:func:`~steerlab.openended.load_prompts`), sampled as
+    :func:`_rows` samples."""
     from steerlab.openended import load_prompts
 
-    texts = load_prompts(spec.dataset, spec.split)
-    if spec.limit and spec.limit < len(texts):
-        texts = seeded_split(texts, [spec.limit], seed)[0]
-    if not texts:
-        raise ValueError(f"{spec.label()}: no prompts")
-    return texts
+    return _rows(spec, seed, load_prompts)
 
 
 def load_experiment_data(config: ExperimentConfig) -> ExperimentData:
