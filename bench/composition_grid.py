@@ -51,7 +51,8 @@ def run(model, layer: int = LAYER, grid: tuple[float, ...] = GRID, norm_ratio: f
                                 progress=False)
     cells = grid_cells(records)
     results.mkdir(parents=True, exist_ok=True)
-    plot_grid(cells, results / "composition_grid.png")
+    plot_grid(cells, results / "composition_grid.png",
+              {vector.id: f"the {behaviour} vector" for behaviour, vector in vectors.items()})
     grids = {}
     for (_, dataset, _, _), members in by_grid(cells).items():
         rows, columns, matrix = grid_matrix(members)

@@ -13,7 +13,7 @@ back from records alone.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -248,8 +248,11 @@ def grid_table(cells: Sequence[GridCell]) -> list[str]:
     return lines
 
 
-def plot_grid(cells: Sequence[GridCell], path: str | Path) -> Path:
-    """One heat map per dataset (behaviour): its mean score over the two multipliers."""
+def plot_grid(
+    cells: Sequence[GridCell], path: str | Path, names: Mapping[str, str] | None = None
+) -> Path:
+    """One heat map per dataset (behaviour): its mean score over the two multipliers; ``names``
+    labels the axes by vector id (default: the ids)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -267,8 +270,8 @@ def plot_grid(cells: Sequence[GridCell], path: str | Path) -> Path:
             for j, value in enumerate(line):
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if value < 0.6 else "black")
-        ax.set_xlabel(f"multiplier of {second}")
-        ax.set_ylabel(f"multiplier of {first}")
+        ax.set_xlabel(f"multiplier of {(names or {}).get(second, second)}")
+        ax.set_ylabel(f"multiplier of {(names or {}).get(first, first)}")
         ax.set_title(f"{dataset} (n={members[0].n})")
         fig.colorbar(image, ax=ax, shrink=0.8, label="mean score")
     fig.tight_layout()
