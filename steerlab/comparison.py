@@ -189,10 +189,12 @@ def sample_efficiency(records: Sequence[Record], level: float = 0.9) -> list[Cur
     full method's selected setting) and k-shot arms (k examples)."""
     info = experiment_record(records)
     details = {r["arm"]: r for r in records if r.get("task") == ARM_TASK}
+    methods = {r["method"] for r in details.values() if r["kind"] == "subset"}
+    choices = {method: select(records, method, info["val"]) for method in methods}
     points = []
     for arm, record in details.items():
         if record["kind"] == "subset":
-            chosen = select(records, record["method"], info["val"])
+            chosen = choices[record["method"]]
             family, n, seed = record["method"], record["size"], record["seed"]
             rows = [r for r in _likelihood(records, info["test"], arm)
                     if float(r["multiplier"]) == chosen.multiplier and r.get("layers") == chosen.layers]

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from steerlab.comparison import ARM_TASK, BASE, COMPUTE_TASK, EXPERIMENT_TASK, select
+from steerlab.comparison import ARM_TASK, BASE, COMPUTE_TASK, EXPERIMENT_TASK, Selection, select
 from steerlab.compute import TokenLayerCounter
 from steerlab.data import MCItem, PreferencePair
 from steerlab.data import split as seeded_split
@@ -107,6 +107,7 @@ class Runner:
         self.data = load_experiment_data(config)
         self.vectors: dict[str, dict[int, SteeringVector]] = {}
         self.selected: dict[str, SteeringVector] = {}
+        self.choices: dict[str, Selection] = {}
         self.conditions: dict[str, Condition] = {}
         """The condition of each conditional arm (its vector is in :attr:`selected`)."""
         self.counter = TokenLayerCounter()
@@ -135,6 +136,12 @@ class Runner:
         return evaluate(model, items, sweeps, dataset=label, writer=writer,
                         batch_size=self.config.batch_size, progress=self.progress, arm=arm)
 
+    def _choice(self, writer: RecordWriter, arm: str) -> Selection:
+        """The arm's setting chosen on validation, selected once from the records and kept."""
+        if arm not in self.choices:
+            self.choices[arm] = select(writer.records(), arm, self.data.val_label)
+        return self.choices[arm]
+
     def _sweeps(self, vectors: dict[int, SteeringVector]) -> list[Sweep]:
         steering = self.config.steering
         return [Sweep(vector, steering.multipliers, [layer], steering.norm_ratio, steering.positions)
@@ -146,7 +153,7 @@ class Runner:
         the chosen layer's vector. A/B test sets are swept at every multiplier of the chosen
         layer (steerability needs the slope), multiple-choice ones only at the chosen one."""
         val = self._evaluate(writer, model, arm, self._sweeps(vectors), "val")
-        choice = select(val, arm, self.data.val_label)
+        choice = self.choices[arm] = select(val, arm, self.data.val_label)
         (layer,) = choice.layers or [min(vectors)]
         vector = vectors[layer]
         steering = self.config.steering
@@ -224,7 +231,7 @@ class Runner:
         self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "conditional",
                             "method": spec.method, "condition": condition.describe(),
                             **condition.meta.extra})
-        choice = select(writer.records(), spec.method, self.data.val_label)
+        choice = self._choice(writer, spec.method)
         steering = self.config.steering
         sweep = Sweep(vector, [choice.multiplier], vector.layers, steering.norm_ratio,
                       steering.positions, condition=condition)
@@ -308,7 +315,7 @@ class Runner:
         if spec is None:
             return
         method = self.config.methods[spec.method]
-        choice = select(writer.records(), spec.method, self.data.val_label)
+        choice = self._choice(writer, spec.method)
         (layer,) = choice.layers
         steering = self.config.steering
         for seed in spec.seeds:
@@ -350,10 +357,9 @@ class Runner:
         if spec.prompts:
             prompts = {spec.prompts.label():
                        _prompts(spec.prompts, self.config.seed)[: spec.n_prompts]}
-        records = writer.records()
         steering = self.config.steering
         for name, vector in self.selected.items():
-            choice = select(records, name, self.data.val_label)
+            choice = self._choice(writer, name)
             side_effect_records(self.model, Sweep(vector, [choice.multiplier], vector.layers,
                                                   steering.norm_ratio, steering.positions,
                                                   condition=self.conditions.get(name)),
@@ -376,10 +382,9 @@ class Runner:
                                  "use them all)")
         if spec.questions.limit and spec.questions.limit < len(questions):
             questions = seeded_split(questions, [spec.questions.limit], self.config.seed)[0]
-        records = writer.records()
         steering = self.config.steering
         arms = [Arm(BASE)] + [
-            Arm(name, vector, select(records, name, self.data.val_label).multiplier, vector.layers,
+            Arm(name, vector, self._choice(writer, name).multiplier, vector.layers,
                 steering.norm_ratio, steering.positions, condition=self.conditions.get(name))
             for name, vector in self.selected.items()
         ]
