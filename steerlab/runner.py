@@ -100,6 +100,7 @@ class Runner:
     def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True,
                  log: Callable[[str], None] = print, model: ModelHandle | None = None) -> None:
         self.config = config
+        _check_same_config(Path(run_dir), config)
         self.run = RunDir.open(run_dir, "run", config.model_dump())
         self.progress = progress
         self.log = log
@@ -431,6 +432,27 @@ class Runner:
         work(writer)
         writer.write({"task": COMPUTE_TASK, "stage": stage, "seconds": time.perf_counter() - started,
                       "token_layers": self.counter.count - count, "invocation": self.invocation})
+
+
+def _check_same_config(run_dir: Path, config: ExperimentConfig) -> None:
+    """Refuse to resume a run directory started with another config: its records would be
+    mixed with the new config's, and the report would show the old config as the one run."""
+    records = RunDir(run_dir).records() if run_dir.is_dir() else []
+    started = next((r["config"] for r in records if r.get("task") == EXPERIMENT_TASK), None)
+    if started is None:
+        return
+    changed = _changed_keys(started, json.loads(json.dumps(config.model_dump())))
+    if changed:
+        raise ValueError(f"{run_dir} holds a run of a different config (changed: {', '.join(changed)}); "
+                         "rerun it with the config it was started with, or give a new --out")
+
+
+def _changed_keys(old: Any, new: Any, path: str = "") -> list[str]:
+    """Dotted key paths where two JSON-like values differ (a whole value where a type differs)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [found for key in sorted({*old, *new}, key=str)
+                for found in _changed_keys(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))]
+    return [] if old == new else [path or "(the whole config)"]
 
 
 def versions() -> dict[str, str]:

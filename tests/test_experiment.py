@@ -208,6 +208,15 @@ def test_rerun_resumes_without_new_records(toy_run):
     assert sum(r["token_layers"] for r in added) == 0  # nothing was computed again
 
 
+def test_rerun_with_another_config_is_refused_before_any_work(toy_run):
+    config, out, tiny = toy_run
+    before = {p.name: p.read_text() for p in (out / "records.jsonl", out / "commands.jsonl")}
+    changed = config.model_copy(update={"steering": config.steering.model_copy(update={"multipliers": [-4.0, 4.0]})})
+    with pytest.raises(ValueError, match=r"different config \(changed: steering\.multipliers\); .*new --out"):
+        Runner(changed, out, progress=False, log=lambda _: None, model=tiny)
+    assert {p.name: p.read_text() for p in (out / "records.jsonl", out / "commands.jsonl")} == before
+
+
 def test_compute_accounting_counts_less_than_per_choice_full_passes(toy_run):
     from steerlab.compute import naive_token_layers
 
