@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,6 +20,18 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def _interruptible() -> None:
+    """Make SIGTERM (``kill``, a scheduler, a closing session) and SIGINT — which a shell's
+    background job ignores — raise KeyboardInterrupt, so every command's Ctrl-C path keeps
+    what it has written."""
+    if threading.current_thread() is threading.main_thread():  # (an embedding app's thread may call us)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 vector_app = typer.Typer(help="Inspect saved steering vectors; export them to llama.cpp and back.", no_args_is_help=True)
 app.add_typer(vector_app, name="vector")
 console = Console()

@@ -427,11 +427,16 @@ class Runner:
 
     def _timed(self, writer: RecordWriter, stage: str, work: Callable[[RecordWriter], None]) -> None:
         """Run one stage and record its wall time and token-layers (one record per invocation,
-        so a resumed run's totals add up every invocation's work)."""
-        count, started = self.counter.count, time.perf_counter()
-        work(writer)
-        writer.write({"task": COMPUTE_TASK, "stage": stage, "seconds": time.perf_counter() - started,
-                      "token_layers": self.counter.count - count, "invocation": self.invocation})
+        so a resumed run's totals add up every invocation's work; an interrupted stage's record
+        says so and keeps the time it had spent)."""
+        count, started, finished = self.counter.count, time.perf_counter(), False
+        try:
+            work(writer)
+            finished = True
+        finally:
+            writer.write({"task": COMPUTE_TASK, "stage": stage, "seconds": time.perf_counter() - started,
+                          "token_layers": self.counter.count - count, "invocation": self.invocation,
+                          **({} if finished else {"interrupted": True})})
 
 
 def _check_same_config(run_dir: Path, config: ExperimentConfig) -> None:

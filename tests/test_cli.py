@@ -138,3 +138,20 @@ def test_baseline_shots_prints_the_context_cut(model_dir, pairs_file):
     assert "context 256 tokens" in result.output and "cut at k=" in result.output
     result = invoke("baseline", "shots", "--model", model_dir, "--data", pairs_file, "--ks", "9")
     assert result.exit_code == 1 and "9-shot prompting needs 9 training pairs, only 8" in result.output
+
+
+def test_sigterm_and_a_background_jobs_ignored_sigint_interrupt_like_ctrl_c():
+    import os
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a shell gives a job started with `&`
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        assert CliRunner().invoke(app, ["data", "list"]).exit_code == 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), sig)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -217,6 +217,21 @@ def test_rerun_with_another_config_is_refused_before_any_work(toy_run):
     assert {p.name: p.read_text() for p in (out / "records.jsonl", out / "commands.jsonl")} == before
 
 
+def test_an_interrupted_stage_still_records_the_time_it_spent(tmp_path, tiny):
+    runner = Runner(parse_config(config_text(write_pairs(tmp_path / "toy.jsonl"))), tmp_path / "out",
+                    progress=False, log=lambda _: None, model=tiny)
+
+    def stage(writer):
+        runner.unsteered(writer)  # some work, then the interruption
+        raise KeyboardInterrupt
+
+    with runner.run.writer() as writer, pytest.raises(KeyboardInterrupt):
+        runner._timed(writer, "unsteered", stage)
+    (record,) = [r for r in read_records(tmp_path / "out" / "records.jsonl") if r["task"] == "compute"]
+    assert record["stage"] == "unsteered" and record["interrupted"] is True
+    assert record["seconds"] > 0 and record["token_layers"] > 0
+
+
 def test_compute_accounting_counts_less_than_per_choice_full_passes(toy_run):
     from steerlab.compute import naive_token_layers
 
