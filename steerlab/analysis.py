@@ -18,7 +18,7 @@ from steerlab.judges import HeadToHead, RatingSummary, summarize_head_to_head, s
 from steerlab.records import Record, summarize
 from steerlab.refusal import RefusalRate, summarize_refusals
 from steerlab.reliability import SETTING_KEYS, Steerability, plot_steerability, steerability
-from steerlab.side_effects import SideEffect, side_effects_table
+from steerlab.side_effects import SideEffect, capability_records, side_effects_table
 
 
 @dataclass
@@ -48,7 +48,7 @@ def analyze(records: list[Record]) -> Analysis:
     """Recompute every table from ``records`` (as read from a run's ``records.jsonl``)."""
     likelihood = [r for r in records if r.get("task") in ("ab", "mc") and not is_grid_record(r)]
     with_baseline = [r for r in records if r.get("task") in ("perplexity", "kl")]
-    capability = [r for r in likelihood if r["task"] == "mc" and r.get("vector_id")]
+    capability = capability_records(likelihood)
     return Analysis(
         sweep=summarize(likelihood),
         composition=grid_cells(records),

@@ -187,6 +187,14 @@ def _by_setting(records: Sequence[Record], task: str) -> dict[tuple, dict[float,
     return groups
 
 
+def capability_records(records: Sequence[Record]) -> list[Record]:
+    """The steered ``mc`` records that measure capability: settings carrying their own
+    multiplier-0 records, as :func:`side_effect_records` writes them. A steered sweep of a
+    multiple-choice *target* task (its unsteered records under no vector) is not one."""
+    groups = _by_setting([r for r in records if r.get("vector_id") is not None], "mc")
+    return [r for by_m in groups.values() if 0.0 in by_m for rs in by_m.values() for r in rs]
+
+
 def _paired_values(base: list[Record], steered: list[Record]) -> list[tuple[Record, Record]]:
     """(unsteered, steered) records of each steered item; every one needs its unsteered twin."""
     by_id = {r["item_id"]: r for r in base}

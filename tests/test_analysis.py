@@ -35,3 +35,17 @@ def test_run_dir_records_and_analysis_from_records_alone(tiny, tmp_path):
     assert (run.path / "sweep.png").exists() and (run.path / "steerability-0.png").exists()
     assert write_analysis(run.path, run.records()).read_text() == text  # recomputed, same result
     assert len((run.path / "commands.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_steered_multiple_choice_target_task_is_not_taken_for_a_capability_measurement(tiny):
+    """A run whose target task is multiple choice (TruthfulQA MC1) sweeps the vector at nonzero
+    multipliers with its unsteered records under no vector; analysis used to read those as
+    capability records and fail for want of a multiplier-0 baseline."""
+    direction = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(1))
+    vector = SteeringVector({2: direction}, meta_for(tiny, "random"))
+    records = evaluate_mc(tiny, ITEMS, Sweep(), dataset="target", progress=False)
+    records += evaluate_mc(tiny, ITEMS, Sweep(vector, [-2.0, 2.0]), dataset="target", progress=False)
+    records += side_effect_records(tiny, Sweep(vector, [2.0]), capability={"gk": ITEMS}, progress=False)
+    found = analyze(records)
+    assert [(s.dataset, s.multiplier) for s in found.side_effects] == [("gk", 2.0)]
+    assert {(r["dataset"], r["multiplier"]) for r in found.sweep} >= {("target", -2.0), ("target", 2.0)}
