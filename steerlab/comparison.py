@@ -185,8 +185,9 @@ class CurvePoint:
 
 
 def sample_efficiency(records: Sequence[Record], level: float = 0.9) -> list[CurvePoint]:
-    """Test accuracy against the number of training examples: subset arms of a method (at the
-    full method's selected setting) and k-shot arms (k examples)."""
+    """Test accuracy against the number of training examples: subset arms of a method and the
+    method's own arm on every training pair (all at the full method's selected setting), and
+    k-shot arms (k examples)."""
     info = experiment_record(records)
     details = {r["arm"]: r for r in records if r.get("task") == ARM_TASK}
     methods = {r["method"] for r in details.values() if r["kind"] == "subset"}
@@ -194,15 +195,17 @@ def sample_efficiency(records: Sequence[Record], level: float = 0.9) -> list[Cur
     points = []
     for arm, record in details.items():
         if record["kind"] == "subset":
-            chosen = choices[record["method"]]
             family, n, seed = record["method"], record["size"], record["seed"]
-            rows = [r for r in _likelihood(records, info["test"], arm)
-                    if float(r["multiplier"]) == chosen.multiplier and r.get("layers") == chosen.layers]
+        elif arm in methods:
+            family, n, seed = arm, info["train_n"], info["config"]["seed"]
         elif record["kind"] == "prompting" and record.get("shots"):
             family, n, seed = "k-shot", record["shots"], None
-            rows = _likelihood(records, info["test"], arm)
         else:
             continue
+        rows = _likelihood(records, info["test"], arm)
+        if family in choices:
+            chosen = choices[family]
+            rows = [r for r in rows if float(r["multiplier"]) == chosen.multiplier and r.get("layers") == chosen.layers]
         if rows:
             outcomes = [bool(r["correct"]) for r in rows]
             points.append(CurvePoint(family, n, seed, wilson_interval(sum(outcomes), len(outcomes), level)))

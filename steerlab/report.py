@@ -199,15 +199,20 @@ def _setting(selection: Any) -> str:
 
 
 def sample_efficiency_plot(points: list, reference: float | None, path: Path) -> Path:
-    """Test accuracy against the number of examples, one line per family, 90% intervals."""
+    """Test accuracy against the number of examples: every point with its 90% interval, one
+    line per family through the mean over seeds at each size."""
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for family in dict.fromkeys(p.family for p in points):
         series = sorted((p for p in points if p.family == family), key=lambda p: p.n)
-        ns = [p.n for p in series]
-        means = [p.accuracy.estimate for p in series]
-        errors = [[m - p.accuracy.lower for m, p in zip(means, series)],
-                  [p.accuracy.upper - m for m, p in zip(means, series)]]
-        ax.errorbar(ns, means, yerr=errors, marker="o", capsize=3, label=family)
+        estimates = [p.accuracy.estimate for p in series]
+        errors = [[e - p.accuracy.lower for e, p in zip(estimates, series)],
+                  [p.accuracy.upper - e for e, p in zip(estimates, series)]]
+        line = ax.errorbar([p.n for p in series], estimates, yerr=errors, marker="o", ls="none",
+                           capsize=3, alpha=0.6)
+        sizes = sorted({p.n for p in series})
+        means = [sum(e for e, p in zip(estimates, series) if p.n == n) / sum(p.n == n for p in series)
+                 for n in sizes]
+        ax.plot(sizes, means, color=line.lines[0].get_color(), label=family)
     if reference is not None:
         ax.axhline(reference, color="grey", ls=":", label="unsteered")
     ax.set_xscale("log", base=2)

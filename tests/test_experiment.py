@@ -192,7 +192,7 @@ def test_sample_efficiency_points_from_subset_and_kshot_arms(toy_run):
     _, out, _ = toy_run
     points = sample_efficiency(read_records(out / "records.jsonl"))
     assert [(p.family, p.n, p.seed) for p in points] == [
-        ("caa", 2, 0), ("caa", 2, 1), ("caa", 8, 0), ("caa", 8, 1),
+        ("caa", 2, 0), ("caa", 2, 1), ("caa", 8, 0), ("caa", 8, 1), ("caa", 16, 0),  # all 16 pairs
         ("k-shot", 1, None), ("k-shot", 2, None), ("k-shot", 4, None)]
     assert all(p.accuracy.n == 12 for p in points)
 
