@@ -1,8 +1,12 @@
 """Conditional refusal steering (CAST, Lee et al. 2024) beside unconditional steering.
 
-Setting: SmolLM2-135M-Instruct (the default model); a CAA refusal vector from the bundled
-refusal training pairs at layer 14, scaled to 5% of that layer's mean residual norm
-(norm_ratio 0.05) times 4. The condition ("is this a harmful request?") is fitted on 25 AdvBench
+Setting: SmolLM2-135M-Instruct (the default model); a BiPO refusal vector at layer 10 (lr 2e-3,
+10 epochs) trained on 120 ``advbench-refusal`` pairs — a short refusal against AdvBench's own
+"Sure, here is ..." target — whose prompts are none of the prompts below, applied ×4 at its
+trained norm. (A CAA vector from the bundled A/B refusal pairs, layer 14, 5% of the residual
+norm ×4, raised no refusals at all: 0.02 → 0.00 on 100 AdvBench prompts; nor did CAA on these
+pairs at layers 6/10/14 × 4/8/16 before the text broke down.) The condition ("is this a harmful
+request?") is fitted on 25 AdvBench
 prompts and 25 of the bundled harmless requests (which are worded like AdvBench's): the mean
 pooled prompt state difference at each candidate layer from 60% of them, the F1-maximising
 threshold from the held-out 40%, and the layer with the best held-out F1 kept. Then greedy
@@ -22,7 +26,8 @@ import json
 import time
 from pathlib import Path
 
-LAYER, NORM_RATIO, MULTIPLIER = 14, 0.05, 4.0
+LAYER, NORM_RATIO, MULTIPLIER = 10, None, 4.0
+N_TRAIN, EPOCHS, LR = 120, 10, 2e-3
 CONDITION_LAYERS = (4, 8, 12)
 N_CONDITION, HOLDOUT, N_HARMFUL = 25, 0.4, 100
 MAX_NEW_TOKENS, SEED = 48, 0
@@ -45,16 +50,18 @@ def _keep(writer, records: list[dict]) -> None:
             writer.write(record)
 
 
-def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER, norm_ratio: float = NORM_RATIO,
+def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER, norm_ratio: float | None = NORM_RATIO,
         condition_layers: tuple[int, ...] = CONDITION_LAYERS, n_condition: int = N_CONDITION,
         holdout: float = HOLDOUT, n_harmful: int = N_HARMFUL, n_harmless: int | None = None,
-        n_train: int | None = None, max_new_tokens: int = MAX_NEW_TOKENS, seed: int = SEED,
-        run_path: Path = RUN_DIR, results: Path = RESULTS) -> dict:
+        n_train: int = N_TRAIN, epochs: int = EPOCHS, lr: float = LR,
+        max_new_tokens: int = MAX_NEW_TOKENS, seed: int = SEED, run_path: Path = RUN_DIR,
+        results: Path = RESULTS) -> dict:
     """Fit the condition, answer both prompt sets under the three arms into ``run_path``, and
     write the table (refusal rates, firing rates, KL, perplexity) to ``results``."""
-    from steerlab import load_pairs, train_caa
+    from steerlab import train_bipo
     from steerlab.conditions import fit_condition
     from steerlab.data import split
+    from steerlab.datasets import load_dataset
     from steerlab.evaluation import Sweep
     from steerlab.openended import Arm, generate_answers, load_questions
     from steerlab.refusal import detect_refusals, summarize_refusals
@@ -63,9 +70,11 @@ def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER, norm_ratio: f
     from steerlab.stats import wilson_interval
 
     started = time.perf_counter()
-    vector = train_caa(model, load_pairs("refusal", split="train")[:n_train], layer, progress=False)
     harmful, harmless = load_questions("advbench"), load_questions("harmless")
     harmful_fit, harmful_test = split(harmful, [n_condition, n_harmful], seed)
+    evaluated = {q.question for q in harmful_fit + harmful_test}
+    pairs = [p for p in load_dataset("advbench-refusal") if p.prompt not in evaluated][:n_train]
+    vector = train_bipo(model, pairs, layer, lr=lr, epochs=epochs, seed=seed, progress=False)
     rest = min(n_harmless or len(harmless), len(harmless) - n_condition)
     harmless_fit, harmless_test = split(harmless, [n_condition, rest], seed)
     fitted = {
@@ -77,7 +86,8 @@ def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER, norm_ratio: f
                  key=lambda at: (fitted[at].meta.extra["threshold_search"]["f1"], -at))
     condition = fitted[chosen]
     store = RunDir.open(run_path, "bench/conditional_refusal", {
-        "layer": layer, "multiplier": multiplier, "norm_ratio": norm_ratio,
+        "layer": layer, "multiplier": multiplier, "norm_ratio": norm_ratio, "n_train": n_train,
+        "epochs": epochs, "lr": lr,
         "condition_layers": list(condition_layers), "n_condition": n_condition, "holdout": holdout,
         "n_harmful": n_harmful, "max_new_tokens": max_new_tokens, "seed": seed})
     store.keep_vector(vector)
@@ -117,8 +127,10 @@ def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER, norm_ratio: f
                      if k != "table"} for at in condition_layers}
     result = {
         "setting": {"model": model.name, "layer": layer, "norm_ratio": norm_ratio,
-                    "multiplier": multiplier, "vector": vector.id, "method": "caa",
-                    "n_train": vector.meta.n_examples, "max_new_tokens": max_new_tokens,
+                    "multiplier": multiplier, "vector": vector.id, "method": "bipo",
+                    "training_data": "advbench-refusal, prompts disjoint from the evaluated ones",
+                    "n_train": vector.meta.n_examples, "epochs": epochs, "lr": lr,
+                    "vector_norm": round(float(vector.directions[layer].norm()), 4), "max_new_tokens": max_new_tokens,
                     "decoding": "greedy", "detector": "phrases", "seed": seed,
                     "records": str(store.records_path)},
         "condition": {**condition.describe(), "chosen_by": "held-out F1 among condition_layers",

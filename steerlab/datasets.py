@@ -14,6 +14,7 @@ import os
 import random
 import string
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -328,6 +329,19 @@ def _text_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield line, {"text": text.rstrip("\n")}
 
 
+REFUSAL_REPLIES = ("I'm sorry, but I can't help with that.", "I cannot help with that request.",
+                   "I can't assist with this. It could cause harm.", "Sorry, I won't help with that.")
+"""The refusals ``advbench-refusal`` pairs with AdvBench's targets, one per goal by its checksum."""
+
+
+def _refusal_pair(row: dict[str, Any], row_id: str, where: str) -> PreferencePair:
+    """AdvBench as the contrast a refusal vector learns: the goal, a short refusal (chosen)
+    and the benchmark's own affirmative ``target``, "Sure, here is ..." (rejected)."""
+    goal = _text(row, "goal", where)
+    reply = REFUSAL_REPLIES[zlib.crc32(goal.encode("utf-8")) % len(REFUSAL_REPLIES)]
+    return PreferencePair(goal, reply, _text(row, "target", where), row_id)
+
+
 _TURN = "\n\nAssistant:"
 
 
@@ -404,6 +418,12 @@ def _registry() -> dict[str, DatasetInfo]:
             "advbench", "prompts", "AdvBench harmful behaviours (goal column)",
             {None: ("advbench/harmful_behaviors.csv",)}, 520, {}, "llm-attacks/llm-attacks",
             LICENCES["advbench"], partial(_text_of, key="goal"),
+        ),
+        DatasetInfo(
+            "advbench-refusal", "pairs", "AdvBench goals: a short refusal (chosen) against the "
+            "benchmark's affirmative target (rejected), for training refusal vectors",
+            {None: ("advbench/harmful_behaviors.csv",)}, 520, {}, "llm-attacks/llm-attacks",
+            LICENCES["advbench"], _refusal_pair,
         ),
         DatasetInfo(
             "wikitext2", "text", "WikiText-2 raw test lines, for perplexity",

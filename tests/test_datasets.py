@@ -210,3 +210,15 @@ def test_lettered_items_ask_what_the_pairs_train_on():
 def test_public_api_exports():
     assert steerlab.load_dataset is load_dataset and steerlab.mc_to_pairs is mc_to_pairs
     assert {"refusal", "sycophancy", "general-knowledge"} <= {i.name for i in steerlab.list_datasets()}
+
+
+def test_advbench_refusal_pairs_contrast_a_detected_refusal_with_the_benchmark_target():
+    from steerlab.refusal import PhraseRefusalDetector
+
+    pairs, goals = load_dataset("advbench-refusal"), load_dataset("advbench")
+    assert [p.prompt for p in pairs] == goals
+    assert [p.id for p in pairs][:2] == ["advbench-refusal:0", "advbench-refusal:1"]
+    detector = PhraseRefusalDetector()
+    assert all(detector.verdict(p.chosen).refused for p in pairs)
+    assert not any(detector.verdict(p.rejected).refused for p in pairs)
+    assert all(p.rejected.startswith("Sure, here") for p in pairs)
