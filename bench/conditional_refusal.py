@@ -68,13 +68,11 @@ def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER, norm_ratio: f
     from steerlab.runs import RunDir
     from steerlab.side_effects import kl_records, perplexity_records, side_effects_table
     from steerlab.stats import wilson_interval
+    from steerlab.vectors import SteeringVector
 
     started = time.perf_counter()
     harmful, harmless = load_questions("advbench"), load_questions("harmless")
     harmful_fit, harmful_test = split(harmful, [n_condition, n_harmful], seed)
-    evaluated = {q.question for q in harmful_fit + harmful_test}
-    pairs = [p for p in load_dataset("advbench-refusal") if p.prompt not in evaluated][:n_train]
-    vector = train_bipo(model, pairs, layer, lr=lr, epochs=epochs, seed=seed, progress=False)
     rest = min(n_harmless or len(harmless), len(harmless) - n_condition)
     harmless_fit, harmless_test = split(harmless, [n_condition, rest], seed)
     fitted = {
@@ -90,6 +88,12 @@ def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER, norm_ratio: f
         "epochs": epochs, "lr": lr,
         "condition_layers": list(condition_layers), "n_condition": n_condition, "holdout": holdout,
         "n_harmful": n_harmful, "max_new_tokens": max_new_tokens, "seed": seed})
+    trained = store.path / "vectors" / "refusal-bipo.safetensors"  # a rerun does not retrain
+    if not trained.exists():
+        evaluated = {q.question for q in harmful_fit + harmful_test}
+        pairs = [p for p in load_dataset("advbench-refusal") if p.prompt not in evaluated][:n_train]
+        train_bipo(model, pairs, layer, lr=lr, epochs=epochs, seed=seed, progress=False).save(trained)
+    vector = SteeringVector.load(trained)
     store.keep_vector(vector)
     condition.save(store.path / "vectors" / f"condition-{condition.id}.safetensors")
     label = f"steered{multiplier:+g}"

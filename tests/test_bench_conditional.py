@@ -4,12 +4,13 @@ import importlib.util
 import json
 from pathlib import Path
 
+import steerlab
 from steerlab.records import read_records
 
 BENCH = Path(__file__).parent.parent / "bench" / "conditional_refusal.py"
 
 
-def test_conditional_refusal_bench_on_a_tiny_model(tiny, tmp_path):
+def test_conditional_refusal_bench_on_a_tiny_model(tiny, tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("conditional_refusal", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -46,5 +47,9 @@ def test_conditional_refusal_bench_on_a_tiny_model(tiny, tmp_path):
     for (arm, item), answer in answers.items():
         if arm == "steered+3|cond":
             assert answer in (answers[("steered+3", item)], answers[("unsteered", item)])
-    bench.run(tiny, **options)
+    def no_training(*args, **kwargs):
+        raise AssertionError("a rerun must reuse the stored vector, not train again")
+
+    monkeypatch.setattr(steerlab, "train_bipo", no_training, raising=False)
+    assert bench.run(tiny, **options)["setting"]["vector"] == result["setting"]["vector"]
     assert len(read_records(tmp_path / "run" / "records.jsonl")) == len(records)
