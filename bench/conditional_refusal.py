@@ -50,7 +50,8 @@ def _keep(writer, records: list[dict]) -> None:
             writer.write(record)
 
 
-def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER, norm_ratio: float | None = NORM_RATIO,
+def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER,
+        norm_ratio: float | None = NORM_RATIO,
         condition_layers: tuple[int, ...] = CONDITION_LAYERS, n_condition: int = N_CONDITION,
         holdout: float = HOLDOUT, n_harmful: int = N_HARMFUL, n_harmless: int | None = None,
         n_train: int = N_TRAIN, epochs: int = EPOCHS, lr: float = LR,
@@ -93,8 +94,7 @@ def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER, norm_ratio: f
         evaluated = {q.question for q in harmful_fit + harmful_test}
         pairs = [p for p in load_dataset("advbench-refusal") if p.prompt not in evaluated][:n_train]
         train_bipo(model, pairs, layer, lr=lr, epochs=epochs, seed=seed, progress=False).save(trained)
-    vector = SteeringVector.load(trained)
-    store.keep_vector(vector)
+    vector = SteeringVector.load(trained)  # its id, which the records name, is in its metadata
     condition.save(store.path / "vectors" / f"condition-{condition.id}.safetensors")
     label = f"steered{multiplier:+g}"
     arms = [Arm("unsteered"), Arm(label, vector, multiplier, [layer], norm_ratio),
@@ -134,7 +134,8 @@ def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER, norm_ratio: f
                     "multiplier": multiplier, "vector": vector.id, "method": "bipo",
                     "training_data": "advbench-refusal, prompts disjoint from the evaluated ones",
                     "n_train": vector.meta.n_examples, "epochs": epochs, "lr": lr,
-                    "vector_norm": round(float(vector.directions[layer].norm()), 4), "max_new_tokens": max_new_tokens,
+                    "vector_norm": round(float(vector.directions[layer].norm()), 4),
+                    "max_new_tokens": max_new_tokens,
                     "decoding": "greedy", "detector": "phrases", "seed": seed,
                     "records": str(store.records_path)},
         "condition": {**condition.describe(), "chosen_by": "held-out F1 among condition_layers",

@@ -7,8 +7,10 @@ said to be so, never smoothed over.
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import matplotlib
@@ -209,10 +211,11 @@ def sample_efficiency_plot(points: list, reference: float | None, path: Path) ->
                   [p.accuracy.upper - e for e, p in zip(estimates, series)]]
         line = ax.errorbar([p.n for p in series], estimates, yerr=errors, marker="o", ls="none",
                            capsize=3, alpha=0.6)
-        sizes = sorted({p.n for p in series})
-        means = [sum(e for e, p in zip(estimates, series) if p.n == n) / sum(p.n == n for p in series)
-                 for n in sizes]
-        ax.plot(sizes, means, color=line.lines[0].get_color(), label=family)
+        by_size: dict[int, list[float]] = defaultdict(list)  # sizes ascending, as the series
+        for p in series:
+            by_size[p.n].append(p.accuracy.estimate)
+        ax.plot(list(by_size), [fmean(v) for v in by_size.values()], color=line.lines[0].get_color(),
+                label=family)
     if reference is not None:
         ax.axhline(reference, color="grey", ls=":", label="unsteered")
     ax.set_xscale("log", base=2)
