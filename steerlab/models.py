@@ -8,15 +8,18 @@ safetensors so later loads are fast.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -61,6 +64,17 @@ class ModelHandle:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def cache_keyword(self) -> str:
+        """The name this model's forward takes and returns its KV cache under: ``cache`` from
+        transformers 5.24 on, ``past_key_values`` before (the old name then warns)."""
+        parameters = inspect.signature(self.model.forward).parameters
+        for name in ("cache", "past_key_values"):
+            if name in parameters:
+                return name
+        raise ValueError(f"{type(self.model).__name__}.forward takes no KV cache argument "
+                         "('cache' or 'past_key_values')")
 
     @property
     def has_chat_template(self) -> bool:
@@ -173,11 +187,13 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _dequantised_dir(gguf: Path) -> Path:
-    """Dequantise a GGUF file once into a safetensors directory in the cache; return it."""
-    target = cache_dir() / "dequantised" / f"{gguf.stem}-{_file_digest(gguf)}"
-    if (target / "config.json").exists():
-        return target
+CACHE_FORMAT = f"transformers{transformers.__version__.split('.')[0]}"
+"""What a dequantised cache's readability depends on: transformers 5 saves tokenizers under a
+class 4.x does not know (``TokenizersBackend``), so each major version keeps its own copy."""
+
+
+def _dequantise(gguf: Path, target: Path) -> None:
+    """Write a GGUF file's weights (dequantised to float32) and tokenizer into ``target``."""
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
     )
@@ -186,12 +202,26 @@ def _dequantised_dir(gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def _dequantised_dir(gguf: Path, rebuild: bool = False) -> Path:
+    """Dequantise a GGUF file once into a safetensors directory in the cache; return it.
+
+    The directory is keyed by the file's content and :data:`CACHE_FORMAT`; ``rebuild`` discards
+    an existing copy (one that no longer loads) and writes it afresh.
+    """
+    target = cache_dir() / "dequantised" / f"{gguf.stem}-{_file_digest(gguf)}-{CACHE_FORMAT}"
+    if rebuild:
+        shutil.rmtree(target, ignore_errors=True)
+    if (target / "config.json").exists():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write into a temporary directory and rename, so an interrupted write leaves no half cache.
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        _dequantise(gguf, staging)
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -199,15 +229,24 @@ def _dequantised_dir(gguf: Path) -> Path:
     return target
 
 
+def _gguf_file(spec: str) -> Path | None:
+    """The GGUF file a spec names (a built-in model's, or a ``.gguf`` path); None otherwise."""
+    if spec in BUILTIN_MODELS:
+        return BUILTIN_MODELS[spec].gguf_path()
+    path = Path(spec).expanduser()
+    if path.suffix != ".gguf":
+        return None
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {path}")
+    return path.resolve()
+
+
 def resolve_spec(spec: str) -> Path | str:
     """Map a model spec to a local directory (dequantising GGUF files) or leave a hub id."""
-    if spec in BUILTIN_MODELS:
-        return _dequantised_dir(BUILTIN_MODELS[spec].gguf_path())
+    gguf = _gguf_file(spec)
+    if gguf is not None:
+        return _dequantised_dir(gguf)
     path = Path(spec).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF file not found: {path}")
-        return _dequantised_dir(path.resolve())
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelLoadError(f"{path} is a directory without config.json, not a model")
@@ -215,6 +254,28 @@ def resolve_spec(spec: str) -> Path | str:
     if path.exists() or spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"'{spec}' is neither a model directory nor a .gguf file")
     return spec
+
+
+def _load(source: Path | str, dtype: torch.dtype | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Tokenizer and model from a local directory, the HF cache, or (where reachable) the hub."""
+    online = not isinstance(source, Path) and hub_reachable()
+    # Local files first (a directory, or a hub id already in the HF cache): no network.
+    local_only = {"local_files_only": True}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **local_only)
+    except OSError:
+        if not online:
+            raise
+        local_only = {}
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+    hf_logging.disable_progress_bar()  # a cached load takes a second; no bar needed
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source), dtype=dtype or torch.float32, **local_only
+        )
+    finally:
+        hf_logging.enable_progress_bar()
+    return model, tokenizer
 
 
 def load_model(
@@ -225,32 +286,28 @@ def load_model(
     """Load a causal LM by built-in name, local directory, ``.gguf`` file or hub id.
 
     Built-in names: see :data:`BUILTIN_MODELS`. The model is put in eval mode with gradients
-    off for its parameters (steering trains vectors, never weights).
+    off for its parameters (steering trains vectors, never weights). A dequantised GGUF cache
+    that no longer loads (damaged, or written in a form this transformers cannot read) is
+    rebuilt once, never left to fail.
     """
     source = resolve_spec(spec)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    online = not isinstance(source, Path) and hub_reachable()
     try:
-        # Local files first (a directory, or a hub id already in the HF cache): no network.
-        local_only = {"local_files_only": True}
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(source), **local_only)
-        except OSError:
-            if not online:
+            model, tokenizer = _load(source, dtype)
+        except (OSError, ValueError) as err:
+            gguf = _gguf_file(spec)
+            if gguf is None:
                 raise
-            local_only = {}
-            tokenizer = AutoTokenizer.from_pretrained(str(source))
-        hf_logging.disable_progress_bar()  # a cached load takes a second; no bar needed
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(source), dtype=dtype or torch.float32, **local_only
-            )
-        finally:
-            hf_logging.enable_progress_bar()
+            warnings.warn(f"the dequantised cache {source} does not load ({err}); rebuilding it",
+                          stacklevel=2)
+            source = _dequantised_dir(gguf, rebuild=True)
+            model, tokenizer = _load(source, dtype)
     except (OSError, ValueError) as err:
         if isinstance(source, Path):
             raise ModelLoadError(f"could not load model from {source}: {err}") from err
+        online = hub_reachable()
         raise ModelLoadError(
             f"could not load '{spec}': it is not a built-in name ({', '.join(BUILTIN_MODELS)}), "
             f"a local directory or a .gguf file, and as a Hugging Face hub id it could not be "

@@ -107,7 +107,7 @@ def _prefix_inputs(model: ModelHandle, batch: Batch, prefix: tuple[int, ...], ca
     past.batch_repeat_interleave(rows)
     ones = torch.ones((rows, len(prefix)), dtype=batch.attention_mask.dtype, device=batch.input_ids.device)
     return {"input_ids": batch.input_ids, "attention_mask": torch.cat([ones, batch.attention_mask], dim=1),
-            "position_ids": batch.position_ids + len(prefix), "past_key_values": past}
+            "position_ids": batch.position_ids + len(prefix), model.cache_keyword: past}
 
 
 @torch.no_grad()
@@ -166,7 +166,7 @@ def score_settings(
     for setting in settings if prefix else []:
         with setting():
             ids = torch.tensor([prefix], device=model.device)
-            caches.append(model.model(input_ids=ids, use_cache=True).past_key_values)
+            caches.append(model.model(input_ids=ids, use_cache=True)[model.cache_keyword])
     suffixes = [TokenSequence(seq.ids[len(prefix):], seq.prompt_len - len(prefix)) for seq in stem_seqs]
     steps = batches(suffixes, batch_size, pad_id, model.device)
     for index, batch in track(steps, n_steps, description, progress):

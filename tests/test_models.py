@@ -71,3 +71,36 @@ def test_bad_specs_fail_with_clear_messages(tmp_path, monkeypatch):
         load_model(str(tmp_path))
     with pytest.raises(ModelLoadError, match="'someone/not-here'.*hub is not reachable"):
         load_model("someone/not-here")
+
+
+def test_dequantised_cache_is_keyed_by_format_and_rebuilt_when_it_does_not_load(tmp_path, monkeypatch):
+    """A cache another transformers wrote (5.x tokenizer files under 4.x) or a damaged one is
+    rebuilt once, not a crash; the GGUF conversion itself is stood in for by a tiny model."""
+    from steerlab import models
+
+    monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF stand-in")
+    written = []
+
+    def dequantise(source, target):
+        written.append(target)
+        tiny = tiny_model("llama")
+        tiny.model.save_pretrained(target)
+        tiny.tokenizer.save_pretrained(target)
+
+    monkeypatch.setattr(models, "_dequantise", dequantise)
+    first = load_model(str(gguf))
+    cached = models.resolve_spec(str(gguf))
+    assert cached.name.endswith(models.CACHE_FORMAT) and len(written) == 1
+    load_model(str(gguf))
+    assert len(written) == 1  # a good cache is reused
+
+    config = cached / "config.json"
+    config.write_text(config.read_text()[:40])  # torn, like a file another version cannot read
+    with pytest.warns(UserWarning, match="does not load.*rebuilding"):
+        again = load_model(str(gguf))
+    assert len(written) == 2 and again.fingerprint == first.fingerprint
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(ids).logits, first.model(ids).logits)
