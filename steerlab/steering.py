@@ -15,7 +15,7 @@ cache-free generation re-running the whole sequence), and a new sequence decides
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+from transformers.cache_utils import Cache
 
 Positions = Literal["all", "prompt", "generated"]
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
@@ -37,14 +38,68 @@ def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
+class PositionError(RuntimeError):
+    """A forward pass could not be placed in its sequence, so position-dependent steering
+    (``positions="prompt"/"generated"``, conditions) cannot know which tokens it edits."""
+
+
+def _cache_in(values: Iterable[Any]) -> Cache | None:
+    """The one KV cache among a pass's arguments (or outputs), whatever it is called there."""
+    caches = [value for value in values if isinstance(value, Cache)]
+    if len(caches) > 1:
+        raise PositionError(f"a forward pass carries {len(caches)} KV caches; expected one")
+    return caches[0] if caches else None
+
+
+_CACHE_KEYWORDS = ("cache", "past_key_values", "cache_params")
+"""Keywords transformers versions have passed a KV cache under (a non-Cache value there is a
+legacy format this module cannot read)."""
+
+
+def _pass_start(args: tuple, kwargs: dict, length: int) -> int:
+    """The absolute position of a forward pass's first token in its sequence (see
+    :class:`_PositionTracker`); :class:`PositionError` where the pass's own evidence disagrees."""
+    for name in _CACHE_KEYWORDS:
+        value = kwargs.get(name)
+        if value is not None and not isinstance(value, Cache):
+            raise PositionError(f"a forward pass carries its cache under '{name}' as a "
+                                f"{type(value).__name__}, not a transformers Cache: its position "
+                                "in the sequence cannot be read")
+    cache = _cache_in([*args, *kwargs.values()])
+    seen = cache.get_seq_length() if cache is not None else None
+    cache_position = kwargs.get("cache_position")
+    if cache_position is not None:
+        start = int(cache_position.reshape(-1)[0])
+        if seen is not None and seen != start:
+            raise PositionError(f"a forward pass's cache holds {seen} tokens but its "
+                                f"cache_position starts at {start}")
+    else:
+        start = seen or 0
+    position_ids = kwargs.get("position_ids")
+    if start == 0 and position_ids is not None and int(position_ids.max()) >= length:
+        raise PositionError(
+            f"a forward pass of {length} tokens with no cache in sight holds position "
+            f"{int(position_ids.max())}: it continues a sequence through a cache steerlab does not "
+            "recognise")
+    return start
+
+
 class _PositionTracker:
     """Follows which absolute positions the tokens of each forward pass occupy.
 
-    A pass that starts from an empty cache begins a new sequence, whose length is the prompt
-    length; a pass with a non-empty cache continues it (generated tokens). Generation without a
-    cache re-runs the whole sequence: recognised because it starts with the stored prompt.
-    ``fresh`` says the current pass begins a new sequence; ``attention_mask`` is the mask that
-    pass was given (None: no padding).
+    Each pass is placed from what it carries, not from one keyword's name (transformers has
+    renamed the cache keyword before): its KV cache (a ``Cache`` under any keyword; the tokens
+    already in it precede this pass), its ``cache_position`` where the version passes one, and
+    its ``position_ids`` as a check (a pass placed at the start of a sequence cannot hold a
+    position beyond its own length). After the pass, a cache it returns must have grown by
+    exactly the pass's tokens. Anything that contradicts the placement raises
+    :class:`PositionError` instead of steering the wrong tokens.
+
+    A pass that starts at position 0 begins a new sequence, whose length is the prompt length;
+    a later pass continues it (generated tokens). Generation without a cache re-runs the whole
+    sequence: recognised because it starts with the stored prompt. ``fresh`` says the current
+    pass begins a new sequence; ``attention_mask`` is the mask that pass was given (None: no
+    padding).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -54,19 +109,20 @@ class _PositionTracker:
         self.fresh = False
         self.attention_mask: torch.Tensor | None = None
         self._prompt_ids: torch.Tensor | None = None
-        self.handle = model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        self.handles = [model.register_forward_pre_hook(self._pre_forward, with_kwargs=True),
+                        model.register_forward_hook(self._post_forward)]
 
     def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         length = ids.shape[1] if ids is not None else embeds.shape[1]
-        cache = kwargs.get("past_key_values")
-        cached = cache is not None and cache.get_seq_length() > 0
+        start = _pass_start(args, kwargs, length)
         self.fresh = False
-        if cached:
-            self.start = self.start + self.length
+        if start > 0:
+            if self.prompt_len is None:
+                raise PositionError(f"a forward pass continues a sequence at position {start} "
+                                    "whose start this steering did not see")
         else:
-            self.start = 0
             continues_prompt = (
                 ids is not None
                 and self._prompt_ids is not None
@@ -79,7 +135,16 @@ class _PositionTracker:
                 self._prompt_ids = ids
                 self.fresh = True
                 self.attention_mask = kwargs.get("attention_mask")
-        self.length = length
+        self.start, self.length = start, length
+
+    def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        values = output.values() if isinstance(output, Mapping) else ()
+        cache = _cache_in(values)
+        if cache is not None and cache.get_seq_length() != self.start + self.length:
+            raise PositionError(
+                f"a forward pass placed at positions {self.start}..{self.start + self.length - 1} "
+                f"returned a cache of {cache.get_seq_length()} tokens: its earlier tokens reached "
+                "the model in a way steerlab does not recognise")
 
     def mask(self, positions: Positions, device: torch.device) -> torch.Tensor:
         """A (1, T, 1) mask over the current pass's tokens for the chosen positions."""
@@ -198,7 +263,7 @@ class Steering:
                          *(layer for g in self.gated for layer in [*g.additions, *g.ablations])})
         if edited and (positions != "all" or self.gated):
             self._tracker = _PositionTracker(model)
-            self._hooks.append(self._tracker.handle)
+            self._hooks.extend(self._tracker.handles)
         for layer in sorted({*edited, *(g.condition.layer for g in self.gated)}):
             self._hooks.append(layers[layer].register_forward_hook(self._hook_for(layer)))
 

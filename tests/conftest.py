@@ -1,5 +1,7 @@
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("STEERLAB_PROGRESS", "0")
 
 from tiny import tiny_model  # noqa: E402
+
+
+class _DeprecationsAsWarnings(logging.Handler):
+    """transformers reports some deprecations (the cache keyword's rename among them) through
+    its logger, once per process; raise them as FutureWarning, which the suite makes errors."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "deprecat" in record.getMessage().lower():
+            warnings.warn(record.getMessage(), FutureWarning, stacklevel=2)
+
+
+logging.getLogger("transformers").addHandler(_DeprecationsAsWarnings(logging.WARNING))
 
 ALL_THREADS = torch.get_num_threads()
 

@@ -22,7 +22,8 @@ LAYER = 1
 def reference_logprob(model, prompt, completion, delta):
     """Straightforward: one unpadded full forward pass, vector added by a plain hook."""
     (seq,) = encode(model, [prompt], [completion])
-    hook = model.layers[LAYER].register_forward_hook(lambda m, a, out: out + delta)
+    hook = model.layers[LAYER].register_forward_hook(
+        lambda m, a, out: (out[0] + delta, *out[1:]) if isinstance(out, tuple) else out + delta)
     try:
         logits = model.model(torch.tensor([seq.ids])).logits[0]
     finally:

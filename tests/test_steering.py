@@ -3,7 +3,7 @@ import torch
 from tiny import tiny_model
 
 from steerlab.generation import generate_tokens
-from steerlab.steering import Steering
+from steerlab.steering import PositionError, Steering
 from steerlab.vectors import SteeringVector, meta_for
 
 
@@ -45,7 +45,8 @@ def test_hooks_removed_when_body_raises(tiny):
     base = logits(tiny)
 
     def hook_counts():
-        return [len(layer._forward_hooks) for layer in tiny.layers], len(tiny.model._forward_pre_hooks)
+        return ([len(layer._forward_hooks) for layer in tiny.layers],
+                len(tiny.model._forward_pre_hooks), len(tiny.model._forward_hooks))
 
     before = hook_counts()
     with pytest.raises(RuntimeError, match="boom"):
@@ -89,6 +90,39 @@ def test_kv_cache_generation_keeps_steering(positions):
         cached = model.model.generate(**ids, max_new_tokens=10, do_sample=False, use_cache=True)
         uncached = model.model.generate(**ids, max_new_tokens=10, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("positions", ["generated", "prompt"])
+def test_a_pass_whose_cache_is_out_of_sight_raises_instead_of_being_placed_as_new(positions):
+    """transformers 5.24 renamed the cache keyword, and a tracker reading one name took every
+    KV-cache step for a new sequence: 'generated' then steered nothing. A pass is placed from
+    its cache under any keyword; where the cache cannot be read, or the pass's own positions
+    (or the cache it returns) show earlier tokens the tracker did not see, it raises."""
+    model = tiny_model("llama")
+    vector = make_vector(model)
+    prompt = torch.tensor([model.encode_prompt(model.format_prompt("Tell me about foxes"))])
+    step, position = torch.tensor([[70]]), torch.tensor([[prompt.shape[1]]])
+    keyword = model.cache_keyword
+    with vector.apply(model, multiplier=2.0, positions=positions):
+        cache = model.model(input_ids=prompt, use_cache=True)[keyword]
+
+        class Holder:  # a cache in a form and under a keyword steerlab does not know
+            kv = cache
+
+        with pytest.raises(PositionError, match="continues a sequence through a cache"):
+            model.model(input_ids=step, position_ids=position, kv_state=Holder())
+        with pytest.raises(PositionError, match="not a transformers Cache"):
+            model.model(input_ids=step, position_ids=position,
+                        **{keyword: ((torch.zeros(1), torch.zeros(1)),)})
+        forward = model.model.forward  # the cache reaches the model past the pass's arguments
+        model.model.forward = lambda **kwargs: forward(**kwargs, **{keyword: cache})
+        try:
+            with pytest.raises(PositionError, match="returned a cache of"):
+                model.model(input_ids=step)
+        finally:
+            del model.model.forward
+        # Under its own keyword the cache places the pass right after the prompt.
+        model.model(input_ids=step, position_ids=position, **{keyword: cache})
 
 
 def test_positions_select_prompt_or_generated_tokens(tiny):

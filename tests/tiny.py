@@ -29,7 +29,8 @@ def byte_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>"
+        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+        model_input_names=["input_ids", "attention_mask"],  # no token_type_ids for generate()
     )
     tok.chat_template = CHAT_TEMPLATE if chat else None
     return tok
