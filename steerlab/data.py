@@ -96,7 +96,11 @@ def _json_lines(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     """(line, value) for each non-blank line of a JSONL text."""
     for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
-            yield number, _decode(line, _SPACE.match(line).end(), f"{path}:{number}")[0]
+            value, end = _decode(line, _SPACE.match(line).end(), f"{path}:{number}")
+            if line[end:].strip():
+                raise DataError(f"{path}:{number}: more than one JSON value on the line (after "
+                                f"column {end}: {line[end:end + 30].strip()!r}); one row per line")
+            yield number, value
 
 
 def _json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
@@ -131,14 +135,20 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     opener = gzip.open if path.suffix == ".gz" else open
     if suffix == ".csv":
         with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            _ = reader.fieldnames  # reads the header, so line_num counts from it
-            while True:
-                start = reader.line_num + 1
-                row = next(reader, None)
-                if row is None:
-                    return
-                yield start, row
+            reader = csv.DictReader(handle, strict=True)
+            try:
+                header = reader.fieldnames or []  # reads the header, so line_num counts from it
+                while True:
+                    start = reader.line_num + 1
+                    row = next(reader, None)
+                    if row is None:
+                        return
+                    if None in row:  # DictReader files cells beyond the header under None
+                        raise DataError(f"{path}:{start}: {len(header) + len(row[None])} cells "
+                                        f"but the header names {len(header)}")
+                    yield start, row
+            except csv.Error as err:
+                raise DataError(f"{path}:{reader.line_num}: invalid CSV ({err})") from err
     with opener(path, "rt", encoding="utf-8") as handle:
         text = handle.read()
     values = _json_array(path, text) if text.lstrip().startswith("[") else _json_lines(path, text)

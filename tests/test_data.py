@@ -28,6 +28,10 @@ def test_pairs_from_jsonl_and_ab_rows(tmp_path):
     ({"prompt": "Q", "chosen": " ", "rejected": "b"}, r"p\.jsonl:2: field 'chosen' is empty"),
     ({"prompt": 3, "chosen": "a", "rejected": "b"}, r"p\.jsonl:2: field 'prompt' must be text"),
     ("{not json", r"p\.jsonl:2: invalid JSON"),
+    # two objects, or one and trailing junk, on a line: the second used to be dropped silently
+    ('{"prompt": "Q", "chosen": "a", "rejected": "b"} {"prompt": "R", "chosen": "c", '
+     '"rejected": "d"}', r"p\.jsonl:2: more than one JSON value on the line .*'\{\"prompt\": \"R\""),
+    ('{"prompt": "Q", "chosen": "a", "rejected": "b"}junk', r"p\.jsonl:2: more than one JSON value.*'junk'"),
     ({"question": "Q", "answer_matching_behavior": "maybe", "answer_not_matching_behavior": "(A)"},
      r"p\.jsonl:2: field 'answer_matching_behavior' is not an answer letter or Yes/No: 'maybe'"),
 ])
@@ -41,6 +45,9 @@ def test_pair_errors_name_file_line_and_field(tmp_path, row, message):
     ('prompt,chosen,rejected\nQ1,a,b\n"Q2, with comma",c,\n', r"p\.csv:3: field 'rejected' is empty"),
     # a row spanning lines is named by its first line
     ('prompt,chosen,rejected\n"two\nlines",a,b\n"Q3",,b\n', r"p\.csv:4: field 'chosen' is empty"),
+    # an extra cell used to be accepted (and dropped); an unterminated quote read as a missing field
+    ('prompt,chosen,rejected\nQ1,a,b\nQ2,c,d,extra\n', r"p\.csv:3: 4 cells but the header names 3"),
+    ('prompt,chosen,rejected\nQ1,a,b\n"Q2,c,d\nQ3,e,f\n', r"p\.csv:\d+: invalid CSV \(unexpected end of data"),
 ])
 def test_pairs_from_csv_with_line_numbers(tmp_path, text, message):
     path = tmp_path / "p.csv"
