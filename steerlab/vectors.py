@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -83,11 +84,15 @@ class SteeringVector:
         if not directions:
             raise ValueError("a steering vector needs at least one layer")
         for layer, tensor in directions.items():
+            if int(layer) < 0:
+                raise ValueError(f"layer {layer}: layer indices count from 0")
             if tensor.shape != (meta.d_model,):
                 raise ValueError(
                     f"layer {layer}: direction has shape {tuple(tensor.shape)}, "
                     f"expected ({meta.d_model},)"
                 )
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"layer {layer}: direction has non-finite values (NaN or inf)")
         self.directions = {
             int(k): v.detach().to(torch.float32).cpu().contiguous()
             for k, v in sorted(directions.items())
@@ -190,6 +195,10 @@ class SteeringVector:
         at any other layers. ``norm_ratio=r`` rescales each direction to r times the stored mean
         residual norm of its layer before the multiplier is applied.
         """
+        if not math.isfinite(multiplier):
+            raise ValueError(f"multiplier must be a finite number, got {multiplier}")
+        if norm_ratio is not None and not (math.isfinite(norm_ratio) and norm_ratio > 0):
+            raise ValueError(f"norm_ratio must be a finite number above 0, got {norm_ratio}")
         if layers is None:
             placed = dict(self.directions)
         elif len(self.directions) == 1:
@@ -201,17 +210,24 @@ class SteeringVector:
                 raise ValueError(f"vector has no direction for layers {missing} (has {self.layers})")
             placed = {int(layer): self.directions[layer] for layer in layers}
         if norm_ratio is None:
-            return {layer: multiplier * v for layer, v in placed.items()}
-        missing = sorted(set(placed) - set(self.meta.residual_norms))
-        if missing:
-            raise ValueError(
-                f"norm_ratio needs residual norms for layers {missing}; measure them with "
-                "vector.calibrate(model, prompts)"
-            )
-        return {
-            layer: (multiplier * norm_ratio * self.meta.residual_norms[layer] / v.norm().clamp_min(1e-12)) * v
-            for layer, v in placed.items()
-        }
+            added = {layer: multiplier * v for layer, v in placed.items()}
+        else:
+            missing = sorted(set(placed) - set(self.meta.residual_norms))
+            if missing:
+                raise ValueError(
+                    f"norm_ratio needs residual norms for layers {missing}; measure them with "
+                    "vector.calibrate(model, prompts)"
+                )
+            added = {
+                layer: (multiplier * norm_ratio * self.meta.residual_norms[layer]
+                        / v.norm().clamp_min(1e-12)) * v
+                for layer, v in placed.items()
+            }
+        for layer, v in added.items():
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError(f"multiplier {multiplier} and norm_ratio {norm_ratio} overflow "
+                                 f"the vector added at layer {layer}")
+        return added
 
     def calibrate(self, model: ModelHandle, texts: list[str], batch_size: int = 8) -> SteeringVector:
         """Measure and store the mean residual norm at this vector's layers on ``texts``."""

@@ -76,3 +76,41 @@ def test_arithmetic(tiny):
 def test_shape_validated(tiny):
     with pytest.raises(ValueError, match=r"layer 0: direction has shape \(3,\), expected \(32,\)"):
         SteeringVector({0: torch.zeros(3)}, meta_for(tiny, "x"))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_directions_are_refused_on_creation_and_load(tiny, tmp_path, value):
+    direction = torch.ones(32)
+    direction[3] = value
+    with pytest.raises(ValueError, match="layer 1: direction has non-finite values"):
+        SteeringVector({1: direction}, meta_for(tiny, "x"))
+    good = SteeringVector({1: torch.ones(32)}, meta_for(tiny, "x"))
+    good.save(tmp_path / "v.safetensors")
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    with safe_open(tmp_path / "v.safetensors", "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(tmp_path / "v.safetensors")
+    tensors = {name: torch.full_like(t, value) for name, t in tensors.items()}
+    save_file(tensors, tmp_path / "bad.safetensors", metadata=metadata)
+    with pytest.raises(ValueError, match="non-finite"):
+        SteeringVector.load(tmp_path / "bad.safetensors")
+
+
+def test_negative_layers_are_refused(tiny):
+    with pytest.raises(ValueError, match="layer -1: layer indices count from 0"):
+        SteeringVector({-1: torch.ones(32)}, meta_for(tiny, "x"))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"multiplier": float("nan")}, "multiplier must be a finite number"),
+    ({"multiplier": float("inf")}, "multiplier must be a finite number"),
+    ({"norm_ratio": -1.0}, "norm_ratio must be a finite number above 0"),
+    ({"norm_ratio": float("inf")}, "norm_ratio must be a finite number above 0"),
+    ({"norm_ratio": 1e308, "multiplier": 4.0}, "overflow the vector added at layer 1"),
+])
+def test_steering_settings_must_be_finite_and_in_range(tiny, settings, message):
+    vector = SteeringVector({1: torch.ones(32)}, meta_for(tiny, "x"))
+    vector.meta.residual_norms[1] = 10.0
+    with pytest.raises(ValueError, match=message):
+        vector.additions(**settings)
