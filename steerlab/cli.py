@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 from enum import Enum
@@ -12,10 +13,36 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from steerlab.catalog import BUILTIN_MODELS, DEFAULT_MODEL
 
+class _ErrorBoundary(TyperGroup):
+    """Every command under one error boundary: an error that escapes a command ends it with one
+    line on stderr (its message, and its type where it is not a plain input error) and exit
+    status 1, never a traceback; ``steerlab --debug COMMAND`` shows the traceback instead."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # exits and usage errors
+            raise
+        except Exception as err:  # the boundary: anything a command did not turn into a message
+            if ctx.params.get("debug"):
+                raise
+            detail = " ".join(str(err).split()) or "(no message)"
+            kind = "" if isinstance(err, USER_ERRORS) else f"{type(err).__name__}: "
+            typer.echo(f"error: {kind}{detail} (steerlab --debug ... shows the traceback)",
+                       err=True)
+            raise typer.Exit(code=1) from None
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+               PermissionError, UnicodeError)
+"""Errors whose message says what is wrong with the input: shown without their type."""
+
 app = typer.Typer(
+    cls=_ErrorBoundary,
     help="Train, apply and honestly evaluate steering vectors for Hugging Face language models.",
     no_args_is_help=True,
     add_completion=False,
@@ -23,7 +50,10 @@ app = typer.Typer(
 
 
 @app.callback()
-def _interruptible() -> None:
+def _interruptible(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error instead "
+                                                          "of its one-line message.")] = False,
+) -> None:
     """Make SIGTERM (``kill``, a scheduler, a closing session) and SIGINT — which a shell's
     background job ignores — raise KeyboardInterrupt, so every command's Ctrl-C path keeps
     what it has written."""
@@ -43,9 +73,24 @@ ModelOpt = Annotated[
         help=f"Built-in name ({', '.join(BUILTIN_MODELS)}), model directory, .gguf file or hub id.",
     ),
 ]
-BatchOpt = Annotated[int, typer.Option(help="Sequences per forward pass.")]
+def _finite(value: float | None) -> float | None:
+    """Option callback: a number option must be finite (NaN or inf steer nothing meaningful)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
+def _positive(value: float | None) -> float | None:
+    """Option callback: a finite number above 0 (a norm ratio, a learning rate)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number above 0, got {value}")
+    return value
+
+
+BatchOpt = Annotated[int, typer.Option(help="Sequences per forward pass.", min=1)]
 LayersOpt = Annotated[Optional[str], typer.Option(help="Apply at these layers, comma-separated, or 'all' (default: the vector's).")]
-NormRatioOpt = Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.")]
+NormRatioOpt = Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.",
+                                                       callback=_positive)]
 AblateOpt = Annotated[bool, typer.Option(
     "--ablate", help="Project the vector's direction out instead of adding it; the multiplier is the strength (1 removes the component).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--n", help="Items per dataset: a seeded sample (default: all).")]
@@ -54,9 +99,12 @@ LimitOpt = Annotated[Optional[int], typer.Option("--n", help="Items per dataset:
 def parse_floats(text: str) -> list[float]:
     """'-2,-1,0,1,2' → [-2.0, -1.0, 0.0, 1.0, 2.0], with a clear error for bad input."""
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise typer.BadParameter(f"expected finite numbers, got {text!r}")
+    return values
 
 
 def parse_ints(text: str) -> list[int]:
@@ -102,13 +150,13 @@ def train(
     batch_size: BatchOpt = 8,
     beta: Annotated[float, typer.Option(help="BiPO/DPO: inverse temperature of the preference loss.")] = 0.1,
     lr: Annotated[float, typer.Option(help="BiPO/DPO: AdamW learning rate.")] = 5e-4,
-    epochs: Annotated[int, typer.Option(help="BiPO/DPO: passes over the pairs.")] = 5,
+    epochs: Annotated[int, typer.Option(help="BiPO/DPO: passes over the pairs.", min=1)] = 5,
     weight_decay: Annotated[float, typer.Option(help="BiPO/DPO: AdamW weight decay.")] = 0.0,
     seed: Annotated[int, typer.Option(help="BiPO/DPO: seed for batches and directions.")] = 0,
     val_data: Annotated[Optional[str], typer.Option(help="BiPO/DPO: validation pairs (file or bundled name).")] = None,
     val_split: Annotated[Optional[str], typer.Option(help="Split of --val-data to use.")] = None,
     patience: Annotated[Optional[int], typer.Option(help="BiPO/DPO: stop after this many epochs without validation gain.")] = None,
-    norm_ratio: Annotated[Optional[float], typer.Option(help="BiPO/DPO: rescale the result to this fraction of the residual norm.")] = None,
+    norm_ratio: Annotated[Optional[float], typer.Option(help="BiPO/DPO: rescale the result to this fraction of the residual norm.", callback=_positive)] = None,
     engine: Annotated[str, typer.Option(help="BiPO/DPO: fast (cached lower layers) or naive.")] = "fast",
     subset_sizes: Annotated[Optional[str], typer.Option(help="Train one vector per nested subset size, e.g. 1,2,4,8.")] = None,
     seeds: Annotated[int, typer.Option(help="With --subset-sizes: seeds 0..N-1 per size.")] = 1,
@@ -128,6 +176,10 @@ def train(
     pairs = _pairs(data, split)
     val_pairs = _pairs(val_data, val_split) if val_data else None
     handle = _load(model)
+    outside = [index for index in layers if not 0 <= index < handle.n_layers]
+    if outside:
+        _fail(f"--layer {layer}: layer {outside[0]} is out of range (the model has "
+              f"{handle.n_layers} layers, 0..{handle.n_layers - 1})")
 
     def run(subset: list, run_seed: int, checkpoint: Path | None = None):
         if method == "caa":
@@ -267,12 +319,12 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="The user prompt (the chat template is applied).")],
     model: ModelOpt = DEFAULT_MODEL,
     vector: Annotated[Optional[Path], typer.Option("--vector", "-v", help="Steering vector file.")] = None,
-    multiplier: Annotated[float, typer.Option(help="Steering multiplier.")] = 1.0,
+    multiplier: Annotated[float, typer.Option(help="Steering multiplier.", callback=_finite)] = 1.0,
     positions: Annotated[str, typer.Option(help="all, prompt or generated.")] = "all",
-    norm_ratio: Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.")] = None,
+    norm_ratio: NormRatioOpt = None,
     layers: LayersOpt = None,
     ablate: AblateOpt = False,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 80,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.", min=1)] = 80,
     compare: Annotated[bool, typer.Option(help="Also print the unsteered reply.")] = True,
     condition: Annotated[Optional[Path], typer.Option(
         help="Steer only if the prompt meets this condition (from `steerlab condition`).")] = None,
@@ -333,7 +385,7 @@ def vector_info(path: Annotated[Path, typer.Argument(help="A .safetensors steeri
 def vector_export(
     path: Annotated[Path, typer.Argument(help="A .safetensors steering vector.")],
     gguf: Annotated[Path, typer.Option("--gguf", help="The llama.cpp control vector to write (.gguf).")],
-    multiplier: Annotated[float, typer.Option(help="Baked into the file: llama.cpp's strength 1 steers as this multiplier does.")] = 1.0,
+    multiplier: Annotated[float, typer.Option(help="Baked into the file: llama.cpp's strength 1 steers as this multiplier does.", callback=_finite)] = 1.0,
     layers: Annotated[Optional[str], typer.Option(help="Export these layers only, comma-separated (layer 0 never: llama.cpp has no direction.0).")] = None,
     norm_ratio: NormRatioOpt = None,
     model_hint: Annotated[Optional[str], typer.Option(help="controlvector.model_hint (default: the vector's model name).")] = None,
@@ -776,7 +828,7 @@ def generate_eval(
     ablate: AblateOpt = False,
     limit: Annotated[Optional[int], typer.Option("--n", help="Questions per set: a seeded sample (default: all).")] = None,
     sample_seed: Annotated[int, typer.Option(help="Seed of the --n sample.")] = 0,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.", min=1)] = 64,
     sample: Annotated[bool, typer.Option("--sample/--greedy", help="Sample (seeded) or decode greedily.")] = False,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (with --sample).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed; batch b uses seed + b, the same for every arm.")] = 0,
@@ -1174,7 +1226,7 @@ def lora_train(
     batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 16,
     eval_every: Annotated[int, typer.Option(help="Validate every this many steps (and before the first, after the last).")] = 50,
     steps: Annotated[Optional[int], typer.Option(help="Training steps (default: --epochs passes over the pairs).")] = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the pairs when --steps is not given.")] = 5,
+    epochs: Annotated[int, typer.Option(help="Passes over the pairs when --steps is not given.", min=1)] = 5,
     objective: Annotated[str, typer.Option(help="sft (next-token loss on the chosen answer) or dpo (on the pairs).")] = "sft",
     beta: Annotated[float, typer.Option(help="DPO: inverse temperature of the preference loss.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of LoRA's initialisation, the batches and the held-out split.")] = 0,

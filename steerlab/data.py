@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import random
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -88,6 +90,8 @@ def _decode(text: str, start: int, where: str) -> tuple[Any, int]:
         return _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as err:
         raise DataError(f"{where}: invalid JSON ({err.msg})") from err
+    except RecursionError as err:
+        raise DataError(f"{where}: JSON nested too deeply to read") from err
     except DataError as err:
         raise DataError(f"{where}: {err}") from err
 
@@ -122,6 +126,23 @@ def _json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
             raise DataError(f"{path}:{line}: invalid JSON (expected ',' or ']' after an element)")
 
 
+def _read_text(path: Path) -> str:
+    """A data file's text: gunzipped for ``.gz``, UTF-8 with an optional byte-order mark;
+    errors name the file (and the line of an undecodable byte)."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:  # not gzip, or cut short
+            raise DataError(f"{path}: not a valid gzip file ({err})") from err
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[err.start:err.start + 1]!r} "
+                        f"at offset {err.start})") from err
+
+
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, row) from a JSONL, JSON-array or CSV file, optionally gzipped.
 
@@ -132,25 +153,22 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     suffix = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
     if suffix not in (".jsonl", ".json", ".csv"):
         raise DataError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .json or .csv)")
-    opener = gzip.open if path.suffix == ".gz" else open
+    text = _read_text(path)
     if suffix == ".csv":
-        with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, strict=True)
-            try:
-                header = reader.fieldnames or []  # reads the header, so line_num counts from it
-                while True:
-                    start = reader.line_num + 1
-                    row = next(reader, None)
-                    if row is None:
-                        return
-                    if None in row:  # DictReader files cells beyond the header under None
-                        raise DataError(f"{path}:{start}: {len(header) + len(row[None])} cells "
-                                        f"but the header names {len(header)}")
-                    yield start, row
-            except csv.Error as err:
-                raise DataError(f"{path}:{reader.line_num}: invalid CSV ({err})") from err
-    with opener(path, "rt", encoding="utf-8") as handle:
-        text = handle.read()
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        try:
+            header = reader.fieldnames or []  # reads the header, so line_num counts from it
+            while True:
+                start = reader.line_num + 1
+                row = next(reader, None)
+                if row is None:
+                    return
+                if None in row:  # DictReader files cells beyond the header under None
+                    raise DataError(f"{path}:{start}: {len(header) + len(row[None])} cells "
+                                    f"but the header names {len(header)}")
+                yield start, row
+        except csv.Error as err:
+            raise DataError(f"{path}:{reader.line_num}: invalid CSV ({err})") from err
     values = _json_array(path, text) if text.lstrip().startswith("[") else _json_lines(path, text)
     for number, row in values:
         if not isinstance(row, dict):

@@ -303,9 +303,12 @@ class SteeringVector:
         if names:
             raise ValueError(f"{path}: not a steering vector (tensors {names}; a vector has "
                              "layer.<L>): a condition loads with Condition.load")
-        meta = VectorMeta.model_validate(json.loads(header[_META_KEY]))
-        directions = {int(name.split(".", 1)[1]): t for name, t in tensors.items()}
-        return cls(directions, meta)
+        try:
+            meta = VectorMeta.model_validate(json.loads(header[_META_KEY]))
+            directions = {int(name.split(".", 1)[1]): t for name, t in tensors.items()}
+            return cls(directions, meta)
+        except ValueError as err:  # pydantic's and json's errors are ValueErrors too
+            raise ValueError(f"{path}: {' '.join(str(err).split())}") from err
 
     def to_gguf(
         self,
@@ -440,13 +443,16 @@ def load_tensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"steering {what} file not found: {path}")
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        header = handle.metadata() or {}
-    if _META_KEY not in header:
-        raise ValueError(f"{path}: not a steerlab {what} (no '{_META_KEY}' metadata)")
-    return load_file(str(path)), header
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        if _META_KEY not in header:
+            raise ValueError(f"{path}: not a steerlab {what} (no '{_META_KEY}' metadata)")
+        return load_file(str(path)), header
+    except SafetensorError as err:  # empty, truncated, a pickle or torch.save file, ...
+        raise ValueError(f"{path}: not a safetensors steering {what} ({err})") from err
 
 
 def data_hash(records: list[Any]) -> str:
