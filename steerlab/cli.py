@@ -1085,7 +1085,9 @@ def serve(
     max_batch_size: Annotated[int, typer.Option(help="Requests with identical settings generated together, at most.", min=1)] = 8,
     batch_wait_ms: Annotated[float, typer.Option(help="Milliseconds a request waits for others with its settings to join its batch.", min=0)] = 20.0,
     api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key clients must send as a bearer token; unset or empty: no key. (Never on the command line, where other users can read it.)")] = "STEERLAB_API_KEY",
-    served_model_name: Annotated[Optional[str], typer.Option(help="Model id clients send and /v1/models lists (default: --model).")] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted; larger ones get 413.", min=1024)] = 2 << 20,
+    body_timeout_s: Annotated[float, typer.Option(help="Seconds a client may take to send its request body; slower ones get 408.", min=0.001)] = 30.0,
+    served_model_name: Annotated[Optional[str], typer.Option(help="Model id clients send and /v1/models lists (default: a built-in or hub name as given, a local model by its directory or file name, never its path).")] = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible API (chat completions, streaming) with steering.
 
@@ -1094,20 +1096,20 @@ def serve(
     """
     import os
 
-    from steerlab.serve import ServeSettings
+    from steerlab.serve import ServeSettings, served_name
     from steerlab.serve import serve as run_server
 
     vectors = _named_vectors(vector or [])
     key = os.environ.get(api_key_env) or None
     settings = ServeSettings(
-        model_name=served_model_name or model, max_multiplier=max_multiplier, max_tokens=max_tokens,
+        model_name=served_model_name, max_multiplier=max_multiplier, max_tokens=max_tokens,
         max_context=max_context, api_key=key, max_batch_size=max_batch_size,
-        batch_wait_ms=batch_wait_ms,
+        batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s,
     )
     if key is None and host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key (set ${api_key_env})")
     handle = _load(model)
-    console.print(f"serving {settings.model_name} on http://{host}:{port}/v1 with vectors: "
+    console.print(f"serving {settings.model_name or served_name(model)} on http://{host}:{port}/v1 with vectors: "
                   f"{', '.join(vectors) or 'none'}; API key {'required' if key else 'not required'}")
     try:
         run_server(handle, vectors, settings, host=host, port=port)

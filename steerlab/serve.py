@@ -23,18 +23,23 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
+)
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from steerlab.catalog import BUILTIN_MODELS
 from steerlab.models import ModelHandle, text_config_value
 from steerlab.steering import Positions
 from steerlab.vectors import SteeringVector
@@ -64,28 +69,56 @@ class ServeSettings(BaseModel):
     """How long a request waits for others with its settings to share its batch."""
     max_pending: int = Field(256, ge=1)
     """Requests allowed to wait for the worker; more are answered 429."""
+    max_body_bytes: int = Field(2 << 20, ge=1024)
+    """Largest request body accepted; a larger one is answered 413 before it is read."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """Longest a client may take to send its request body; a slower one is answered 408."""
 
 
 # ---- request bodies ---------------------------------------------------------------------------
 
 
+def _not_bool(value: Any) -> Any:
+    """JSON's true/false are not numbers (pydantic would read ``true`` as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+def _utf8(value: str) -> str:
+    """Text the tokenizer can read: a lone surrogate (``"\\ud800"`` in JSON) is not UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"text is not valid Unicode ({err.reason} at character "
+                         f"{err.start})") from None
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
+"""A finite JSON number (the body config refuses NaN and infinities)."""
+Text = Annotated[str, AfterValidator(_utf8)]
+Seed = Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)]
+"""What torch's generator takes: a 64-bit seed."""
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TextPart(_Body):
     """A text part of a message's content (the only kind a text model reads)."""
 
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(_Body):
     """One turn of the conversation."""
 
     role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None
+    content: Text | list[TextPart]
+    name: Text | None = None
 
     def text(self) -> str:
         return (
@@ -96,34 +129,34 @@ class ChatMessage(_Body):
 class SteeringTerm(_Body):
     """One vector applied to this request: ``multiplier`` × the vector at its (or chosen) layers."""
 
-    vector: str
-    multiplier: float = 1.0
-    layers: list[int] | None = Field(None, min_length=1)
-    norm_ratio: float | None = Field(None, gt=0)
+    vector: Text
+    multiplier: Number = 1.0
+    layers: list[StrictInt] | None = Field(None, min_length=1)
+    norm_ratio: Number | None = Field(None, gt=0)
     positions: Positions = "all"
 
 
 class StreamOptions(_Body):
     """OpenAI's streaming options: a last chunk with token usage when asked."""
 
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatRequest(_Body):
     """OpenAI's chat completion request (the fields a local text model honours) + ``steering``."""
 
-    model: str
+    model: Text
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
-    stream: bool = False
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: Number | None = Field(None, ge=0, le=2)
+    top_p: Number | None = Field(None, gt=0, le=1)
+    seed: Seed | None = None
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
-    stop: str | list[str] | None = None
-    user: str | None = None
+    stop: Text | list[Text] | None = None
+    user: Text | None = None
     steering: list[SteeringTerm] = Field(default_factory=list)
 
 
@@ -208,6 +241,51 @@ class _RequireKey:
         await self.app(scope, receive, send)
 
 
+class _BodyLimits:
+    """ASGI middleware: a body over ``max_bytes`` is refused with 413 (from its Content-Length
+    before anything is read, else as soon as the bytes received pass the limit), and a body
+    not complete within ``timeout_s`` with 408, so neither a huge nor a stalled upload holds
+    the server. Once the body is in, later reads (a disconnect) pass through untimed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(413, f"request body over this server's limit of {self.max_bytes} bytes")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            refusal = (RequestError(str(self._too_large().detail), status=413)
+                       if declared.isdigit() else RequestError("invalid Content-Length header"))
+            await refusal.response()(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        received, complete = 0, False
+
+        async def limited() -> Message:
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                raise HTTPException(408, f"request body not received within "
+                                         f"{self.timeout_s:g} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+                if received > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, limited, send)
+
+
 # ---- the request as work for the worker ---------------------------------------------------------
 
 
@@ -220,6 +298,15 @@ class PreparedRequest:
     steering: tuple[Addition, ...]
     steering_key: tuple
     applied: list[dict[str, Any]]
+
+
+def served_name(spec: str) -> str:
+    """The id a server shows for the model it was started with: a built-in or hub name as
+    given, a local directory or GGUF file by its own name only (clients never see a path)."""
+    path = Path(spec).expanduser()
+    if spec in BUILTIN_MODELS or not (path.exists() or spec.startswith((".", "/", "~"))):
+        return spec
+    return path.stem if path.suffix == ".gguf" else path.resolve().name
 
 
 def model_context(model: ModelHandle) -> int | None:
@@ -244,7 +331,7 @@ class ChatService:
         self.model = model
         self.vectors = dict(vectors)
         self.settings = settings
-        self.model_name = settings.model_name or model.name
+        self.model_name = settings.model_name or served_name(model.name)
         self.context = settings.max_context or model_context(model)
 
     def describe(self) -> dict[str, Any]:
@@ -427,6 +514,10 @@ def create_app(
         model, settings.max_batch_size, settings.max_pending, settings.batch_wait_ms / 1000
     )
 
+    # Prompts are formatted and tokenised here, off the event loop (a long one takes seconds),
+    # one at a time (a fast tokenizer is not to be shared between threads).
+    tokenizing = ThreadPoolExecutor(1, thread_name_prefix="steerlab-tokenize")
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker.start()
@@ -434,10 +525,13 @@ def create_app(
             yield
         finally:
             worker.stop()
+            tokenizing.shutdown(cancel_futures=True)
 
     app = FastAPI(title="steerlab", lifespan=lifespan)
     app.state.service, app.state.worker = service, worker
-    if settings.api_key:
+    app.add_middleware(_BodyLimits, max_bytes=settings.max_body_bytes,
+                       timeout_s=settings.body_timeout_s)
+    if settings.api_key:  # added last, so it runs first: no key, no body read
         app.add_middleware(_RequireKey, key=settings.api_key)
 
     @app.exception_handler(RequestError)
@@ -457,8 +551,11 @@ def create_app(
         return {"object": "list", "data": [service.describe()]}
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(request: ChatRequest) -> JSONResponse | StreamingResponse:
-        prepared = service.prepare(request)
+    async def chat_completions(
+        request: ChatRequest, connection: Request
+    ) -> JSONResponse | StreamingResponse:
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(tokenizing, service.prepare, request)
         events: asyncio.Queue = asyncio.Queue()
         job = GenerationJob(
             prepared.prompt_ids,
@@ -483,12 +580,19 @@ def create_app(
             return StreamingResponse(
                 _stream(job, events, head, usage), media_type="text/event-stream"
             )
-        parts: list[str] = []
+        collecting = asyncio.ensure_future(_collect(events))
+        leaving = asyncio.ensure_future(_disconnected(connection))
         try:
-            while (event := await events.get())[0] == "delta":
-                parts.append(event[1])
+            await asyncio.wait({collecting, leaving}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            job.cancel()
+            job.cancel()  # a client that left: dropped from the queue, or stopped at its next token
+            for task in (collecting, leaving):
+                task.cancel()
+        if not collecting.done() or collecting.cancelled():
+            return JSONResponse({"error": {"message": "client closed the request", "type":
+                                           "client_closed", "param": None, "code": None}},
+                                status_code=499)
+        parts, event = collecting.result()
         if event[0] == "error":
             raise RequestError(event[1], status=500, kind="server_error")
         message = {"role": "assistant", "content": "".join(parts)}
@@ -504,6 +608,20 @@ def create_app(
         )
 
     return app
+
+
+async def _collect(events: asyncio.Queue) -> tuple[list[str], Event]:
+    """A non-streamed completion's text deltas and its last event (an end or an error)."""
+    parts: list[str] = []
+    while (event := await events.get())[0] == "delta":
+        parts.append(event[1])
+    return parts, event
+
+
+async def _disconnected(connection: Request) -> None:
+    """Return when the client has gone (its request body was already read)."""
+    while (await connection.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _stream(

@@ -222,10 +222,15 @@ class GenerationWorker:
     def submit(self, job: GenerationJob) -> None:
         """Queue a job; its events arrive through its ``emit`` callback."""
         with self._ready:
+            self._drop_cancelled()
             if len(self._pending) >= self.max_pending:
                 raise QueueFull(f"{len(self._pending)} requests are already waiting; retry later")
             self._pending.append(job)
             self._ready.notify()
+
+    def _drop_cancelled(self) -> None:
+        """Forget queued jobs whose clients have gone: they would only delay the others."""
+        self._pending[:] = [job for job in self._pending if not job.cancelled]
 
     def _run(self) -> None:
         while True:
@@ -235,6 +240,9 @@ class GenerationWorker:
                 self._gather()
                 if self._stopping:
                     return
+                self._drop_cancelled()
+                if not self._pending:
+                    continue
                 batch = take_batch(self._pending, self.max_batch_size)
             self.run_batch(batch)
 

@@ -397,8 +397,10 @@ def test_cli_serve_runs_the_server_with_vectors_and_key(model, vectors, tmp_path
         client = openai.OpenAI(base_url=base_url, api_key="k1", max_retries=0)
         (entry,) = client.models.list().data
         assert list(entry.model_extra["steering"]["vectors"]) == ["refusal"]
+        # A local model is named by its directory, never by its path.
+        assert entry.id == "model" and str(tmp_path) not in json.dumps(entry.model_dump())
         reply = client.chat.completions.create(
-            model=str(model_dir),
+            model="model",
             messages=[{"role": "user", "content": "hi"}],
             temperature=0,
             extra_body={"steering": [{"vector": "refusal", "multiplier": 2}]},
