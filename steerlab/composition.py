@@ -142,19 +142,30 @@ class Composition:
         """The lowest layer the steering touches: edited, or read by a condition."""
         return min([*self.layers(), *(c.layer for c in self.conditions())])
 
-    def apply(self, model: ModelHandle | nn.Module, positions: Positions = "all") -> Steering:
-        """Steer ``model`` with every part at once; an active :class:`Steering` (a context
-        manager, or call ``.remove()``). Each vector and condition is checked against the model
-        first."""
+    def fit(self, model: ModelHandle | nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+        """The Hugging Face model and its decoder layers, once every vector and condition is
+        checked against it and every layer acted on is one it has (a ValueError otherwise)."""
         if not self.parts:
             raise ValueError("a composition needs at least one part")
         for part in self.parts[1:]:
             part.vector.target(model)
         hf_model, decoder_layers = self.parts[0].vector.target(model)
+        for condition in self.conditions():
+            condition.check_compatible(hf_model)
+        outside = [layer for layer in self.layers() if layer >= len(decoder_layers)]
+        if outside:
+            raise ValueError(f"layer {outside[0]} is out of range: the model has "
+                             f"{len(decoder_layers)} layers")
+        return hf_model, decoder_layers
+
+    def apply(self, model: ModelHandle | nn.Module, positions: Positions = "all") -> Steering:
+        """Steer ``model`` with every part at once; an active :class:`Steering` (a context
+        manager, or call ``.remove()``). Each vector and condition is checked against the model
+        first."""
+        hf_model, decoder_layers = self.fit(model)
         ungated = [p for p in self.parts if p.condition is None]
         gated = []
         for condition in self.conditions():
-            condition.check_compatible(hf_model)
             members = [p for p in self.parts
                        if p.condition is not None and p.condition.id == condition.id]
             gated.append(Gated(condition, _summed_additions(members), _ordered_ablations(members)))

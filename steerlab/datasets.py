@@ -504,10 +504,16 @@ DATASETS: dict[str, DatasetInfo] = _registry()
 """Every dataset steerlab knows by name (see ``steerlab data list``)."""
 
 
-def _any_row(row: dict[str, Any], row_id: str, where: str) -> Record:
-    """A row in steerlab's own formats: multiple choice or a preference pair."""
-    convert = mc_from_row if row_kind(row) == "mc" else pair_from_row
-    return convert(row, row_id, where)
+_KIND_NAMES = {"mc": "multiple-choice", "pairs": "preference-pair"}
+
+
+def _row_of_kind(kind: str, row: dict[str, Any], row_id: str, where: str) -> Record:
+    """A row of a local file in steerlab's formats, of the file's kind (its first row's): a row
+    of the other kind is reported, not handed on to fail where an item was expected."""
+    if row_kind(row) != kind:
+        raise DataError(f"{where}: a {_KIND_NAMES[row_kind(row)]} row in a file of "
+                        f"{_KIND_NAMES[kind]} rows (one kind per file; the first row decides)")
+    return (mc_from_row if kind == "mc" else pair_from_row)(row, row_id, where)
 
 
 def list_datasets() -> list[DatasetInfo]:
@@ -527,7 +533,8 @@ def dataset_info(spec: str | Path) -> DatasetInfo:
     kind = data_kind(path)
     return DatasetInfo(
         str(spec), "mc" if kind == "mc" else "pairs", "local file", {None: (path.name,)}, 0, None,
-        "local file", "-", _any_row, split_field=True, root=path.parent,
+        "local file", "-", partial(_row_of_kind, "mc" if kind == "mc" else "pairs"),
+        split_field=True, root=path.parent,
     )
 
 

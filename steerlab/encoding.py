@@ -43,6 +43,13 @@ def encode(
     return out
 
 
+def check_length(model: ModelHandle, tokens: int, what: str) -> None:
+    """Refuse a sequence longer than the model's positions: past them a model reads garbage
+    (rotary ones) or fails on an index (learnt ones) instead of saying so."""
+    if model.context is not None and tokens > model.context:
+        raise ValueError(f"{what} has {tokens} tokens, over the model's {model.context} positions")
+
+
 def encode_texts(model: ModelHandle, texts: Sequence[str]) -> list[TokenSequence]:
     """Encode raw texts (no template) as prompt-only sequences, e.g. for calibration."""
     return [

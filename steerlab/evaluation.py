@@ -66,6 +66,7 @@ class Sweep:
         """Each multiplier with a maker of the context that applies it."""
         if self.vector is None:
             return [(0.0, nullcontext)]
+        self.composition(1.0).fit(model)  # before any pass: a layer the model lacks, a d_model
         return [(m, partial(self.composition(m).apply, model, self.positions))
                 for m in self.multipliers]
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from steerlab.encoding import check_length
 from steerlab.models import ModelHandle
 from steerlab.progress import track
 
@@ -78,6 +79,9 @@ def generate_tokens(
     """
     texts = [model.format_prompt(p) if format_prompts else p for p in prompts]
     encoded = [model.encode_prompt(t) for t in texts]
+    for index, (text, ids) in enumerate(zip(texts, encoded)):
+        check_length(model, len(ids) + max_new_tokens,
+                     f"prompt {index} ({text[:40]!r}...) with {max_new_tokens} new tokens")
     out: list[list[int]] = []
     starts = range(0, len(encoded), batch_size)
     for number, start in enumerate(track(starts, len(starts), "generating", progress)):

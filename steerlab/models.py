@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ __all__ = [
     "BUILTIN_MODELS", "DEFAULT_MODEL", "ModelHandle", "ModelLoadError", "cache_dir",
     "find_decoder_layers", "load_model", "wrap_model",
 ]
+
+_INSANE_LIMIT = 10**7
+"""Limits at or above this are placeholders (tokenizers without one say 1e30), not real ones."""
 
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
 """Prompt format for models without a chat template; completions then start with a space."""
@@ -56,6 +60,18 @@ class ModelHandle:
     @property
     def d_model(self) -> int:
         return text_config_value(self.model.config, "hidden_size", "n_embd", "d_model")
+
+    @property
+    def context(self) -> int | None:
+        """Tokens one sequence may hold: the smaller of the config's position limit and the
+        tokenizer's ``model_max_length``, leaving out unset or placeholder values (None when
+        neither says)."""
+        limits = [getattr(self.tokenizer, "model_max_length", None)]
+        with suppress(AttributeError):
+            limits.append(text_config_value(self.model.config, "max_position_embeddings",
+                                            "n_positions", "max_sequence_length"))
+        sane = [int(v) for v in limits if isinstance(v, int) and 0 < v < _INSANE_LIMIT]
+        return min(sane) if sane else None
 
     @property
     def device(self) -> torch.device:

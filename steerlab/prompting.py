@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from steerlab.data import MCItem, PreferencePair, nested_subsets
 from steerlab.datasets import DATASETS
 from steerlab.encoding import encode
-from steerlab.models import ModelHandle, text_config_value
+from steerlab.models import ModelHandle
 
 __all__ = [
     "Prompting", "ShotFit", "context_limit", "kshot", "max_shots", "prompted", "shot_answer",
@@ -23,8 +23,6 @@ __all__ = [
 ]
 
 _OPEN_LETTER = re.compile(r"^\([A-Z]$")
-_INSANE_LIMIT = 10**7
-"""Limits at or above this are placeholders (tokenizers without one say 1e30), not real ones."""
 
 
 @dataclass(frozen=True)
@@ -90,19 +88,10 @@ def system_prompt(dataset: str, override: str | None = None) -> Prompting:
 
 
 def context_limit(model: ModelHandle) -> int:
-    """Tokens the model takes at most: the smaller of its config's position limit and the
-    tokenizer's ``model_max_length``, leaving out unset or placeholder values."""
-    limits = [getattr(model.tokenizer, "model_max_length", None)]
-    try:
-        limits.append(text_config_value(
-            model.model.config, "max_position_embeddings", "n_positions", "max_sequence_length"
-        ))
-    except AttributeError:
-        pass
-    sane = [int(v) for v in limits if isinstance(v, int) and 0 < v < _INSANE_LIMIT]
-    if not sane:
+    """Tokens the model takes at most (:attr:`ModelHandle.context`); an error when unknown."""
+    if model.context is None:
         raise ValueError(f"{model.name}: neither its config nor its tokenizer gives a context length")
-    return min(sane)
+    return model.context
 
 
 Evaluated = MCItem | PreferencePair | str

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from steerlab.encoding import Batch, TokenSequence, batches, encode
+from steerlab.encoding import Batch, TokenSequence, batches, check_length, encode
 from steerlab.models import ModelHandle
 from steerlab.progress import track
 from steerlab.steering import forward_until
@@ -145,7 +145,8 @@ def score_settings(
     stems: dict[tuple[tuple[int, ...], int], int] = {}
     needed: list[set[int]] = []
     stem_of: list[int | None] = []
-    for seq in seqs:
+    for index, seq in enumerate(seqs):
+        check_length(model, len(seq.ids), f"sequence {index} ({model.tokenizer.decode(seq.ids[:12])!r}...)")
         if seq.n_completion == 0:
             stem_of.append(None)
             continue

@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from steerlab.catalog import BUILTIN_MODELS
-from steerlab.models import ModelHandle, text_config_value
+from steerlab.models import ModelHandle
 from steerlab.steering import Positions
 from steerlab.vectors import SteeringVector
 from steerlab.worker import Addition, Decoding, Event, GenerationJob, GenerationWorker, QueueFull
@@ -309,14 +309,6 @@ def served_name(spec: str) -> str:
     return path.stem if path.suffix == ".gguf" else path.resolve().name
 
 
-def model_context(model: ModelHandle) -> int | None:
-    """The model's maximum positions, when its config says."""
-    try:
-        return text_config_value(model.model.config, "max_position_embeddings", "n_positions")
-    except AttributeError:
-        return None
-
-
 class ChatService:
     """Checks requests against the model, the vectors and the settings, and turns them into jobs."""
 
@@ -332,7 +324,7 @@ class ChatService:
         self.vectors = dict(vectors)
         self.settings = settings
         self.model_name = settings.model_name or served_name(model.name)
-        self.context = settings.max_context or model_context(model)
+        self.context = settings.max_context or model.context
 
     def describe(self) -> dict[str, Any]:
         """The model entry of ``/v1/models``, with the vectors and the allowed multiplier range."""

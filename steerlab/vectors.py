@@ -67,6 +67,8 @@ class VectorMeta(BaseModel):
     model_fingerprint: str
     d_model: int
     method: str
+    n_layers: int | None = None
+    """The model's decoder layers (None in files from before it was recorded)."""
     hyperparams: dict[str, Any] = Field(default_factory=dict)
     data_hash: str | None = None
     n_examples: int | None = None
@@ -204,6 +206,12 @@ class SteeringVector:
         elif len(self.directions) == 1:
             (only,) = self.directions.values()
             placed = {int(layer): only for layer in layers}
+            wrong = [layer for layer in placed
+                     if layer < 0 or (self.meta.n_layers is not None and layer >= self.meta.n_layers)]
+            if wrong:
+                known = (f"the model has {self.meta.n_layers} layers" if self.meta.n_layers
+                         else "layers count from 0")
+                raise ValueError(f"layer {wrong[0]} out of range: {known}")
         else:
             missing = sorted(set(layers) - set(self.directions))
             if missing:
@@ -238,8 +246,14 @@ class SteeringVector:
         return self
 
     def check_compatible(self, model: nn.Module) -> None:
-        """Fail on a d_model mismatch; warn when the model's config fingerprint differs."""
+        """Fail on a d_model mismatch or a layer the model does not have; warn when the model's
+        config fingerprint differs."""
         check_model_fit(model, self.meta, "vector")
+        n_layers = text_config_value(model.config, "num_hidden_layers", "n_layer", "num_layers")
+        outside = [layer for layer in self.layers if layer >= n_layers]
+        if outside:
+            raise ValueError(f"vector has a direction for layer {outside[0]}, but the model has "
+                             f"{n_layers} layers (0..{n_layers - 1})")
 
     def target(self, model: ModelHandle | nn.Module) -> tuple[nn.Module, nn.ModuleList]:
         """The Hugging Face model and its decoder layers, once this vector is checked to fit."""
@@ -469,6 +483,7 @@ def meta_for(model: ModelHandle, method: str, **fields: Any) -> VectorMeta:
         model_name=model.name,
         model_fingerprint=model.fingerprint,
         d_model=model.d_model,
+        n_layers=model.n_layers,
         method=method,
         **fields,
     )

@@ -132,8 +132,13 @@ def test_lora_train_prints_best_step_and_parameter_ratio(model_dir, pairs_file, 
     assert result.exit_code == 1 and "objective must be 'sft' or 'dpo'" in result.output
 
 
-def test_baseline_shots_prints_the_context_cut(model_dir, pairs_file):
-    result = invoke("baseline", "shots", "--model", model_dir, "--data", pairs_file, "--ks", "0,1,2,4,6")
+def test_baseline_shots_prints_the_context_cut(model_dir, pairs_file, tmp_path):
+    short = tiny_model("llama")
+    short.model.config.max_position_embeddings = 256
+    short.model.save_pretrained(tmp_path / "short")
+    short.tokenizer.save_pretrained(tmp_path / "short")
+    result = invoke("baseline", "shots", "--model", tmp_path / "short", "--data", pairs_file,
+                    "--ks", "0,1,2,4,6")
     assert result.exit_code == 0, result.output
     assert "context 256 tokens" in result.output and "cut at k=" in result.output
     result = invoke("baseline", "shots", "--model", model_dir, "--data", pairs_file, "--ks", "9")

@@ -170,3 +170,45 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(model_dir
     debug = invoke("--debug", *args)
     assert isinstance(debug.exception, RuntimeError)
     assert cli.USER_ERRORS  # plain input errors print without their type
+
+
+def test_a_file_mixing_pairs_and_mc_rows_names_the_odd_row(model_dir, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps({"prompt": "P", "chosen": "a", "rejected": "b"}) + "\n"
+                    + json.dumps({"question": "Q?", "choices": ["a", "b"], "answer": 0}) + "\n")
+    fragment = "mixed.jsonl:2: a multiple-choice row in a file of preference-pair rows"
+    clean_failure(invoke("train", "--model", model_dir, "--data", path, "--layer", "1",
+                         "--out", tmp_path / "v.safetensors"), fragment)
+    clean_failure(invoke("eval", "--model", model_dir, "--data", path, "--out",
+                         tmp_path / "r.jsonl"), fragment)
+    inspected = invoke("data", "inspect", path)
+    assert "no problems found" not in inspected.output and "Traceback" not in inspected.output
+    assert fragment in " ".join(inspected.output.split())
+
+
+def test_eval_with_a_vector_for_a_layer_the_model_lacks(model_dir, tmp_path):
+    model = tiny_model("llama")
+    path = tmp_path / "v9.safetensors"
+    SteeringVector({9: torch.ones(32)}, meta_for(model, "test")).save(path)
+    data = tmp_path / "mc.jsonl"
+    data.write_text(json.dumps({"question": "Q?", "choices": ["a", "b"], "answer": 0}) + "\n")
+    clean_failure(invoke("eval", "--model", model_dir, "--data", data, "--vector", path,
+                         "--multipliers", "0,1", "--out", tmp_path / "r.jsonl"),
+                  "direction for layer 9, but the model has 4 layers")
+
+
+def test_prompts_longer_than_the_model_positions_are_refused(model_dir, tmp_path):
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"question": "word " * 300, "choices": ["a", "b"], "answer": 0})
+                    + "\n")
+    clean_failure(invoke("eval", "--model", model_dir, "--data", data, "--out",
+                         tmp_path / "r.jsonl"), "over the model's 1024 positions")
+    clean_failure(invoke("generate", "word " * 300, "--model", model_dir), "over the model's 1024")
+
+
+@pytest.mark.parametrize("layer", ["99", "-1"])
+def test_export_refuses_layers_outside_the_model(vector_file, tmp_path, layer):
+    out = tmp_path / "v.gguf"
+    clean_failure(invoke("vector", "export", vector_file, "--gguf", out, "--layers", layer),
+                  f"layer {layer} out of range")
+    assert not out.exists()

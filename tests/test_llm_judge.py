@@ -30,7 +30,7 @@ from steerlab.llm_judge import (
 from steerlab.serve import ServeSettings, create_app, free_port, serving
 
 N_ITEMS = 12
-LONG = {"max_context": 1024}  # judge prompts outgrow the tiny models' 256 positions; RoPE extends
+LONG = {"max_context": 1024}  # judge prompts are long; the tiny models take 1024 positions
 
 
 @pytest.fixture(scope="module")

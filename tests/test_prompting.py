@@ -120,8 +120,8 @@ def test_max_shots_reports_the_context_cut():
 
 
 def test_context_limit_takes_the_smaller_sane_value():
-    model = tiny_model("gpt2")  # n_positions 256; the tokenizer says 1e30 (unset)
-    assert context_limit(model) == 256
+    model = tiny_model("gpt2")  # n_positions 1024; the tokenizer says 1e30 (unset)
+    assert context_limit(model) == 1024
     model.tokenizer.model_max_length = 100
     assert context_limit(model) == 100
 

@@ -46,7 +46,8 @@ def vectors(model):
 
 @pytest.fixture(scope="module")
 def url(model, vectors):
-    app = create_app(model, vectors, ServeSettings(max_tokens=MAX_TOKENS, max_multiplier=8))
+    app = create_app(model, vectors, ServeSettings(max_tokens=MAX_TOKENS, max_multiplier=8,
+                                                   max_context=256))
     with serving(app) as base_url:
         yield base_url
 

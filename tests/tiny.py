@@ -37,7 +37,7 @@ def byte_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
 
 
 IDS = dict(pad_token_id=256, eos_token_id=257, bos_token_id=258)
-COMMON = dict(vocab_size=VOCAB, max_position_embeddings=256, initializer_range=0.3, **IDS)
+COMMON = dict(vocab_size=VOCAB, max_position_embeddings=1024, initializer_range=0.3, **IDS)
 DECODER = dict(
     hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
     intermediate_size=64, **COMMON,
@@ -51,7 +51,7 @@ CONFIGS = {
     "gemma3": lambda: Gemma3TextConfig(**DECODER, head_dim=8),
     "phi3": lambda: Phi3Config(**DECODER),
     "gpt2": lambda: GPT2Config(
-        vocab_size=VOCAB, n_positions=256, n_embd=32, n_layer=4, n_head=4, initializer_range=0.3, **IDS
+        vocab_size=VOCAB, n_positions=1024, n_embd=32, n_layer=4, n_head=4, initializer_range=0.3, **IDS
     ),
     "gpt_neox": lambda: GPTNeoXConfig(**{**DECODER, "num_key_value_heads": 4}),
 }
