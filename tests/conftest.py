@@ -39,3 +39,11 @@ def _threads(request):
 def tiny():
     """The default tiny model (llama family, chat template); shared, never mutated."""
     return tiny_model("llama")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The fuzz suite's counts (tests/test_fuzz.py), when it ran."""
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None and fuzz.FUZZ["inputs"]:
+        counts = ", ".join(f"{value} {name}" for name, value in fuzz.FUZZ.items())
+        terminalreporter.write_line(f"fuzz: {counts}")
