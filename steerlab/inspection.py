@@ -101,6 +101,8 @@ class LabelCheck:
     """Two-answer items: the model's letter (or Yes/No) preference was removed first by
     thresholding its score difference at the median, so agreement reflects content."""
     message: str
+    too_long: int = 0
+    """Sampled items left out because they do not fit the model's context."""
 
 
 @dataclass
@@ -142,9 +144,20 @@ def _view(record: Record) -> tuple[str, list[str], int | None]:
     return record, [], None
 
 
+EXAMPLE_CHARS = 2000
+"""A shown example's texts are cut at this many characters (a 50 MB field is not printed)."""
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= EXAMPLE_CHARS else (
+        f"{text[:EXAMPLE_CHARS]}… [{len(text):,} characters in all]")
+
+
 def _example(row: Row) -> Example:
     record = row.record
-    return Example("" if isinstance(record, str) else record.id, row.where, row.split, *_view(record))
+    question, choices, marked = _view(record)
+    return Example("" if isinstance(record, str) else record.id, row.where, row.split,
+                   _clip(question), [_clip(choice) for choice in choices], marked)
 
 
 def _is_answer_pair(record: Record) -> bool:
@@ -255,7 +268,11 @@ def check_labels(
     if not records:
         raise ValueError("no records to check")
     picked = sorted(random.Random(seed).sample(range(len(records)), min(sample, len(records))))
-    items = [records[i] for i in picked]
+    items = [records[i] for i in picked if _fits(model, records[i])]
+    too_long = len(picked) - len(items)
+    if not items:
+        raise ValueError(f"none of the {len(picked)} sampled items fits the model's context of "
+                         f"{model.context} tokens")
     if isinstance(items[0], MCItem):
         results = evaluate_mc(model, items, batch_size=batch_size, progress=False)
         chance = sum(1 / len(item.choices) for item in items) / len(items)
@@ -274,10 +291,33 @@ def check_labels(
     top, top_count = Counter(predicted).most_common(1)[0]
     n = len(items)
     verdict, p_below, p_above = label_verdict(agree, n, chance)
-    return LabelCheck(
-        model.name, n, agree, chance, p_below, p_above, verdict, top, top_count / n, calibrated,
-        _label_message(verdict, agree, n, chance, p_below, p_above, top, top_count / n, calibrated),
-    )
+    message = _label_message(verdict, agree, n, chance, p_below, p_above, top, top_count / n,
+                             calibrated)
+    if too_long:
+        message += (f" {too_long} sampled item(s) longer than the model's context of "
+                    f"{model.context} tokens were left out.")
+    return LabelCheck(model.name, n, agree, chance, p_below, p_above, verdict, top,
+                      top_count / n, calibrated, message, too_long)
+
+
+MAX_CHARS_PER_TOKEN = 64
+"""No tokenizer steerlab meets packs more characters into one token: a text longer than this
+many characters per position cannot fit and is not tokenised at all (a 50 MB field would take
+minutes)."""
+
+
+def _fits(model: ModelHandle, record: Record) -> bool:
+    """Whether every sequence the label check scores for ``record`` fits the model's context."""
+    if model.context is None:
+        return True
+    prompt = record.question if isinstance(record, MCItem) else record.prompt
+    answers = record.choices if isinstance(record, MCItem) else (record.chosen, record.rejected)
+    if len(prompt) + max(map(len, answers)) > MAX_CHARS_PER_TOKEN * model.context:
+        return False
+    from steerlab.encoding import encode
+
+    seqs = encode(model, [prompt] * len(answers), list(answers))
+    return all(len(seq.ids) <= model.context for seq in seqs)
 
 
 def _calibrated_agreement(results: Sequence[dict[str, Any]]) -> tuple[int, bool]:

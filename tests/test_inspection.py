@@ -150,3 +150,18 @@ def test_label_check_on_the_default_model_catches_a_flipped_column(tmp_path):
     report = inspect_dataset(flipped, model=load_model("smollm2-135m-instruct"))
     assert report.label_check.verdict == "below chance", report.label_check.message
     assert "flipped label column" in report.warnings[0]
+
+
+def test_a_huge_field_is_shown_cut_and_left_out_of_the_label_check(tmp_path, tiny):
+    """The probe's 50 MB field ran `data inspect` past 300 s (printed whole, scored whole)."""
+    from steerlab.inspection import EXAMPLE_CHARS, inspect_dataset
+
+    path = tmp_path / "big.jsonl"
+    rows = [{"prompt": "x" * 200_000, "chosen": "a", "rejected": "b"},
+            {"prompt": "short one", "chosen": "a", "rejected": "b"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = inspect_dataset(path, model=tiny, examples=2)
+    assert max(len(e.question) for e in report.examples) < EXAMPLE_CHARS + 40
+    assert "200,000 characters in all" in report.examples[0].question
+    assert report.label_check.n == 1 and report.label_check.too_long == 1
+    assert "longer than the model's context of 1024 tokens were left out" in report.label_check.message
