@@ -212,3 +212,49 @@ def test_export_refuses_layers_outside_the_model(vector_file, tmp_path, layer):
     clean_failure(invoke("vector", "export", vector_file, "--gguf", out, "--layers", layer),
                   f"layer {layer} out of range")
     assert not out.exists()
+
+
+def test_a_gguf_control_vector_with_nan_is_refused_on_import(tmp_path):
+    from gguf import GGUFWriter
+
+    path = tmp_path / "nan.gguf"
+    writer = GGUFWriter(str(path), "controlvector")
+    writer.add_string("controlvector.model_hint", "llama")
+    writer.add_uint32("controlvector.layer_count", 1)
+    data = torch.ones(32).numpy()
+    data[0] = float("nan")
+    writer.add_tensor("direction.1", data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    clean_failure(invoke("vector", "import", path, "--out", tmp_path / "v.safetensors"),
+                  "non-finite")
+
+
+def test_eval_input_errors_the_probe_saw_as_tracebacks(model_dir, vector_file, tmp_path):
+    """Duplicate item ids, a d_model mismatch, --out a directory, a corrupt line in the middle
+    of the records file: each one line naming what is wrong."""
+    data = tmp_path / "mc.jsonl"
+    rows = [{"question": f"Q{i}?", "choices": ["a", "b"], "answer": 0, "id": f"q{i}"}
+            for i in range(3)]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text("\n".join(json.dumps({**r, "id": "same"}) for r in rows) + "\n")
+    clean_failure(invoke("eval", "--model", model_dir, "--data", dup, "--out", tmp_path / "a.jsonl"),
+                  "item ids must be unique", "same")
+    narrow = tmp_path / "v16.safetensors"
+    meta = meta_for(tiny_model("llama"), "test").model_copy(update={"d_model": 16})
+    SteeringVector({1: torch.ones(16)}, meta).save(narrow)
+    clean_failure(invoke("eval", "--model", model_dir, "--data", data, "--vector", narrow,
+                         "--multipliers", "0,1", "--out", tmp_path / "b.jsonl"),
+                  "d_model 16 but the model has d_model 32")
+    (tmp_path / "outdir").mkdir()
+    clean_failure(invoke("eval", "--model", model_dir, "--data", data, "--out",
+                         tmp_path / "outdir"), "outdir")
+    records = tmp_path / "r.jsonl"
+    assert invoke("eval", "--model", model_dir, "--data", data, "--out", records).exit_code == 0
+    lines = records.read_text().splitlines()
+    records.write_text("\n".join([lines[0], "{corrupt", *lines[1:]]) + "\n")
+    clean_failure(invoke("eval", "--model", model_dir, "--data", data, "--vector", vector_file,
+                         "--multipliers", "0,1", "--out", records), "r.jsonl:2")
