@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -66,6 +67,10 @@ class Condition:
                              f"({meta.d_model},)")
         if not bool(direction.any()):
             raise ValueError("a condition's direction must not be zero")
+        if not bool(torch.isfinite(direction).all()):
+            raise ValueError("a condition's direction has non-finite values (NaN or inf)")
+        if not math.isfinite(threshold):
+            raise ValueError(f"a condition's threshold must be a finite number, got {threshold}")
         if layer < 0:
             raise ValueError(f"condition layer must be 0 or more, got {layer}")
         self.layer = int(layer)

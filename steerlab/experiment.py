@@ -22,9 +22,10 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    """Unknown keys are errors: a misspelt option must not be silently ignored."""
+    """Unknown keys are errors: a misspelt option must not be silently ignored; numbers must be
+    finite (YAML's .nan and .inf are not multipliers)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataSpec(_Strict):

@@ -294,3 +294,16 @@ def test_a_condition_needs_a_two_dimensional_mask(tiny):
     with (torch.no_grad(), vector.apply(tiny, 1.0, condition=gate),
           pytest.raises(ValueError, match="needs a 2-D attention mask")):
         tiny.model(input_ids=ids, attention_mask=causal)
+
+
+@pytest.mark.parametrize("direction, threshold, message", [
+    (torch.full((32,), float("nan")), 0.0, "non-finite"),
+    (torch.ones(32), float("inf"), "threshold must be a finite number"),
+    (torch.ones(32), float("nan"), "threshold must be a finite number"),
+])
+def test_conditions_must_be_finite(direction, threshold, message):
+    from steerlab.conditions import Condition
+    from steerlab.vectors import meta_for
+
+    with pytest.raises(ValueError, match=message):
+        Condition(1, direction, meta_for(tiny_model("llama"), "condition"), threshold)

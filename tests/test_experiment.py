@@ -342,3 +342,23 @@ def test_conditional_config_errors(tmp_path):
     condition = {**condition, "layer": 1, "negative": {"dataset": "no-such-set"}}
     with pytest.raises(ConfigError, match="conditional.condition.negative.dataset"):
         parse_config(config_text(data, conditional={"method": "caa", "condition": condition}))
+
+
+def test_config_numbers_must_be_finite():
+    text = """name: x
+data:
+  train: {dataset: refusal, split: train}
+  val_size: 10
+  test: {dataset: refusal, split: test}
+methods:
+  caa: {method: caa}
+steering:
+  layers: [3]
+  multipliers: [1, .nan, .inf]
+  norm_ratio: .inf
+"""
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "nan.yaml")
+    message = str(raised.value)
+    assert "nan.yaml:10: steering.multipliers.1: Input should be a finite number" in message
+    assert "steering.norm_ratio: Input should be a finite number" in message
