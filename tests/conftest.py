@@ -36,6 +36,16 @@ def _threads(request):
 
 
 @pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """The default tiny model saved as a Hugging Face directory, for the CLI's --model."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model = tiny_model("llama")
+    model.model.save_pretrained(path)
+    model.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def tiny():
     """The default tiny model (llama family, chat template); shared, never mutated."""
     return tiny_model("llama")

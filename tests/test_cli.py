@@ -10,15 +10,6 @@ from steerlab.vectors import SteeringVector
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model = tiny_model("llama")
-    model.model.save_pretrained(path)
-    model.tokenizer.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture()
 def pairs_file(tmp_path):
     path = tmp_path / "pairs.jsonl"

@@ -18,15 +18,6 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model = tiny_model("llama")
-    model.model.save_pretrained(path)
-    model.tokenizer.save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def vector_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("vector") / "v.safetensors"
     SteeringVector({1: torch.ones(32)}, meta_for(tiny_model("llama"), "test")).save(path)

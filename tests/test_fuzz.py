@@ -133,15 +133,6 @@ def test_loaders_load_or_name_the_file_and_lose_no_row(tmp_path):
                 load_dataset(path)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny")
-    model = tiny_model("llama")
-    model.model.save_pretrained(path)
-    model.tokenizer.save_pretrained(path)
-    return path
-
-
 NUMBERS = ["nan", "inf", "-inf", "-1", "0", "1e308", "-1e308", "2", "abc", "", "1,2", "0.5"]
 
 
