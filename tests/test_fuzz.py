@@ -220,7 +220,7 @@ def test_server_answers_every_fuzzed_body_with_a_clean_status(tmp_path):
                     status, text = response.status, response.read().decode()
             except urllib.error.HTTPError as err:
                 status, text = err.code, err.read().decode()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 FUZZ["hangs"] += 1
                 raise AssertionError(f"no answer within 30 s to {data[:200]!r}") from None
             if status >= 500:
