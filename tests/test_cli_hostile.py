@@ -249,3 +249,16 @@ def test_eval_input_errors_the_probe_saw_as_tracebacks(model_dir, vector_file, t
     records.write_text("\n".join([lines[0], "{corrupt", *lines[1:]]) + "\n")
     clean_failure(invoke("eval", "--model", model_dir, "--data", data, "--vector", vector_file,
                          "--multipliers", "0,1", "--out", records), "r.jsonl:2")
+
+
+def test_data_inspect_and_serve_name_what_the_probe_found(tmp_path, vector_file):
+    """data inspect said "no problems found" for a line holding two rows; serve printed a
+    traceback for a broken vector file."""
+    two = tmp_path / "two.jsonl"
+    two.write_text('{"prompt": "Q", "chosen": "a", "rejected": "b"} '
+                   '{"prompt": "R", "chosen": "c", "rejected": "d"}\n')
+    result = invoke("data", "inspect", two)
+    clean_failure(result, "two.jsonl:1: more than one JSON value on the line")
+    assert "no problems found" not in result.output
+    broken = broken_vectors(tmp_path, vector_file)["truncated"]
+    clean_failure(invoke("serve", "--vector", f"x={broken}"), "not a safetensors steering vector")
