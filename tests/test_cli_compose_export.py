@@ -3,7 +3,7 @@
 import pytest
 import torch
 from gguf import GGUFReader
-from test_cli import invoke, model_dir  # noqa: F401  (fixture)
+from test_cli import invoke
 from test_cli_runs import write_jsonl
 from tiny import tiny_model
 

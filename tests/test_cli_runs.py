@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from test_cli import invoke, model_dir  # noqa: F401  (fixture)
+from test_cli import invoke
 from tiny import tiny_model
 
 from steerlab.records import read_records

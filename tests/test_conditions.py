@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 from test_ablation import added_hooks, hook_counts
-from test_cli import invoke, model_dir  # noqa: F401  (fixture)
+from test_cli import invoke
 from test_steering import PROMPTS, logits, make_vector
 from test_sweep_cache import PAIRS
 from tiny import tiny_model

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 from test_blind import read_sheet, write_sheet
-from test_cli import invoke, model_dir  # noqa: F401  (fixture)
+from test_cli import invoke
 from tiny import tiny_model
 
 from steerlab.records import read_records
