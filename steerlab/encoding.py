@@ -6,7 +6,7 @@ are known exactly (the mask every log-probability and every activation read depe
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,11 +43,13 @@ def encode(
     return out
 
 
-def check_length(model: ModelHandle, tokens: int, what: str) -> None:
+def check_length(model: ModelHandle, tokens: int, what: Callable[[], str]) -> None:
     """Refuse a sequence longer than the model's positions: past them a model reads garbage
-    (rotary ones) or fails on an index (learnt ones) instead of saying so."""
+    (rotary ones) or fails on an index (learnt ones) instead of saying so. ``what`` names the
+    sequence, made only when needed."""
     if model.context is not None and tokens > model.context:
-        raise ValueError(f"{what} has {tokens} tokens, over the model's {model.context} positions")
+        raise ValueError(f"{what()} has {tokens} tokens, over the model's {model.context} "
+                         "positions")
 
 
 def encode_texts(model: ModelHandle, texts: Sequence[str]) -> list[TokenSequence]:

@@ -81,7 +81,7 @@ def generate_tokens(
     encoded = [model.encode_prompt(t) for t in texts]
     for index, (text, ids) in enumerate(zip(texts, encoded)):
         check_length(model, len(ids) + max_new_tokens,
-                     f"prompt {index} ({text[:40]!r}...) with {max_new_tokens} new tokens")
+                     lambda: f"prompt {index} ({text[:40]!r}...) with {max_new_tokens} new tokens")
     out: list[list[int]] = []
     starts = range(0, len(encoded), batch_size)
     for number, start in enumerate(track(starts, len(starts), "generating", progress)):

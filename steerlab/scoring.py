@@ -146,7 +146,8 @@ def score_settings(
     needed: list[set[int]] = []
     stem_of: list[int | None] = []
     for index, seq in enumerate(seqs):
-        check_length(model, len(seq.ids), f"sequence {index} ({model.tokenizer.decode(seq.ids[:12])!r}...)")
+        check_length(model, len(seq.ids),
+                     lambda: f"sequence {index} ({model.tokenizer.decode(seq.ids[:12])!r}...)")
         if seq.n_completion == 0:
             stem_of.append(None)
             continue
