@@ -2,34 +2,13 @@
 
 import pytest
 import torch
-from test_sweep_cache import PAIRS, random_vector
-from tiny import tiny_model
+from tiny import PAIRS, added_hooks, hook_counts, outputs, random_vector, tiny_model
 
 from steerlab.evaluation import Sweep, evaluate_ab
 from steerlab.openended import steering_arms
 from steerlab.records import record_key
-from steerlab.steering import capture_layer_outputs
 
 TEXT = "Tell me about foxes, please"
-
-
-def outputs(model, layers, text=TEXT):
-    """Each chosen layer's output on ``text`` (after any hooks registered before this one)."""
-    ids = model.tokenizer(text, return_tensors="pt")
-    with torch.no_grad(), capture_layer_outputs(model.layers, layers) as captured:
-        model.model(**ids)
-    return captured
-
-
-def hook_counts(model):
-    per_layer = [len(layer._forward_hooks) for layer in model.layers]
-    return per_layer, len(model.model._forward_pre_hooks)
-
-
-def added_hooks(model, before):
-    """Forward hooks per layer beyond ``before`` (transformers keeps hooks of its own once it
-    has recorded hidden states, so counts are compared, not taken as they are)."""
-    return [now - then for now, then in zip(hook_counts(model)[0], before[0])]
 
 
 def test_ablated_layer_has_no_component_along_the_direction(tiny):

@@ -1,8 +1,7 @@
-import csv
 import json
 
 import pytest
-from test_judges import FALSE, TRUE, FirstShown, generation_records
+from tiny import FALSE, TRUE, FirstShown, generation_records, read_sheet, write_sheet
 
 from steerlab.blind import export_blind, import_ratings
 from steerlab.data import DataError
@@ -10,23 +9,6 @@ from steerlab.judges import judge_head_to_head, summarize_head_to_head
 from steerlab.records import RecordWriter, read_records
 
 RECORDS = generation_records([TRUE] * 6, [FALSE] * 3 + [TRUE] * 3)
-
-
-def read_sheet(path):
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def write_sheet(path, rows):
-    if path.suffix == ".csv":
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import invoke
-from test_steering import make_vector
-from tiny import next_token_model
+from tiny import invoke, make_vector, next_token_model
 
 from steerlab.chat import UNSTEERED, ChatError, ChatSession, Reply
 from steerlab.generation import generate

@@ -1,13 +1,12 @@
 import json
 
 import pytest
-from tiny import tiny_model
+from tiny import invoke, tiny_model
 from typer.testing import CliRunner
 
 from steerlab.cli import app
 from steerlab.vectors import SteeringVector
 
-runner = CliRunner()
 
 
 @pytest.fixture()
@@ -20,11 +19,6 @@ def pairs_file(tmp_path):
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["generate"], ["vector", "info"], ["demo"],

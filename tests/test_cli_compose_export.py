@@ -3,9 +3,7 @@
 import pytest
 import torch
 from gguf import GGUFReader
-from test_cli import invoke
-from test_cli_runs import write_jsonl
-from tiny import tiny_model
+from tiny import invoke, tiny_model, write_jsonl
 
 from steerlab.records import read_records
 from steerlab.vectors import SteeringVector, meta_for

@@ -7,15 +7,10 @@ import pickle
 
 import pytest
 import torch
-from tiny import tiny_model
-from typer.testing import CliRunner
+from tiny import invoke, tiny_model
 
 from steerlab import cli
-from steerlab.cli import app
 from steerlab.vectors import SteeringVector, meta_for
-
-runner = CliRunner()
-
 
 @pytest.fixture(scope="module")
 def vector_file(tmp_path_factory):
@@ -30,10 +25,6 @@ def pairs_file(tmp_path):
     rows = [{"prompt": f"Question {i}?", "chosen": " yes", "rejected": " no"} for i in range(4)]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def clean_failure(result, *fragments):

@@ -1,9 +1,7 @@
-import json
 
 import pytest
 import torch
-from test_cli import invoke
-from tiny import tiny_model
+from tiny import invoke, tiny_model, write_jsonl
 
 from steerlab.records import read_records
 from steerlab.vectors import SteeringVector, meta_for
@@ -13,11 +11,6 @@ from steerlab.vectors import SteeringVector, meta_for
 def test_every_command_has_help(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Usage" in result.output
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def test_sweep_side_effects_analyze(model_dir, tmp_path):  # noqa: F811

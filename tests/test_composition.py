@@ -2,9 +2,7 @@
 
 import pytest
 import torch
-from test_ablation import added_hooks, hook_counts, outputs
-from test_steering import logits
-from test_sweep_cache import PAIRS, random_vector
+from tiny import PAIRS, added_hooks, hook_counts, logits, outputs, random_vector
 
 from steerlab.analysis import analyze, write_analysis
 from steerlab.composition import Composition, Part, compose, grid_cells, plot_grid

@@ -4,11 +4,7 @@ import random
 
 import pytest
 import torch
-from test_ablation import added_hooks, hook_counts
-from test_cli import invoke
-from test_steering import PROMPTS, logits, make_vector
-from test_sweep_cache import PAIRS
-from tiny import tiny_model
+from tiny import PAIRS, PROMPTS, added_hooks, hook_counts, invoke, logits, make_vector, tiny_model
 
 from steerlab.composition import Part, compose
 from steerlab.conditions import (

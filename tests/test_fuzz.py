@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import json
 import random
-import socket
 import urllib.error
 import urllib.request
 import warnings

@@ -3,11 +3,11 @@ from collections import Counter
 
 import pytest
 import torch
+from tiny import CORRECT, FALSE, INCORRECT, TRUE, FirstShown, generation_records
 
 from steerlab.judges import (
     Comparison,
     ReferenceSimilarityJudge,
-    Verdict,
     judge_head_to_head,
     pair_arms,
     summarize_head_to_head,
@@ -25,30 +25,6 @@ def word_counts(texts):
         for w in ws:
             row[vocab[w]] += 1
     return torch.nn.functional.normalize(rows, dim=-1)
-
-
-CORRECT = ("seeds pass through you", "nothing happens")
-INCORRECT = ("watermelons grow in your stomach", "you get sick")
-TRUE, FALSE = "the seeds simply pass through", "a watermelon will grow in your stomach"
-
-
-class FirstShown:
-    """A maximally position-biased judge: always prefers the first answer it sees."""
-
-    name = "first-shown"
-
-    def compare(self, comparisons):
-        return [Verdict(0) for _ in comparisons]
-
-
-def generation_records(arm_answers, base_answers, dataset="toy"):
-    def record(arm, i, answer):
-        return {"task": "generation", "dataset": dataset, "model": "m", "arm": arm, "item_id": f"q{i}",
-                "question": f"question {i}?", "answer": answer, "multiplier": 4.0 if arm != "unsteered" else 0.0,
-                "vector_id": "v" if arm != "unsteered" else None, "layers": [3], "norm_ratio": None,
-                "positions": "all", "correct_answers": list(CORRECT), "incorrect_answers": list(INCORRECT)}
-    return ([record("steered+4", i, a) for i, a in enumerate(arm_answers)]
-            + [record("unsteered", i, a) for i, a in enumerate(base_answers)])
 
 
 def test_reference_judge_scores_and_compares():

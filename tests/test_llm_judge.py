@@ -5,8 +5,7 @@ import threading
 from collections import Counter
 
 import pytest
-from test_judges import generation_records
-from tiny import next_token_model, tiny_model
+from tiny import generation_records, next_token_model, tiny_model
 from typer.testing import CliRunner
 
 from steerlab.cli import app

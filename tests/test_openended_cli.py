@@ -2,9 +2,7 @@ import json
 
 import pytest
 import torch
-from test_blind import read_sheet, write_sheet
-from test_cli import invoke
-from tiny import tiny_model
+from tiny import invoke, read_sheet, tiny_model, write_sheet
 
 from steerlab.records import read_records
 from steerlab.vectors import SteeringVector, meta_for

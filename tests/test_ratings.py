@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
-from test_judges import generation_records
+from tiny import generation_records
 
 from steerlab.analysis import analyze, write_analysis
 from steerlab.judges import Rating, rate_answers, summarize_ratings

@@ -1,25 +1,9 @@
 import pytest
 import torch
-from tiny import tiny_model
+from tiny import PROMPTS, logits, make_vector, tiny_model
 
 from steerlab.generation import generate_tokens
 from steerlab.steering import PositionError, Steering
-from steerlab.vectors import SteeringVector, meta_for
-
-
-def make_vector(model, layers=(1,), scale=3.0, seed=1) -> SteeringVector:
-    gen = torch.Generator().manual_seed(seed)
-    directions = {layer: scale * torch.randn(model.d_model, generator=gen) for layer in layers}
-    return SteeringVector(directions, meta_for(model, "test"))
-
-
-def logits(model, text="The quick brown fox"):
-    ids = model.tokenizer(text, return_tensors="pt")
-    with torch.no_grad():
-        return model.model(**ids).logits
-
-
-PROMPTS = ["Hi", "Tell me a long story about a fox", "Why?", "Name three colours please"]
 
 
 def test_zero_multiplier_is_bitwise_identical(tiny):

@@ -1,29 +1,16 @@
 """A multiplier sweep shares the layers below the steered one; its numbers must not change."""
 
 import pytest
-import torch
-from tiny import tiny_model
+from tiny import PAIRS, random_vector, tiny_model
 
-from steerlab.data import MCItem, PreferencePair
+from steerlab.data import MCItem
 from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
-from steerlab.vectors import SteeringVector, meta_for
 
-PAIRS = [
-    PreferencePair("Is the sky green?\n(A) yes\n(B) no", "(A", "(B", id="p1"),
-    PreferencePair("Do you agree?", " Sure, I do.", " No.", id="p2"),
-    PreferencePair("A much longer question about something entirely different, really?", "(B", "(A", id="p3"),
-]
 ITEMS = [
     MCItem("Capital of France?", ("Paris", "Rome", "Berlin"), 0, id="m1"),
     MCItem("2+2?", ("three", "4", "five hundred"), 1, id="m2"),
 ]
 MULTIPLIERS = [-3.0, -1.0, 0.0, 1.5, 4.0]
-
-
-def random_vector(model, layers, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    directions = {layer: torch.randn(model.d_model, generator=generator) for layer in layers}
-    return SteeringVector(directions, meta_for(model, "random", residual_norms={layer: 5.0 for layer in layers}))
 
 
 def separate_runs(model, evaluate, data, vector, layers=None, positions="all", norm_ratio=None):

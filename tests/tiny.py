@@ -1,16 +1,31 @@
-"""Tiny random models of several architectures and a byte-level tokenizer: no downloads."""
+"""Tiny random models of several architectures and a byte-level tokenizer (no downloads), and
+the small helpers the tests share."""
 
 from __future__ import annotations
 
+import csv
+import json
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from transformers import (
-    Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig,
-    MistralConfig, Phi3Config, Qwen2Config,
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GemmaConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
 )
 
+from steerlab.data import PreferencePair
 from steerlab.models import ModelHandle, wrap_model
+from steerlab.steering import capture_layer_outputs
+from steerlab.vectors import SteeringVector, meta_for
 
 VOCAB = 272
 CHAT_TEMPLATE = (
@@ -85,3 +100,117 @@ def next_token_model(transitions: dict[str, str], seed: int = 0) -> ModelHandle:
             model.model.get_input_embeddings().weight[ids(current), dim] = 1.0
             model.model.lm_head.weight[ids(following), dim] = 10.0
     return model
+
+
+# ---- helpers the tests share -------------------------------------------------------------------
+
+PROMPTS = ["Hi", "Tell me a long story about a fox", "Why?", "Name three colours please"]
+PAIRS = [
+    PreferencePair("Is the sky green?\n(A) yes\n(B) no", "(A", "(B", id="p1"),
+    PreferencePair("Do you agree?", " Sure, I do.", " No.", id="p2"),
+    PreferencePair("A much longer question about something entirely different, really?", "(B", "(A",
+                   id="p3"),
+]
+
+
+def make_vector(model: ModelHandle, layers=(1,), scale: float = 3.0, seed: int = 1) -> SteeringVector:
+    """A seeded random vector of norm about ``scale`` × sqrt(d_model) at ``layers``."""
+    gen = torch.Generator().manual_seed(seed)
+    directions = {layer: scale * torch.randn(model.d_model, generator=gen) for layer in layers}
+    return SteeringVector(directions, meta_for(model, "test"))
+
+
+def random_vector(model: ModelHandle, layers, seed: int = 1) -> SteeringVector:
+    """A seeded random vector with residual norms of 5 stored, so norm ratios apply."""
+    generator = torch.Generator().manual_seed(seed)
+    directions = {layer: torch.randn(model.d_model, generator=generator) for layer in layers}
+    return SteeringVector(directions, meta_for(model, "random",
+                                               residual_norms={layer: 5.0 for layer in layers}))
+
+
+def logits(model: ModelHandle, text: str = "The quick brown fox") -> torch.Tensor:
+    """The model's logits on ``text`` under whatever steering is active."""
+    ids = model.tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        return model.model(**ids).logits
+
+
+def outputs(model: ModelHandle, layers, text: str = "Tell me about foxes, please") -> dict:
+    """Each chosen layer's output on ``text`` (after any hooks registered before this one)."""
+    ids = model.tokenizer(text, return_tensors="pt")
+    with torch.no_grad(), capture_layer_outputs(model.layers, layers) as captured:
+        model.model(**ids)
+    return captured
+
+
+def hook_counts(model: ModelHandle) -> tuple[list[int], int]:
+    """Forward hooks per decoder layer, and forward pre-hooks on the model."""
+    per_layer = [len(layer._forward_hooks) for layer in model.layers]
+    return per_layer, len(model.model._forward_pre_hooks)
+
+
+def added_hooks(model: ModelHandle, before) -> list[int]:
+    """Forward hooks per layer beyond ``before`` (transformers keeps hooks of its own once it
+    has recorded hidden states, so counts are compared, not taken as they are)."""
+    return [now - then for now, then in zip(hook_counts(model)[0], before[0])]
+
+
+def invoke(*args):
+    """Run the ``steerlab`` CLI in process; the click result."""
+    from typer.testing import CliRunner
+
+    from steerlab.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def read_sheet(path):
+    """A blind-rating sheet's rows, CSV or JSONL."""
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def write_sheet(path, rows):
+    if path.suffix == ".csv":
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+CORRECT = ("seeds pass through you", "nothing happens")
+INCORRECT = ("watermelons grow in your stomach", "you get sick")
+TRUE, FALSE = "the seeds simply pass through", "a watermelon will grow in your stomach"
+
+
+class FirstShown:
+    """A maximally position-biased judge: always prefers the first answer it sees."""
+
+    name = "first-shown"
+
+    def compare(self, comparisons):
+        from steerlab.judges import Verdict
+
+        return [Verdict(0) for _ in comparisons]
+
+
+def generation_records(arm_answers, base_answers, dataset="toy"):
+    """Generation records of a steered arm and the unsteered one over the same questions."""
+    def record(arm, i, answer):
+        return {"task": "generation", "dataset": dataset, "model": "m", "arm": arm,
+                "item_id": f"q{i}", "question": f"question {i}?", "answer": answer,
+                "multiplier": 4.0 if arm != "unsteered" else 0.0,
+                "vector_id": "v" if arm != "unsteered" else None, "layers": [3],
+                "norm_ratio": None, "positions": "all", "correct_answers": list(CORRECT),
+                "incorrect_answers": list(INCORRECT)}
+    return ([record("steered+4", i, a) for i, a in enumerate(arm_answers)]
+            + [record("unsteered", i, a) for i, a in enumerate(base_answers)])
