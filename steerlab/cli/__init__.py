@@ -1,0 +1,15 @@
+"""The `steerlab` command: thin typer commands over the library, one module per command group
+(``app``: the application and its error boundary; ``options`` and ``inputs``: what the commands
+share; each group's module registers its commands when imported)."""
+
+from importlib import import_module
+
+from steerlab.cli.app import USER_ERRORS, app
+
+COMMAND_GROUPS = ("train", "evaluate", "generate", "vectors", "data", "openended")
+"""The modules that register commands, in the order ``steerlab --help`` lists them."""
+
+for _group in COMMAND_GROUPS:
+    import_module(f"steerlab.cli.{_group}")
+
+__all__ = ["USER_ERRORS", "app"]

@@ -1,0 +1,5 @@
+"""``python -m steerlab.cli``: the ``steerlab`` command."""
+
+from steerlab.cli import app
+
+app()

@@ -1,0 +1,286 @@
+"""Likelihood evaluation: eval, sweep, compose, side-effects, analyze, and run (a whole
+experiment)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from steerlab.catalog import DEFAULT_MODEL
+from steerlab.cli.app import app, console
+from steerlab.cli.inputs import (
+    fail,
+    load_handle,
+    load_records,
+    load_scored_items,
+    load_texts,
+    load_vector,
+)
+from steerlab.cli.options import (
+    AblateOpt,
+    BatchOpt,
+    LayersOpt,
+    LimitOpt,
+    ModelOpt,
+    NormRatioOpt,
+    RunOpt,
+    parse_floats,
+    parse_ints,
+    parse_layers,
+)
+
+
+@app.command("eval")
+def evaluate(
+    data: Annotated[str, typer.Option("--data", "-d", help="Dataset name (`steerlab data list`; name:split works) or MC / pairs file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Records file (.jsonl), appended to; a rerun resumes.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    vector: Annotated[Optional[Path], typer.Option("--vector", "-v", help="Steering vector file.")] = None,
+    multipliers: Annotated[str, typer.Option(help="Comma-separated multipliers.")] = "0",
+    layers: LayersOpt = None,
+    norm_ratio: NormRatioOpt = None,
+    ablate: AblateOpt = False,
+    split: Annotated[Optional[str], typer.Option(help="Use only this split (bundled sets: train/test).")] = None,
+    batch_size: BatchOpt = 8,
+) -> None:
+    """Score multiple-choice or A/B items by likelihood, per multiplier; print a table.
+
+    Rerun on the same --out, it resumes: items whose records are there are not scored again.
+    """
+    from steerlab.evaluation import Sweep, evaluate
+    from steerlab.records import RecordWriter, summarize
+    from steerlab.vectors import SteeringVector
+
+    items = load_scored_items(data, split)
+    steering = SteeringVector.load(vector) if vector else None
+    handle = load_handle(model)
+    try:
+        sweep = Sweep(steering, parse_floats(multipliers), parse_layers(layers, handle.n_layers), norm_ratio,
+                      intervention="ablate" if ablate else "add")
+        sweep.check()
+    except ValueError as err:
+        fail(str(err))
+    with RecordWriter(out) as writer:
+        records = evaluate(handle, items, [sweep], dataset=str(data), writer=writer, batch_size=batch_size)
+    print_summary(summarize(records))
+    console.print(f"{len(records)} records in {out}")
+
+
+def print_summary(rows: list[dict]) -> None:
+    """A table with one row per setting: n, score ± standard error, accuracy."""
+    table = Table()
+    for column in ("task", "dataset", "layers", "multiplier", "n", "score", "accuracy"):
+        table.add_column(column, justify="right" if column in ("multiplier", "n") else "left")
+    for row in rows:
+        table.add_row(
+            row["task"], str(row["dataset"]), str(row["layers"] or "-"), f"{row['multiplier']:g}",
+            str(row["n"]), f"{row['score']:.3f} ± {row['score_se']:.3f}", f"{row['correct']:.3f}",
+        )
+    console.print(table)
+
+
+@app.command()
+def sweep(
+    data: Annotated[list[str], typer.Option("--data", "-d", help="Dataset (name, name:split or file); repeatable.")],
+    vector: Annotated[list[Path], typer.Option("--vector", "-v", help="Steering vector file; repeatable.")],
+    out: RunOpt,
+    model: ModelOpt = DEFAULT_MODEL,
+    multipliers: Annotated[str, typer.Option(help="Comma-separated multipliers.")] = "-2,-1,0,1,2",
+    layers: Annotated[Optional[str], typer.Option(help="Layers to try, each on its own (default: the vector's own).")] = None,
+    norm_ratio: NormRatioOpt = None,
+    limit: LimitOpt = None,
+    batch_size: BatchOpt = 8,
+) -> None:
+    """Evaluate every vector × layer × multiplier on each dataset, into a run directory.
+
+    At each layer the layers below run once per batch and only those above once per multiplier.
+    """
+    from steerlab.evaluation import evaluate, grid
+    from steerlab.records import summarize
+    from steerlab.runs import RunDir
+
+    sets = {spec: load_scored_items(spec, None, limit) for spec in data}
+    vectors = [load_vector(path) for path in vector]
+    sweeps = grid(vectors, parse_floats(multipliers), parse_ints(layers) if layers else None, norm_ratio)
+    handle = load_handle(model)
+    run = RunDir.open(out, "sweep", {"data": data, "vectors": [str(v) for v in vector], "model": model,
+                                     "multipliers": multipliers, "layers": layers, "norm_ratio": norm_ratio,
+                                     "n": limit})
+    records = []
+    with run.writer() as writer:
+        for steering in vectors:
+            run.keep_vector(steering)
+        for spec, items in sets.items():
+            records += evaluate(handle, items, sweeps, dataset=spec, writer=writer, batch_size=batch_size)
+    print_summary(summarize(records))
+    console.print(f"{len(records)} records in {run.records_path}; `steerlab analyze {out}` builds the tables")
+
+
+@app.command("compose")
+def compose_grid(
+    vector: Annotated[list[Path], typer.Option("--vector", "-v", help="Steering vector file: give two, first then second.")],
+    data_a: Annotated[str, typer.Option("--data-a", help="The first vector's behaviour: A/B pairs or MC items (name, name:split or file).")],
+    data_b: Annotated[str, typer.Option("--data-b", help="The second vector's behaviour, likewise.")],
+    out: RunOpt,
+    grid: Annotated[str, typer.Option(help="Multipliers tried for each vector, comma-separated (both axes of the grid).")] = "-2,0,2",
+    model: ModelOpt = DEFAULT_MODEL,
+    layers: LayersOpt = None,
+    norm_ratio: NormRatioOpt = None,
+    limit: LimitOpt = None,
+    batch_size: BatchOpt = 8,
+) -> None:
+    """Steer with two vectors at once over a grid of both multipliers; score both behaviours.
+
+    Every grid point is scored on both datasets; `steerlab analyze` draws one heat map each.
+    """
+    from steerlab.composition import grid_cells
+    from steerlab.evaluation import composition_grid, evaluate
+    from steerlab.runs import RunDir
+
+    if len(vector) != 2:
+        fail(f"compose takes exactly two --vector options, got {len(vector)}")
+    first, second = (load_vector(path) for path in vector)
+    sets = {spec: load_scored_items(spec, None, limit) for spec in (data_a, data_b)}
+    handle = load_handle(model)
+    try:
+        sweeps = composition_grid(first, second, parse_floats(grid), None, parse_layers(layers, handle.n_layers),
+                                  norm_ratio)
+        for sweep in sweeps:
+            sweep.check()
+    except ValueError as err:
+        fail(str(err))
+    run = RunDir.open(out, "compose", {"vectors": [str(v) for v in vector], "data": [data_a, data_b],
+                                       "model": model, "grid": grid, "layers": layers,
+                                       "norm_ratio": norm_ratio, "n": limit})
+    records = []
+    with run.writer() as writer:
+        for steering in (first, second):
+            run.keep_vector(steering)
+        for spec, items in sets.items():
+            records += evaluate(handle, items, sweeps, dataset=spec, writer=writer, batch_size=batch_size)
+    print_grid(grid_cells(records), {first.id: str(vector[0]), second.id: str(vector[1])})
+    console.print(f"{len(records)} records in {run.records_path}; `steerlab analyze {out}` draws the heat maps")
+
+
+def print_grid(cells: list, names: dict[str, str]) -> None:
+    """One table per grid: the mean score at each (first, second) multiplier pair."""
+    from steerlab.composition import by_grid, grid_matrix
+
+    for (_, dataset, first, second), members in by_grid(cells).items():
+        rows, columns, matrix = grid_matrix(members)
+        table = Table(title=f"{dataset}: mean score (rows: ×{names.get(first, first)}, "
+                            f"columns: ×{names.get(second, second)})")
+        table.add_column("×", justify="right")
+        for column in columns:
+            table.add_column(f"{column:g}", justify="right")
+        for row, line in zip(rows, matrix):
+            table.add_row(f"{row:g}", *(f"{c.score:.3f}" if c else "-" for c in line))
+        console.print(table)
+
+
+@app.command("side-effects")
+def side_effects(
+    vector: Annotated[Path, typer.Option("--vector", "-v", help="Steering vector file.")],
+    out: RunOpt,
+    model: ModelOpt = DEFAULT_MODEL,
+    multipliers: Annotated[str, typer.Option(help="Steered multipliers, comma-separated (0, the baseline, is added).")] = "4",
+    layers: LayersOpt = None,
+    norm_ratio: NormRatioOpt = None,
+    capability: Annotated[Optional[list[str]], typer.Option(help="Multiple-choice capability set (name or name:split); repeatable. Default: general-knowledge.")] = None,
+    text: Annotated[Optional[list[str]], typer.Option(help="Text set for perplexity (name or name:split); repeatable. Default: wikitext2:test.")] = None,
+    kl_prompts: Annotated[Optional[list[str]], typer.Option(help="Unrelated prompts for KL: a prompts set, or the questions of an MC / pairs set; repeatable. Default: general-knowledge.")] = None,
+    limit: Annotated[int, typer.Option("--n", help="Items, texts or prompts per set: a seeded sample.")] = 100,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per perplexity text.")] = 128,
+    batch_size: BatchOpt = 8,
+) -> None:
+    """Capability accuracy, perplexity and KL to the unsteered model: steered against unsteered."""
+    from steerlab.evaluation import Sweep
+    from steerlab.runs import RunDir
+    from steerlab.side_effects import as_prompts, passages, side_effect_records, side_effects_table
+
+    capability, text = capability or ["general-knowledge"], text or ["wikitext2:test"]
+    kl_prompts = kl_prompts or ["general-knowledge"]
+    steering = load_vector(vector)
+    capability_sets = {spec: load_scored_items(spec, None, limit) for spec in capability}
+    texts = {spec: passages(load_texts(spec), limit) for spec in text}
+    prompts = {spec: as_prompts(load_records(spec, None, limit)) for spec in kl_prompts}
+    handle = load_handle(model)
+    run = RunDir.open(out, "side-effects", {"vector": str(vector), "model": model, "multipliers": multipliers,
+                                            "layers": layers, "norm_ratio": norm_ratio, "capability": capability,
+                                            "text": text, "kl_prompts": kl_prompts, "n": limit})
+    run.keep_vector(steering)
+    sweep = Sweep(steering, parse_floats(multipliers), parse_ints(layers) if layers else None, norm_ratio)
+    with run.writer() as writer:
+        records = side_effect_records(handle, sweep, capability=capability_sets, texts=texts, prompts=prompts,
+                                      max_tokens=max_tokens, writer=writer, batch_size=batch_size)
+    print_side_effects(side_effects_table(records))
+    console.print(f"records in {run.records_path}")
+
+
+def print_side_effects(rows: list) -> None:
+    """The side-effects table: unsteered, steered, change and its 90% interval."""
+    table = Table(title="side effects (steered vs unsteered; 90% intervals)")
+    for column in ("metric", "dataset", "multiplier", "n", "unsteered", "steered", "change", "interval"):
+        table.add_column(column, justify="left" if column in ("metric", "dataset") else "right")
+    for row in rows:
+        table.add_row(row.metric, row.dataset, f"{row.multiplier:g}", str(row.n), f"{row.unsteered:.4g}",
+                      f"{row.steered:.4g}", f"{row.change:+.4g}", f"[{row.lower:+.4g}, {row.upper:+.4g}]")
+    console.print(table)
+
+
+@app.command()
+def analyze(run_dir: Annotated[Path, typer.Argument(help="A run directory (from sweep, side-effects, ...).")]) -> None:
+    """Recompute every table and plot of a run from its records alone; write analysis.md."""
+    from rich.markdown import Markdown
+
+    from steerlab.analysis import write_analysis
+    from steerlab.runs import RunDir
+
+    run = RunDir(run_dir)
+    records = run.records()
+    if not records:
+        fail(f"no records in {run.records_path}")
+    path = write_analysis(run.path, records)
+    if any(r.get("task") == "experiment" for r in records):
+        from steerlab.report import experiment_report
+
+        path, page = experiment_report(run.path, records)
+        console.print(f"report: {page}")
+    console.print(Markdown(path.read_text(encoding="utf-8")))
+    console.print(f"analysis: {path}")
+
+
+@app.command("run")
+def run_config(
+    config: Annotated[Path, typer.Argument(help="An experiment config (YAML); see examples/.")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Run directory (default: runs/<name>); a rerun on it resumes.")] = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Validate the config and its data, print what would run, and stop.")] = False,
+) -> None:
+    """Run an experiment: every arm on validation and test into a run directory (stage one),
+    then the report from its records (stage two, as `steerlab analyze`)."""
+    from steerlab.experiment import ConfigError, load_config
+
+    try:
+        experiment = load_config(config)
+    except ConfigError as err:
+        fail(str(err))
+    from steerlab.runner import data_summary, run_experiment
+
+    sizes = data_summary(experiment)
+    console.print(f"{experiment.name}: model {experiment.model}; " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    if check:
+        console.print("config is valid")
+        return
+    run_dir = out or Path("runs") / experiment.name
+    try:
+        run = run_experiment(experiment, run_dir, log=console.print)
+    except KeyboardInterrupt:
+        fail(f"interrupted: the records so far are in {run_dir}; run the same command to resume")
+    except (ValueError, FileNotFoundError) as err:
+        fail(f"{config}: {err}")
+    analyze(run.path)

@@ -1,0 +1,182 @@
+"""Generation: generate, demo, serve, chat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from steerlab.catalog import DEFAULT_MODEL
+from steerlab.cli.app import app, console
+from steerlab.cli.inputs import fail, load_condition, load_handle, load_named_vectors, load_vector
+from steerlab.cli.options import (
+    AblateOpt,
+    LayersOpt,
+    ModelOpt,
+    NormRatioOpt,
+    finite_number,
+    parse_floats,
+    parse_layers,
+)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user prompt (the chat template is applied).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    vector: Annotated[Optional[Path], typer.Option("--vector", "-v", help="Steering vector file.")] = None,
+    multiplier: Annotated[float, typer.Option(help="Steering multiplier.", callback=finite_number)] = 1.0,
+    positions: Annotated[str, typer.Option(help="all, prompt or generated.")] = "all",
+    norm_ratio: NormRatioOpt = None,
+    layers: LayersOpt = None,
+    ablate: AblateOpt = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.", min=1)] = 80,
+    compare: Annotated[bool, typer.Option(help="Also print the unsteered reply.")] = True,
+    condition: Annotated[Optional[Path], typer.Option(
+        help="Steer only if the prompt meets this condition (from `steerlab condition`).")] = None,
+) -> None:
+    """Generate a reply (greedy), steered when a vector is given."""
+    from contextlib import AbstractContextManager, nullcontext
+
+    from steerlab.composition import Part, compose
+    from steerlab.generation import generate as run_generate
+
+    steering = load_vector(vector) if vector else None
+    gate = load_condition(condition) if condition else None
+    if gate is not None and steering is None:
+        fail("--condition gates a vector: give --vector too")
+    handle = load_handle(model)
+    if gate is not None:
+        holds = gate.applies(handle, [prompt], progress=False)[0]
+        verdict = "holds: steering" if holds else "does not hold: unsteered"
+        console.print(f"condition {gate.id} {verdict}", highlight=False)
+    if steering is not None and compare:
+        console.print("[bold]unsteered[/bold]")
+        console.print(run_generate(handle, [prompt], max_new_tokens, progress=False)[0])
+    context: AbstractContextManager = nullcontext()
+    if steering is not None:
+        try:
+            part = Part(steering, multiplier, parse_layers(layers, handle.n_layers), norm_ratio,
+                        "ablate" if ablate else "add", gate)
+            context = compose([part]).apply(handle, positions)  # type: ignore[arg-type]
+        except ValueError as err:
+            fail(str(err))
+        if compare:
+            console.print(f"[bold]{'ablated' if ablate else 'steered'} ×{multiplier:g}[/bold]")
+    with context:
+        console.print(run_generate(handle, [prompt], max_new_tokens, progress=False)[0])
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for records, vector and report.")] = Path("demo_out"),
+    model: ModelOpt = DEFAULT_MODEL,
+    behaviour: Annotated[str, typer.Option(help="Bundled behaviour: sycophancy or refusal.")] = "refusal",
+    layer: Annotated[Optional[int], typer.Option(help="Layer to steer (default: the demo's choice).")] = None,
+    multipliers: Annotated[Optional[str], typer.Option(help="Comma-separated multipliers.")] = None,
+) -> None:
+    """Train a CAA vector on a bundled behaviour, sweep multipliers, compare generations, report."""
+    from steerlab.demo import DemoConfig, run_demo
+
+    config = DemoConfig(model=model, behaviour=behaviour, out_dir=out)
+    if layer is not None:
+        config.layer = layer
+    if multipliers:
+        config.multipliers = parse_floats(multipliers)
+    run_demo(config, console)
+
+
+@app.command()
+def serve(
+    model: ModelOpt = DEFAULT_MODEL,
+    vector: Annotated[Optional[list[str]], typer.Option("--vector", "-v", help="A vector clients may apply, as name=path.safetensors (a bare path is named by its file stem); repeatable.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; the default accepts connections from this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
+    max_multiplier: Annotated[float, typer.Option(help="Requests may use multipliers in [-this, this].", min=0)] = 8.0,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens one request may generate (and the default).", min=1)] = 512,
+    max_context: Annotated[Optional[int], typer.Option(help="Prompt + answer tokens allowed (default: the model's maximum positions).", min=1)] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Requests with identical settings generated together, at most.", min=1)] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(help="Milliseconds a request waits for others with its settings to join its batch.", min=0)] = 20.0,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key clients must send as a bearer token; unset or empty: no key. (Never on the command line, where other users can read it.)")] = "STEERLAB_API_KEY",
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted; larger ones get 413.", min=1024)] = 2 << 20,
+    body_timeout_s: Annotated[float, typer.Option(help="Seconds a client may take to send its request body; slower ones get 408.", min=0.001)] = 30.0,
+    served_model_name: Annotated[Optional[str], typer.Option(help="Model id clients send and /v1/models lists (default: a built-in or hub name as given, a local model by its directory or file name, never its path).")] = None,
+) -> None:
+    """Serve the model over an OpenAI-compatible API (chat completions, streaming) with steering.
+
+    Each request picks vectors and multipliers with an extra body field, e.g. with the openai
+    client: extra_body={"steering": [{"vector": "refusal", "multiplier": 4}]}; none by default.
+    """
+    import os
+
+    from steerlab.serve import ServeSettings, served_name
+    from steerlab.serve import serve as run_server
+
+    vectors = load_named_vectors(vector or [])
+    key = os.environ.get(api_key_env) or None
+    settings = ServeSettings(
+        model_name=served_model_name, max_multiplier=max_multiplier, max_tokens=max_tokens,
+        max_context=max_context, api_key=key, max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s,
+    )
+    if key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key (set ${api_key_env})")
+    handle = load_handle(model)
+    console.print(f"serving {settings.model_name or served_name(model)} on http://{host}:{port}/v1 with vectors: "
+                  f"{', '.join(vectors) or 'none'}; API key {'required' if key else 'not required'}")
+    try:
+        run_server(handle, vectors, settings, host=host, port=port)
+    except ValueError as err:
+        fail(str(err))
+
+
+@app.command()
+def chat(
+    model: ModelOpt = DEFAULT_MODEL,
+    vector: Annotated[Optional[list[str]], typer.Option(
+        "--vector", "-v", help="A vector to steer with, as name=path.safetensors (a bare path is "
+        "named by its file stem); repeatable, switch with /vector NAME.")] = None,
+    multiplier: Annotated[float, typer.Option(
+        help="Steering multiplier (change it with /multiplier X).")] = 1.0,
+    layers: LayersOpt = None,
+    norm_ratio: NormRatioOpt = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per reply.", min=1)] = 128,
+    side: Annotated[bool, typer.Option(
+        "--side/--no-side",
+        help="Show the unsteered reply beside the steered one (toggle with /side).")] = True,
+) -> None:
+    """Chat with the model in the terminal, steered; change the vector, multiplier and layers
+    between turns (/help lists the commands) and compare with the unsteered reply side by side."""
+    from steerlab.chat import ChatError, ChatSession
+
+    vectors = load_named_vectors(vector or [])
+    handle = load_handle(model)
+    try:
+        session = ChatSession(handle, vectors, multiplier=multiplier,
+                              layers=parse_layers(layers, handle.n_layers), norm_ratio=norm_ratio,
+                              side_by_side=side, max_new_tokens=max_new_tokens)
+    except ChatError as err:
+        fail(str(err))
+    console.print(f"chatting with {handle.name}: {session.describe()}. /help lists the commands, "
+                  "/quit leaves.", highlight=False)
+    while not session.done:
+        try:
+            line = console.input("[bold]you>[/bold] ")
+        except (EOFError, KeyboardInterrupt):
+            break
+        try:
+            if line.strip().startswith("/"):
+                console.print(session.command(line), highlight=False)
+                continue
+            with console.status("generating"):
+                replies = session.send(line)
+        except ChatError as err:
+            console.print(f"[red]error:[/red] {err}", highlight=False)
+            continue
+        table = Table(show_lines=False, expand=True)
+        for reply in replies:
+            table.add_column(reply.label, ratio=1, overflow="fold")
+        table.add_row(*(reply.text for reply in replies))
+        console.print(table)

@@ -1,0 +1,138 @@
+"""What the commands load (models, datasets, prompt sets, vectors, conditions); a load that
+fails ends the command with the loader's message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from steerlab.cli.app import console
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code=1)
+
+
+def load_handle(model: str):
+    from steerlab.models import ModelLoadError, load_model
+
+    try:
+        with console.status(f"loading {model}"):
+            return load_model(model)
+    except ModelLoadError as err:
+        fail(str(err))
+
+
+def load_records(spec: str, split: Optional[str], limit: Optional[int] = None, seed: int = 0) -> list:
+    """Records of a registered dataset or file (``name:split`` also names the split), or exit
+    with the loader's message; ``limit`` takes a seeded sample."""
+    from steerlab.data import DataError
+    from steerlab.data import split as sample
+    from steerlab.datasets import DatasetUnavailable, load_dataset
+
+    if split is None and ":" in spec and not Path(spec).exists():
+        spec, split = spec.rsplit(":", 1)
+    try:
+        items = load_dataset(spec, split)
+    except (DataError, DatasetUnavailable, FileNotFoundError, KeyError, ValueError) as err:
+        fail(str(err))
+    if not items:
+        fail(f"no rows in {spec}" + (f" with split '{split}'" if split else ""))
+    return sample(items, [min(limit, len(items))], seed)[0] if limit else items
+
+
+def load_prompt_texts(spec: str, limit: Optional[int], seed: int) -> list[str]:
+    """Prompts of a question set, prompts dataset or any dataset (``name:split`` names the
+    split), or exit with the loader's message; ``limit`` takes a seeded sample."""
+    from steerlab.data import DataError
+    from steerlab.data import split as sample
+    from steerlab.datasets import DatasetUnavailable
+    from steerlab.openended import load_prompts
+
+    name, split = spec.rsplit(":", 1) if ":" in spec and not Path(spec).exists() else (spec, None)
+    try:
+        prompts = load_prompts(name, split)
+    except (DataError, DatasetUnavailable, FileNotFoundError, KeyError, ValueError) as err:
+        fail(str(err))
+    if not prompts:
+        fail(f"no prompts in {spec}")
+    return sample(prompts, [min(limit, len(prompts))], seed)[0] if limit else prompts
+
+
+def load_training_pairs(spec: str, split: Optional[str]) -> list:
+    """Preference pairs (free text or A/B) for training."""
+    from steerlab.data import PreferencePair
+
+    pairs = load_records(spec, split)
+    if not isinstance(pairs[0], PreferencePair):
+        fail(f"{spec} holds {type(pairs[0]).__name__} records, not preference pairs "
+              "(multiple choice converts with steerlab.mc_to_pairs)")
+    return pairs
+
+
+def load_scored_items(spec: str, split: Optional[str], limit: Optional[int] = None) -> list:
+    """Multiple-choice items or A/B pairs: what likelihood evaluation takes."""
+    from steerlab.data import MCItem, PreferencePair
+
+    items = load_records(spec, split, limit)
+    if not isinstance(items[0], (MCItem, PreferencePair)):
+        fail(f"{spec} holds prompts or text, not multiple-choice items or pairs")
+    return items
+
+
+def load_condition(path: Path):
+    from steerlab.conditions import Condition
+
+    try:
+        return Condition.load(path)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+
+
+def load_vector(path: Path):
+    from steerlab.vectors import SteeringVector
+
+    try:
+        return SteeringVector.load(path)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+
+
+def load_texts(spec: str) -> list[str]:
+    """Lines of a text dataset (e.g. wikitext2:test)."""
+    lines = load_records(spec, None)
+    if not isinstance(lines[0], str):
+        fail(f"{spec} holds {type(lines[0]).__name__} records, not text")
+    return lines
+
+
+def read_record_file(path: Path, datasets: list[str] | None = None) -> list[dict]:
+    """The records of a file, only those of ``datasets`` when given."""
+    from steerlab.records import read_records
+
+    if not path.is_file():
+        fail(f"records file not found: {path}")
+    return [r for r in read_records(path) if not datasets or r.get("dataset") in datasets]
+
+
+def other_arms(records: list[dict], base: str) -> list[str]:
+    """The arms of generation records other than ``base``, in order of appearance."""
+    from steerlab.openended import TASK
+
+    return list(dict.fromkeys(r["arm"] for r in records if r.get("task") == TASK and r["arm"] != base))
+
+
+def load_named_vectors(specs: list[str]) -> dict:
+    """'name=path' (or a bare path, named by its file stem) → loaded vectors by name."""
+    vectors = {}
+    for spec in specs:
+        name, _, path = spec.partition("=") if "=" in spec else (Path(spec).stem, "", spec)
+        if not name:
+            fail(f"--vector {spec!r}: expected name=path.safetensors")
+        if name in vectors:
+            fail(f"--vector {spec!r}: the name {name!r} is already taken")
+        vectors[name] = load_vector(Path(path))
+    return vectors

@@ -1,0 +1,268 @@
+"""Open-ended answers and their judging: generate-eval, judge, refusal, blind rating."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from steerlab.catalog import DEFAULT_MODEL
+from steerlab.cli.app import app, blind_app, console
+from steerlab.cli.inputs import fail, load_handle, other_arms, read_record_file
+from steerlab.cli.options import (
+    AblateOpt,
+    ArmsOpt,
+    BaseOpt,
+    BatchOpt,
+    DatasetsOpt,
+    LayersOpt,
+    ModelOpt,
+    NormRatioOpt,
+    RecordsArg,
+    parse_floats,
+    parse_layers,
+)
+
+
+@app.command("generate-eval")
+def generate_eval(
+    data: Annotated[list[str], typer.Option("--data", "-d", help="Question set (truthfulqa-open, advbench, harmless, another prompts dataset) or .jsonl/.csv file with a 'question' field; repeatable.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Generation records (.jsonl), appended to as produced.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    vector: Annotated[Optional[Path], typer.Option("--vector", "-v", help="Steering vector file; without it only the unsteered arm runs.")] = None,
+    multipliers: Annotated[str, typer.Option(help="Steered arms' multipliers, comma-separated (e.g. -4,4); the unsteered arm always runs.")] = "4",
+    layers: LayersOpt = None,
+    norm_ratio: NormRatioOpt = None,
+    positions: Annotated[str, typer.Option(help="Steer all, prompt or generated positions.")] = "all",
+    ablate: AblateOpt = False,
+    limit: Annotated[Optional[int], typer.Option("--n", help="Questions per set: a seeded sample (default: all).")] = None,
+    sample_seed: Annotated[int, typer.Option(help="Seed of the --n sample.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.", min=1)] = 64,
+    sample: Annotated[bool, typer.Option("--sample/--greedy", help="Sample (seeded) or decode greedily.")] = False,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (with --sample).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed; batch b uses seed + b, the same for every arm.")] = 0,
+    batch_size: BatchOpt = 8,
+) -> None:
+    """Answer questions unsteered and steered (one arm per multiplier), one record each.
+
+    The records feed `steerlab judge`, `steerlab blind export` and `steerlab refusal`.
+    """
+    from steerlab.data import DataError, split
+    from steerlab.datasets import DatasetUnavailable
+    from steerlab.openended import generate_answers, load_questions, steering_arms
+    from steerlab.records import RecordWriter
+    from steerlab.steering import POSITIONS
+    from steerlab.vectors import SteeringVector
+
+    if positions not in POSITIONS:
+        fail(f"--positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+    try:
+        sets = {spec: load_questions(spec) for spec in data}
+        steering = SteeringVector.load(vector) if vector else None
+    except (DataError, DatasetUnavailable, ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    if limit is not None:
+        sets = {spec: split(qs, [min(limit, len(qs))], sample_seed)[0] for spec, qs in sets.items()}
+    handle = load_handle(model)
+    try:
+        arms = steering_arms(steering, parse_floats(multipliers), parse_layers(layers, handle.n_layers),
+                             norm_ratio, positions, "ablate" if ablate else "add")  # type: ignore[arg-type]
+    except ValueError as err:
+        fail(str(err))
+    with RecordWriter(out) as writer:
+        for spec, questions in sets.items():
+            generate_answers(
+                handle, questions, arms, dataset=spec, max_new_tokens=max_new_tokens,
+                batch_size=batch_size, seed=seed, do_sample=sample, temperature=temperature, writer=writer,
+            )
+            console.print(f"{spec}: {len(questions)} questions × {len(arms)} arms ({', '.join(a.label for a in arms)})")
+    console.print(f"records appended to {out}")
+
+
+def _short(dataset: str) -> str:
+    """A dataset for a table: its name, or a file's name without the folders."""
+    return Path(dataset).name if "/" in dataset else dataset
+
+
+def print_head_to_head(rows: list) -> None:
+    """One row per judge × dataset × arm: wins/ties/losses, win rate with its interval, z test."""
+    table = Table(title="head to head (win rate counts a tie as half)")
+    for column in ("judge", "dataset", "arm vs base", "n", "W/T/L", "win rate [credible interval]", "z", "p"):
+        table.add_column(column, justify="left" if column in ("judge", "dataset", "arm vs base") else "right")
+    for row in rows:
+        low, high = row.interval
+        test = row.test
+        table.add_row(
+            row.judge, _short(row.dataset), f"{row.arm} vs {row.base}", str(row.n),
+            f"{row.wins}/{row.ties}/{row.losses}",
+            f"{row.win_rate:.3f} [{low:.3f}, {high:.3f}] ({row.advantage.level:.0%})",
+            f"{test.z:.2f}" if test else "-", f"{test.p_value:.3f}" if test else "-",
+        )
+    console.print(table)
+    console.print("p: one-sided z test of win rate > 1/2; interval: Bayesian (steerlab.stats.paired_advantage)")
+
+
+JUDGE_MODES = ("head-to-head", "rating")
+
+
+@app.command()
+def judge(
+    records: RecordsArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Head-to-head or rating records (.jsonl), appended to.")],
+    judge_name: Annotated[str, typer.Option("--judge", help="Judge: reference-similarity (embedding similarity to the dataset's reference answers; no API) or llm (a chat model over any OpenAI-compatible endpoint: $STEERLAB_JUDGE_BASE_URL, $STEERLAB_JUDGE_MODEL, key in $STEERLAB_JUDGE_API_KEY or $OPENAI_API_KEY).")] = "reference-similarity",
+    mode: Annotated[str, typer.Option(help="head-to-head (each arm against --base, shown order randomised per item) or rating (every answer rated 1-4 for the criterion, as in the BiPO paper; llm judge only).")] = "head-to-head",
+    criterion: Annotated[Optional[str], typer.Option(help="llm judge: what makes an answer better, or what the rating measures (default: truthfulness).")] = None,
+    concurrency: Annotated[int, typer.Option(help="llm judge: requests in flight at once.", min=1)] = 1,
+    arm: ArmsOpt = None,
+    base: BaseOpt = "unsteered",
+    dataset: DatasetsOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the per-item answer order the judge sees.")] = 0,
+) -> None:
+    """Judge each steered answer against the unsteered one, item by item, and print win rates;
+    or rate every answer 1-4 (--mode rating) and print mean ratings per arm."""
+    from steerlab.judges import JUDGES, JudgeError, judge_head_to_head, rate_answers
+    from steerlab.records import RecordWriter
+
+    if judge_name not in JUDGES:
+        fail(f"unknown judge {judge_name!r}; available: {', '.join(JUDGES)}")
+    if mode not in JUDGE_MODES:
+        fail(f"--mode must be one of {', '.join(JUDGE_MODES)}, got {mode!r}")
+    llm = judge_name == "llm"
+    if not llm and (criterion is not None or concurrency != 1):
+        fail("--criterion and --concurrency apply to the llm judge only")
+    if mode == "rating" and not llm:
+        fail("--mode rating needs --judge llm (a rater that reads a criterion)")
+    rows = read_record_file(records, dataset)
+    arms = arm or other_arms(rows, base)
+    if not arms:
+        fail(f"no generation records of an arm other than '{base}' in {records}")
+    options = {"criterion": criterion, "concurrency": concurrency} if llm else {}
+    try:
+        with console.status(f"loading the {judge_name} judge"):
+            chosen = JUDGES[judge_name](**options)
+        with RecordWriter(out) as writer:
+            if mode == "rating":
+                written = rate_answers(rows, chosen, [base, *arms], writer=writer)
+            else:
+                written = [
+                    v for a in arms
+                    for v in judge_head_to_head(rows, chosen, a, base, seed=seed, writer=writer)
+                ]
+    except (ValueError, ModuleNotFoundError, JudgeError) as err:
+        fail(str(err))
+    if mode == "rating":
+        print_ratings(written, base)
+    else:
+        _print_verdicts(written)
+    console.print(f"{len(written)} records appended to {out}")
+
+
+def _print_verdicts(verdicts: list[dict]) -> None:
+    """The head-to-head table, and how many judge replies could not be read (if the judge says)."""
+    from steerlab.judges import summarize_head_to_head
+
+    print_head_to_head(summarize_head_to_head(verdicts))
+    if verdicts and "unreadable" in verdicts[0]["details"]:
+        unreadable = sum(v["details"]["unreadable"] for v in verdicts)
+        console.print(f"{unreadable} unreadable judge replies (counted as ties; raw replies in the "
+                      "records)")
+
+
+def print_ratings(records: list[dict], base: str) -> None:
+    """One row per judge × dataset × arm: mean 1-4 rating and the paired difference from base."""
+    from steerlab.judges import summarize_ratings
+
+    rows = summarize_ratings(records, base)
+    level = next((r.mean.level for r in rows if r.mean), 0.9)
+    table = Table(title=f"ratings 1-4 ({level:.0%} credible intervals; difference paired by item)")
+    columns = ("judge", "dataset", "arm", "n", "unreadable", "mean rating", f"arm − {base}", "P(> 0)")
+    for column in columns:
+        table.add_column(column, justify="left" if column in columns[:3] else "right")
+    for row in rows:
+        mean, diff = row.mean, row.difference
+        table.add_row(
+            row.judge, _short(row.dataset), row.arm, str(row.n), str(row.unreadable),
+            mean.cell() if mean else "-", diff.cell("+.3f") if diff else "-",
+            f"{diff.prob_positive:.3f}" if diff else "-",
+        )
+    console.print(table)
+
+
+@blind_app.command("export")
+def blind_export(
+    records: RecordsArg,
+    arm: Annotated[str, typer.Option(help="The steered arm to rate against --base (e.g. steered+4).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Rating sheet to fill in: .csv or .jsonl.")],
+    key: Annotated[Path, typer.Option(help="Key file (.json) saying which arm wrote which answer; keep it from the rater.")],
+    base: BaseOpt = "unsteered",
+    dataset: DatasetsOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the row order and the per-item answer order.")] = 0,
+) -> None:
+    """Write a blinded rating sheet (answers shuffled, arms hidden) and its key."""
+    from steerlab.blind import export_blind
+
+    try:
+        count = export_blind(read_record_file(records, dataset), arm, out, key, base, seed)
+    except ValueError as err:
+        fail(str(err))
+    console.print(f"{count} pairs in {out}: fill 'preferred' with 1, 2 or tie; key in {key}")
+
+
+@blind_app.command("import")
+def blind_import(
+    sheet: Annotated[Path, typer.Argument(help="The filled rating sheet (.csv or .jsonl).")],
+    key: Annotated[Path, typer.Option(help="The key file written by `steerlab blind export`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Head-to-head records (.jsonl), appended to.")],
+    rater: Annotated[str, typer.Option(help="Who rated; records name the judge human:<rater>.")] = "human",
+) -> None:
+    """Check and unblind filled ratings into head-to-head records; print win rates."""
+    from steerlab.blind import import_ratings
+    from steerlab.judges import summarize_head_to_head
+    from steerlab.records import RecordWriter
+
+    if not key.is_file():
+        fail(f"key file not found: {key}")
+    try:
+        with RecordWriter(out) as writer:
+            verdicts = import_ratings(sheet, key, rater, writer)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    print_head_to_head(summarize_head_to_head(verdicts))
+    console.print(f"{len(verdicts)} verdicts appended to {out}")
+
+
+@app.command()
+def refusal(
+    records: RecordsArg,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also append per-answer refusal records (.jsonl) here.")] = None,
+    dataset: DatasetsOpt = None,
+    level: Annotated[float, typer.Option(help="Confidence level of the Wilson intervals.")] = 0.95,
+) -> None:
+    """Refusal rate per question set and arm, and attack success on harmful sets.
+
+    Refusals are found by the documented phrase list (steerlab.refusal); attack success is
+    1 − refusal rate on harmful prompts (advbench).
+    """
+    from contextlib import nullcontext
+
+    from steerlab.records import RecordWriter
+    from steerlab.refusal import detect_refusals, summarize_refusals
+
+    with RecordWriter(out) if out else nullcontext() as writer:
+        flagged = detect_refusals(read_record_file(records, dataset), writer=writer)
+    if not flagged:
+        fail(f"no generation records in {records}")
+    table = Table(title=f"refusals ({flagged[0]['detector']} detector; {level:.0%} Wilson intervals)")
+    for column in ("dataset", "arm", "multiplier", "n", "refusal rate", "attack success"):
+        table.add_column(column, justify="left" if column in ("dataset", "arm") else "right")
+    for row in summarize_refusals(flagged, level):
+        rate = row.refusals
+        attack = row.attack_success_interval
+        table.add_row(
+            _short(row.dataset), row.arm, f"{row.multiplier:g}", str(rate.n),
+            f"{rate.estimate:.3f} [{rate.lower:.3f}, {rate.upper:.3f}]",
+            f"{row.attack_success:.3f} [{attack[0]:.3f}, {attack[1]:.3f}]" if attack else "-",
+        )
+    console.print(table)

@@ -1,0 +1,99 @@
+"""Option types and value parsers the commands share; numbers are checked finite and in range."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from steerlab.catalog import BUILTIN_MODELS
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m",
+        help=f"Built-in name ({', '.join(BUILTIN_MODELS)}), model directory, .gguf file or hub id.",
+    ),
+]
+
+
+def finite_number(value: float | None) -> float | None:
+    """Option callback: a number option must be finite (NaN or inf steer nothing meaningful)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
+def positive_number(value: float | None) -> float | None:
+    """Option callback: a finite number above 0 (a norm ratio, a learning rate)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number above 0, got {value}")
+    return value
+
+
+BatchOpt = Annotated[int, typer.Option(help="Sequences per forward pass.", min=1)]
+
+
+LayersOpt = Annotated[Optional[str], typer.Option(help="Apply at these layers, comma-separated, or 'all' (default: the vector's).")]
+
+
+NormRatioOpt = Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.",
+                                                       callback=positive_number)]
+
+
+AblateOpt = Annotated[bool, typer.Option(
+    "--ablate", help="Project the vector's direction out instead of adding it; the multiplier is the strength (1 removes the component).")]
+
+
+LimitOpt = Annotated[Optional[int], typer.Option("--n", help="Items per dataset: a seeded sample (default: all).")]
+
+
+def parse_floats(text: str) -> list[float]:
+    """'-2,-1,0,1,2' → [-2.0, -1.0, 0.0, 1.0, 2.0], with a clear error for bad input."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise typer.BadParameter(f"expected finite numbers, got {text!r}")
+    return values
+
+
+def parse_ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_layers(text: Optional[str], n_layers: int) -> Optional[list[int]]:
+    """'all' → every layer of the model; '1,2' → [1, 2]; None → None (the vector's own)."""
+    if text is None:
+        return None
+    return list(range(n_layers)) if text.strip() == "all" else parse_ints(text)
+
+
+RunOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory: records, vectors, command log; a rerun resumes.")]
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="table (readable) or json (for scripts).")]
+
+
+RecordsArg = Annotated[Path, typer.Argument(help="Generation records (.jsonl) from `steerlab generate-eval`.")]
+
+
+BaseOpt = Annotated[str, typer.Option(help="The arm compared against.")]
+
+
+ArmsOpt = Annotated[Optional[list[str]], typer.Option("--arm", help="Arm to compare with --base (repeatable; default: every other arm).")]
+
+
+DatasetsOpt = Annotated[Optional[list[str]], typer.Option("--dataset", help="Only records of this question set (repeatable; default: all in the file).")]

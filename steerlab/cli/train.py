@@ -1,0 +1,215 @@
+"""Commands that fit something: steering vectors, conditions, LoRA adapters, k-shot prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from steerlab.catalog import DEFAULT_MODEL
+from steerlab.cli.app import app, baseline_app, console, lora_app
+from steerlab.cli.inputs import (
+    fail,
+    load_handle,
+    load_prompt_texts,
+    load_records,
+    load_training_pairs,
+)
+from steerlab.cli.options import BatchOpt, LimitOpt, ModelOpt, parse_ints, positive_number
+
+METHODS = ("caa", "bipo", "dpo")
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option("--data", "-d", help="Pairs: dataset name (`steerlab data list`; name:split works) or .jsonl/.csv file.")],
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer index (CAA also takes several: 10,12,14).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Vector file (.safetensors); a directory with --subset-sizes.")],
+    method: Annotated[str, typer.Option(help="caa, bipo or dpo (BiPO with the direction fixed to +1).")] = "caa",
+    model: ModelOpt = DEFAULT_MODEL,
+    split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this (bundled sets: train/test).")] = None,
+    batch_size: BatchOpt = 8,
+    beta: Annotated[float, typer.Option(help="BiPO/DPO: inverse temperature of the preference loss.")] = 0.1,
+    lr: Annotated[float, typer.Option(help="BiPO/DPO: AdamW learning rate.")] = 5e-4,
+    epochs: Annotated[int, typer.Option(help="BiPO/DPO: passes over the pairs.", min=1)] = 5,
+    weight_decay: Annotated[float, typer.Option(help="BiPO/DPO: AdamW weight decay.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="BiPO/DPO: seed for batches and directions.")] = 0,
+    val_data: Annotated[Optional[str], typer.Option(help="BiPO/DPO: validation pairs (file or bundled name).")] = None,
+    val_split: Annotated[Optional[str], typer.Option(help="Split of --val-data to use.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="BiPO/DPO: stop after this many epochs without validation gain.")] = None,
+    norm_ratio: Annotated[Optional[float], typer.Option(help="BiPO/DPO: rescale the result to this fraction of the residual norm.", callback=positive_number)] = None,
+    engine: Annotated[str, typer.Option(help="BiPO/DPO: fast (cached lower layers) or naive.")] = "fast",
+    subset_sizes: Annotated[Optional[str], typer.Option(help="Train one vector per nested subset size, e.g. 1,2,4,8.")] = None,
+    seeds: Annotated[int, typer.Option(help="With --subset-sizes: seeds 0..N-1 per size.")] = 1,
+) -> None:
+    """Train a steering vector from preference pairs and save it.
+
+    BiPO/DPO rewrite --out after every epoch, so Ctrl-C keeps the last completed epoch's vector.
+    """
+    from steerlab.methods import TrainingHistory, train_bipo, train_caa
+    from steerlab.methods.subsets import train_on_subsets
+
+    if method not in METHODS:
+        fail(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    layers = parse_ints(layer)
+    if method != "caa" and len(layers) != 1:
+        fail(f"{method} trains one layer at a time; got --layer {layer}")
+    pairs = load_training_pairs(data, split)
+    val_pairs = load_training_pairs(val_data, val_split) if val_data else None
+    handle = load_handle(model)
+    outside = [index for index in layers if not 0 <= index < handle.n_layers]
+    if outside:
+        fail(f"--layer {layer}: layer {outside[0]} is out of range (the model has "
+              f"{handle.n_layers} layers, 0..{handle.n_layers - 1})")
+
+    def run(subset: list, run_seed: int, checkpoint: Path | None = None):
+        if method == "caa":
+            return train_caa(handle, subset, layers, batch_size=batch_size)
+        history = TrainingHistory()
+        vector = train_bipo(
+            handle, subset, layers[0], beta=beta, lr=lr, batch_size=batch_size, epochs=epochs,
+            weight_decay=weight_decay, direction="bi" if method == "bipo" else "forward",
+            seed=run_seed, val_pairs=val_pairs, patience=patience, norm_ratio=norm_ratio,
+            engine=engine, checkpoint=checkpoint, history=history,
+        )
+        for entry in history.epochs:
+            console.print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
+        return vector
+
+    try:
+        if subset_sizes:
+            paths = train_on_subsets(run, pairs, parse_ints(subset_sizes), range(seeds), out, name=method)
+            console.print(f"{len(paths)} vectors in {out}")
+            return
+        vector = run(pairs, seed, checkpoint=out)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: the last completed epoch's vector (if any) is in {out}")
+        raise typer.Exit(code=130) from None
+    vector.save(out)
+    console.print(f"saved {vector} to {out}")
+
+
+@app.command("condition")
+def condition_fit(
+    positive: Annotated[str, typer.Option(
+        help="Prompts the condition should hold for: a dataset (advbench, harmless, name:split) "
+        "or file.")],
+    negative: Annotated[str, typer.Option(help="Prompts it should not hold for (same forms).")],
+    layer: Annotated[int, typer.Option(
+        "--layer", "-l", help="The layer whose prompt states it reads.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Condition file to write (.safetensors).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    holdout: Annotated[float, typer.Option(
+        help="Fraction of each set held out for the F1-maximising threshold search.")] = 0.3,
+    limit: LimitOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the samples and the held-out split.")] = 0,
+    batch_size: BatchOpt = 8,
+) -> None:
+    """Fit a condition for conditional steering (CAST): a direction between the two prompt sets
+    at a layer, and the cosine threshold with the best F1 on held-out prompts."""
+    from steerlab.conditions import fit_condition
+
+    positives = load_prompt_texts(positive, limit, seed)
+    negatives = load_prompt_texts(negative, limit, seed)
+    handle = load_handle(model)
+    try:
+        with console.status("fitting the condition"):
+            fitted = fit_condition(handle, positives, negatives, layer, holdout, seed, batch_size,
+                                   progress=False)
+    except ValueError as err:
+        fail(str(err))
+    fitted.save(out)
+    search = fitted.meta.extra["threshold_search"]
+    console.print(f"condition {fitted.id} → {out}: layer {layer}, cosine {fitted.comparison} "
+                  f"than {fitted.threshold:.4f}; on {search['n_positive']} + "
+                  f"{search['n_negative']} held-out prompts F1 {search['f1']:.3f}, precision "
+                  f"{search['precision']:.3f}, recall {search['recall']:.3f}", highlight=False)
+
+
+@lora_app.command("train")
+def lora_train(
+    data: Annotated[str, typer.Option("--data", "-d", help="Pairs: dataset name (`steerlab data list`; name:split works) or .jsonl/.csv file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the kept adapter (peft save_pretrained) and lora_training.json.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this (bundled sets: train/test).")] = None,
+    val_data: Annotated[Optional[str], typer.Option(help="Validation pairs (default: --val-size pairs held out of --data).")] = None,
+    val_split: Annotated[Optional[str], typer.Option(help="Split of --val-data to use.")] = None,
+    val_size: Annotated[Optional[int], typer.Option(help="Without --val-data: pairs held out of --data by --seed (default: a fifth).")] = None,
+    rank: Annotated[int, typer.Option(help="LoRA rank, on every linear module of every decoder layer.")] = 1,
+    alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default: the rank, so the scale is 1).")] = None,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 16,
+    eval_every: Annotated[int, typer.Option(help="Validate every this many steps (and before the first, after the last).")] = 50,
+    steps: Annotated[Optional[int], typer.Option(help="Training steps (default: --epochs passes over the pairs).")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the pairs when --steps is not given.", min=1)] = 5,
+    objective: Annotated[str, typer.Option(help="sft (next-token loss on the chosen answer) or dpo (on the pairs).")] = "sft",
+    beta: Annotated[float, typer.Option(help="DPO: inverse temperature of the preference loss.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of LoRA's initialisation, the batches and the held-out split.")] = 0,
+) -> None:
+    """Train a LoRA adapter on preference pairs and keep the lowest-validation-loss one in --out.
+
+    Each new best adapter is saved at once, so Ctrl-C keeps the best so far.
+    """
+    from steerlab.data import split as seeded_split
+    from steerlab.lora import TrainingDiverged, train_lora
+
+    pairs = load_training_pairs(data, split)
+    if val_data:
+        val = load_training_pairs(val_data, val_split)
+    else:
+        held = val_size if val_size is not None else max(1, len(pairs) // 5)
+        if not 0 < held < len(pairs):
+            fail(f"--val-size {held} must leave training pairs out of the {len(pairs)} in {data}")
+        val, pairs = seeded_split(pairs, [held, len(pairs) - held], seed)
+        console.print(f"validation: {held} pairs held out of {data} (seed {seed})")
+    handle = load_handle(model)
+    try:
+        result = train_lora(
+            handle, pairs, val, rank=rank, alpha=alpha, lr=lr, batch_size=batch_size,
+            eval_every=eval_every, max_steps=steps, epochs=epochs, objective=objective, beta=beta,
+            seed=seed, out_dir=out,
+        )
+    except (TrainingDiverged, ValueError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        console.print(f"interrupted: the best adapter so far (if any) is in {out}")
+        raise typer.Exit(code=130) from None
+    console.print(f"best step {result.best_step}: validation loss {result.best_val_loss:.4f}")
+    console.print(
+        f"trainable parameters {result.trainable_params:,} (rank {rank}) vs a one-layer steering "
+        f"vector's {result.d_model} (d_model): {result.ratio_to_vector:,.1f}×"
+    )
+    console.print(f"adapter in {out}")
+
+
+@baseline_app.command("shots")
+def baseline_shots(
+    data: Annotated[str, typer.Option("--data", "-d", help="Pairs the shots come from (dataset name, name:split, or file).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    ks: Annotated[str, typer.Option(help="Comma-separated shot counts to check.")] = "1,4,16,64,256",
+    split: Annotated[Optional[str], typer.Option(help="Split of --data the shots come from.")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Items evaluated behind the shots (default: --data).")] = None,
+    eval_split: Annotated[Optional[str], typer.Option(help="Split of --eval-data.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the nested shot order.")] = 0,
+    reserve: Annotated[int, typer.Option(help="Tokens kept free beyond the longest item (e.g. new tokens to generate).")] = 0,
+) -> None:
+    """Which k-shot prompts fit the model's context, and where the context cuts the list."""
+    from steerlab.prompting import max_shots
+
+    pairs = load_training_pairs(data, split)
+    evaluated = load_records(eval_data, eval_split) if eval_data else pairs
+    handle = load_handle(model)
+    try:
+        fit = max_shots(handle, pairs, parse_ints(ks), evaluated, seed=seed, reserve_tokens=reserve)
+    except ValueError as err:
+        fail(str(err))
+    table = Table(title=f"k-shot prompts in {handle.name}'s context of {fit.context} tokens")
+    for column in ("k", "tokens", "fits"):
+        table.add_column(column, justify="right")
+    for k, tokens in fit.tokens.items():
+        table.add_row(str(k), str(tokens), "yes" if k in fit.fits else "[red]no[/red]")
+    console.print(table)
+    console.print(fit.describe())
