@@ -31,15 +31,8 @@ from transformers.pytorch_utils import Conv1D
 
 from steerlab.data import PreferencePair
 from steerlab.encoding import collate
-from steerlab.methods.bipo import (
-    TrainingDiverged,
-    _batches,
-    _encode_pairs,
-    _Encoded,
-    _rows,
-    bipo_loss,
-    descend,
-)
+from steerlab.methods.bipo import TrainingDiverged, bipo_loss, descend
+from steerlab.methods.pairs import EncodedPair, encode_pairs, pair_rows, shuffled_batches
 from steerlab.models import ModelHandle, find_decoder_layers
 from steerlab.progress import bar
 from steerlab.scoring import token_logprobs, window_logits
@@ -129,24 +122,24 @@ def _peft(model: torch.nn.Module, config: LoraConfig, seed: int) -> PeftModel:
         return get_peft_model(model, copy.deepcopy(config))  # peft may edit the config it gets
 
 
-Loss = Callable[[ModelHandle, Sequence[_Encoded], float], tuple[torch.Tensor, int]]
+Loss = Callable[[ModelHandle, Sequence[EncodedPair], float], tuple[torch.Tensor, int]]
 """(model, pairs, beta) → (summed loss, how many units it sums: tokens for SFT, pairs for DPO)."""
 
 
-def _sft_loss(model: ModelHandle, items: Sequence[_Encoded], beta: float) -> tuple[torch.Tensor, int]:
+def _sft_loss(model: ModelHandle, items: Sequence[EncodedPair], beta: float) -> tuple[torch.Tensor, int]:
     """Next-token loss on the chosen completions only, summed over their tokens."""
     batch = collate([item.chosen for item in items], model.tokenizer.pad_token_id, model.device)
     logits = window_logits(model, batch.model_inputs(), batch.max_completion + 1)
     return -token_logprobs(logits, batch).sum(), int(batch.completion_mask().sum())
 
 
-def _pair_logprobs(model: ModelHandle, items: Sequence[_Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_logprobs(model: ModelHandle, items: Sequence[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probabilities of the chosen and the rejected completions."""
-    rows = _rows(model, items, packed=False)
+    rows = pair_rows(model, items, packed=False)
     return rows.scores(window_logits(model, rows.inputs, rows.keep))
 
 
-def _dpo_loss(model: ModelHandle, items: Sequence[_Encoded], beta: float) -> tuple[torch.Tensor, int]:
+def _dpo_loss(model: ModelHandle, items: Sequence[EncodedPair], beta: float) -> tuple[torch.Tensor, int]:
     """DPO (the BiPO loss with direction +1) against the reference scores stored on the items."""
     chosen, rejected = _pair_logprobs(model, items)
     ref = torch.tensor([item.ref for item in items], device=chosen.device, dtype=chosen.dtype)
@@ -157,7 +150,7 @@ _LOSSES: dict[str, Loss] = {"sft": _sft_loss, "dpo": _dpo_loss}
 
 
 @torch.no_grad()
-def _store_reference(model: ModelHandle, items: Sequence[_Encoded], batch_size: int) -> None:
+def _store_reference(model: ModelHandle, items: Sequence[EncodedPair], batch_size: int) -> None:
     """The frozen model's scores of both completions, kept on each item (DPO's reference)."""
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -167,7 +160,7 @@ def _store_reference(model: ModelHandle, items: Sequence[_Encoded], batch_size: 
 
 
 @torch.no_grad()
-def _mean_loss(loss: Loss, model: ModelHandle, items: Sequence[_Encoded], beta: float,
+def _mean_loss(loss: Loss, model: ModelHandle, items: Sequence[EncodedPair], beta: float,
                batch_size: int) -> float:
     """The loss over all ``items`` (per token for SFT, per pair for DPO), batch by batch."""
     total, count = 0.0, 0
@@ -215,7 +208,7 @@ def train_lora(
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     loss_fn = _LOSSES[objective]
-    items, val_items = _encode_pairs(model, train), _encode_pairs(model, val)
+    items, val_items = encode_pairs(model, train), encode_pairs(model, val)
     if objective == "dpo":
         _store_reference(model, items + val_items, batch_size)
     total = max_steps if max_steps is not None else epochs * math.ceil(len(items) / batch_size)
@@ -247,7 +240,7 @@ def train_lora(
         rng, step = random.Random(seed), 0
         with bar(total, f"LoRA {objective} (rank {rank})", progress) as advance:
             while step < total:
-                for chunk in _batches(items, batch_size, rng)[: total - step]:
+                for chunk in shuffled_batches(items, batch_size, rng)[: total - step]:
                     started = time.perf_counter()
                     summed, count = loss_fn(model, chunk, beta)
                     loss = descend(optimizer, summed / count, f"LoRA {objective}",

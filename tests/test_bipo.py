@@ -5,9 +5,9 @@ from tiny import tiny_model
 from steerlab.data import PreferencePair
 from steerlab.encoding import encode
 from steerlab.methods.bipo import (
-    TrainingDiverged, TrainingHistory, _encode_pairs, _FastEngine, _NaiveEngine, bipo_loss,
-    train_bipo, train_dpo,
+    TrainingDiverged, TrainingHistory, _FastEngine, _NaiveEngine, bipo_loss, train_bipo, train_dpo,
 )
+from steerlab.methods.pairs import encode_pairs
 from steerlab.vectors import SteeringVector
 
 PAIRS = [
@@ -62,7 +62,7 @@ def test_engine_loss_and_gradient_match_straightforward_computation(family, engi
     expected = reference_loss(model, PAIRS, v_ref, sign, beta=0.7)
     expected.backward()
 
-    items = _encode_pairs(model, PAIRS)
+    items = encode_pairs(model, PAIRS)
     engine = engine_cls(model, LAYER)
     engine.prepare(items, batch_size=4, progress=False)
     v = v_ref.detach().clone().requires_grad_()
@@ -167,7 +167,7 @@ def test_packed_pairs_score_like_separate_sequences(family):
     from steerlab.scoring import score_sequences, window_logits
 
     model = tiny_model(family)
-    items = _encode_pairs(model, PAIRS)
+    items = encode_pairs(model, PAIRS)
     batch = pack_pairs([(e.chosen, e.rejected) for e in items], model.tokenizer.pad_token_id, model.dtype)
     with torch.no_grad():
         chosen, rejected = batch.summed_logprobs(window_logits(model, batch.model_inputs(), batch.keep))

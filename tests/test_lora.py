@@ -120,10 +120,11 @@ def test_saved_and_in_memory_adapters_give_identical_logits(model, trained):
 
 def test_the_adapted_model_scores_like_training_said(model, trained):
     """The merged adapter's validation loss is the one recorded at the best step."""
-    from steerlab.lora import _encode_pairs, _mean_loss, _sft_loss
+    from steerlab.lora import _mean_loss, _sft_loss
+    from steerlab.methods.pairs import encode_pairs
 
     adapted = load_lora(model, trained)
-    loss = _mean_loss(_sft_loss, adapted, _encode_pairs(adapted, VAL), 0.1, 4)
+    loss = _mean_loss(_sft_loss, adapted, encode_pairs(adapted, VAL), 0.1, 4)
     assert loss == pytest.approx(trained.best_val_loss, abs=1e-4)
 
 

@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from steerlab.data import PreferencePair
-from steerlab.encoding import TokenSequence, collate, encode, pack_pairs
 from steerlab.evaluation import Sweep, evaluate_ab
+from steerlab.methods.pairs import EncodedPair, encode_pairs, pair_rows, shuffled_batches
 from steerlab.models import ModelHandle
 from steerlab.progress import bar, track
-from steerlab.scoring import token_logprobs, window_logits
+from steerlab.scoring import window_logits
 from steerlab.steering import _hidden, _with_hidden, capture_layer_outputs
 from steerlab.upper import upper_stack
 from steerlab.vectors import SteeringVector, data_hash, meta_for
@@ -85,50 +85,6 @@ def bipo_loss(
     return -F.logsigmoid(direction * beta * margin).mean()
 
 
-@dataclass
-class _Encoded:
-    """A pair's two sequences (chosen, rejected) and, for the fast engine, their cached parts."""
-
-    pair_id: str
-    chosen: TokenSequence
-    rejected: TokenSequence
-    ref: tuple[float, float] | None = None
-    hidden: list[torch.Tensor] = field(default_factory=list)  # layer-L output per model row, (T, D)
-
-
-@dataclass
-class _Rows:
-    """A chunk of pairs laid out as model rows, and how to read both completions' scores."""
-
-    inputs: dict[str, torch.Tensor]
-    keep: int
-    width: int
-    scores: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-    def hidden_rows(self, items: Sequence[_Encoded], packed: bool) -> list[torch.Tensor]:
-        """Cached layer outputs in row order: one per pair packed, else chosen then rejected."""
-        if packed:
-            return [e.hidden[0] for e in items]
-        return [e.hidden[0] for e in items] + [e.hidden[1] for e in items]
-
-
-def _rows(model: ModelHandle, items: Sequence[_Encoded], packed: bool) -> _Rows:
-    """Packed: one row per pair sharing the prompt; unpacked: chosen rows then rejected rows."""
-    if packed:
-        pairs = [(e.chosen, e.rejected) for e in items]
-        batch = pack_pairs(pairs, model.tokenizer.pad_token_id, model.dtype, model.device)
-        return _Rows(batch.model_inputs(), batch.keep, batch.input_ids.shape[1], batch.summed_logprobs)
-    seqs = [e.chosen for e in items] + [e.rejected for e in items]
-    batch = collate(seqs, model.tokenizer.pad_token_id, model.device)
-    n = len(items)
-
-    def scores(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        summed = token_logprobs(logits, batch).sum(dim=-1)
-        return summed[:n], summed[n:]
-
-    return _Rows(batch.model_inputs(), batch.max_completion + 1, batch.input_ids.shape[1], scores)
-
-
 def _left_pad(tensors: Sequence[torch.Tensor], width: int, model: ModelHandle) -> torch.Tensor:
     """Stack (T_i, D) tensors into (B, width, D), right-aligned, zeros under padding."""
     out = torch.zeros(len(tensors), width, model.d_model, dtype=model.dtype)
@@ -145,12 +101,12 @@ class _Engine:
     def __init__(self, model: ModelHandle, layer: int) -> None:
         self.model, self.layer = model, layer
 
-    def prepare(self, items: Sequence[_Encoded], batch_size: int, progress: bool) -> int:
+    def prepare(self, items: Sequence[EncodedPair], batch_size: int, progress: bool) -> int:
         """Precompute what the engine reuses; return the bytes it keeps."""
         return 0
 
     def logprobs(
-        self, items: Sequence[_Encoded], delta: torch.Tensor
+        self, items: Sequence[EncodedPair], delta: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
@@ -160,7 +116,7 @@ class _NaiveEngine(_Engine):
     layer L; the reference recomputed every time. The straightforward path, for comparison."""
 
     def logprobs(self, items, delta):
-        rows = _rows(self.model, items, packed=False)
+        rows = pair_rows(self.model, items, packed=False)
         with torch.no_grad():
             ref = rows.scores(window_logits(self.model, rows.inputs, rows.keep))
 
@@ -194,8 +150,8 @@ class _FastEngine(_Engine):
                 self._cache(chunk)
         return sum(h.numel() * h.element_size() for e in items for h in e.hidden)
 
-    def _cache(self, chunk: Sequence[_Encoded]) -> None:
-        rows = _rows(self.model, chunk, self.packed)
+    def _cache(self, chunk: Sequence[EncodedPair]) -> None:
+        rows = pair_rows(self.model, chunk, self.packed)
         with torch.no_grad(), capture_layer_outputs(self.model.layers, [self.layer]) as seen:
             ref_c, ref_r = rows.scores(window_logits(self.model, rows.inputs, rows.keep))
         hidden = seen[self.layer].float().cpu()
@@ -207,16 +163,16 @@ class _FastEngine(_Engine):
                 len(item.chosen.ids), len(item.rejected.ids)]
             item.hidden = [hidden[r, rows.width - size :].clone() for r, size in zip(own, sizes)]
 
-    def _packing_exact(self, chunk: Sequence[_Encoded]) -> bool:
+    def _packing_exact(self, chunk: Sequence[EncodedPair]) -> bool:
         """Whether packed reference scores equal the unpacked ones on this chunk."""
         packed = torch.tensor([e.ref for e in chunk])
-        rows = _rows(self.model, chunk, packed=False)
+        rows = pair_rows(self.model, chunk, packed=False)
         with torch.no_grad():
             plain = torch.stack(rows.scores(window_logits(self.model, rows.inputs, rows.keep)), dim=1)
         return bool(torch.allclose(packed, plain.cpu(), atol=1e-3, rtol=1e-4))
 
     def logprobs(self, items, delta):
-        rows = _rows(self.model, items, self.packed)
+        rows = pair_rows(self.model, items, self.packed)
         cached = _left_pad(rows.hidden_rows(items, self.packed), rows.width, self.model)
         with upper_stack(self.model.layers, self.layer) as injection:
             injection.value = cached + delta.to(cached.dtype)
@@ -228,19 +184,6 @@ class _FastEngine(_Engine):
 def estimate_cache_bytes(seqs_tokens: int, d_model: int) -> int:
     """Bytes the fast engine keeps: one float32 layer output per token of every sequence."""
     return seqs_tokens * d_model * 4
-
-
-def _batches(items: list[_Encoded], batch_size: int, rng: random.Random) -> list[list[_Encoded]]:
-    """Shuffle, then sort by length inside windows of 16 batches: little padding, still random."""
-    order = items[:]
-    rng.shuffle(order)
-    window = batch_size * 16
-    out = []
-    for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda e: len(e.chosen.ids) + len(e.rejected.ids))
-        out += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(out)
-    return out
 
 
 def train_bipo(
@@ -283,7 +226,7 @@ def train_bipo(
     history = history if history is not None else TrainingHistory()
     method = "bipo" if direction == "bi" else "dpo"
 
-    items = _encode_pairs(model, pairs)
+    items = encode_pairs(model, pairs)
     tokens = sum(len(e.chosen.ids) + len(e.rejected.ids) for e in items)
     if engine == "fast" and estimate_cache_bytes(tokens, model.d_model) > max_cache_bytes:
         warnings.warn(
@@ -324,7 +267,7 @@ def train_bipo(
     step = 0
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     for epoch in range(1, epochs + 1):
-        epoch_batches = _batches(items, batch_size, rng)
+        epoch_batches = shuffled_batches(items, batch_size, rng)
         losses = []
         started = time.perf_counter()
         with bar(len(epoch_batches), f"{method} epoch {epoch}/{epochs}", progress) as advance:
@@ -366,17 +309,7 @@ def train_bipo(
     return best[1]
 
 
-def _encode_pairs(model: ModelHandle, pairs: Sequence[PreferencePair]) -> list[_Encoded]:
-    prompts = [p.prompt for p in pairs]
-    chosen = encode(model, prompts, [p.chosen for p in pairs])
-    rejected = encode(model, prompts, [p.rejected for p in pairs])
-    for index, (c, r) in enumerate(zip(chosen, rejected)):
-        if c.n_completion == 0 or r.n_completion == 0:
-            raise ValueError(f"pair {pairs[index].id or index}: empty completion after tokenisation")
-    return [_Encoded(p.id or str(i), c, r) for i, (p, c, r) in enumerate(zip(pairs, chosen, rejected))]
-
-
-def _mean_norm(items: Sequence[_Encoded]) -> float:
+def _mean_norm(items: Sequence[EncodedPair]) -> float:
     """Mean L2 norm of the cached layer outputs over every token."""
     total, count = 0.0, 0
     for item in items:
@@ -386,7 +319,7 @@ def _mean_norm(items: Sequence[_Encoded]) -> float:
     return total / count
 
 
-def _measure_norm(model: ModelHandle, items: Sequence[_Encoded], layer: int, batch_size: int) -> float:
+def _measure_norm(model: ModelHandle, items: Sequence[EncodedPair], layer: int, batch_size: int) -> float:
     from steerlab.activations import read_layers
 
     seqs = [e.chosen for e in items] + [e.rejected for e in items]
@@ -403,7 +336,7 @@ def _validate(
     batch_size: int,
 ) -> dict[str, float]:
     """Validation loss (mean over the directions trained) and behaviour scores at ×±1."""
-    items = _encode_pairs(model, val_pairs)
+    items = encode_pairs(model, val_pairs)
     (layer,) = vector.layers
     v = vector.directions[layer]
     signs = (1.0,) if direction == "forward" else (1.0, -1.0)
