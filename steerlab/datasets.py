@@ -32,8 +32,10 @@ Kind = Literal["pairs", "ab", "mc", "prompts", "text"]
 """pairs: free-text preference pairs; ab: pairs whose answers are letters or Yes/No;
 mc: multiple choice; prompts: prompts for generation; text: documents (perplexity)."""
 
-Record = PreferencePair | MCItem | str
-Converter = Callable[[dict[str, Any], str, str], Record]
+Item = PreferencePair | MCItem | str
+"""One loaded row: a preference pair, a multiple-choice item, or a prompt or text string
+(``records`` are the result dicts of :mod:`steerlab.records`)."""
+Converter = Callable[[dict[str, Any], str, str], Item]
 """(row, row id, ``file:line``) → record; raises :class:`DataError` naming file, line and field."""
 Reader = Callable[[Path], Iterator[tuple[int, dict[str, Any]]]]
 """A file → (line number, row) for each row."""
@@ -70,7 +72,7 @@ class Row:
 
     where: str
     split: str | None
-    record: Record | None = None
+    record: Item | None = None
     error: str | None = None
 
 
@@ -507,7 +509,7 @@ DATASETS: dict[str, DatasetInfo] = _registry()
 _KIND_NAMES = {"mc": "multiple-choice", "pairs": "preference-pair"}
 
 
-def _row_of_kind(kind: str, row: dict[str, Any], row_id: str, where: str) -> Record:
+def _row_of_kind(kind: str, row: dict[str, Any], row_id: str, where: str) -> Item:
     """A row of a local file in steerlab's formats, of the file's kind (its first row's): a row
     of the other kind is reported, not handed on to fail where an item was expected."""
     if row_kind(row) != kind:

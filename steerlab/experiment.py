@@ -74,7 +74,7 @@ class Method(_Strict):
     patience: int | None = Field(default=None, gt=0)
 
 
-class Steering(_Strict):
+class SteeringGrid(_Strict):
     """Where and how strongly vectors are applied; validation picks layer and multiplier."""
 
     layers: list[int] = Field(min_length=1)
@@ -200,7 +200,7 @@ class ExperimentConfig(_Strict):
     batch_size: int = Field(default=8, gt=0)
     data: Data
     methods: dict[str, Method] = {}
-    steering: Steering
+    steering: SteeringGrid
     baselines: Baselines = Baselines()
     combinations: Combinations = Combinations()
     conditional: Conditional | None = None

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from scipy.stats import binomtest, chisquare
 
 from steerlab.data import MCItem, PreferencePair
-from steerlab.datasets import Record, Row, dataset_info
+from steerlab.datasets import Item, Row, dataset_info
 
 if TYPE_CHECKING:
     from steerlab.models import ModelHandle
@@ -135,7 +135,7 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def _view(record: Record) -> tuple[str, list[str], int | None]:
+def _view(record: Item) -> tuple[str, list[str], int | None]:
     """(question, choices, index of the marked one) for any record type."""
     if isinstance(record, MCItem):
         return record.question, list(record.choices), record.answer
@@ -160,13 +160,13 @@ def _example(row: Row) -> Example:
                    _clip(question), [_clip(choice) for choice in choices], marked)
 
 
-def _is_answer_pair(record: Record) -> bool:
+def _is_answer_pair(record: Item) -> bool:
     return isinstance(record, PreferencePair) and all(
         _ANSWER.match(text) for text in (record.chosen, record.rejected)
     )
 
 
-def record_kind(records: Sequence[Record], default: str) -> str:
+def record_kind(records: Sequence[Item], default: str) -> str:
     """``mc``, ``ab`` (answers are letters or Yes/No), ``pairs``, or ``default`` for strings."""
     if not records:
         return default
@@ -177,7 +177,7 @@ def record_kind(records: Sequence[Record], default: str) -> str:
     return default
 
 
-def position_balance(records: Sequence[Record]) -> Balance | None:
+def position_balance(records: Sequence[Item]) -> Balance | None:
     """Marked-answer positions (MC letters) or answers (A/B letters, Yes/No) against an even
     spread over each item's own options; None for free-text pairs, prompts and text."""
     if not records or not (isinstance(records[0], MCItem) or all(map(_is_answer_pair, records))):
@@ -256,7 +256,7 @@ def label_verdict(agree: int, n: int, chance: float, alpha: float = ALPHA) -> tu
 
 def check_labels(
     model: ModelHandle,
-    records: Sequence[Record],
+    records: Sequence[Item],
     sample: int = 200,
     seed: int = 0,
     batch_size: int = 8,
@@ -306,7 +306,7 @@ many characters per position cannot fit and is not tokenised at all (a 50 MB fie
 minutes)."""
 
 
-def _fits(model: ModelHandle, record: Record) -> bool:
+def _fits(model: ModelHandle, record: Item) -> bool:
     """Whether every sequence the label check scores for ``record`` fits the model's context."""
     if model.context is None:
         return True
