@@ -161,7 +161,7 @@ def _change(entry: dict) -> str:
 
 def markdown(result: dict) -> str:
     """The table: refusal rates per prompt set and arm, then KL and perplexity on harmless ones."""
-    from steerlab.report import markdown_table
+    from steerlab.tables import markdown_table
 
     base, plain, gated = result["arms"]
     refusal, side, condition = result["refusal"], result["side_effects"], result["condition"]

@@ -18,7 +18,9 @@ from steerlab.judges import HeadToHead, RatingSummary, summarize_head_to_head, s
 from steerlab.records import Record, summarize
 from steerlab.refusal import RefusalRate, summarize_refusals
 from steerlab.reliability import SETTING_KEYS, Steerability, plot_steerability, steerability
+from steerlab.report import sweep_plot, sweep_table
 from steerlab.side_effects import SideEffect, capability_records, side_effects_table
+from steerlab.tables import markdown_table
 
 
 @dataclass
@@ -77,8 +79,6 @@ def sections(found: Analysis, out: Path, sweep: bool = True,
     ``sweep=False`` leaves out the raw likelihood sweep (reports that plot it their own way);
     ``labels`` names settings (a vector's id, or ``"<vector id> if <condition id>"`` for
     conditional steering) by the experiment arm they belong to."""
-    from steerlab.report import markdown_table, sweep_plot, sweep_table
-
     parts: list[str] = []
     if found.sweep and sweep:
         sweep_plot(found.sweep, out / "sweep.png")

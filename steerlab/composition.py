@@ -23,6 +23,7 @@ from torch import nn
 
 from steerlab.records import Record, summarize
 from steerlab.steering import Ablations, Gated, Positions, Steering
+from steerlab.tables import markdown_table
 
 if TYPE_CHECKING:
     from steerlab.conditions import Condition
@@ -245,8 +246,6 @@ def grid_matrix(
 
 def grid_table(cells: Sequence[GridCell]) -> list[str]:
     """Markdown tables, one per grid: mean score ± standard error at each multiplier pair."""
-    from steerlab.report import markdown_table
-
     lines: list[str] = []
     for (task, dataset, first, second), members in by_grid(cells).items():
         rows, columns, matrix = grid_matrix(members)

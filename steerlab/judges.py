@@ -20,11 +20,12 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
 
 import torch
 
+from steerlab.judge_protocol import Comparison, Judge, Rater, Verdict
+from steerlab.llm_judge import LLMJudge
 from steerlab.openended import BASE_ARM, TASK
 from steerlab.records import Record, RecordWriter, emit
 from steerlab.stats import (
@@ -39,36 +40,6 @@ from steerlab.stats import (
 )
 
 VERDICT_TASK = "head-to-head"
-
-
-class JudgeError(RuntimeError):
-    """A judge could not give its verdicts (e.g. its endpoint was unreachable after retries)."""
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Two answers to one question in the order the judge sees them, with references if any."""
-
-    question: str
-    answers: tuple[str, str]
-    correct: tuple[str, ...] = ()
-    incorrect: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The shown answer a judge prefers (0 first, 1 second, None a tie) and why, as data."""
-
-    preferred: int | None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-class Judge(Protocol):
-    """What every judge offers: a name for the records and a batched comparison."""
-
-    name: str
-
-    def compare(self, comparisons: Sequence[Comparison]) -> list[Verdict]: ...
 
 
 @dataclass(frozen=True)
@@ -306,26 +277,6 @@ def summarize_head_to_head(records: Iterable[Record], level: float = 0.9) -> lis
 # ---- 1-4 ratings of single answers --------------------------------------------------------------
 
 RATING_TASK = "rating"
-RATING_SCALE = (1, 4)
-
-
-@dataclass(frozen=True)
-class Rating:
-    """How strongly one answer shows the behaviour (1-4), or None when the rater's reply could
-    not be read as a rating (``details`` then keeps the raw reply)."""
-
-    score: int | None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-class Rater(Protocol):
-    """What rates single answers: a name for the records and a batched rating."""
-
-    name: str
-
-    def rate(self, items: Sequence[tuple[str, str]]) -> list[Rating]: ...
-
-
 def rate_answers(
     records: Iterable[Record],
     rater: Rater,
@@ -410,14 +361,8 @@ def summarize_ratings(
     return rows
 
 
-def _llm_judge(**options: Any) -> Judge:
-    from steerlab.llm_judge import LLMJudge
-
-    return LLMJudge(**options)
-
-
 JUDGES: dict[str, Callable[..., Judge]] = {
     ReferenceSimilarityJudge.name: ReferenceSimilarityJudge,
-    "llm": _llm_judge,
+    "llm": LLMJudge,
 }
 """Judges by name (the CLI's ``--judge``); ``llm`` takes options (see :class:`LLMJudge`)."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import openai
 
-from steerlab.judges import RATING_SCALE, Comparison, JudgeError, Rating, Verdict
+from steerlab.judge_protocol import RATING_SCALE, Comparison, JudgeError, Rating, Verdict
 from steerlab.progress import track
 
 BASE_URL_ENV = "STEERLAB_JUDGE_BASE_URL"

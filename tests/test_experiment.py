@@ -249,7 +249,7 @@ def test_compute_accounting_counts_less_than_per_choice_full_passes(toy_run):
 
 
 def test_report_is_built_from_records_alone(toy_run):
-    from steerlab.report import experiment_report
+    from steerlab.experiment_report import experiment_report
 
     _, out, _ = toy_run
     markdown, page = experiment_report(out, read_records(out / "records.jsonl"))
@@ -284,7 +284,7 @@ def test_cli_run_checks_the_config_and_reports_errors_with_their_place(tmp_path)
 def test_conditional_arm_gates_the_methods_setting(tmp_path, tiny):
     from steerlab.analysis import analyze
     from steerlab.conditions import Condition
-    from steerlab.report import experiment_report
+    from steerlab.experiment_report import experiment_report
 
     config = parse_config(config_text(
         write_pairs(tmp_path / "toy.jsonl"), methods={"caa": {"method": "caa"}},

@@ -5,13 +5,8 @@ import pytest
 import torch
 from tiny import CORRECT, FALSE, INCORRECT, TRUE, FirstShown, generation_records
 
-from steerlab.judges import (
-    Comparison,
-    ReferenceSimilarityJudge,
-    judge_head_to_head,
-    pair_arms,
-    summarize_head_to_head,
-)
+from steerlab.judges import ReferenceSimilarityJudge, judge_head_to_head, pair_arms, summarize_head_to_head
+from steerlab.judge_protocol import Comparison
 from steerlab.openended import OpenQuestion, generate_answers, steering_arms
 from steerlab.stats import win_rate_test
 

@@ -10,14 +10,8 @@ from typer.testing import CliRunner
 
 from steerlab.cli import app
 from steerlab.generation import generate
-from steerlab.judges import (
-    Comparison,
-    arm_shown_first,
-    judge_head_to_head,
-    rate_answers,
-    summarize_head_to_head,
-    summarize_ratings,
-)
+from steerlab.judges import arm_shown_first, judge_head_to_head, rate_answers, summarize_head_to_head, summarize_ratings
+from steerlab.judge_protocol import Comparison
 from steerlab.llm_judge import (
     API_KEY_ENV,
     BASE_URL_ENV,

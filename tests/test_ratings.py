@@ -8,7 +8,8 @@ from scipy import stats
 from tiny import generation_records
 
 from steerlab.analysis import analyze, write_analysis
-from steerlab.judges import Rating, rate_answers, summarize_ratings
+from steerlab.judges import rate_answers, summarize_ratings
+from steerlab.judge_protocol import Rating
 from steerlab.stats import mean_interval
 
 

@@ -198,7 +198,7 @@ class FirstShown:
     name = "first-shown"
 
     def compare(self, comparisons):
-        from steerlab.judges import Verdict
+        from steerlab.judge_protocol import Verdict
 
         return [Verdict(0) for _ in comparisons]
 

@@ -245,7 +245,7 @@ def analyze(run_dir: Annotated[Path, typer.Argument(help="A run directory (from 
         fail(f"no records in {run.records_path}")
     path = write_analysis(run.path, records)
     if any(r.get("task") == "experiment" for r in records):
-        from steerlab.report import experiment_report
+        from steerlab.experiment_report import experiment_report
 
         path, page = experiment_report(run.path, records)
         console.print(f"report: {page}")

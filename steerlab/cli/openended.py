@@ -122,7 +122,8 @@ def judge(
 ) -> None:
     """Judge each steered answer against the unsteered one, item by item, and print win rates;
     or rate every answer 1-4 (--mode rating) and print mean ratings per arm."""
-    from steerlab.judges import JUDGES, JudgeError, judge_head_to_head, rate_answers
+    from steerlab.judge_protocol import JudgeError
+    from steerlab.judges import JUDGES, judge_head_to_head, rate_answers
     from steerlab.records import RecordWriter
 
     if judge_name not in JUDGES:
