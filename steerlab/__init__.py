@@ -18,6 +18,7 @@ _EXPORTS = {
     "load_pairs": "steerlab.data",
     "nested_subsets": "steerlab.data",
     "split": "steerlab.data",
+    "DataSpec": "steerlab.datasets",
     "list_datasets": "steerlab.datasets",
     "lettered": "steerlab.datasets",
     "load_dataset": "steerlab.datasets",
@@ -80,7 +81,7 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from steerlab.data import MCItem, PreferencePair, load_mc, load_pairs, nested_subsets, split
-    from steerlab.datasets import lettered, list_datasets, load_dataset, mc_to_pairs
+    from steerlab.datasets import DataSpec, lettered, list_datasets, load_dataset, mc_to_pairs
     from steerlab.chat import ChatSession
     from steerlab.conditions import Condition, fit_condition, search_threshold, train_condition
     from steerlab.composition import Composition, Part, compose

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from steerlab.catalog import DEFAULT_MODEL
+from steerlab.datasets import DataSpec
 
 
 class ConfigError(ValueError):
@@ -26,18 +27,6 @@ class _Strict(BaseModel):
     finite (YAML's .nan and .inf are not multipliers)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class DataSpec(_Strict):
-    """A registered dataset (``steerlab data list``) or a file, one split, optionally a sample."""
-
-    dataset: str
-    split: str | None = None
-    limit: int | None = Field(default=None, gt=0)
-
-    def label(self) -> str:
-        """How records name it: ``dataset:split``."""
-        return f"{self.dataset}:{self.split}" if self.split else self.dataset
 
 
 class Data(_Strict):

@@ -23,8 +23,9 @@ from steerlab.data import MCItem, PreferencePair
 from steerlab.data import split as seeded_split
 from steerlab.datasets import dataset_info, lettered, load_dataset, mc_to_pairs
 from steerlab.evaluation import Sweep, evaluate
-from steerlab.experiment import DataSpec, ExperimentConfig, Method
+from steerlab.experiment import ExperimentConfig, Method
 from steerlab.models import ModelHandle, load_model
+from steerlab.openended import load_prompts
 from steerlab.records import Record, RecordWriter, record_key
 from steerlab.runs import RunDir
 from steerlab.vectors import SteeringVector
@@ -51,24 +52,6 @@ class ExperimentData:
     """The test items' questions as asked in the source data (before any lettering)."""
 
 
-def _rows(spec: DataSpec, seed: int, load: Callable[[str, str | None], list] = load_dataset) -> list:
-    """The rows ``load`` reads for ``spec``: a seeded sample of ``limit`` rows when given."""
-    rows = load(spec.dataset, spec.split)
-    if spec.limit and spec.limit < len(rows):
-        rows = seeded_split(rows, [spec.limit], seed)[0]
-    if not rows:
-        raise ValueError(f"{spec.label()}: no rows")
-    return rows
-
-
-def _prompts(spec: DataSpec, seed: int) -> list[str]:
-    """The prompts of any dataset (:func:`~steerlab.openended.load_prompts`), sampled as
-    :func:`_rows` samples."""
-    from steerlab.openended import load_prompts
-
-    return _rows(spec, seed, load_prompts)
-
-
 def load_experiment_data(config: ExperimentConfig) -> ExperimentData:
     """Load and shape the config's data: MC items become lettered items and letter pairs."""
     data, seed = config.data, config.seed
@@ -77,10 +60,10 @@ def load_experiment_data(config: ExperimentConfig) -> ExperimentData:
         val, train = seeded_split(train, [data.val_size, len(train) - data.val_size], seed)
         val_label = f"{data.train.label()}-holdout{data.val_size}"
     else:
-        val, val_label = _rows(data.val, seed), data.val.label()
+        val, val_label = data.val.load(seed), data.val.label()
     if data.train.limit and data.train.limit < len(train):
         train = seeded_split(train, [data.train.limit], seed)[0]
-    test = _rows(data.test, seed)
+    test = data.test.load(seed)
     kinds = {type(rows[0]) for rows in (train, val, test)}
     if len(kinds) != 1 or not kinds <= {MCItem, PreferencePair}:
         raise ValueError(f"train, validation and test must all be multiple choice or all pairs; "
@@ -222,8 +205,8 @@ class Runner:
         if not path.exists():
             made, seed = spec.condition, self.config.seed
             self.log(f"training the condition at layer {made.layer}")
-            fit_condition(self.model, _prompts(made.positive, seed), _prompts(made.negative, seed),
-                          made.layer, made.holdout, seed, batch_size=self.config.batch_size,
+            fit_condition(self.model, made.positive.load(seed, load_prompts),
+                          made.negative.load(seed, load_prompts), made.layer, made.holdout, seed, batch_size=self.config.batch_size,
                           progress=self.progress).save(path)
         condition = Condition.load(path)
         search = condition.meta.extra["threshold_search"]
@@ -351,13 +334,13 @@ class Runner:
         spec = self.config.evaluations.side_effects
         if spec is None:
             return
-        capability = {d.label(): _rows(d, self.config.seed) for d in spec.capability}
+        capability = {d.label(): d.load(self.config.seed) for d in spec.capability}
         texts = ({spec.text.label(): passages(load_dataset(spec.text.dataset, spec.text.split), spec.n_texts)}
                  if spec.text else None)
         prompts = None
         if spec.prompts:
             prompts = {spec.prompts.label():
-                       _prompts(spec.prompts, self.config.seed)[: spec.n_prompts]}
+                       spec.prompts.load(self.config.seed, load_prompts)[: spec.n_prompts]}
         steering = self.config.steering
         for name, vector in self.selected.items():
             choice = self._choice(writer, name)

@@ -3,6 +3,7 @@ fails ends the command with the loader's message."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -29,37 +30,26 @@ def load_handle(model: str):
 def load_records(spec: str, split: Optional[str], limit: Optional[int] = None, seed: int = 0) -> list:
     """Records of a registered dataset or file (``name:split`` also names the split), or exit
     with the loader's message; ``limit`` takes a seeded sample."""
-    from steerlab.data import DataError
-    from steerlab.data import split as sample
-    from steerlab.datasets import DatasetUnavailable, load_dataset
-
-    if split is None and ":" in spec and not Path(spec).exists():
-        spec, split = spec.rsplit(":", 1)
-    try:
-        items = load_dataset(spec, split)
-    except (DataError, DatasetUnavailable, FileNotFoundError, KeyError, ValueError) as err:
-        fail(str(err))
-    if not items:
-        fail(f"no rows in {spec}" + (f" with split '{split}'" if split else ""))
-    return sample(items, [min(limit, len(items))], seed)[0] if limit else items
+    return _load_spec(spec, split, limit, seed)
 
 
 def load_prompt_texts(spec: str, limit: Optional[int], seed: int) -> list[str]:
     """Prompts of a question set, prompts dataset or any dataset (``name:split`` names the
     split), or exit with the loader's message; ``limit`` takes a seeded sample."""
-    from steerlab.data import DataError
-    from steerlab.data import split as sample
-    from steerlab.datasets import DatasetUnavailable
     from steerlab.openended import load_prompts
 
-    name, split = spec.rsplit(":", 1) if ":" in spec and not Path(spec).exists() else (spec, None)
+    return _load_spec(spec, None, limit, seed, load_prompts)
+
+
+def _load_spec(spec: str, split: Optional[str], limit: Optional[int], seed: int,
+               reader: Optional[Callable] = None) -> list:
+    from steerlab.data import DataError
+    from steerlab.datasets import DatasetUnavailable, DataSpec
+
     try:
-        prompts = load_prompts(name, split)
+        return DataSpec.parse(spec, split, limit).load(seed, reader)
     except (DataError, DatasetUnavailable, FileNotFoundError, KeyError, ValueError) as err:
         fail(str(err))
-    if not prompts:
-        fail(f"no prompts in {spec}")
-    return sample(prompts, [min(limit, len(prompts))], seed)[0] if limit else prompts
 
 
 def load_training_pairs(spec: str, split: Optional[str]) -> list:
