@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from steerlab.records import Record, summarize
-from steerlab.steering import Ablations, Gated, Positions, Steering
+from steerlab.steering import Ablations, Gated, Positions, Steering, check_layers
 from steerlab.tables import markdown_table
 
 if TYPE_CHECKING:
@@ -153,10 +153,7 @@ class Composition:
         hf_model, decoder_layers = self.parts[0].vector.target(model)
         for condition in self.conditions():
             condition.check_compatible(hf_model)
-        outside = [layer for layer in self.layers() if layer >= len(decoder_layers)]
-        if outside:
-            raise ValueError(f"layer {outside[0]} is out of range: the model has "
-                             f"{len(decoder_layers)} layers")
+        check_layers(self.layers(), len(decoder_layers))
         return hf_model, decoder_layers
 
     def apply(self, model: ModelHandle | nn.Module, positions: Positions = "all") -> Steering:

@@ -249,9 +249,7 @@ class _BodyLimits:
 
     def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
-
-    def _too_large(self) -> HTTPException:
-        return HTTPException(413, f"request body over this server's limit of {self.max_bytes} bytes")
+        self.too_large = f"request body over this server's limit of {max_bytes} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -259,8 +257,8 @@ class _BodyLimits:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.max_bytes:
-            refusal = (RequestError(str(self._too_large().detail), status=413)
-                       if declared.isdigit() else RequestError("invalid Content-Length header"))
+            refusal = (RequestError(self.too_large, status=413) if declared.isdigit()
+                       else RequestError("invalid Content-Length header"))
             await refusal.response()(scope, receive, send)
             return
         loop = asyncio.get_running_loop()
@@ -280,7 +278,7 @@ class _BodyLimits:
                 received += len(message.get("body", b""))
                 complete = not message.get("more_body", False)
                 if received > self.max_bytes:
-                    raise self._too_large()
+                    raise HTTPException(413, self.too_large)
             return message
 
         await self.app(scope, limited, send)
@@ -456,7 +454,8 @@ class ChatService:
                 f"{where}.multiplier",
                 "multiplier_out_of_range",
             )
-        outside = [layer for layer in term.layers or () if not 0 <= layer < self.model.n_layers]
+        outside = [layer for layer in term.layers or vector.layers
+                   if not 0 <= layer < self.model.n_layers]
         if outside:
             raise RequestError(
                 f"{where}.layers: {outside} outside the model's layers "

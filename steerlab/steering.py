@@ -208,6 +208,13 @@ def _kept_ablations(ablations: Ablations) -> Ablations:
     return {layer: pairs for layer, pairs in kept.items() if pairs}
 
 
+def check_layers(used: Iterable[int], n_layers: int) -> None:
+    """Refuse an edit at a layer the model does not have (before any hook or forward pass)."""
+    for layer in used:
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer {layer} out of range: the model has {n_layers} layers")
+
+
 class Steering:
     """Edits the output of chosen decoder layers while active: adds a fixed vector, and/or
     projects directions out (directional ablation), optionally only for some rows.
@@ -235,10 +242,8 @@ class Steering:
     ) -> None:
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
-        for layer in [*additions, *(ablations or {}),
-                      *(layer for g in gated for layer in [*g.additions, *g.ablations])]:
-            if not 0 <= layer < len(layers):
-                raise ValueError(f"layer {layer} out of range: the model has {len(layers)} layers")
+        check_layers([*additions, *(ablations or {}),
+                      *(layer for g in gated for layer in [*g.additions, *g.ablations])], len(layers))
         self.positions = positions
         self.additions = _kept_additions(additions)
         self.ablations = _kept_ablations(ablations or {})

@@ -206,12 +206,9 @@ class SteeringVector:
         elif len(self.directions) == 1:
             (only,) = self.directions.values()
             placed = {int(layer): only for layer in layers}
-            wrong = [layer for layer in placed
-                     if layer < 0 or (self.meta.n_layers is not None and layer >= self.meta.n_layers)]
-            if wrong:
-                known = (f"the model has {self.meta.n_layers} layers" if self.meta.n_layers
-                         else "layers count from 0")
-                raise ValueError(f"layer {wrong[0]} out of range: {known}")
+            negative = [layer for layer in placed if layer < 0]
+            if negative:
+                raise ValueError(f"layer {negative[0]} out of range: layers count from 0")
         else:
             missing = sorted(set(layers) - set(self.directions))
             if missing:
@@ -246,14 +243,8 @@ class SteeringVector:
         return self
 
     def check_compatible(self, model: nn.Module) -> None:
-        """Fail on a d_model mismatch or a layer the model does not have; warn when the model's
-        config fingerprint differs."""
+        """Fail on a d_model mismatch; warn when the model's config fingerprint differs."""
         check_model_fit(model, self.meta, "vector")
-        n_layers = text_config_value(model.config, "num_hidden_layers", "n_layer", "num_layers")
-        outside = [layer for layer in self.layers if layer >= n_layers]
-        if outside:
-            raise ValueError(f"vector has a direction for layer {outside[0]}, but the model has "
-                             f"{n_layers} layers (0..{n_layers - 1})")
 
     def target(self, model: ModelHandle | nn.Module) -> tuple[nn.Module, nn.ModuleList]:
         """The Hugging Face model and its decoder layers, once this vector is checked to fit."""
@@ -343,6 +334,11 @@ class SteeringVector:
         from gguf import GGUFWriter
 
         additions = self.additions(multiplier, layers, norm_ratio)
+        beyond = [layer for layer in additions
+                  if self.meta.n_layers is not None and layer >= self.meta.n_layers]
+        if beyond:  # no model here to check against: the one the vector was made for
+            raise ValueError(f"layer {beyond[0]} out of range: the model has "
+                             f"{self.meta.n_layers} layers")
         if 0 in additions:
             raise ValueError(
                 "layer 0 cannot be exported: llama.cpp has no direction.0 (it never steers the "

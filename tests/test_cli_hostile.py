@@ -176,7 +176,7 @@ def test_eval_with_a_vector_for_a_layer_the_model_lacks(model_dir, tmp_path):
     data.write_text(json.dumps({"question": "Q?", "choices": ["a", "b"], "answer": 0}) + "\n")
     clean_failure(invoke("eval", "--model", model_dir, "--data", data, "--vector", path,
                          "--multipliers", "0,1", "--out", tmp_path / "r.jsonl"),
-                  "direction for layer 9, but the model has 4 layers")
+                  "layer 9 out of range: the model has 4 layers")
 
 
 def test_prompts_longer_than_the_model_positions_are_refused(model_dir, tmp_path):

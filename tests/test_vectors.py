@@ -114,3 +114,14 @@ def test_steering_settings_must_be_finite_and_in_range(tiny, settings, message):
     vector.meta.residual_norms[1] = 10.0
     with pytest.raises(ValueError, match=message):
         vector.additions(**settings)
+
+
+def test_a_one_layer_vector_places_at_any_layer_of_the_model_it_steers(tiny):
+    """Layer checks belong to the model being steered: a vector made on a smaller model
+    (n_layers 2 recorded) still places at layer 3 of a 4-layer one."""
+    meta = meta_for(tiny, "x").model_copy(update={"n_layers": 2})
+    vector = SteeringVector({1: torch.ones(32)}, meta)
+    with vector.apply(tiny, 1.0, layers=[3]):
+        pass
+    with pytest.raises(ValueError, match="layer 4 out of range: the model has 4 layers"):
+        vector.apply(tiny, 1.0, layers=[4])
