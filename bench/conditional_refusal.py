@@ -60,16 +60,16 @@ def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER,
     """Fit the condition, answer both prompt sets under the three arms into ``run_path``, and
     write the table (refusal rates, firing rates, KL, perplexity) to ``results``."""
     from steerlab import train_bipo
-    from steerlab.conditions import fit_condition
-    from steerlab.data import split
-    from steerlab.datasets import load_dataset
-    from steerlab.evaluation import Sweep
-    from steerlab.openended import Arm, generate_answers, load_questions
-    from steerlab.refusal import detect_refusals, summarize_refusals
-    from steerlab.runs import RunDir
-    from steerlab.side_effects import kl_records, perplexity_records, side_effects_table
+    from steerlab.data.files import split
+    from steerlab.data.registry import load_dataset
+    from steerlab.evaluation.likelihood import Sweep
+    from steerlab.evaluation.openended import Arm, generate_answers, load_questions
+    from steerlab.evaluation.refusal import detect_refusals, summarize_refusals
+    from steerlab.evaluation.side_effects import kl_records, perplexity_records, side_effects_table
+    from steerlab.experiment.runs import RunDir
     from steerlab.stats import wilson_interval
-    from steerlab.vectors import SteeringVector
+    from steerlab.steering.conditions import fit_condition
+    from steerlab.steering.vectors import SteeringVector
 
     started = time.perf_counter()
     harmful, harmless = load_questions("advbench"), load_questions("harmless")
@@ -161,7 +161,7 @@ def _change(entry: dict) -> str:
 
 def markdown(result: dict) -> str:
     """The table: refusal rates per prompt set and arm, then KL and perplexity on harmless ones."""
-    from steerlab.tables import markdown_table
+    from steerlab.analysis.tables import markdown_table
 
     base, plain, gated = result["arms"]
     refusal, side, condition = result["refusal"], result["side_effects"], result["condition"]
@@ -188,7 +188,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     from steerlab import load_model
-    from steerlab.catalog import DEFAULT_MODEL
+    from steerlab.model.catalog import DEFAULT_MODEL
 
     result = run(load_model(DEFAULT_MODEL))
     print(markdown(result))

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from steerlab import load_model
-from steerlab.data import bundled_path, load_pairs
-from steerlab.encoding import encode
-from steerlab.scoring import score_sequences
+from steerlab.data.files import bundled_path, load_pairs
+from steerlab.model.encoding import encode
+from steerlab.model.scoring import score_sequences
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:

@@ -25,10 +25,10 @@ import openai
 import torch
 from saving import machine, save
 
-from steerlab.catalog import DEFAULT_MODEL
-from steerlab.models import load_model
-from steerlab.serve import serve_process
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.model.catalog import DEFAULT_MODEL
+from steerlab.model.handle import load_model
+from steerlab.serve.app import serve_process
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 LEVELS = (1, 4, 8)
 MIXES = {"shared": [4.0], "mixed": [-4.0, 0.0, 4.0, None]}

@@ -37,7 +37,7 @@ def main(rounds: int) -> dict:
     import transformers
 
     from steerlab import load_model, load_pairs, train_caa
-    from steerlab.generation import generate_tokens
+    from steerlab.model.generation import generate_tokens
 
     model = load_model(MODEL)
     vector = train_caa(model, load_pairs("refusal", split="train"), LAYER, progress=False)

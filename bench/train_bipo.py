@@ -24,7 +24,7 @@ MODEL, LAYER, N_PAIRS, BATCH = "smollm2-135m-instruct", 15, 256, 8
 
 
 def pairs():
-    from steerlab.data import load_pairs, split
+    from steerlab.data.files import load_pairs, split
 
     pool = load_pairs("refusal", split="train") + load_pairs("sycophancy", split="train")
     (chosen,) = split(pool, [N_PAIRS], seed=0)

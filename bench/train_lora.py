@@ -23,7 +23,7 @@ MODEL, N_TRAIN, N_VAL, BATCH = "smollm2-135m-instruct", 256, 32, 16
 
 
 def data():
-    from steerlab.data import load_pairs, split
+    from steerlab.data.files import load_pairs, split
 
     pool = load_pairs("refusal", split="train") + load_pairs("sycophancy", split="train")
     train, val = split(pool, [N_TRAIN, N_VAL], seed=0)
@@ -31,7 +31,7 @@ def data():
 
 
 def run(model, objective: str, steps: int) -> dict:
-    from steerlab.lora import train_lora
+    from steerlab.methods.lora import train_lora
 
     train, val = data()
     started = time.perf_counter()

@@ -12,61 +12,61 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "MCItem": "steerlab.data",
-    "PreferencePair": "steerlab.data",
-    "load_mc": "steerlab.data",
-    "load_pairs": "steerlab.data",
-    "nested_subsets": "steerlab.data",
-    "split": "steerlab.data",
-    "DataSpec": "steerlab.datasets",
-    "list_datasets": "steerlab.datasets",
-    "lettered": "steerlab.datasets",
-    "load_dataset": "steerlab.datasets",
-    "mc_to_pairs": "steerlab.datasets",
-    "ChatSession": "steerlab.chat",
-    "Condition": "steerlab.conditions",
-    "fit_condition": "steerlab.conditions",
-    "search_threshold": "steerlab.conditions",
-    "train_condition": "steerlab.conditions",
-    "Composition": "steerlab.composition",
-    "Part": "steerlab.composition",
-    "compose": "steerlab.composition",
-    "Sweep": "steerlab.evaluation",
-    "composition_grid": "steerlab.evaluation",
-    "evaluate_ab": "steerlab.evaluation",
-    "evaluate_mc": "steerlab.evaluation",
-    "export_blind": "steerlab.blind",
-    "import_ratings": "steerlab.blind",
-    "generate": "steerlab.generation",
-    "inspect_dataset": "steerlab.inspection",
-    "ReferenceSimilarityJudge": "steerlab.judges",
-    "judge_head_to_head": "steerlab.judges",
-    "rate_answers": "steerlab.judges",
-    "summarize_head_to_head": "steerlab.judges",
-    "summarize_ratings": "steerlab.judges",
-    "LLMJudge": "steerlab.llm_judge",
+    "MCItem": "steerlab.data.files",
+    "PreferencePair": "steerlab.data.files",
+    "load_mc": "steerlab.data.files",
+    "load_pairs": "steerlab.data.files",
+    "nested_subsets": "steerlab.data.files",
+    "split": "steerlab.data.files",
+    "DataSpec": "steerlab.data.registry",
+    "list_datasets": "steerlab.data.registry",
+    "lettered": "steerlab.data.registry",
+    "load_dataset": "steerlab.data.registry",
+    "mc_to_pairs": "steerlab.data.registry",
+    "ChatSession": "steerlab.serve.chat",
+    "Condition": "steerlab.steering.conditions",
+    "fit_condition": "steerlab.steering.conditions",
+    "search_threshold": "steerlab.steering.conditions",
+    "train_condition": "steerlab.steering.conditions",
+    "Composition": "steerlab.steering.composition",
+    "Part": "steerlab.steering.composition",
+    "compose": "steerlab.steering.composition",
+    "Sweep": "steerlab.evaluation.likelihood",
+    "composition_grid": "steerlab.evaluation.likelihood",
+    "evaluate_ab": "steerlab.evaluation.likelihood",
+    "evaluate_mc": "steerlab.evaluation.likelihood",
+    "export_blind": "steerlab.evaluation.judges.blind",
+    "import_ratings": "steerlab.evaluation.judges.blind",
+    "generate": "steerlab.model.generation",
+    "inspect_dataset": "steerlab.evaluation.inspection",
+    "ReferenceSimilarityJudge": "steerlab.evaluation.judges.verdicts",
+    "judge_head_to_head": "steerlab.evaluation.judges.verdicts",
+    "rate_answers": "steerlab.evaluation.judges.verdicts",
+    "summarize_head_to_head": "steerlab.evaluation.judges.verdicts",
+    "summarize_ratings": "steerlab.evaluation.judges.verdicts",
+    "LLMJudge": "steerlab.evaluation.judges.llm",
     "train_bipo": "steerlab.methods",
     "train_caa": "steerlab.methods",
     "train_dpo": "steerlab.methods",
-    "load_lora": "steerlab.lora",
-    "train_lora": "steerlab.lora",
-    "ModelHandle": "steerlab.models",
-    "load_model": "steerlab.models",
-    "wrap_model": "steerlab.models",
-    "generate_answers": "steerlab.openended",
-    "load_questions": "steerlab.openended",
-    "steering_arms": "steerlab.openended",
-    "Prompting": "steerlab.prompting",
-    "kshot": "steerlab.prompting",
-    "max_shots": "steerlab.prompting",
-    "prompted": "steerlab.prompting",
-    "system_prompt": "steerlab.prompting",
-    "detect_refusals": "steerlab.refusal",
-    "ServeSettings": "steerlab.serve",
-    "create_app": "steerlab.serve",
-    "summarize_refusals": "steerlab.refusal",
-    "plot_steerability": "steerlab.reliability",
-    "steerability": "steerlab.reliability",
+    "load_lora": "steerlab.methods.lora",
+    "train_lora": "steerlab.methods.lora",
+    "ModelHandle": "steerlab.model.handle",
+    "load_model": "steerlab.model.handle",
+    "wrap_model": "steerlab.model.handle",
+    "generate_answers": "steerlab.evaluation.openended",
+    "load_questions": "steerlab.evaluation.openended",
+    "steering_arms": "steerlab.evaluation.openended",
+    "Prompting": "steerlab.methods.prompting",
+    "kshot": "steerlab.methods.prompting",
+    "max_shots": "steerlab.methods.prompting",
+    "prompted": "steerlab.methods.prompting",
+    "system_prompt": "steerlab.methods.prompting",
+    "detect_refusals": "steerlab.evaluation.refusal",
+    "ServeSettings": "steerlab.serve.app",
+    "create_app": "steerlab.serve.app",
+    "summarize_refusals": "steerlab.evaluation.refusal",
+    "plot_steerability": "steerlab.analysis.reliability",
+    "steerability": "steerlab.analysis.reliability",
     "PairedTable": "steerlab.stats",
     "mean_interval": "steerlab.stats",
     "minimum_detectable_effect": "steerlab.stats",
@@ -74,37 +74,42 @@ _EXPORTS = {
     "paired_table_from_records": "steerlab.stats",
     "wilson_interval": "steerlab.stats",
     "win_rate_test": "steerlab.stats",
-    "Steering": "steerlab.steering",
-    "SteeringVector": "steerlab.vectors",
+    "Steering": "steerlab.steering.hooks",
+    "SteeringVector": "steerlab.steering.vectors",
 }
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from steerlab.data import MCItem, PreferencePair, load_mc, load_pairs, nested_subsets, split
-    from steerlab.datasets import DataSpec, lettered, list_datasets, load_dataset, mc_to_pairs
-    from steerlab.chat import ChatSession
-    from steerlab.conditions import Condition, fit_condition, search_threshold, train_condition
-    from steerlab.composition import Composition, Part, compose
-    from steerlab.evaluation import Sweep, composition_grid, evaluate_ab, evaluate_mc
-    from steerlab.blind import export_blind, import_ratings
-    from steerlab.generation import generate
-    from steerlab.inspection import inspect_dataset
-    from steerlab.judges import (
+    from steerlab.analysis.reliability import plot_steerability, steerability
+    from steerlab.data.files import (
+        MCItem,
+        PreferencePair,
+        load_mc,
+        load_pairs,
+        nested_subsets,
+        split,
+    )
+    from steerlab.data.registry import DataSpec, lettered, list_datasets, load_dataset, mc_to_pairs
+    from steerlab.evaluation.inspection import inspect_dataset
+    from steerlab.evaluation.judges.blind import export_blind, import_ratings
+    from steerlab.evaluation.judges.llm import LLMJudge
+    from steerlab.evaluation.judges.verdicts import (
         ReferenceSimilarityJudge,
         judge_head_to_head,
         rate_answers,
         summarize_head_to_head,
         summarize_ratings,
     )
-    from steerlab.llm_judge import LLMJudge
-    from steerlab.lora import load_lora, train_lora
+    from steerlab.evaluation.likelihood import Sweep, composition_grid, evaluate_ab, evaluate_mc
+    from steerlab.evaluation.openended import generate_answers, load_questions, steering_arms
+    from steerlab.evaluation.refusal import detect_refusals, summarize_refusals
     from steerlab.methods import train_bipo, train_caa, train_dpo
-    from steerlab.models import ModelHandle, load_model, wrap_model
-    from steerlab.openended import generate_answers, load_questions, steering_arms
-    from steerlab.prompting import Prompting, kshot, max_shots, prompted, system_prompt
-    from steerlab.refusal import detect_refusals, summarize_refusals
-    from steerlab.serve import ServeSettings, create_app
-    from steerlab.reliability import plot_steerability, steerability
+    from steerlab.methods.lora import load_lora, train_lora
+    from steerlab.methods.prompting import Prompting, kshot, max_shots, prompted, system_prompt
+    from steerlab.model.generation import generate
+    from steerlab.model.handle import ModelHandle, load_model, wrap_model
+    from steerlab.serve.app import ServeSettings, create_app
+    from steerlab.serve.chat import ChatSession
     from steerlab.stats import (
         PairedTable,
         mean_interval,
@@ -114,8 +119,15 @@ if TYPE_CHECKING:
         wilson_interval,
         win_rate_test,
     )
-    from steerlab.steering import Steering
-    from steerlab.vectors import SteeringVector
+    from steerlab.steering.composition import Composition, Part, compose
+    from steerlab.steering.conditions import (
+        Condition,
+        fit_condition,
+        search_threshold,
+        train_condition,
+    )
+    from steerlab.steering.hooks import Steering
+    from steerlab.steering.vectors import SteeringVector
 
 
 def __getattr__(name: str) -> Any:

@@ -4,8 +4,8 @@ import pytest
 import torch
 from tiny import PAIRS, added_hooks, hook_counts, outputs, random_vector, tiny_model
 
-from steerlab.evaluation import Sweep, evaluate_ab
-from steerlab.openended import steering_arms
+from steerlab.evaluation.likelihood import Sweep, evaluate_ab
+from steerlab.evaluation.openended import steering_arms
 from steerlab.records import record_key
 
 TEXT = "Tell me about foxes, please"

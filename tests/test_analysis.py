@@ -1,11 +1,11 @@
 import torch
 
-from steerlab.analysis import analyze, write_analysis
-from steerlab.data import MCItem, PreferencePair
-from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
-from steerlab.runs import RunDir
-from steerlab.side_effects import side_effect_records
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.analysis.run_analysis import analyze, write_analysis
+from steerlab.data.files import MCItem, PreferencePair
+from steerlab.evaluation.likelihood import Sweep, evaluate_ab, evaluate_mc
+from steerlab.evaluation.side_effects import side_effect_records
+from steerlab.experiment.runs import RunDir
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 PAIRS = [PreferencePair(f"Question {i}?", "(A", "(B", id=f"q{i}") for i in range(6)]
 ITEMS = [MCItem("Capital of France?", ("Paris", "Rome"), 0, id="m1"),

@@ -2,13 +2,19 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from steerlab.data import PreferencePair
-from steerlab.encoding import encode
+from steerlab.data.files import PreferencePair
 from steerlab.methods.bipo import (
-    TrainingDiverged, TrainingHistory, _FastEngine, _NaiveEngine, bipo_loss, train_bipo, train_dpo,
+    TrainingDiverged,
+    TrainingHistory,
+    _FastEngine,
+    _NaiveEngine,
+    bipo_loss,
+    train_bipo,
+    train_dpo,
 )
 from steerlab.methods.pairs import encode_pairs
-from steerlab.vectors import SteeringVector
+from steerlab.model.encoding import encode
+from steerlab.steering.vectors import SteeringVector
 
 PAIRS = [
     PreferencePair("Short?", " Yes indeed.", " No.", id="a"),
@@ -163,8 +169,8 @@ def test_bad_arguments(tiny):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3", "phi3", "gpt2", "gpt_neox"])
 def test_packed_pairs_score_like_separate_sequences(family):
-    from steerlab.encoding import pack_pairs
-    from steerlab.scoring import score_sequences, window_logits
+    from steerlab.model.encoding import pack_pairs
+    from steerlab.model.scoring import score_sequences, window_logits
 
     model = tiny_model(family)
     items = encode_pairs(model, PAIRS)

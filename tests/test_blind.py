@@ -3,9 +3,9 @@ import json
 import pytest
 from tiny import FALSE, TRUE, FirstShown, generation_records, read_sheet, write_sheet
 
-from steerlab.blind import export_blind, import_ratings
-from steerlab.data import DataError
-from steerlab.judges import judge_head_to_head, summarize_head_to_head
+from steerlab.data.files import DataError
+from steerlab.evaluation.judges.blind import export_blind, import_ratings
+from steerlab.evaluation.judges.verdicts import judge_head_to_head, summarize_head_to_head
 from steerlab.records import RecordWriter, read_records
 
 RECORDS = generation_records([TRUE] * 6, [FALSE] * 3 + [TRUE] * 3)

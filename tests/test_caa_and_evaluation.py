@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from steerlab import train_caa
-from steerlab.data import MCItem, PreferencePair
-from steerlab.encoding import encode
-from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
+from steerlab.data.files import MCItem, PreferencePair
+from steerlab.evaluation.likelihood import Sweep, evaluate_ab, evaluate_mc
+from steerlab.model.encoding import encode
 from steerlab.records import RecordWriter, read_records, summarize
 
 PAIRS = [

@@ -11,9 +11,9 @@ import pytest
 import torch
 from tiny import invoke, make_vector, next_token_model
 
-from steerlab.chat import UNSTEERED, ChatError, ChatSession, Reply
-from steerlab.generation import generate
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.model.generation import generate
+from steerlab.serve.chat import UNSTEERED, ChatError, ChatSession, Reply
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 
 def letters():

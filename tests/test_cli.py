@@ -5,8 +5,7 @@ from tiny import invoke, tiny_model
 from typer.testing import CliRunner
 
 from steerlab.cli import app
-from steerlab.vectors import SteeringVector
-
+from steerlab.steering.vectors import SteeringVector
 
 
 @pytest.fixture()

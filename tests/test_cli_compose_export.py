@@ -6,7 +6,7 @@ from gguf import GGUFReader
 from tiny import invoke, tiny_model, write_jsonl
 
 from steerlab.records import read_records
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 
 @pytest.mark.parametrize("command", [["compose"], ["vector", "export"], ["vector", "import"]])

@@ -10,7 +10,8 @@ import torch
 from tiny import invoke, tiny_model
 
 from steerlab import cli
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.steering.vectors import SteeringVector, meta_for
+
 
 @pytest.fixture(scope="module")
 def vector_file(tmp_path_factory):

@@ -4,7 +4,7 @@ import torch
 from tiny import invoke, tiny_model, write_jsonl
 
 from steerlab.records import read_records
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 
 @pytest.mark.parametrize("command", [["sweep"], ["side-effects"], ["analyze"]])

@@ -2,8 +2,14 @@ import json
 
 import pytest
 
-from steerlab.data import (
-    BUNDLED, DataError, bundled_path, load_mc, load_pairs, nested_subsets, split,
+from steerlab.data.files import (
+    BUNDLED,
+    DataError,
+    bundled_path,
+    load_mc,
+    load_pairs,
+    nested_subsets,
+    split,
 )
 
 

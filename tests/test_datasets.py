@@ -11,11 +11,17 @@ from pathlib import Path
 import pytest
 
 import steerlab
-from steerlab import datasets
-from steerlab.data import DataError, MCItem, PreferencePair
-from steerlab.datasets import (
-    DATASETS, DatasetUnavailable, DataWarning, data_search_paths, dataset_info, lettered,
-    load_dataset, mc_to_pairs,
+from steerlab.data import registry as datasets
+from steerlab.data.files import DataError, MCItem, PreferencePair
+from steerlab.data.registry import (
+    DATASETS,
+    DatasetUnavailable,
+    DataWarning,
+    data_search_paths,
+    dataset_info,
+    lettered,
+    load_dataset,
+    mc_to_pairs,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -213,7 +219,7 @@ def test_public_api_exports():
 
 
 def test_advbench_refusal_pairs_contrast_a_detected_refusal_with_the_benchmark_target():
-    from steerlab.refusal import PhraseRefusalDetector
+    from steerlab.evaluation.refusal import PhraseRefusalDetector
 
     pairs, goals = load_dataset("advbench-refusal"), load_dataset("advbench")
     assert [p.prompt for p in pairs] == goals

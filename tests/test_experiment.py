@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from steerlab.comparison import BASE, headline, select
-from steerlab.experiment import ConfigError, load_config, parse_config
+from steerlab.analysis.comparison import BASE, headline, select
+from steerlab.experiment.config import ConfigError, load_config, parse_config
+from steerlab.experiment.runner import Runner, load_experiment_data
 from steerlab.records import read_records
-from steerlab.runner import Runner, load_experiment_data
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -187,7 +187,7 @@ def test_open_ended_answers_only_test_questions_and_judges_each_method(toy_run):
 
 
 def test_sample_efficiency_points_from_subset_and_kshot_arms(toy_run):
-    from steerlab.comparison import sample_efficiency
+    from steerlab.analysis.comparison import sample_efficiency
 
     _, out, _ = toy_run
     points = sample_efficiency(read_records(out / "records.jsonl"))
@@ -233,7 +233,7 @@ def test_an_interrupted_stage_still_records_the_time_it_spent(tmp_path, tiny):
 
 
 def test_compute_accounting_counts_less_than_per_choice_full_passes(toy_run):
-    from steerlab.compute import naive_token_layers
+    from steerlab.experiment.compute import naive_token_layers
 
     _, out, tiny = toy_run
     records = read_records(out / "records.jsonl")
@@ -249,7 +249,7 @@ def test_compute_accounting_counts_less_than_per_choice_full_passes(toy_run):
 
 
 def test_report_is_built_from_records_alone(toy_run):
-    from steerlab.experiment_report import experiment_report
+    from steerlab.experiment.report import experiment_report
 
     _, out, _ = toy_run
     markdown, page = experiment_report(out, read_records(out / "records.jsonl"))
@@ -282,9 +282,9 @@ def test_cli_run_checks_the_config_and_reports_errors_with_their_place(tmp_path)
 
 
 def test_conditional_arm_gates_the_methods_setting(tmp_path, tiny):
-    from steerlab.analysis import analyze
-    from steerlab.conditions import Condition
-    from steerlab.experiment_report import experiment_report
+    from steerlab.analysis.run_analysis import analyze
+    from steerlab.experiment.report import experiment_report
+    from steerlab.steering.conditions import Condition
 
     config = parse_config(config_text(
         write_pairs(tmp_path / "toy.jsonl"), methods={"caa": {"method": "caa"}},

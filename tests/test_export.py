@@ -5,7 +5,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 
 def vector_at(model, layers=(1, 3), seed=0):

@@ -20,10 +20,10 @@ from tiny import tiny_model
 from typer.testing import CliRunner
 
 from steerlab.cli import app
-from steerlab.data import DataError
-from steerlab.datasets import dataset_info, load_dataset
-from steerlab.serve import ServeSettings, create_app, serving
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.data.files import DataError
+from steerlab.data.registry import dataset_info, load_dataset
+from steerlab.serve.app import ServeSettings, create_app, serving
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 SEED = 20261130
 FUZZ = {"inputs": 0, "loaded": 0, "clean errors": 0, "tracebacks": 0, "5xx": 0, "hangs": 0,

@@ -8,9 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 from steerlab.cli import app
-from steerlab.data import load_mc
-from steerlab.inspection import (
-    _calibrated_agreement, check_labels, inspect_dataset, label_verdict, position_balance,
+from steerlab.data.files import load_mc
+from steerlab.evaluation.inspection import (
+    _calibrated_agreement,
+    check_labels,
+    inspect_dataset,
+    label_verdict,
+    position_balance,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -137,7 +141,7 @@ def test_label_check_on_the_default_model_catches_a_flipped_column(tmp_path):
     """Two-choice general knowledge (the right answer and one distractor) with the label column
     flipped: the default model mostly prefers the right answers, so it disagrees with the labels."""
     from steerlab import load_model
-    from steerlab.data import bundled_path
+    from steerlab.data.files import bundled_path
 
     rows = [json.loads(line) for line in bundled_path("general-knowledge").read_text().splitlines()]
     flipped = tmp_path / "flipped.jsonl"
@@ -154,7 +158,7 @@ def test_label_check_on_the_default_model_catches_a_flipped_column(tmp_path):
 
 def test_a_huge_field_is_shown_cut_and_left_out_of_the_label_check(tmp_path, tiny):
     """The probe's 50 MB field ran `data inspect` past 300 s (printed whole, scored whole)."""
-    from steerlab.inspection import EXAMPLE_CHARS, inspect_dataset
+    from steerlab.evaluation.inspection import EXAMPLE_CHARS, inspect_dataset
 
     path = tmp_path / "big.jsonl"
     rows = [{"prompt": "x" * 200_000, "chosen": "a", "rejected": "b"},

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from steerlab import load_model, train_caa
-from steerlab.data import bundled_path, load_pairs
-from steerlab.evaluation import Sweep, evaluate_ab
-from steerlab.generation import generate_tokens
-from steerlab.scoring import score_completions
+from steerlab.data.files import bundled_path, load_pairs
+from steerlab.evaluation.likelihood import Sweep, evaluate_ab
+from steerlab.model.generation import generate_tokens
+from steerlab.model.scoring import score_completions
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def test_default_model_shape_and_template(smol):
 
 
 def test_gguf_path_loads_the_same_model(smol):
-    from steerlab.catalog import BUILTIN_MODELS
+    from steerlab.model.catalog import BUILTIN_MODELS
 
     path = BUILTIN_MODELS["smollm2-135m-instruct"].gguf_path()
     by_path = load_model(str(path))
@@ -79,7 +79,7 @@ def test_gemma3_builtin_loads_with_plain_template():
 
 
 def test_rank_1_lora_on_real_model_counts_and_steers(smol, refusal_vector):
-    from steerlab.lora import load_lora, train_lora
+    from steerlab.methods.lora import load_lora, train_lora
 
     pairs = load_pairs(bundled_path("refusal"), split="train")[:6]
     result = train_lora(smol, pairs[:4], pairs[4:], batch_size=2, max_steps=1, eval_every=1,

@@ -5,9 +5,14 @@ import pytest
 import torch
 from tiny import CORRECT, FALSE, INCORRECT, TRUE, FirstShown, generation_records
 
-from steerlab.judges import ReferenceSimilarityJudge, judge_head_to_head, pair_arms, summarize_head_to_head
-from steerlab.judge_protocol import Comparison
-from steerlab.openended import OpenQuestion, generate_answers, steering_arms
+from steerlab.evaluation.judges.protocol import Comparison
+from steerlab.evaluation.judges.verdicts import (
+    ReferenceSimilarityJudge,
+    judge_head_to_head,
+    pair_arms,
+    summarize_head_to_head,
+)
+from steerlab.evaluation.openended import OpenQuestion, generate_answers, steering_arms
 from steerlab.stats import win_rate_test
 
 
@@ -89,7 +94,7 @@ def test_pairing_refuses_missing_or_repeated_items():
 def test_generation_to_verdicts_on_the_tiny_model(tiny):
     questions = [OpenQuestion(f"Say something {i}", f"q{i}", CORRECT, INCORRECT) for i in range(4)]
     torch.manual_seed(0)
-    from steerlab.vectors import SteeringVector, meta_for
+    from steerlab.steering.vectors import SteeringVector, meta_for
 
     vector = SteeringVector({2: torch.randn(tiny.d_model)}, meta_for(tiny, "test"))
     records = generate_answers(tiny, questions, steering_arms(vector, [2.0]), max_new_tokens=5, progress=False)
@@ -99,7 +104,7 @@ def test_generation_to_verdicts_on_the_tiny_model(tiny):
 
 
 def test_real_embedding_model_prefers_truthful_answers():
-    from steerlab.openended import TRUTHFULQA_OPEN, load_questions
+    from steerlab.evaluation.openended import TRUTHFULQA_OPEN, load_questions
 
     if not TRUTHFULQA_OPEN.available():
         pytest.skip("shared TruthfulQA copy not present")

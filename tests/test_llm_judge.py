@@ -9,10 +9,7 @@ from tiny import generation_records, next_token_model, tiny_model
 from typer.testing import CliRunner
 
 from steerlab.cli import app
-from steerlab.generation import generate
-from steerlab.judges import arm_shown_first, judge_head_to_head, rate_answers, summarize_head_to_head, summarize_ratings
-from steerlab.judge_protocol import Comparison
-from steerlab.llm_judge import (
+from steerlab.evaluation.judges.llm import (
     API_KEY_ENV,
     BASE_URL_ENV,
     MODEL_ENV,
@@ -20,7 +17,16 @@ from steerlab.llm_judge import (
     LLMJudge,
     read_choice,
 )
-from steerlab.serve import ServeSettings, create_app, free_port, serving
+from steerlab.evaluation.judges.protocol import Comparison
+from steerlab.evaluation.judges.verdicts import (
+    arm_shown_first,
+    judge_head_to_head,
+    rate_answers,
+    summarize_head_to_head,
+    summarize_ratings,
+)
+from steerlab.model.generation import generate
+from steerlab.serve.app import ServeSettings, create_app, free_port, serving
 
 N_ITEMS = 12
 LONG = {"max_context": 1024}  # judge prompts are long; the tiny models take 1024 positions
@@ -243,7 +249,7 @@ def test_cli_judge_llm_head_to_head_and_rating(says_one, tmp_path, monkeypatch):
 
 @pytest.mark.integration
 def test_llm_judge_with_the_default_model_served():
-    from steerlab.models import load_model
+    from steerlab.model.handle import load_model
 
     model = load_model("smollm2-135m-instruct")
     with serving(create_app(model, {}, ServeSettings(max_tokens=16))) as url:

@@ -7,9 +7,9 @@ from safetensors.torch import load_file
 from tiny import tiny_model
 from transformers.pytorch_utils import Conv1D
 
-from steerlab.data import PreferencePair
-from steerlab.lora import SUMMARY_FILE, TrainingDiverged, load_lora, train_lora
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.data.files import PreferencePair
+from steerlab.methods.lora import SUMMARY_FILE, TrainingDiverged, load_lora, train_lora
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 TRAIN = [PreferencePair(f"Q{i}", "Yes", "No", f"t{i}") for i in range(16)]
 # Half the validation pairs want the other answer: pushing "Yes" first helps, then hurts.
@@ -120,7 +120,7 @@ def test_saved_and_in_memory_adapters_give_identical_logits(model, trained):
 
 def test_the_adapted_model_scores_like_training_said(model, trained):
     """The merged adapter's validation loss is the one recorded at the best step."""
-    from steerlab.lora import _mean_loss, _sft_loss
+    from steerlab.methods.lora import _mean_loss, _sft_loss
     from steerlab.methods.pairs import encode_pairs
 
     adapted = load_lora(model, trained)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from tiny import CONFIGS, tiny_model
 
-from steerlab.models import ModelLoadError, find_decoder_layers, load_model
+from steerlab.model.handle import ModelLoadError, find_decoder_layers, load_model
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
@@ -76,7 +76,7 @@ def test_bad_specs_fail_with_clear_messages(tmp_path, monkeypatch):
 def test_dequantised_cache_is_keyed_by_format_and_rebuilt_when_it_does_not_load(tmp_path, monkeypatch):
     """A cache another transformers wrote (5.x tokenizer files under 4.x) or a damaged one is
     rebuilt once, not a crash; the GGUF conversion itself is stood in for by a tiny model."""
-    from steerlab import models
+    from steerlab.model import handle as models
 
     monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path / "cache"))
     gguf = tmp_path / "tiny.gguf"

@@ -3,17 +3,17 @@ import json
 import pytest
 import torch
 
-from steerlab.data import DataError
-from steerlab.generation import generate
-from steerlab.openended import (
+from steerlab.data.files import DataError
+from steerlab.evaluation.openended import (
     TRUTHFULQA_OPEN,
     OpenQuestion,
     generate_answers,
     load_questions,
     steering_arms,
 )
+from steerlab.model.generation import generate
 from steerlab.records import RecordWriter, read_records
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 QUESTIONS = [
     OpenQuestion(f"Question number {i}?", f"q{i}", (f"right {i}",), (f"wrong {i}",), {"n": i})

@@ -5,7 +5,7 @@ import torch
 from tiny import invoke, read_sheet, tiny_model, write_sheet
 
 from steerlab.records import read_records
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 
 @pytest.mark.parametrize("command", [["generate-eval"], ["judge"], ["refusal"], ["blind"], ["blind", "export"], ["blind", "import"]])

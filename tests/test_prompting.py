@@ -2,11 +2,10 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from steerlab.data import MCItem, PreferencePair, nested_subsets
-from steerlab.datasets import DATASETS
-from steerlab.evaluation import evaluate_mc
-from steerlab.generation import generate_tokens
-from steerlab.prompting import (
+from steerlab.data.files import MCItem, PreferencePair, nested_subsets
+from steerlab.data.registry import DATASETS
+from steerlab.evaluation.likelihood import evaluate_mc
+from steerlab.methods.prompting import (
     Prompting,
     context_limit,
     kshot,
@@ -15,6 +14,7 @@ from steerlab.prompting import (
     shot_answer,
     system_prompt,
 )
+from steerlab.model.generation import generate_tokens
 
 PAIRS = [PreferencePair(f"Question {i}?\n(A) yes\n(B) no", "(A" if i % 2 else "(B",
                         "(B" if i % 2 else "(A", f"p{i}") for i in range(20)]

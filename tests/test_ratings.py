@@ -7,9 +7,9 @@ import pytest
 from scipy import stats
 from tiny import generation_records
 
-from steerlab.analysis import analyze, write_analysis
-from steerlab.judges import rate_answers, summarize_ratings
-from steerlab.judge_protocol import Rating
+from steerlab.analysis.run_analysis import analyze, write_analysis
+from steerlab.evaluation.judges.protocol import Rating
+from steerlab.evaluation.judges.verdicts import rate_answers, summarize_ratings
 from steerlab.stats import mean_interval
 
 

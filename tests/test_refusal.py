@@ -1,12 +1,12 @@
 import pytest
 
-from steerlab.records import RecordWriter, read_records
-from steerlab.refusal import (
+from steerlab.evaluation.refusal import (
     PhraseRefusalDetector,
     RefusalVerdict,
     detect_refusals,
     summarize_refusals,
 )
+from steerlab.records import RecordWriter, read_records
 from steerlab.stats import wilson_interval
 
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from steerlab.data import PreferencePair
-from steerlab.evaluation import Sweep, evaluate_ab
-from steerlab.reliability import behaviour_score, plot_steerability, steerability
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.analysis.reliability import behaviour_score, plot_steerability, steerability
+from steerlab.data.files import PreferencePair
+from steerlab.evaluation.likelihood import Sweep, evaluate_ab
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 MULTIPLIERS = [-2.0, -1.0, 0.0, 1.0, 2.0]
 # Orthogonal to both the constant and the multipliers: moves the points, never the slope.

@@ -10,10 +10,10 @@ import time
 import pytest
 import torch
 
-from steerlab.data import PreferencePair
-from steerlab.evaluation import CHUNK, Sweep, evaluate_ab
+from steerlab.data.files import PreferencePair
+from steerlab.evaluation.likelihood import CHUNK, Sweep, evaluate_ab
 from steerlab.records import RecordWriter, read_records, record_key
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 PAIRS = [PreferencePair(f"Question {i}: is {i} even?{' really' * (i % 5)}", "(A", "(B", id=f"q{i}")
          for i in range(2 * CHUNK + 20)]
@@ -98,7 +98,7 @@ def test_killed_cli_evaluation_resumes(tiny, tmp_path):
     written = len(out.read_text().splitlines())
     assert 0 < written < len(many), "the kill must land mid-run"
     subprocess.run(command, env=env, check=True, capture_output=True)
-    from steerlab.models import load_model
+    from steerlab.model.handle import load_model
 
     reference = tmp_path / "reference.jsonl"
     with RecordWriter(reference) as writer:

@@ -4,9 +4,9 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from steerlab.activations import read_layers
-from steerlab.encoding import encode
-from steerlab.scoring import score_completions
+from steerlab.model.activations import read_layers
+from steerlab.model.encoding import encode
+from steerlab.model.scoring import score_completions
 
 PROMPTS = ["What is 2+2?", "Say something long and winding about the sea", "Hi"]
 COMPLETIONS = ["4", " The sea is wide and deep.", "Hello there"]
@@ -62,7 +62,7 @@ def test_empty_completion_scores_zero(tiny):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2", "gemma"])
 def test_a_long_shared_preamble_runs_once_with_the_same_scores(family):
-    from steerlab.scoring import PREFIX_MIN, common_prefix, score_settings
+    from steerlab.model.scoring import PREFIX_MIN, common_prefix, score_settings
 
     model = tiny_model(family)
     preamble = "You answer carefully. " * 6

@@ -14,10 +14,9 @@ from tiny import tiny_model
 from typer.testing import CliRunner
 
 from steerlab.cli import app
-from steerlab.generation import generate_tokens
-from steerlab.serve import ServeSettings, create_app, serve_process, serving
-from steerlab.vectors import SteeringVector, meta_for
-from steerlab.worker import (
+from steerlab.model.generation import generate_tokens
+from steerlab.serve.app import ServeSettings, create_app, serve_process, serving
+from steerlab.serve.worker import (
     Addition,
     Decoding,
     GenerationJob,
@@ -25,6 +24,7 @@ from steerlab.worker import (
     sendable_length,
     take_batch,
 )
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 MAX_TOKENS = 24
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from steerlab.serve import ServeSettings, create_app, serving
-from steerlab.vectors import SteeringVector, meta_for
-from steerlab.worker import Decoding, GenerationJob
+from steerlab.serve.app import ServeSettings, create_app, serving
+from steerlab.serve.worker import Decoding, GenerationJob
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 LIMIT = 64 << 10
 

@@ -3,11 +3,16 @@ import math
 import pytest
 import torch
 
-from steerlab.data import MCItem
-from steerlab.encoding import encode
-from steerlab.evaluation import Sweep
-from steerlab.side_effects import kl_records, perplexity_records, side_effect_records, side_effects_table
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.data.files import MCItem
+from steerlab.evaluation.likelihood import Sweep
+from steerlab.evaluation.side_effects import (
+    kl_records,
+    perplexity_records,
+    side_effect_records,
+    side_effects_table,
+)
+from steerlab.model.encoding import encode
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Steering vectors shift a model's behaviour."]
 PROMPTS = ["What is the capital of France?", "Name a colour.", "Tell me a much longer story, please."]

@@ -2,8 +2,8 @@ import pytest
 import torch
 from tiny import PROMPTS, logits, make_vector, tiny_model
 
-from steerlab.generation import generate_tokens
-from steerlab.steering import PositionError, Steering
+from steerlab.model.generation import generate_tokens
+from steerlab.steering.hooks import PositionError, Steering
 
 
 def test_zero_multiplier_is_bitwise_identical(tiny):

@@ -1,8 +1,8 @@
 import torch
 
-from steerlab.data import PreferencePair
+from steerlab.data.files import PreferencePair
 from steerlab.methods.subsets import train_on_subsets
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 PAIRS = [PreferencePair(f"q{i}", "a", "b", id=str(i)) for i in range(20)]
 

@@ -3,8 +3,8 @@
 import pytest
 from tiny import PAIRS, random_vector, tiny_model
 
-from steerlab.data import MCItem
-from steerlab.evaluation import Sweep, evaluate_ab, evaluate_mc
+from steerlab.data.files import MCItem
+from steerlab.evaluation.likelihood import Sweep, evaluate_ab, evaluate_mc
 
 ITEMS = [
     MCItem("Capital of France?", ("Paris", "Rome", "Berlin"), 0, id="m1"),

@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 from tiny import tiny_model
 
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 
 def vec(model, layers=(1, 2), seed=0, **meta):
@@ -86,8 +86,8 @@ def test_non_finite_directions_are_refused_on_creation_and_load(tiny, tmp_path, 
         SteeringVector({1: direction}, meta_for(tiny, "x"))
     good = SteeringVector({1: torch.ones(32)}, meta_for(tiny, "x"))
     good.save(tmp_path / "v.safetensors")
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
     with safe_open(tmp_path / "v.safetensors", "pt") as f:
         metadata = f.metadata()
     tensors = load_file(tmp_path / "v.safetensors")

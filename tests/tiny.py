@@ -22,10 +22,10 @@ from transformers import (
     Qwen2Config,
 )
 
-from steerlab.data import PreferencePair
-from steerlab.models import ModelHandle, wrap_model
-from steerlab.steering import capture_layer_outputs
-from steerlab.vectors import SteeringVector, meta_for
+from steerlab.data.files import PreferencePair
+from steerlab.model.handle import ModelHandle, wrap_model
+from steerlab.steering.hooks import capture_layer_outputs
+from steerlab.steering.vectors import SteeringVector, meta_for
 
 VOCAB = 272
 CHAT_TEMPLATE = (
@@ -198,7 +198,7 @@ class FirstShown:
     name = "first-shown"
 
     def compare(self, comparisons):
-        from steerlab.judge_protocol import Verdict
+        from steerlab.evaluation.judges.protocol import Verdict
 
         return [Verdict(0) for _ in comparisons]
 

@@ -38,7 +38,7 @@ LOCK = ROOT / "requirements.lock"
 PINS = ROOT / "requirements" / "pins.txt"
 SHOWN = ("transformers", "tokenizers", "huggingface-hub", "torch", "accelerate", "peft",
          "safetensors", "gguf", "numpy")
-LOAD_DEFAULT = ("from steerlab.models import load_model; m = load_model(); "
+LOAD_DEFAULT = ("from steerlab.model.handle import load_model; m = load_model(); "
                 "print(m.name, m.n_layers, m.d_model)")
 
 

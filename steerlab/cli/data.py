@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from steerlab.catalog import DEFAULT_MODEL
 from steerlab.cli.app import console, data_app
 from steerlab.cli.inputs import fail, load_handle
 from steerlab.cli.options import BatchOpt, FormatOpt, ModelOpt, OutputFormat
+from steerlab.model.catalog import DEFAULT_MODEL
 
 SHOWN = 10
 
@@ -22,7 +22,7 @@ SHOWN = 10
 @data_app.command("list")
 def data_list(output: FormatOpt = OutputFormat.table) -> None:
     """Every known dataset: kind, size and splits, source, licence, and whether it is here."""
-    from steerlab.datasets import list_datasets
+    from steerlab.data.registry import list_datasets
 
     rows = [
         {"name": i.name, "kind": i.kind, "size": i.size, "splits": dict(i.splits or {}),
@@ -56,8 +56,8 @@ def data_inspect(
 ) -> None:
     """Show what is in a dataset: a sample, counts, answer balance, duplicates, bad rows (with
     file and line) and a label check that flags agreement far below chance (flipped labels)."""
-    from steerlab.datasets import dataset_info
-    from steerlab.inspection import inspect_dataset
+    from steerlab.data.registry import dataset_info
+    from steerlab.evaluation.inspection import inspect_dataset
 
     try:
         kind = dataset_info(name).kind

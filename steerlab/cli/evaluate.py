@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from steerlab.catalog import DEFAULT_MODEL
 from steerlab.cli.app import app, console
 from steerlab.cli.inputs import (
     fail,
@@ -31,6 +30,7 @@ from steerlab.cli.options import (
     parse_ints,
     parse_layers,
 )
+from steerlab.model.catalog import DEFAULT_MODEL
 
 
 @app.command("eval")
@@ -50,9 +50,9 @@ def evaluate(
 
     Rerun on the same --out, it resumes: items whose records are there are not scored again.
     """
-    from steerlab.evaluation import Sweep, evaluate
+    from steerlab.evaluation.likelihood import Sweep, evaluate
     from steerlab.records import RecordWriter, summarize
-    from steerlab.vectors import SteeringVector
+    from steerlab.steering.vectors import SteeringVector
 
     items = load_scored_items(data, split)
     steering = SteeringVector.load(vector) if vector else None
@@ -98,9 +98,9 @@ def sweep(
 
     At each layer the layers below run once per batch and only those above once per multiplier.
     """
-    from steerlab.evaluation import evaluate, grid
+    from steerlab.evaluation.likelihood import evaluate, grid
+    from steerlab.experiment.runs import RunDir
     from steerlab.records import summarize
-    from steerlab.runs import RunDir
 
     sets = {spec: load_scored_items(spec, None, limit) for spec in data}
     vectors = [load_vector(path) for path in vector]
@@ -136,9 +136,9 @@ def compose_grid(
 
     Every grid point is scored on both datasets; `steerlab analyze` draws one heat map each.
     """
-    from steerlab.composition import grid_cells
-    from steerlab.evaluation import composition_grid, evaluate
-    from steerlab.runs import RunDir
+    from steerlab.evaluation.likelihood import composition_grid, evaluate
+    from steerlab.experiment.runs import RunDir
+    from steerlab.steering.composition import grid_cells
 
     if len(vector) != 2:
         fail(f"compose takes exactly two --vector options, got {len(vector)}")
@@ -167,7 +167,7 @@ def compose_grid(
 
 def print_grid(cells: list, names: dict[str, str]) -> None:
     """One table per grid: the mean score at each (first, second) multiplier pair."""
-    from steerlab.composition import by_grid, grid_matrix
+    from steerlab.steering.composition import by_grid, grid_matrix
 
     for (_, dataset, first, second), members in by_grid(cells).items():
         rows, columns, matrix = grid_matrix(members)
@@ -197,9 +197,14 @@ def side_effects(
     batch_size: BatchOpt = 8,
 ) -> None:
     """Capability accuracy, perplexity and KL to the unsteered model: steered against unsteered."""
-    from steerlab.evaluation import Sweep
-    from steerlab.runs import RunDir
-    from steerlab.side_effects import as_prompts, passages, side_effect_records, side_effects_table
+    from steerlab.evaluation.likelihood import Sweep
+    from steerlab.evaluation.side_effects import (
+        as_prompts,
+        passages,
+        side_effect_records,
+        side_effects_table,
+    )
+    from steerlab.experiment.runs import RunDir
 
     capability, text = capability or ["general-knowledge"], text or ["wikitext2:test"]
     kl_prompts = kl_prompts or ["general-knowledge"]
@@ -236,8 +241,8 @@ def analyze(run_dir: Annotated[Path, typer.Argument(help="A run directory (from 
     """Recompute every table and plot of a run from its records alone; write analysis.md."""
     from rich.markdown import Markdown
 
-    from steerlab.analysis import write_analysis
-    from steerlab.runs import RunDir
+    from steerlab.analysis.run_analysis import write_analysis
+    from steerlab.experiment.runs import RunDir
 
     run = RunDir(run_dir)
     records = run.records()
@@ -245,7 +250,7 @@ def analyze(run_dir: Annotated[Path, typer.Argument(help="A run directory (from 
         fail(f"no records in {run.records_path}")
     path = write_analysis(run.path, records)
     if any(r.get("task") == "experiment" for r in records):
-        from steerlab.experiment_report import experiment_report
+        from steerlab.experiment.report import experiment_report
 
         path, page = experiment_report(run.path, records)
         console.print(f"report: {page}")
@@ -263,13 +268,13 @@ def run_config(
 ) -> None:
     """Run an experiment: every arm on validation and test into a run directory (stage one),
     then the report from its records (stage two, as `steerlab analyze`)."""
-    from steerlab.experiment import ConfigError, load_config
+    from steerlab.experiment.config import ConfigError, load_config
 
     try:
         experiment = load_config(config)
     except ConfigError as err:
         fail(str(err))
-    from steerlab.runner import data_summary, run_experiment
+    from steerlab.experiment.runner import data_summary, run_experiment
 
     sizes = data_summary(experiment)
     console.print(f"{experiment.name}: model {experiment.model}; " + ", ".join(f"{k} {v}" for k, v in sizes.items()))

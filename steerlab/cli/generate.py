@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from steerlab.catalog import DEFAULT_MODEL
 from steerlab.cli.app import app, console
 from steerlab.cli.inputs import fail, load_condition, load_handle, load_named_vectors, load_vector
 from steerlab.cli.options import (
@@ -20,6 +19,7 @@ from steerlab.cli.options import (
     parse_floats,
     parse_layers,
 )
+from steerlab.model.catalog import DEFAULT_MODEL
 
 
 @app.command()
@@ -40,8 +40,8 @@ def generate(
     """Generate a reply (greedy), steered when a vector is given."""
     from contextlib import AbstractContextManager, nullcontext
 
-    from steerlab.composition import Part, compose
-    from steerlab.generation import generate as run_generate
+    from steerlab.model.generation import generate as run_generate
+    from steerlab.steering.composition import Part, compose
 
     steering = load_vector(vector) if vector else None
     gate = load_condition(condition) if condition else None
@@ -78,7 +78,7 @@ def demo(
     multipliers: Annotated[Optional[str], typer.Option(help="Comma-separated multipliers.")] = None,
 ) -> None:
     """Train a CAA vector on a bundled behaviour, sweep multipliers, compare generations, report."""
-    from steerlab.demo import DemoConfig, run_demo
+    from steerlab.experiment.demo import DemoConfig, run_demo
 
     config = DemoConfig(model=model, behaviour=behaviour, out_dir=out)
     if layer is not None:
@@ -111,8 +111,8 @@ def serve(
     """
     import os
 
-    from steerlab.serve import ServeSettings, served_name
-    from steerlab.serve import serve as run_server
+    from steerlab.serve.app import ServeSettings, served_name
+    from steerlab.serve.app import serve as run_server
 
     vectors = load_named_vectors(vector or [])
     key = os.environ.get(api_key_env) or None
@@ -149,7 +149,7 @@ def chat(
 ) -> None:
     """Chat with the model in the terminal, steered; change the vector, multiplier and layers
     between turns (/help lists the commands) and compare with the unsteered reply side by side."""
-    from steerlab.chat import ChatError, ChatSession
+    from steerlab.serve.chat import ChatError, ChatSession
 
     vectors = load_named_vectors(vector or [])
     handle = load_handle(model)

@@ -18,7 +18,7 @@ def fail(message: str) -> None:
 
 
 def load_handle(model: str):
-    from steerlab.models import ModelLoadError, load_model
+    from steerlab.model.handle import ModelLoadError, load_model
 
     try:
         with console.status(f"loading {model}"):
@@ -36,15 +36,15 @@ def load_records(spec: str, split: Optional[str], limit: Optional[int] = None, s
 def load_prompt_texts(spec: str, limit: Optional[int], seed: int) -> list[str]:
     """Prompts of a question set, prompts dataset or any dataset (``name:split`` names the
     split), or exit with the loader's message; ``limit`` takes a seeded sample."""
-    from steerlab.openended import load_prompts
+    from steerlab.evaluation.openended import load_prompts
 
     return _load_spec(spec, None, limit, seed, load_prompts)
 
 
 def _load_spec(spec: str, split: Optional[str], limit: Optional[int], seed: int,
                reader: Optional[Callable] = None) -> list:
-    from steerlab.data import DataError
-    from steerlab.datasets import DatasetUnavailable, DataSpec
+    from steerlab.data.files import DataError
+    from steerlab.data.registry import DatasetUnavailable, DataSpec
 
     try:
         return DataSpec.parse(spec, split, limit).load(seed, reader)
@@ -54,7 +54,7 @@ def _load_spec(spec: str, split: Optional[str], limit: Optional[int], seed: int,
 
 def load_training_pairs(spec: str, split: Optional[str]) -> list:
     """Preference pairs (free text or A/B) for training."""
-    from steerlab.data import PreferencePair
+    from steerlab.data.files import PreferencePair
 
     pairs = load_records(spec, split)
     if not isinstance(pairs[0], PreferencePair):
@@ -65,7 +65,7 @@ def load_training_pairs(spec: str, split: Optional[str]) -> list:
 
 def load_scored_items(spec: str, split: Optional[str], limit: Optional[int] = None) -> list:
     """Multiple-choice items or A/B pairs: what likelihood evaluation takes."""
-    from steerlab.data import MCItem, PreferencePair
+    from steerlab.data.files import MCItem, PreferencePair
 
     items = load_records(spec, split, limit)
     if not isinstance(items[0], (MCItem, PreferencePair)):
@@ -74,7 +74,7 @@ def load_scored_items(spec: str, split: Optional[str], limit: Optional[int] = No
 
 
 def load_condition(path: Path):
-    from steerlab.conditions import Condition
+    from steerlab.steering.conditions import Condition
 
     try:
         return Condition.load(path)
@@ -83,7 +83,7 @@ def load_condition(path: Path):
 
 
 def load_vector(path: Path):
-    from steerlab.vectors import SteeringVector
+    from steerlab.steering.vectors import SteeringVector
 
     try:
         return SteeringVector.load(path)
@@ -110,7 +110,7 @@ def read_record_file(path: Path, datasets: list[str] | None = None) -> list[dict
 
 def other_arms(records: list[dict], base: str) -> list[str]:
     """The arms of generation records other than ``base``, in order of appearance."""
-    from steerlab.openended import TASK
+    from steerlab.evaluation.openended import TASK
 
     return list(dict.fromkeys(r["arm"] for r in records if r.get("task") == TASK and r["arm"] != base))
 

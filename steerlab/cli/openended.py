@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from steerlab.catalog import DEFAULT_MODEL
 from steerlab.cli.app import app, blind_app, console
 from steerlab.cli.inputs import fail, load_handle, other_arms, read_record_file
 from steerlab.cli.options import (
@@ -24,6 +23,7 @@ from steerlab.cli.options import (
     parse_floats,
     parse_layers,
 )
+from steerlab.model.catalog import DEFAULT_MODEL
 
 
 @app.command("generate-eval")
@@ -49,12 +49,12 @@ def generate_eval(
 
     The records feed `steerlab judge`, `steerlab blind export` and `steerlab refusal`.
     """
-    from steerlab.data import DataError, split
-    from steerlab.datasets import DatasetUnavailable
-    from steerlab.openended import generate_answers, load_questions, steering_arms
+    from steerlab.data.files import DataError, split
+    from steerlab.data.registry import DatasetUnavailable
+    from steerlab.evaluation.openended import generate_answers, load_questions, steering_arms
     from steerlab.records import RecordWriter
-    from steerlab.steering import POSITIONS
-    from steerlab.vectors import SteeringVector
+    from steerlab.steering.hooks import POSITIONS
+    from steerlab.steering.vectors import SteeringVector
 
     if positions not in POSITIONS:
         fail(f"--positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
@@ -122,8 +122,8 @@ def judge(
 ) -> None:
     """Judge each steered answer against the unsteered one, item by item, and print win rates;
     or rate every answer 1-4 (--mode rating) and print mean ratings per arm."""
-    from steerlab.judge_protocol import JudgeError
-    from steerlab.judges import JUDGES, judge_head_to_head, rate_answers
+    from steerlab.evaluation.judges.protocol import JudgeError
+    from steerlab.evaluation.judges.verdicts import JUDGES, judge_head_to_head, rate_answers
     from steerlab.records import RecordWriter
 
     if judge_name not in JUDGES:
@@ -162,7 +162,7 @@ def judge(
 
 def _print_verdicts(verdicts: list[dict]) -> None:
     """The head-to-head table, and how many judge replies could not be read (if the judge says)."""
-    from steerlab.judges import summarize_head_to_head
+    from steerlab.evaluation.judges.verdicts import summarize_head_to_head
 
     print_head_to_head(summarize_head_to_head(verdicts))
     if verdicts and "unreadable" in verdicts[0]["details"]:
@@ -173,7 +173,7 @@ def _print_verdicts(verdicts: list[dict]) -> None:
 
 def print_ratings(records: list[dict], base: str) -> None:
     """One row per judge × dataset × arm: mean 1-4 rating and the paired difference from base."""
-    from steerlab.judges import summarize_ratings
+    from steerlab.evaluation.judges.verdicts import summarize_ratings
 
     rows = summarize_ratings(records, base)
     level = next((r.mean.level for r in rows if r.mean), 0.9)
@@ -202,7 +202,7 @@ def blind_export(
     seed: Annotated[int, typer.Option(help="Seed of the row order and the per-item answer order.")] = 0,
 ) -> None:
     """Write a blinded rating sheet (answers shuffled, arms hidden) and its key."""
-    from steerlab.blind import export_blind
+    from steerlab.evaluation.judges.blind import export_blind
 
     try:
         count = export_blind(read_record_file(records, dataset), arm, out, key, base, seed)
@@ -219,8 +219,8 @@ def blind_import(
     rater: Annotated[str, typer.Option(help="Who rated; records name the judge human:<rater>.")] = "human",
 ) -> None:
     """Check and unblind filled ratings into head-to-head records; print win rates."""
-    from steerlab.blind import import_ratings
-    from steerlab.judges import summarize_head_to_head
+    from steerlab.evaluation.judges.blind import import_ratings
+    from steerlab.evaluation.judges.verdicts import summarize_head_to_head
     from steerlab.records import RecordWriter
 
     if not key.is_file():
@@ -243,13 +243,13 @@ def refusal(
 ) -> None:
     """Refusal rate per question set and arm, and attack success on harmful sets.
 
-    Refusals are found by the documented phrase list (steerlab.refusal); attack success is
+    Refusals are found by the documented phrase list (steerlab.evaluation.refusal); attack success is
     1 − refusal rate on harmful prompts (advbench).
     """
     from contextlib import nullcontext
 
+    from steerlab.evaluation.refusal import detect_refusals, summarize_refusals
     from steerlab.records import RecordWriter
-    from steerlab.refusal import detect_refusals, summarize_refusals
 
     with RecordWriter(out) if out else nullcontext() as writer:
         flagged = detect_refusals(read_record_file(records, dataset), writer=writer)

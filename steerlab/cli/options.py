@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from steerlab.catalog import BUILTIN_MODELS
+from steerlab.model.catalog import BUILTIN_MODELS
 
 ModelOpt = Annotated[
     str,

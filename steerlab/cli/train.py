@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from steerlab.catalog import DEFAULT_MODEL
 from steerlab.cli.app import app, baseline_app, console, lora_app
 from steerlab.cli.inputs import (
     fail,
@@ -18,6 +17,7 @@ from steerlab.cli.inputs import (
     load_training_pairs,
 )
 from steerlab.cli.options import BatchOpt, LimitOpt, ModelOpt, parse_ints, positive_number
+from steerlab.model.catalog import DEFAULT_MODEL
 
 METHODS = ("caa", "bipo", "dpo")
 
@@ -110,7 +110,7 @@ def condition_fit(
 ) -> None:
     """Fit a condition for conditional steering (CAST): a direction between the two prompt sets
     at a layer, and the cosine threshold with the best F1 on held-out prompts."""
-    from steerlab.conditions import fit_condition
+    from steerlab.steering.conditions import fit_condition
 
     positives = load_prompt_texts(positive, limit, seed)
     negatives = load_prompt_texts(negative, limit, seed)
@@ -153,8 +153,8 @@ def lora_train(
 
     Each new best adapter is saved at once, so Ctrl-C keeps the best so far.
     """
-    from steerlab.data import split as seeded_split
-    from steerlab.lora import TrainingDiverged, train_lora
+    from steerlab.data.files import split as seeded_split
+    from steerlab.methods.lora import TrainingDiverged, train_lora
 
     pairs = load_training_pairs(data, split)
     if val_data:
@@ -197,7 +197,7 @@ def baseline_shots(
     reserve: Annotated[int, typer.Option(help="Tokens kept free beyond the longest item (e.g. new tokens to generate).")] = 0,
 ) -> None:
     """Which k-shot prompts fit the model's context, and where the context cuts the list."""
-    from steerlab.prompting import max_shots
+    from steerlab.methods.prompting import max_shots
 
     pairs = load_training_pairs(data, split)
     evaluated = load_records(eval_data, eval_split) if eval_data else pairs

@@ -16,7 +16,7 @@ from steerlab.cli.options import NormRatioOpt, finite_number, parse_ints
 @vector_app.command("info")
 def vector_info(path: Annotated[Path, typer.Argument(help="A .safetensors steering vector.")]) -> None:
     """Show a vector's layers, norms and metadata."""
-    from steerlab.vectors import SteeringVector
+    from steerlab.steering.vectors import SteeringVector
 
     try:
         vector = SteeringVector.load(path)
@@ -59,7 +59,7 @@ def vector_import(
     out: Annotated[Path, typer.Option("--out", "-o", help="The steering vector to write (.safetensors).")],
 ) -> None:
     """Read a llama.cpp control vector (direction.N → layer N) and save it as a steerlab vector."""
-    from steerlab.vectors import SteeringVector
+    from steerlab.steering.vectors import SteeringVector
 
     try:
         vector = SteeringVector.from_gguf(gguf)

@@ -1,4 +1,4 @@
-"""Trainers that turn preference pairs into a :class:`~steerlab.vectors.SteeringVector`."""
+"""Trainers that turn preference pairs into a :class:`~steerlab.steering.vectors.SteeringVector`."""
 
 from steerlab.methods.bipo import TrainingHistory, train_bipo, train_dpo
 from steerlab.methods.caa import train_caa

@@ -28,15 +28,15 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from steerlab.data import PreferencePair
-from steerlab.evaluation import Sweep, evaluate_ab
+from steerlab.data.files import PreferencePair
+from steerlab.evaluation.likelihood import Sweep, evaluate_ab
 from steerlab.methods.pairs import EncodedPair, encode_pairs, pair_rows, shuffled_batches
-from steerlab.models import ModelHandle
+from steerlab.model.handle import ModelHandle
+from steerlab.model.scoring import window_logits
+from steerlab.model.upper import upper_stack
 from steerlab.progress import bar, track
-from steerlab.scoring import window_logits
-from steerlab.steering import _hidden, _with_hidden, capture_layer_outputs
-from steerlab.upper import upper_stack
-from steerlab.vectors import SteeringVector, data_hash, meta_for
+from steerlab.steering.hooks import _hidden, _with_hidden, capture_layer_outputs
+from steerlab.steering.vectors import SteeringVector, data_hash, meta_for
 
 Direction = Literal["bi", "forward"]
 Engine = Literal["fast", "naive"]
@@ -320,7 +320,7 @@ def _mean_norm(items: Sequence[EncodedPair]) -> float:
 
 
 def _measure_norm(model: ModelHandle, items: Sequence[EncodedPair], layer: int, batch_size: int) -> float:
-    from steerlab.activations import read_layers
+    from steerlab.model.activations import read_layers
 
     seqs = [e.chosen for e in items] + [e.rejected for e in items]
     return read_layers(model, seqs, [layer], batch_size, progress=False).mean_norm[layer]

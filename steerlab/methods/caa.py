@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from steerlab.activations import read_layers
-from steerlab.data import PreferencePair
-from steerlab.encoding import encode
-from steerlab.models import ModelHandle
-from steerlab.vectors import SteeringVector, data_hash, meta_for
+from steerlab.data.files import PreferencePair
+from steerlab.model.activations import read_layers
+from steerlab.model.encoding import encode
+from steerlab.model.handle import ModelHandle
+from steerlab.steering.vectors import SteeringVector, data_hash, meta_for
 
 
 def train_caa(

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from steerlab.data import PreferencePair
-from steerlab.encoding import TokenSequence, collate, encode, pack_pairs
-from steerlab.models import ModelHandle
-from steerlab.scoring import token_logprobs
+from steerlab.data.files import PreferencePair
+from steerlab.model.encoding import TokenSequence, collate, encode, pack_pairs
+from steerlab.model.handle import ModelHandle
+from steerlab.model.scoring import token_logprobs
 
 
 @dataclass

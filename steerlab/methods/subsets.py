@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from steerlab.data import PreferencePair, nested_subsets
-from steerlab.vectors import SteeringVector
+from steerlab.data.files import PreferencePair, nested_subsets
+from steerlab.steering.vectors import SteeringVector
 
 Trainer = Callable[[list[PreferencePair], int], SteeringVector]
 """Trains a vector from (pairs, seed)."""

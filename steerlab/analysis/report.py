@@ -1,0 +1,142 @@
+"""Reports built from summary rows: a sweep plot, plain-words findings, and a Markdown file.
+
+The words are computed from the numbers: a non-monotonic sweep or a shift inside the noise is
+said to be so, never smoothed over.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+from steerlab.analysis.tables import markdown_table
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+TASK_LABELS = {"ab": "behaviour score P(matching answer)", "mc": "multiple-choice accuracy"}
+
+
+def _series(rows: list[dict], task: str) -> list[dict]:
+    return sorted((r for r in rows if r["task"] == task), key=lambda r: r["multiplier"])
+
+
+def describe_trend(rows: list[dict], task: str) -> str:
+    """One or two sentences on how a task's score moves with the multiplier, with its noise."""
+    series = _series(rows, task)
+    if len(series) < 2:
+        return ""
+    label = TASK_LABELS.get(task, task)
+    scores = [r["score"] for r in series]
+    steps = [b - a for a, b in zip(scores, scores[1:])]
+    first, last = series[0], series[-1]
+    span = f"{first['score']:.3f} at ×{first['multiplier']:g} to {last['score']:.3f} at ×{last['multiplier']:g}"
+    if all(s > 0 for s in steps):
+        shape = f"The {label} rises monotonically with the multiplier ({span})."
+    elif all(s < 0 for s in steps):
+        shape = f"The {label} falls monotonically as the multiplier grows ({span})."
+    else:
+        shape = f"The {label} is **not monotonic** in the multiplier ({span}; values " + ", ".join(
+            f"{s:.3f}" for s in scores) + ")."
+    zero = next((r for r in series if r["multiplier"] == 0), None)
+    if zero is None:
+        return shape
+    biggest = max(series, key=lambda r: abs(r["score"] - zero["score"]))
+    shift = biggest["score"] - zero["score"]
+    noise = (biggest["score_se"] ** 2 + zero["score_se"] ** 2) ** 0.5
+    ratio = abs(shift) / noise if noise > 0 else float("inf")
+    verdict = "larger than" if ratio >= 2 else "within"
+    return (
+        f"{shape} The largest shift from unsteered is {shift:+.3f} (×{biggest['multiplier']:g}), "
+        f"{ratio:.1f} standard errors: {verdict} the noise of {zero['n']} items."
+    )
+
+
+def describe_answer_bias(records: list[dict], threshold: float = 0.9) -> str:
+    """Warn when an A/B evaluation's unsteered predictions are (nearly) always the same answer.
+
+    Then the behaviour score measures a preference for a letter, not the behaviour: the
+    'matching chosen' rate sits at the dataset's letter balance whatever the steering does.
+    """
+    picked = [r["choices"][r["prediction"]] for r in records if r["task"] == "ab" and r["multiplier"] == 0]
+    if not picked:
+        return ""
+    common = max(set(picked), key=picked.count)
+    share = picked.count(common) / len(picked)
+    if share < threshold:
+        return ""
+    return (
+        f"**Answer bias:** unsteered, the model picks {common!r} on {share:.0%} of the "
+        f"{len(picked)} A/B items whatever their content, so the A/B score here mostly measures "
+        "a letter preference. Judge the behaviour by the generations (or a larger model), not "
+        "by this score."
+    )
+
+
+def findings(records: list[dict], rows: list[dict]) -> list[str]:
+    """Every plain-words finding the numbers support, in report order."""
+    texts = [describe_trend(rows, task) for task in TASK_LABELS] + [describe_answer_bias(records)]
+    return [t for t in texts if t]
+
+
+def sweep_plot(rows: list[dict], path: Path) -> Path:
+    """Plot every task's score against the multiplier, with ±1 standard-error bars."""
+    tasks = [t for t in TASK_LABELS if _series(rows, t)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        series = _series(rows, task)
+        ax.errorbar(
+            [r["multiplier"] for r in series], [r["score"] for r in series],
+            yerr=[r["score_se"] for r in series], marker="o", capsize=3,
+        )
+        ax.axvline(0, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("multiplier")
+        ax.set_ylabel(TASK_LABELS[task])
+        ax.set_title(f"{series[0]['dataset']} (n={series[0]['n']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sweep_table(rows: list[dict]) -> list[str]:
+    """The summary rows of a likelihood sweep as a Markdown table."""
+    return markdown_table(
+        ["task", "dataset", "vector", "layers", "multiplier", "n", "score ± se", "matching/correct"],
+        [[r["task"], str(r["dataset"]), str(r["vector_id"]), str(r["layers"]), f"{r['multiplier']:g}",
+          str(r["n"]), f"{r['score']:.3f} ± {r['score_se']:.3f}", f"{r['correct']:.3f}"] for r in rows],
+    )
+
+
+def write_report(
+    out_dir: Path,
+    records: list[dict],
+    rows: list[dict],
+    prompts: list[str],
+    generations: dict[str, list[str]],
+    title: str,
+    details: dict[str, Any],
+) -> Path:
+    """Write ``report.md`` and ``sweep.png`` into ``out_dir``; return the report's path."""
+    out_dir = Path(out_dir)
+    sweep_plot(rows, out_dir / "sweep.png")
+    parts = [
+        f"# {title}", "",
+        "## Findings", "",
+        *[f"- {f}" for f in findings(records, rows)], "",
+        "Scores are likelihood-based (no sampling). Standard errors are per setting over items; "
+        "they are not paired differences, so treat the comparisons as indicative.", "",
+        "## Multiplier sweep", "", "![sweep](sweep.png)", "", *sweep_table(rows),
+        "## Generations (greedy)", "",
+    ]
+    for index, prompt in enumerate(prompts):
+        parts += [f"**Prompt:** {prompt}", ""]
+        parts += [f"- *{label}*: {texts[index]!r}" for label, texts in generations.items()]
+        parts.append("")
+    parts += ["## Run details", "", "```json", json.dumps(details, indent=2, default=str), "```", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

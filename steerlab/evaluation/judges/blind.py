@@ -1,0 +1,108 @@
+"""Blinded human rating of head-to-head pairs: export, import, unblind.
+
+The export is a file a person fills in (CSV for a spreadsheet, or JSONL): one row per item
+with an opaque ``pair_id``, the question and the two answers as ``answer_1`` / ``answer_2``,
+and an empty ``preferred`` column to fill with ``1``, ``2`` or ``tie``. Rows and answer order
+are shuffled with a recorded seed; which arm wrote which answer lives only in a separate key
+file. Importing checks every row (errors name the file, line and field) and unblinds the
+ratings into the same head-to-head records a judge writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+from steerlab.data.files import DataError, _rows
+from steerlab.evaluation.judges.verdicts import (
+    arm_shown_first,
+    comparison_fields,
+    pair_arms,
+    verdict_record,
+)
+from steerlab.evaluation.openended import BASE_ARM
+from steerlab.records import Record, RecordWriter
+
+COLUMNS = ("pair_id", "question", "answer_1", "answer_2", "preferred", "comment")
+CHOICES = {"1": 0, "2": 1, "tie": None}
+
+
+def export_blind(
+    records: Iterable[Record],
+    arm: str,
+    ratings_path: str | Path,
+    key_path: str | Path,
+    base: str = BASE_ARM,
+    seed: int = 0,
+) -> int:
+    """Write the rating sheet (``.csv`` or ``.jsonl``) and its key (JSON); return the pair count."""
+    ratings_path, key_path = Path(ratings_path), Path(key_path)
+    if ratings_path.suffix not in (".csv", ".jsonl"):
+        raise ValueError(f"{ratings_path}: the rating sheet must be .csv or .jsonl")
+    pairs = pair_arms(records, arm, base)
+    random.Random(seed).shuffle(pairs)
+    rows, key = [], {}
+    for number, (a, b) in enumerate(pairs, start=1):
+        pair_id = f"p{number:04d}"
+        first = arm_shown_first(seed, a["dataset"], a["item_id"])
+        answers = (a["answer"], b["answer"]) if first else (b["answer"], a["answer"])
+        rows.append(dict(zip(COLUMNS, (pair_id, a["question"], *answers, "", ""))))
+        key[pair_id] = {"arm_first": first, "fields": comparison_fields(a, b)}
+    ratings_path.parent.mkdir(parents=True, exist_ok=True)
+    with ratings_path.open("w", encoding="utf-8", newline="") as handle:
+        if ratings_path.suffix == ".csv":
+            writer = csv.DictWriter(handle, COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.write_text(
+        json.dumps({"seed": seed, "arm": arm, "base": base, "pairs": key}, ensure_ascii=False, indent=1),
+        encoding="utf-8",
+    )
+    return len(rows)
+
+
+def import_ratings(
+    ratings_path: str | Path,
+    key_path: str | Path,
+    rater: str = "human",
+    writer: RecordWriter | None = None,
+) -> list[Record]:
+    """Read a filled rating sheet, check it against the key, and unblind it into head-to-head
+    records (judge ``human:<rater>``). Every pair must be rated exactly once."""
+    ratings_path = Path(ratings_path)
+    key = json.loads(Path(key_path).read_text(encoding="utf-8"))
+    pairs: dict[str, dict] = key["pairs"]
+    seen: dict[str, int] = {}
+    records = []
+    for line, row in _rows(ratings_path):
+        where = f"{ratings_path}:{line}"
+        pair_id = str(row.get("pair_id") or "").strip()
+        if pair_id not in pairs:
+            raise DataError(f"{where}: field 'pair_id' is {pair_id!r}, not a pair of the key {key_path}")
+        if pair_id in seen:
+            raise DataError(f"{where}: pair {pair_id} is rated twice (first on line {seen[pair_id]})")
+        seen[pair_id] = line
+        choice = str(row.get("preferred") or "").strip().lower()
+        if choice not in CHOICES:
+            raise DataError(f"{where}: field 'preferred' is {choice!r}; expected 1, 2 or tie")
+        entry = pairs[pair_id]
+        comment = str(row.get("comment") or "").strip()
+        record = verdict_record(
+            entry["fields"], f"human:{rater}", key["seed"], entry["arm_first"], CHOICES[choice],
+            {"comment": comment} if comment else {},
+        )
+        records.append(record)
+    missing = sorted(pairs.keys() - seen.keys())
+    if missing:
+        raise DataError(f"{ratings_path}: {len(missing)} pair(s) not rated, e.g. {', '.join(missing[:5])}")
+    records.sort(key=lambda r: (r["dataset"], r["item_id"]))
+    if writer is not None:
+        for record in records:
+            writer.write(record)
+    return records

@@ -1,0 +1,279 @@
+"""Open-ended generation: free answers to questions, per arm (unsteered or steered).
+
+Generation and judging are separate stages. This module writes one record per question × arm
+as soon as its batch is done, holding the exact prompt, the answer, the steering setting, the
+decoding settings and the question's reference answers, so judges, human raters and refusal
+detectors work from the records alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from steerlab.data.files import DataError, _split_rows, _text, bundled_path
+from steerlab.data.registry import DATASETS, LICENCES, DatasetInfo, DatasetUnavailable
+from steerlab.evaluation.likelihood import Sweep
+from steerlab.model.generation import generate
+from steerlab.model.handle import ModelHandle
+from steerlab.progress import track
+from steerlab.records import Record, RecordWriter, record_key
+from steerlab.steering.composition import Intervention
+from steerlab.steering.conditions import Condition
+from steerlab.steering.hooks import Positions
+from steerlab.steering.vectors import SteeringVector
+
+TASK = "generation"
+BASE_ARM = "unsteered"
+
+
+@dataclass(frozen=True)
+class OpenQuestion:
+    """A question to answer freely, with the dataset's reference answers when it has them."""
+
+    question: str
+    id: str
+    correct: tuple[str, ...] = ()
+    incorrect: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def _answer_list(row: dict[str, Any], keys: Sequence[str], separator: str, where: str) -> tuple[str, ...]:
+    """Reference answers from ``keys`` (lists, or text split on ``separator``), deduplicated."""
+    answers: list[str] = []
+    for key in keys:
+        value = row.get(key)
+        if value is None:
+            raise DataError(f"{where}: field '{key}' is missing")
+        parts = value if isinstance(value, list) else str(value).split(separator)
+        answers.extend(p.strip() for p in parts if isinstance(p, str) and p.strip())
+    return tuple(dict.fromkeys(answers))
+
+
+def question_from_row(
+    row: dict[str, Any],
+    row_id: str,
+    where: str,
+    *,
+    question: str = "question",
+    correct: Sequence[str] = (),
+    incorrect: Sequence[str] = (),
+    separator: str = ";",
+) -> OpenQuestion:
+    """One question from a row: the ``question`` field, reference answers from the ``correct``
+    / ``incorrect`` fields (lists, or text separated by ``separator``), other fields as meta."""
+    used = {"id", question, *correct, *incorrect}
+    return OpenQuestion(
+        _text(row, question, where),
+        row_id,
+        _answer_list(row, correct, separator, where),
+        _answer_list(row, incorrect, separator, where),
+        {k: v for k, v in row.items() if k not in used},
+    )
+
+
+TRUTHFULQA_OPEN = DatasetInfo(
+    "truthfulqa-open", "prompts",
+    "TruthfulQA questions with correct and incorrect reference answers, for open-ended judging",
+    {None: ("truthfulqa/TruthfulQA.csv",)}, 817, {}, "sylinrl/TruthfulQA (Lin et al. 2021)",
+    LICENCES["truthfulqa"],
+    partial(question_from_row, question="Question", correct=("Best Answer", "Correct Answers"),
+            incorrect=("Incorrect Answers",)),
+)
+"""TruthfulQA.csv: ';'-separated answers; the best answer joins the correct set (it is
+usually there already)."""
+
+HARMLESS = DatasetInfo(
+    "harmless", "prompts",
+    "steerlab's harmless control requests, worded like AdvBench's (see bundled/DATASHEET.md)",
+    {None: ("harmless_requests.jsonl",)}, 50, {}, "steerlab (bundled)", LICENCES["bundled"],
+    partial(question_from_row, question="goal"), root=bundled_path("refusal").parent,
+)
+
+OPEN_DATASETS = {info.name: info for info in (TRUTHFULQA_OPEN, HARMLESS)}
+"""Question sets with fields the registry's prompt loader drops (references, categories)."""
+
+
+def load_questions(
+    spec: str | Path,
+    split: str | None = None,
+    *,
+    source: str | Path | None = None,
+    question: str = "question",
+) -> list[OpenQuestion]:
+    """Questions to answer freely, by name or file.
+
+    Names: those of :data:`OPEN_DATASETS` and any registered ``prompts`` dataset (``steerlab
+    data list``; e.g. ``advbench``), with ids ``<name>:<row>``. A JSONL or CSV file gives its
+    ``question`` field and, when present, ``correct_answers`` / ``incorrect_answers``; other
+    fields go to ``meta``. A bad row raises :class:`DataError` naming file, line and field.
+    """
+    name = str(spec)
+    info = OPEN_DATASETS.get(name) or DATASETS.get(name)
+    if info is None:
+        path = Path(spec)
+        if not path.is_file():
+            raise DatasetUnavailable(f"'{spec}' is neither a question set ({', '.join(OPEN_DATASETS)}, "
+                                     "or a registered prompts dataset) nor a file")
+        rows = list(_split_rows(path, split))
+        present = rows[0][2] if rows else {}
+        convert = partial(
+            question_from_row, question=question,
+            correct=[k for k in ("correct_answers",) if k in present],
+            incorrect=[k for k in ("incorrect_answers",) if k in present],
+        )
+        return [convert(row, row_id, where) for where, row_id, row in rows]
+    if info.kind != "prompts":
+        raise ValueError(f"{name} is a '{info.kind}' dataset, not questions to answer freely")
+    questions = []
+    for index, row in enumerate(info.rows_of(split, source)):
+        if row.error is not None:
+            raise DataError(row.error)
+        record = row.record
+        questions.append(record if isinstance(record, OpenQuestion) else OpenQuestion(record, f"{name}:{index}"))
+    return questions
+
+
+def load_prompts(spec: str | Path, split: str | None = None) -> list[str]:
+    """Prompt texts from a question set (:data:`OPEN_DATASETS`, e.g. the bundled harmless
+    requests), a registered ``prompts`` dataset (AdvBench) or any dataset or file: the question
+    of a multiple-choice item, the prompt of a pair."""
+    from steerlab.data.registry import load_dataset
+    from steerlab.evaluation.side_effects import as_prompts
+
+    if str(spec) in OPEN_DATASETS:
+        return [q.question for q in load_questions(spec, split)]
+    return as_prompts(load_dataset(spec, split))
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One generation setting: a label and the steering it applies (none for the base arm);
+    ``intervention="ablate"`` projects the vector's direction out with strength ``multiplier``;
+    a ``condition`` steers only the questions whose prompt meets it."""
+
+    label: str
+    vector: SteeringVector | None = None
+    multiplier: float = 0.0
+    layers: list[int] | None = None
+    norm_ratio: float | None = None
+    positions: Positions = "all"
+    intervention: Intervention = "add"
+    condition: Condition | None = None
+
+    def __post_init__(self) -> None:
+        self._sweep()  # a part's own settings (e.g. norm ratio with ablation) fail here
+
+    def _sweep(self) -> Sweep:
+        return Sweep(self.vector, [self.multiplier], self.layers, self.norm_ratio, self.positions,
+                     self.intervention, condition=self.condition)
+
+    def steering(self, model: ModelHandle) -> AbstractContextManager:
+        """The context that applies this arm's steering to ``model`` (nothing for the base)."""
+        if self.vector is None:
+            return nullcontext()
+        return self._sweep().composition(self.multiplier).apply(model, self.positions)
+
+    def describe(self) -> Record:
+        """The fields every record carries about this arm's setting."""
+        return {"arm": self.label, "multiplier": float(self.multiplier), **self._sweep().describe()}
+
+
+def steering_arms(
+    vector: SteeringVector | None,
+    multipliers: Sequence[float],
+    layers: list[int] | None = None,
+    norm_ratio: float | None = None,
+    positions: Positions = "all",
+    intervention: Intervention = "add",
+) -> list[Arm]:
+    """The unsteered arm, then one arm per non-zero multiplier, labelled ``steered+4`` etc.
+    (``ablated+1`` for an ablation of strength 1)."""
+    arms = [Arm(BASE_ARM)]
+    name = "ablated" if intervention == "ablate" else "steered"
+    if vector is not None:
+        arms += [
+            Arm(f"{name}{m:+g}", vector, m, layers, norm_ratio, positions, intervention)
+            for m in dict.fromkeys(multipliers)
+            if m != 0
+        ]
+    return arms
+
+
+def generate_answers(
+    model: ModelHandle,
+    questions: Sequence[OpenQuestion],
+    arms: Sequence[Arm],
+    *,
+    dataset: str = "",
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    seed: int = 0,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    writer: RecordWriter | None = None,
+    progress: bool = True,
+) -> list[Record]:
+    """Answer every question under every arm; one record per question × arm.
+
+    Within each batch of ``batch_size`` questions every arm runs before the next batch starts,
+    so an interrupted run leaves whole question pairs behind. Sampling seeds torch with
+    ``seed`` + the batch number (both recorded), the same for every arm: arms then differ only
+    by their steering. Greedy decoding ignores the seed. With a ``writer`` on a file that holds
+    some of these records already, a batch whose records are all there is not generated again
+    (the run resumes); the records it returns are then those on file.
+    """
+    labels = [arm.label for arm in arms]
+    if not arms or len(set(labels)) != len(labels):
+        raise ValueError(f"arms need distinct labels, got {labels}")
+    if not questions:
+        raise ValueError("nothing to generate: no questions")
+    common = {
+        "task": TASK,
+        "dataset": dataset,
+        "model": model.name,
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "temperature": temperature if do_sample else None,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    prompts = [model.format_prompt(q.question) for q in questions]
+    records: list[Record] = []
+    starts = range(0, len(questions), batch_size)
+    for batch, start in enumerate(track(starts, len(starts), f"generating {len(arms)} arm(s)", progress)):
+        chunk = slice(start, start + batch_size)
+        for arm in arms:
+            setting = {**common, **arm.describe(), "batch": batch}
+            done = [
+                writer.get(record_key({**setting, "item_id": q.id})) if writer is not None else None
+                for q in questions[chunk]
+            ]
+            if all(r is not None for r in done):  # resumed: this batch of this arm is on file
+                records.extend(r for r in done if r is not None)
+                continue
+            with arm.steering(model):  # the whole batch, so its answers are an uninterrupted run's
+                answers = generate(
+                    model, prompts[chunk], max_new_tokens, batch_size=batch_size,
+                    do_sample=do_sample, temperature=temperature, seed=seed + batch,
+                    format_prompts=False, progress=False,
+                )
+            for question, prompt, answer, previous in zip(questions[chunk], prompts[chunk], answers, done):
+                record = {
+                    **setting,
+                    "item_id": question.id,
+                    "question": question.question,
+                    "prompt": prompt,
+                    "answer": answer,
+                    "correct_answers": list(question.correct),
+                    "incorrect_answers": list(question.incorrect),
+                    "meta": question.meta,
+                }
+                records.append(record)
+                if writer is not None and previous is None:
+                    writer.write(record)
+    return records

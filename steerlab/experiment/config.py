@@ -1,0 +1,328 @@
+"""Experiment configs: one YAML file names everything `steerlab run` does, validated up front.
+
+A config says which model, which data (train / validation / test), which methods train
+vectors, where and how strongly they are applied, which baselines they must beat, which
+evaluations run, and the seeds. :func:`load_config` checks it all before any work starts and
+reports problems by file, line and key path (``postmortem.yaml:12: methods.bipo.epochs: ...``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from steerlab.data.registry import DataSpec
+from steerlab.model.catalog import DEFAULT_MODEL
+
+
+class ConfigError(ValueError):
+    """A config that cannot run, with every problem located in the file."""
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a misspelt option must not be silently ignored; numbers must be
+    finite (YAML's .nan and .inf are not multipliers)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Data(_Strict):
+    """Train pairs for every method and baseline; validation selects; test reports.
+
+    A dataset without a validation split gives ``val_size`` seeded rows of the training split
+    instead (held out before ``train.limit`` applies). Multiple-choice data is asked with
+    lettered options (``format: letters``, the format :func:`~steerlab.data.registry.mc_to_pairs`
+    trains on) or scored by answer text (``choices``).
+    """
+
+    train: DataSpec
+    val: DataSpec | None = None
+    val_size: int | None = Field(default=None, gt=0)
+    test: DataSpec
+    format: Literal["letters", "choices"] = "letters"
+
+    @model_validator(mode="after")
+    def _one_validation_source(self) -> Data:
+        if (self.val is None) == (self.val_size is None):
+            raise ValueError("give either val (a dataset split) or val_size (rows held out of train)")
+        return self
+
+
+class Method(_Strict):
+    """A vector-training method and its hyper-parameters (``layers``: default the steering's)."""
+
+    method: Literal["caa", "bipo", "dpo"]
+    layers: list[int] | None = None
+    epochs: int = Field(default=1, gt=0)
+    lr: float = Field(default=5e-4, gt=0)
+    beta: float = Field(default=0.1, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    patience: int | None = Field(default=None, gt=0)
+
+
+class SteeringGrid(_Strict):
+    """Where and how strongly vectors are applied; validation picks layer and multiplier."""
+
+    layers: list[int] = Field(min_length=1)
+    multipliers: list[float] = Field(min_length=1)
+    norm_ratio: float | None = Field(default=None, gt=0)
+    positions: Literal["all", "prompt", "generated"] = "all"
+
+
+class ConditionSpec(_Strict):
+    """How a condition is made: prompts that should meet it (``positive``) and prompts that
+    should not (``negative``), the layer it reads, and the fraction of each set held out for the
+    F1-maximising threshold search (the rest gives the direction)."""
+
+    positive: DataSpec
+    negative: DataSpec
+    layer: int = Field(ge=0)
+    holdout: float = Field(default=0.3, gt=0, lt=1)
+
+
+class Conditional(_Strict):
+    """Conditional activation steering: a method's vector applied only to the sequences whose
+    prompt meets a condition, as the arm ``<method>|cond`` at the method's selected layer and
+    multiplier (so the two arms differ only by the condition)."""
+
+    method: str
+    condition: ConditionSpec
+
+
+class KShot(_Strict):
+    """k-shot prompting with examples drawn from the training pairs, nested across k."""
+
+    ks: list[int] = Field(min_length=1)
+    seed: int = 0
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, ks: list[int]) -> list[int]:
+        if any(k <= 0 for k in ks):
+            raise ValueError(f"every k must be positive, got {ks}")
+        return sorted(set(ks))
+
+
+class SystemPrompt(_Strict):
+    """A behaviour description as the system prompt (default: the dataset's own)."""
+
+    prompt: str | None = None
+
+
+class Lora(_Strict):
+    """The post-mortem's LoRA protocol: rank 1 everywhere, lr 1e-4, batch 16, validate every 50."""
+
+    rank: int = Field(default=1, gt=0)
+    lr: float = Field(default=1e-4, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    eval_every: int = Field(default=50, gt=0)
+    steps: int = Field(default=200, gt=0)
+    objective: Literal["sft", "dpo"] = "sft"
+
+
+class Baselines(_Strict):
+    """What a vector must beat on the same data."""
+
+    kshot: KShot | None = None
+    system: SystemPrompt | None = None
+    lora: Lora | None = None
+
+
+class Combinations(_Strict):
+    """Vectors with LoRA: trained on and applied to the adapted model, or trained on the base
+    model and transferred to it (the BiPO paper's transfer result). Each lists method names."""
+
+    vector_on_lora: list[str] = []
+    transfer_to_lora: list[str] = []
+
+
+class SideEffects(_Strict):
+    """Capability, perplexity and KL at each method's selected setting."""
+
+    capability: list[DataSpec] = []
+    text: DataSpec | None = None
+    n_texts: int = Field(default=50, gt=0)
+    prompts: DataSpec | None = None
+    n_prompts: int = Field(default=50, gt=0)
+
+
+class OpenEnded(_Strict):
+    """Free answers, unsteered and at each method's selected setting, judged head to head.
+
+    ``test_only`` keeps the questions whose text is a test item's question (e.g. TruthfulQA's
+    open questions of the MC1 test split), so no arm is judged on what it was trained or
+    selected on; ``limit`` then samples from those.
+    """
+
+    questions: DataSpec
+    test_only: bool = True
+    judge: str = "reference-similarity"
+    max_new_tokens: int = Field(default=48, gt=0)
+
+
+class SampleEfficiency(_Strict):
+    """A method trained on nested subsets of the training pairs, tested at its selection."""
+
+    method: str
+    sizes: list[int] = Field(min_length=1)
+    seeds: list[int] = [0]
+
+
+class Evaluations(_Strict):
+    """Which evaluations beyond the headline test accuracy run."""
+
+    reliability: bool = True
+    side_effects: SideEffects | None = None
+    open_ended: OpenEnded | None = None
+    sample_efficiency: SampleEfficiency | None = None
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: everything `steerlab run` needs, nothing it has to guess."""
+
+    name: str
+    model: str = DEFAULT_MODEL
+    seed: int = 0
+    batch_size: int = Field(default=8, gt=0)
+    data: Data
+    methods: dict[str, Method] = {}
+    steering: SteeringGrid
+    baselines: Baselines = Baselines()
+    combinations: Combinations = Combinations()
+    conditional: Conditional | None = None
+    evaluations: Evaluations = Evaluations()
+
+    @model_validator(mode="after")
+    def _names_refer(self) -> ExperimentConfig:
+        """Method names used elsewhere must be defined; arm names must not clash."""
+        for field_name in ("vector_on_lora", "transfer_to_lora"):
+            for name in getattr(self.combinations, field_name):
+                if name not in self.methods:
+                    raise ValueError(f"combinations.{field_name}: no method named {name!r} "
+                                     f"(methods: {sorted(self.methods)})")
+                if self.baselines.lora is None:
+                    raise ValueError(f"combinations.{field_name} needs baselines.lora")
+        efficiency = self.evaluations.sample_efficiency
+        if efficiency and efficiency.method not in self.methods:
+            raise ValueError(f"evaluations.sample_efficiency.method: no method named "
+                             f"{efficiency.method!r} (methods: {sorted(self.methods)})")
+        conditional = self.conditional
+        if conditional is not None:
+            if conditional.method not in self.methods:
+                raise ValueError(f"conditional.method: no method named {conditional.method!r} "
+                                 f"(methods: {sorted(self.methods)})")
+            layers = self.methods[conditional.method].layers or self.steering.layers
+            if conditional.condition.layer > min(layers):
+                raise ValueError(
+                    f"conditional.condition.layer: {conditional.condition.layer} is above the "
+                    f"steered layer {min(layers)}; a condition reads the prompt at or below the "
+                    "layers it gates")
+        reserved = {"unsteered", "system", "lora"}
+        clash = sorted(set(self.methods) & reserved | {m for m in self.methods if m.startswith("kshot")})
+        if clash:
+            raise ValueError(f"methods: names {clash} are taken by baseline arms")
+        return self
+
+    def datasets(self) -> dict[str, DataSpec]:
+        """Every dataset the config names, by key path."""
+        found = {f"data.{k}": getattr(self.data, k) for k in ("train", "val", "test")
+                 if getattr(self.data, k) is not None}
+        side = self.evaluations.side_effects
+        if side:
+            found |= {f"evaluations.side_effects.capability.{i}": d for i, d in enumerate(side.capability)}
+            found |= {f"evaluations.side_effects.{k}": getattr(side, k) for k in ("text", "prompts")
+                      if getattr(side, k)}
+        if self.evaluations.open_ended:
+            found["evaluations.open_ended.questions"] = self.evaluations.open_ended.questions
+        if self.conditional:
+            condition = self.conditional.condition
+            found |= {f"conditional.condition.{k}": getattr(condition, k)
+                      for k in ("positive", "negative")}
+        return found
+
+
+def _line_of(root: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the key (or list item) at ``path``, or of its nearest existing parent."""
+    node, line = root, (root.start_mark.line + 1 if root is not None else None)
+    for key in path:
+        if isinstance(node, yaml.MappingNode):
+            found = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+            if found is None:
+                return line
+            line, node = found[0].start_mark.line + 1, found[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _check_datasets(config: ExperimentConfig) -> list[tuple[str, str]]:
+    """(key path, problem) for every named dataset or split that is not there."""
+    from steerlab.data.registry import DatasetUnavailable, dataset_info
+    from steerlab.evaluation.openended import OPEN_DATASETS
+
+    problems = []
+    for path, spec in config.datasets().items():
+        try:
+            info = OPEN_DATASETS.get(spec.dataset) or dataset_info(spec.dataset)
+        except DatasetUnavailable as err:
+            problems.append((f"{path}.dataset", str(err)))
+            continue
+        if spec.split and info.splits is not None and spec.split not in info.splits:
+            known = ", ".join(info.splits) or "none: leave split out"
+            problems.append((f"{path}.split", f"{spec.dataset} has no split {spec.split!r} (splits: {known})"))
+        elif not info.available() and info.root is None:
+            problem = f"{spec.dataset}: its files are not on this machine (see `steerlab data list`)"
+            problems.append((f"{path}.dataset", problem))
+    return problems
+
+
+def parse_config(text: str, source: str | Path = "<config>", check_data: bool = True) -> ExperimentConfig:
+    """Validate a YAML config; every problem is reported at once, located by line and key path."""
+    source = Path(source)
+    try:
+        root = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}{line}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a config is a mapping of keys (name, model, data, ...), "
+                          f"got {type(raw).__name__}")
+    try:
+        config = ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = []
+        for problem in err.errors():
+            loc = tuple(problem["loc"])
+            path = ".".join(str(part) for part in loc) or "(top level)"
+            if problem["type"] == "extra_forbidden":
+                lines.append(f"{source}:{_line_of(root, loc)}: {path}: unknown key")
+            elif problem["type"] == "missing":
+                lines.append(f"{source}:{_line_of(root, loc[:-1])}: {path}: missing (required)")
+            else:
+                message = problem["msg"].removeprefix("Value error, ")
+                lines.append(f"{source}:{_line_of(root, loc)}: {path}: {message}")
+        raise ConfigError("\n".join(lines)) from None
+    if check_data:
+        problems = _check_datasets(config)
+        if problems:
+            raise ConfigError("\n".join(
+                f"{source}:{_line_of(root, tuple(int(p) if p.isdigit() else p for p in path.split('.')))}: "
+                f"{path}: {message}" for path, message in problems
+            ))
+    return config
+
+
+def load_config(path: str | Path, check_data: bool = True) -> ExperimentConfig:
+    """Read and validate an experiment config file (see :func:`parse_config`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    return parse_config(path.read_text(encoding="utf-8"), path, check_data)

@@ -1,0 +1,231 @@
+"""The experiment report of `steerlab run` (stage two): ``report.md`` and one self-contained
+``report.html`` with the plots embedded, computed from a run's records alone (the headline and
+verdicts from :mod:`steerlab.analysis.comparison`, every other section from :mod:`steerlab.analysis.run_analysis`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import matplotlib
+import yaml
+
+from steerlab.analysis.comparison import (
+    BASE,
+    arm_kinds,
+    experiment_record,
+    headline,
+    sample_efficiency,
+    verdict,
+)
+from steerlab.analysis.run_analysis import analyze, sections
+from steerlab.analysis.tables import markdown_table
+from steerlab.experiment.compute import naive_token_layers
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+
+def html_page(markdown_text: str, folder: Path, title: str) -> str:
+    """The Markdown as one self-contained HTML page: tables rendered, PNG plots embedded."""
+    import base64
+    import html
+    import re
+
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+
+    def embed(match: re.Match) -> str:
+        path = folder / html.unescape(match.group(1))
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^":]+\.png)"', embed, body)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+            f"</title><style>{PAGE_STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
+PAGE_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;"
+    "color:#1d1d1f;line-height:1.45}h1{border-bottom:2px solid #ddd}h2{margin-top:2rem;"
+    "border-bottom:1px solid #eee}table{border-collapse:collapse;margin:.8rem 0;font-size:.88rem}"
+    "th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}"
+    "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:.8rem;"
+    "overflow-x:auto;font-size:.8rem}"
+)
+
+
+def _advantage_cell(advantage: Any) -> str:
+    if advantage is None:
+        return "-"
+    return (f"{advantage.mean:+.3f} [{advantage.lower:+.3f}, {advantage.upper:+.3f}], "
+            f"P(>0) {advantage.prob_positive:.2f}")
+
+
+def _setting(selection: Any) -> str:
+    if selection.vector_id is None:
+        return "-"
+    return f"layer {','.join(map(str, selection.layers))}, ×{selection.multiplier:g}"
+
+
+def sample_efficiency_plot(points: list, reference: float | None, path: Path) -> Path:
+    """Test accuracy against the number of examples: every point with its 90% interval, one
+    line per family through the mean over seeds at each size."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for family in dict.fromkeys(p.family for p in points):
+        series = sorted((p for p in points if p.family == family), key=lambda p: p.n)
+        estimates = [p.accuracy.estimate for p in series]
+        errors = [[e - p.accuracy.lower for e, p in zip(estimates, series)],
+                  [p.accuracy.upper - e for e, p in zip(estimates, series)]]
+        line = ax.errorbar([p.n for p in series], estimates, yerr=errors, marker="o", ls="none",
+                           capsize=3, alpha=0.6)
+        by_size: dict[int, list[float]] = defaultdict(list)  # sizes ascending, as the series
+        for p in series:
+            by_size[p.n].append(p.accuracy.estimate)
+        ax.plot(list(by_size), [fmean(v) for v in by_size.values()], color=line.lines[0].get_color(),
+                label=family)
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls=":", label="unsteered")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training examples (pairs for a vector, shots for prompting)")
+    ax.set_ylabel("test accuracy")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def validation_sweep_plot(records: list[dict], arms: list[str], val_dataset: str, path: Path,
+                          reference: float | None = None) -> Path:
+    """Validation accuracy against the multiplier for each steered arm, one line per layer, with
+    the unsteered model's validation accuracy as a reference line."""
+    fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms), 3.4), squeeze=False)
+    for ax, arm in zip(axes[0], arms):
+        cells: dict[tuple, list[bool]] = defaultdict(list)
+        for r in records:
+            if r.get("arm") == arm and r.get("dataset") == val_dataset and r.get("task") in ("mc", "ab"):
+                cells[(tuple(r["layers"] or ()), float(r["multiplier"]))].append(bool(r["correct"]))
+        for layers in sorted({layer for layer, _ in cells}):
+            series = sorted((m, sum(v) / len(v)) for (lay, m), v in cells.items() if lay == layers)
+            ax.plot([m for m, _ in series], [a for _, a in series], marker="o",
+                    label=f"layer {','.join(map(str, layers))}")
+        if reference is not None:
+            ax.axhline(reference, color="grey", ls=":", label="unsteered")
+        ax.set_title(arm)
+        ax.set_xlabel("multiplier")
+        ax.set_ylabel("validation accuracy")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def compute_section(records: list[dict], n_layers: int | None) -> list[str]:
+    """Wall time and token-layers per stage (summed over invocations), beside what per-choice
+    full-pass scoring of the same likelihood records would need."""
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for record in records:
+        if record.get("task") == "compute":
+            totals[record["stage"]][0] += record["seconds"]
+            totals[record["stage"]][1] += record["token_layers"]
+    if not totals:
+        return []
+    invocations = len({r["invocation"] for r in records if r.get("task") == "compute"})
+    seconds = sum(t[0] for t in totals.values())
+    measured = sum(int(t[1]) for t in totals.values())
+    lines = ["## Compute", "",
+             f"Stage one took **{seconds / 60:.1f} min** of wall time over {invocations} invocation(s) "
+             f"and processed {measured:,} token-layers (one decoder layer applied to one token "
+             "position, padding included) for everything: training, generation and scoring."]
+    if n_layers:
+        naive = naive_token_layers(records, n_layers)
+        lines[-1] += (f" Scoring the likelihood records alone the plain way — each choice of each "
+                      f"item in its own full pass — would need {naive:,} token-layers "
+                      f"({naive / max(measured, 1):.1f}× what the whole run used).")
+    lines.append("")
+    lines += markdown_table(["stage", "wall time (s)", "token-layers"],
+                            [[stage, f"{t[0]:.0f}", f"{int(t[1]):,}"] for stage, t in totals.items()])
+    return lines
+
+
+def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, Path]:
+    """Write ``report.md`` and the self-contained ``report.html`` of a `steerlab run` into
+    ``run_dir``, from its records alone; return both paths."""
+    out = Path(run_dir)
+    info = experiment_record(records)
+    head = headline(records)
+    kinds = arm_kinds(records)
+    arm_info = {r["arm"]: r for r in records if r.get("task") == "arm"}
+    n_test = head.detectable.n
+    title = f"{info['name']}: steering against baselines on {info['model']}"
+    lines = [f"# {title}", "",
+             f"Validation set **{head.val_dataset}** ({info['val_n']} items) chooses every arm's "
+             f"setting and the best baseline; test set **{head.test_dataset}** ({info['test_n']} "
+             f"items) reports. Training pairs: {info['train_n']}. Accuracy is by model likelihood; "
+             "intervals are 90% (Wilson for accuracies, Dirichlet posterior for paired advantages).", ""]
+    lines += ["## Verdicts", ""]
+    steered = [r for r in head.rows if kinds[r.arm] in ("method", "combination", "conditional")]
+    for row in steered:
+        for other, advantage in ((BASE, row.versus_base), (head.best_baseline, row.versus_best_baseline)):
+            if other is not None and advantage is not None:
+                lines.append(f"- {verdict(row, other, advantage, n_test)}")
+    if head.best_baseline is not None:
+        best = head.row(head.best_baseline)
+        lines.append(f"- The best baseline by validation accuracy is **{head.best_baseline}** "
+                     f"(validation {best.selection.accuracy:.3f}, test {best.test.estimate:.3f}).")
+    lines += [f"- {head.detectable}: differences smaller than that are not reliably seen with "
+              "this test set.", ""]
+    lines += ["## Headline (test set)", ""]
+    lines += markdown_table(
+        ["arm", "kind", "setting (chosen on validation)", "validation acc.", "test acc.", "90% interval",
+         "vs unsteered: advantage [90%], P(>0)", f"vs best baseline ({head.best_baseline or '-'})"],
+        [[r.arm, r.kind, _setting(r.selection), f"{r.selection.accuracy:.3f}", f"{r.test.estimate:.3f}",
+          f"[{r.test.lower:.3f}, {r.test.upper:.3f}]", _advantage_cell(r.versus_base),
+          _advantage_cell(r.versus_best_baseline)] for r in head.rows],
+    )
+    if "lora" in arm_info and "trainable_parameters" in arm_info["lora"]:
+        lora = arm_info["lora"]
+        vector_size = next((arm_info[r.arm]["trainable_parameters"] for r in steered
+                            if "trainable_parameters" in arm_info.get(r.arm, {})), None)
+        ratio = f" — {lora['trainable_parameters'] / vector_size:,.0f}× a vector's {vector_size}" if vector_size else ""
+        lines += [f"LoRA: {lora['trainable_parameters']:,} trainable parameters{ratio}; kept the "
+                  f"checkpoint of step {lora['best_step']} (validation loss {lora['best_val_loss']:.4f}).", ""]
+    cuts = {r.get("context_cut") for r in arm_info.values() if r.get("kind") == "prompting" and r.get("shots")}
+    if cuts - {None}:
+        lines += [f"k-shot: k = {min(cuts - {None})} did not fit the model's context and was not run.", ""]
+    points = sample_efficiency(records)
+    if points:
+        reference = head.row(BASE).test.estimate if BASE in kinds else None
+        sample_efficiency_plot(points, reference, out / "sample_efficiency.png")
+        lines += ["## Sample efficiency", "", "![sample efficiency](sample_efficiency.png)", ""]
+        lines += markdown_table(["family", "examples", "seed", "test acc.", "90% interval"],
+                        [[p.family, str(p.n), "-" if p.seed is None else str(p.seed),
+                          f"{p.accuracy.estimate:.3f}", f"[{p.accuracy.lower:.3f}, {p.accuracy.upper:.3f}]"]
+                         for p in points])
+    swept = [r.arm for r in head.rows if r.selection.tried > 1]
+    if swept:
+        validation_sweep_plot(records, swept, head.val_dataset, out / "validation_sweep.png",
+                              head.row(BASE).selection.accuracy if BASE in kinds else None)
+        lines += ["## Multiplier sweep (validation)", "", "![validation sweep](validation_sweep.png)", ""]
+    labels = {r.selection.vector_id: r.arm for r in head.rows if r.kind == "method"}
+    labels |= {f"{r.selection.vector_id} if {arm_info[r.arm]['condition']['id']}": r.arm
+               for r in head.rows if r.kind == "conditional"}
+    held_out = [r for r in records if r.get("dataset") != head.val_dataset]  # validation only selects
+    lines += sections(analyze(held_out), out, sweep=False, labels=labels)
+    lines += compute_section(records, info.get("n_layers"))
+    config = next((r for r in records if r.get("task") == "experiment"), {})
+    lines += ["## Config and versions", "", "```yaml",
+              yaml.safe_dump({"config": config.get("config"), "versions": config.get("versions")},
+                             sort_keys=False, default_flow_style=None, width=100).rstrip(),
+              "```", ""]
+    markdown_text = "\n".join(lines)
+    markdown_path, html_path = out / "report.md", out / "report.html"
+    markdown_path.write_text(markdown_text, encoding="utf-8")
+    html_path.write_text(html_page(markdown_text, out, title), encoding="utf-8")
+    return markdown_path, html_path

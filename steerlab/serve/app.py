@@ -1,0 +1,748 @@
+"""`steerlab serve`: an OpenAI-compatible chat server for a local model with named steering vectors.
+
+``POST /v1/chat/completions`` takes OpenAI's chat request (streaming included) plus one extra
+field, ``steering``: a list of ``{"vector", "multiplier", "layers"?, "norm_ratio"?, "positions"?}``
+terms whose additions sum (none by default). ``GET /v1/models`` lists the model, its vectors and
+the allowed multiplier range. Bad requests get OpenAI's error shape with 400 (naming the field and
+value), 401 for a missing or wrong API key, 404 for another model, 429 when the queue is full.
+All model work runs on one :class:`~steerlab.serve.worker.GenerationWorker` thread, so one request's
+steering never touches another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+)
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from steerlab.model.catalog import BUILTIN_MODELS
+from steerlab.model.handle import ModelHandle
+from steerlab.serve.worker import (
+    Addition,
+    Decoding,
+    Event,
+    GenerationJob,
+    GenerationWorker,
+    QueueFull,
+)
+from steerlab.steering.hooks import Positions
+from steerlab.steering.vectors import SteeringVector
+
+DEFAULT_HOST = "127.0.0.1"
+API_KEY_ENV = "STEERLAB_API_KEY"
+
+
+class ServeSettings(BaseModel):
+    """What the server allows and how it batches; every limit is checked per request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str | None = None
+    """The model id clients send and ``/v1/models`` lists (default: the loaded model's name)."""
+    max_multiplier: float = Field(8.0, ge=0)
+    """Multipliers must lie in [-max_multiplier, max_multiplier]."""
+    max_tokens: int = Field(512, ge=1)
+    """Most tokens one request may generate (also the default when it asks for none)."""
+    max_context: int | None = Field(None, ge=1)
+    """Prompt + generated tokens allowed (default: the model's maximum positions)."""
+    api_key: str | None = None
+    """When set, every request needs ``Authorization: Bearer <api_key>``."""
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_ms: float = Field(20.0, ge=0)
+    """How long a request waits for others with its settings to share its batch."""
+    max_pending: int = Field(256, ge=1)
+    """Requests allowed to wait for the worker; more are answered 429."""
+    max_body_bytes: int = Field(2 << 20, ge=1024)
+    """Largest request body accepted; a larger one is answered 413 before it is read."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """Longest a client may take to send its request body; a slower one is answered 408."""
+
+
+# ---- request bodies ---------------------------------------------------------------------------
+
+
+def _not_bool(value: Any) -> Any:
+    """JSON's true/false are not numbers (pydantic would read ``true`` as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+def _utf8(value: str) -> str:
+    """Text the tokenizer can read: a lone surrogate (``"\\ud800"`` in JSON) is not UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"text is not valid Unicode ({err.reason} at character "
+                         f"{err.start})") from None
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
+"""A finite JSON number (the body config refuses NaN and infinities)."""
+Text = Annotated[str, AfterValidator(_utf8)]
+Seed = Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)]
+"""What torch's generator takes: a 64-bit seed."""
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class TextPart(_Body):
+    """A text part of a message's content (the only kind a text model reads)."""
+
+    type: Literal["text"]
+    text: Text
+
+
+class ChatMessage(_Body):
+    """One turn of the conversation."""
+
+    role: Literal["system", "user", "assistant"]
+    content: Text | list[TextPart]
+    name: Text | None = None
+
+    def text(self) -> str:
+        return (
+            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        )
+
+
+class SteeringTerm(_Body):
+    """One vector applied to this request: ``multiplier`` × the vector at its (or chosen) layers."""
+
+    vector: Text
+    multiplier: Number = 1.0
+    layers: list[StrictInt] | None = Field(None, min_length=1)
+    norm_ratio: Number | None = Field(None, gt=0)
+    positions: Positions = "all"
+
+
+class StreamOptions(_Body):
+    """OpenAI's streaming options: a last chunk with token usage when asked."""
+
+    include_usage: StrictBool = False
+
+
+class ChatRequest(_Body):
+    """OpenAI's chat completion request (the fields a local text model honours) + ``steering``."""
+
+    model: Text
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: Number | None = Field(None, ge=0, le=2)
+    top_p: Number | None = Field(None, gt=0, le=1)
+    seed: Seed | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    n: Literal[1] = 1
+    stop: Text | list[Text] | None = None
+    user: Text | None = None
+    steering: list[SteeringTerm] = Field(default_factory=list)
+
+
+# ---- errors -----------------------------------------------------------------------------------
+
+
+class RequestError(Exception):
+    """A request the server refuses, with OpenAI's error fields."""
+
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        status: int = 400,
+        kind: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.message, self.param, self.code, self.status, self.kind = (
+            message,
+            param,
+            code,
+            status,
+            kind,
+        )
+
+    def response(self) -> JSONResponse:
+        body = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
+        return JSONResponse({"error": body}, status_code=self.status)
+
+
+def _location(loc: Any) -> str:
+    """('body', 'messages', 0, 'role') → 'messages[0].role'."""
+    text = ""
+    for part in loc:
+        if part == "body" and not text:
+            continue
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def validation_error(exc: RequestValidationError) -> RequestError:
+    """A 400 naming each bad field and its value (malformed JSON said as such)."""
+    messages, params = [], []
+    for err in exc.errors()[:3]:
+        param = _location(err["loc"])
+        if err["type"] == "json_invalid":
+            return RequestError(
+                f"malformed JSON body: {err.get('ctx', {}).get('error', err['msg'])}"
+            )
+        if err["type"] == "extra_forbidden":
+            messages.append(f"{param}: unsupported field")
+        elif err["type"] == "missing":
+            messages.append(f"{param or 'body'}: required field missing")
+        else:
+            messages.append(f"{param or 'body'}: {err['msg']} (got {err.get('input')!r})")
+        params.append(param)
+    return RequestError("; ".join(messages), params[0] if params else None)
+
+
+class _RequireKey:
+    """ASGI middleware: every HTTP request needs ``Authorization: Bearer <key>``, before anything
+    else about it is read (so a client without the key learns nothing from the body checks)."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app, self.key = app, key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            given = auth[7:] if auth.lower().startswith("bearer ") else None
+            if given is None or not hmac.compare_digest(given.encode(), self.key.encode()):
+                message = (
+                    "missing API key: send the header 'Authorization: Bearer <key>'"
+                    if given is None
+                    else "incorrect API key"
+                )
+                error = RequestError(message, code="invalid_api_key", status=401)
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _BodyLimits:
+    """ASGI middleware: a body over ``max_bytes`` is refused with 413 (from its Content-Length
+    before anything is read, else as soon as the bytes received pass the limit), and a body
+    not complete within ``timeout_s`` with 408, so neither a huge nor a stalled upload holds
+    the server. Once the body is in, later reads (a disconnect) pass through untimed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+        self.too_large = f"request body over this server's limit of {max_bytes} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            refusal = (RequestError(self.too_large, status=413) if declared.isdigit()
+                       else RequestError("invalid Content-Length header"))
+            await refusal.response()(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        received, complete = 0, False
+
+        async def limited() -> Message:
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                raise HTTPException(408, f"request body not received within "
+                                         f"{self.timeout_s:g} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+                if received > self.max_bytes:
+                    raise HTTPException(413, self.too_large)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+# ---- the request as work for the worker ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A validated request: token ids, decoding, steering terms, and what to echo back."""
+
+    prompt_ids: list[int]
+    decoding: Decoding
+    steering: tuple[Addition, ...]
+    steering_key: tuple
+    applied: list[dict[str, Any]]
+
+
+def served_name(spec: str) -> str:
+    """The id a server shows for the model it was started with: a built-in or hub name as
+    given, a local directory or GGUF file by its own name only (clients never see a path)."""
+    path = Path(spec).expanduser()
+    if spec in BUILTIN_MODELS or not (path.exists() or spec.startswith((".", "/", "~"))):
+        return spec
+    return path.stem if path.suffix == ".gguf" else path.resolve().name
+
+
+class ChatService:
+    """Checks requests against the model, the vectors and the settings, and turns them into jobs."""
+
+    def __init__(
+        self, model: ModelHandle, vectors: Mapping[str, SteeringVector], settings: ServeSettings
+    ) -> None:
+        for name, vector in vectors.items():
+            try:
+                vector.check_compatible(model.model)
+            except ValueError as err:
+                raise ValueError(f"vector '{name}': {err}") from err
+        self.model = model
+        self.vectors = dict(vectors)
+        self.settings = settings
+        self.model_name = settings.model_name or served_name(model.name)
+        self.context = settings.max_context or model.context
+
+    def describe(self) -> dict[str, Any]:
+        """The model entry of ``/v1/models``, with the vectors and the allowed multiplier range."""
+        limit = self.settings.max_multiplier
+        vectors = {
+            name: {
+                "id": v.id,
+                "method": v.meta.method,
+                "layers": v.layers,
+                "norm_ratio": bool(v.meta.residual_norms),
+            }
+            for name, v in self.vectors.items()
+        }
+        return {
+            "id": self.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "steerlab",
+            "steering": {
+                "vectors": vectors,
+                "multiplier_range": [-limit, limit],
+                "n_layers": self.model.n_layers,
+            },
+            "max_tokens": self.settings.max_tokens,
+            "context": self.context,
+        }
+
+    def prepare(self, request: ChatRequest) -> PreparedRequest:
+        """Validate ``request`` beyond its shape; raises :class:`RequestError` naming the field."""
+        if request.model != self.model_name:
+            raise RequestError(
+                f"model {request.model!r} is not served here; this server serves "
+                f"{self.model_name!r}",
+                "model",
+                "model_not_found",
+                status=404,
+            )
+        try:
+            prompt = self.model.format_messages(
+                [{"role": m.role, "content": m.text()} for m in request.messages]
+            )
+        except ValueError as err:
+            raise RequestError(
+                f"messages: {err} (got roles {[m.role for m in request.messages]})", "messages"
+            ) from err
+        prompt_ids = self.model.encode_prompt(prompt)
+        stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
+        if len(stop) > 4 or any(not s for s in stop):
+            raise RequestError(f"stop: up to 4 non-empty strings, got {list(stop)!r}", "stop")
+        temperature = 1.0 if request.temperature is None else request.temperature
+        decoding = Decoding(
+            self._max_tokens(request, len(prompt_ids)),
+            temperature,
+            request.top_p or 1.0,
+            request.seed,
+            stop,
+        )
+        terms, keys, applied = [], [], []
+        for index, term in enumerate(request.steering):
+            additions, echo = self._steering(index, term)
+            if term.multiplier != 0:
+                terms.append(Addition(additions, term.positions))
+                keys.append(
+                    (
+                        term.vector,
+                        term.multiplier,
+                        tuple(additions),
+                        term.norm_ratio,
+                        term.positions,
+                    )
+                )
+            applied.append(echo)
+        return PreparedRequest(prompt_ids, decoding, tuple(terms), tuple(keys), applied)
+
+    def _max_tokens(self, request: ChatRequest, prompt_tokens: int) -> int:
+        fields = {
+            "max_tokens": request.max_tokens,
+            "max_completion_tokens": request.max_completion_tokens,
+        }
+        given = {k: v for k, v in fields.items() if v is not None}
+        if len(set(given.values())) > 1:
+            raise RequestError(
+                f"max_tokens ({request.max_tokens}) and max_completion_tokens "
+                f"({request.max_completion_tokens}) disagree; send one",
+                "max_tokens",
+            )
+        param, wanted = next(iter(given.items()), ("max_tokens", None))
+        limit = self.settings.max_tokens
+        if wanted is not None and wanted > limit:
+            raise RequestError(
+                f"{param}: {wanted} is over this server's limit of {limit} tokens",
+                param,
+                "max_tokens_too_large",
+            )
+        if self.context is None:
+            return wanted or limit
+        room = self.context - prompt_tokens
+        if room < 1:
+            raise RequestError(
+                f"messages: the prompt has {prompt_tokens} tokens, which leaves no "
+                f"room to answer in the context of {self.context}",
+                "messages",
+                "context_length_exceeded",
+            )
+        if wanted is not None and wanted > room:
+            raise RequestError(
+                f"{param}: the prompt's {prompt_tokens} tokens + {wanted} = "
+                f"{prompt_tokens + wanted} tokens, over the context of {self.context}",
+                param,
+                "context_length_exceeded",
+            )
+        return wanted or min(limit, room)
+
+    def _steering(self, index: int, term: SteeringTerm) -> tuple[dict, dict[str, Any]]:
+        where = f"steering[{index}]"
+        vector = self.vectors.get(term.vector)
+        if vector is None:
+            loaded = ", ".join(repr(n) for n in self.vectors) or "none"
+            raise RequestError(
+                f"{where}.vector: unknown vector {term.vector!r} (loaded: {loaded})",
+                f"{where}.vector",
+                "unknown_vector",
+            )
+        limit = self.settings.max_multiplier
+        if abs(term.multiplier) > limit:
+            raise RequestError(
+                f"{where}.multiplier: {term.multiplier:g} is outside the allowed range "
+                f"[{-limit:g}, {limit:g}]",
+                f"{where}.multiplier",
+                "multiplier_out_of_range",
+            )
+        outside = [layer for layer in term.layers or vector.layers
+                   if not 0 <= layer < self.model.n_layers]
+        if outside:
+            raise RequestError(
+                f"{where}.layers: {outside} outside the model's layers "
+                f"0..{self.model.n_layers - 1}",
+                f"{where}.layers",
+            )
+        try:
+            additions = vector.additions(term.multiplier, term.layers, term.norm_ratio)
+        except ValueError as err:
+            raise RequestError(f"{where}: {err}", where) from err
+        echo = {**term.model_dump(), "layers": sorted(additions), "vector_id": vector.id}
+        return additions, echo
+
+
+# ---- the app ----------------------------------------------------------------------------------
+
+
+def _emitter(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> Any:
+    """An ``emit`` for the worker thread that puts events on ``queue`` inside ``loop``."""
+
+    def emit(event: Event) -> None:
+        with suppress(RuntimeError):  # a closed loop: the server is gone, nobody is listening
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    return emit
+
+
+def _sse(data: Any) -> str:
+    """One server-sent event carrying ``data`` as JSON."""
+    return f"data: {json.dumps(data)}\n\n"
+
+
+def _chunk(head: dict[str, Any], delta: dict[str, Any], finish: str | None = None) -> str:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return _sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
+
+
+def create_app(
+    model: ModelHandle,
+    vectors: Mapping[str, SteeringVector] | None = None,
+    settings: ServeSettings | None = None,
+) -> FastAPI:
+    """The server as an ASGI app; its generation worker starts and stops with the app."""
+    settings = settings or ServeSettings()
+    service = ChatService(model, vectors or {}, settings)
+    worker = GenerationWorker(
+        model, settings.max_batch_size, settings.max_pending, settings.batch_wait_ms / 1000
+    )
+
+    # Prompts are formatted and tokenised here, off the event loop (a long one takes seconds),
+    # one at a time (a fast tokenizer is not to be shared between threads).
+    tokenizing = ThreadPoolExecutor(1, thread_name_prefix="steerlab-tokenize")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        try:
+            yield
+        finally:
+            worker.stop()
+            tokenizing.shutdown(cancel_futures=True)
+
+    app = FastAPI(title="steerlab", lifespan=lifespan)
+    app.state.service, app.state.worker = service, worker
+    app.add_middleware(_BodyLimits, max_bytes=settings.max_body_bytes,
+                       timeout_s=settings.body_timeout_s)
+    if settings.api_key:  # added last, so it runs first: no key, no body read
+        app.add_middleware(_RequireKey, key=settings.api_key)
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Any, exc: RequestError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Any, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(exc).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Any, exc: HTTPException) -> JSONResponse:
+        return RequestError(str(exc.detail), status=exc.status_code).response()
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [service.describe()]}
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(
+        request: ChatRequest, connection: Request
+    ) -> JSONResponse | StreamingResponse:
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(tokenizing, service.prepare, request)
+        events: asyncio.Queue = asyncio.Queue()
+        job = GenerationJob(
+            prepared.prompt_ids,
+            prepared.decoding,
+            _emitter(asyncio.get_running_loop(), events),
+            prepared.steering,
+            prepared.steering_key,
+        )
+        try:
+            worker.submit(job)
+        except QueueFull as err:
+            raise RequestError(
+                str(err), code="queue_full", status=429, kind="rate_limit_error"
+            ) from err
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "created": int(time.time()),
+            "model": service.model_name,
+        }
+        if request.stream:
+            usage = bool(request.stream_options and request.stream_options.include_usage)
+            return StreamingResponse(
+                _stream(job, events, head, usage), media_type="text/event-stream"
+            )
+        collecting = asyncio.ensure_future(_collect(events))
+        leaving = asyncio.ensure_future(_disconnected(connection))
+        try:
+            await asyncio.wait({collecting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            job.cancel()  # a client that left: dropped from the queue, or stopped at its next token
+            for task in (collecting, leaving):
+                task.cancel()
+        if not collecting.done() or collecting.cancelled():
+            return JSONResponse({"error": {"message": "client closed the request", "type":
+                                           "client_closed", "param": None, "code": None}},
+                                status_code=499)
+        parts, event = collecting.result()
+        if event[0] == "error":
+            raise RequestError(event[1], status=500, kind="server_error")
+        message = {"role": "assistant", "content": "".join(parts)}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": event[1]}
+        return JSONResponse(
+            {
+                **head,
+                "object": "chat.completion",
+                "choices": [choice],
+                "usage": event[2],
+                "steering": prepared.applied,
+            }
+        )
+
+    return app
+
+
+async def _collect(events: asyncio.Queue) -> tuple[list[str], Event]:
+    """A non-streamed completion's text deltas and its last event (an end or an error)."""
+    parts: list[str] = []
+    while (event := await events.get())[0] == "delta":
+        parts.append(event[1])
+    return parts, event
+
+
+async def _disconnected(connection: Request) -> None:
+    """Return when the client has gone (its request body was already read)."""
+    while (await connection.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _stream(
+    job: GenerationJob, events: asyncio.Queue, head: dict[str, Any], usage: bool
+) -> AsyncIterator[str]:
+    """The SSE chunks of one streamed completion, ending with ``data: [DONE]``."""
+    try:
+        yield _chunk(head, {"role": "assistant", "content": ""})
+        while (event := await events.get())[0] == "delta":
+            yield _chunk(head, {"content": event[1]})
+        if event[0] == "error":
+            error = {"message": event[1], "type": "server_error", "param": None, "code": None}
+            yield _sse({"error": error})
+            return
+        yield _chunk(head, {}, event[1])
+        if usage:
+            yield _sse(
+                {**head, "object": "chat.completion.chunk", "choices": [], "usage": event[2]}
+            )
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel()  # a client that left stops its row at the next token
+
+
+def serve(
+    model: ModelHandle,
+    vectors: Mapping[str, SteeringVector] | None = None,
+    settings: ServeSettings | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = 8000,
+    log_level: str = "info",
+) -> None:
+    """Run the server with uvicorn until interrupted (loopback only unless ``host`` says else)."""
+    import uvicorn
+
+    uvicorn.run(create_app(model, vectors, settings), host=host, port=port, log_level=log_level)
+
+
+@contextmanager
+def serving(
+    app: FastAPI, host: str = DEFAULT_HOST, port: int = 0, timeout: float = 30.0
+) -> Iterator[str]:
+    """Run ``app`` on a background thread (port 0: a free one); yield its base URL (``…/v1``).
+
+    For tests, benchmarks and notebooks: the server stops when the block ends.
+    """
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+
+    def run() -> None:
+        with suppress(SystemExit):  # uvicorn's way to give up (e.g. a port taken); it logged why
+            server.run()
+
+    thread = threading.Thread(target=run, name="steerlab-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the server did not start on {host}:{port} (uvicorn logged why)")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_process(
+    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 300.0
+) -> Iterator[str]:
+    """Run ``steerlab serve ARGS`` in a child process on a free loopback port; yield its base
+    URL (``…/v1``) once it answers, and stop it when the block ends.
+
+    For benchmarks and end-to-end tests of the command itself (``args`` must not set
+    ``--host`` or ``--port``); its log (stderr) goes to this process's stderr.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "steerlab.cli", "serve", "--port", str(port), *args]
+    process = subprocess.Popen(
+        command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL
+    )
+    base_url = f"http://{DEFAULT_HOST}:{port}/v1"
+    try:
+        deadline = time.monotonic() + timeout
+        while not _answers(base_url + "/models"):
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"steerlab serve exited with code {process.returncode} before it answered"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"steerlab serve did not answer on {base_url} within {timeout:g} s"
+                )
+            time.sleep(0.2)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def _answers(url: str) -> bool:
+    """Whether an HTTP server answers at ``url`` (any status, 401 included)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,288 @@
+"""Several vectors at once: each with its own multiplier, layers, norm ratio and intervention.
+
+A :class:`Composition` is a list of :class:`Part`; applied, it is one
+:class:`~steerlab.steering.hooks.Steering` whose additions are the parts' additions summed per layer
+(so it equals applying each part on its own, nested) and whose ablations project each ablating
+part's direction out first. A part with a ``condition`` (:class:`~steerlab.steering.conditions.Condition`)
+acts only on the rows whose prompt meets it; parts sharing a condition are summed under one
+gate. The 2-D grid of two behaviours (BiPO's composition result) is evaluated by
+:func:`steerlab.evaluation.likelihood.composition_grid`; :func:`grid_cells` and :func:`plot_grid` read it
+back from records alone.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import nn
+
+from steerlab.analysis.tables import markdown_table
+from steerlab.records import Record, summarize
+from steerlab.steering.hooks import Ablations, Gated, Positions, Steering, check_layers
+
+if TYPE_CHECKING:
+    from steerlab.model.handle import ModelHandle
+    from steerlab.steering.conditions import Condition
+    from steerlab.steering.vectors import SteeringVector
+
+Intervention = Literal["add", "ablate"]
+INTERVENTIONS: tuple[str, ...] = ("add", "ablate")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One vector in a composition.
+
+    ``intervention="add"`` adds ``multiplier`` × the vector (``norm_ratio`` rescales it first, see
+    :meth:`SteeringVector.additions`); ``"ablate"`` projects the vector's direction out of each
+    layer's output with strength ``multiplier`` (1 removes the component, 0 does nothing).
+    ``layers`` places the vector as in :meth:`SteeringVector.additions`. With a ``condition``
+    the part acts only on the rows (sequences) whose prompt meets it.
+    """
+
+    vector: SteeringVector
+    multiplier: float = 1.0
+    layers: list[int] | None = None
+    norm_ratio: float | None = None
+    intervention: Intervention = "add"
+    condition: Condition | None = None
+
+    def __post_init__(self) -> None:
+        if self.intervention not in INTERVENTIONS:
+            raise ValueError(
+                f"intervention must be one of {INTERVENTIONS}, got {self.intervention!r}")
+        if self.intervention == "ablate" and self.norm_ratio is not None:
+            raise ValueError("norm_ratio scales an added vector; ablation uses only its direction")
+
+    def placed(self) -> dict[int, torch.Tensor]:
+        """The vector's direction at each layer this part acts on (multiplier not applied)."""
+        return self.vector.additions(1.0, self.layers)
+
+    def additions(self) -> dict[int, torch.Tensor]:
+        """What this part adds at each layer (nothing for an ablation)."""
+        if self.intervention == "ablate":
+            return {}
+        return self.vector.additions(self.multiplier, self.layers, self.norm_ratio)
+
+    def ablations(self) -> Ablations:
+        """The unit direction projected out at each layer, with this part's strength."""
+        if self.intervention != "ablate":
+            return {}
+        result: Ablations = {}
+        for layer, direction in self.placed().items():
+            norm = direction.norm()
+            if norm == 0:
+                raise ValueError(
+                    f"vector {self.vector.id} is zero at layer {layer}: no direction to ablate")
+            result[layer] = [(direction / norm, float(self.multiplier))]
+        return result
+
+    def describe(self) -> Record:
+        """This part as record fields (the intervention only when it is not addition)."""
+        fields: Record = {"vector_id": self.vector.id, "multiplier": float(self.multiplier),
+                          "layers": sorted(self.placed()), "norm_ratio": self.norm_ratio}
+        if self.intervention != "add":
+            fields["intervention"] = self.intervention
+        if self.condition is not None:
+            fields["condition"] = self.condition.describe()
+        return fields
+
+
+def _summed_additions(parts: Iterable[Part]) -> dict[int, torch.Tensor]:
+    total: dict[int, torch.Tensor] = {}
+    for part in parts:
+        for layer, vector in part.additions().items():
+            total[layer] = total[layer] + vector if layer in total else vector
+    return total
+
+
+def _ordered_ablations(parts: Iterable[Part]) -> Ablations:
+    total: Ablations = defaultdict(list)
+    for part in parts:
+        for layer, pairs in part.ablations().items():
+            total[layer] += pairs
+    return dict(total)
+
+
+@dataclass(frozen=True)
+class Composition:
+    """Several parts applied together as one steering (see the module docstring)."""
+
+    parts: tuple[Part, ...]
+
+    def additions(self) -> dict[int, torch.Tensor]:
+        """Every part's additions summed per layer (conditions aside: what every row gets when
+        every condition holds)."""
+        return _summed_additions(self.parts)
+
+    def ablations(self) -> Ablations:
+        """Every ablating part's directions per layer, in part order (conditions aside)."""
+        return _ordered_ablations(self.parts)
+
+    def conditions(self) -> list[Condition]:
+        """The distinct conditions of the parts, in part order."""
+        found = {p.condition.id: p.condition for p in self.parts if p.condition is not None}
+        return list(found.values())
+
+    def check(self) -> None:
+        """Raise now if some part cannot apply (a layer it lacks, residual norms it needs for
+        its norm ratio, a zero direction to ablate), rather than at the first forward pass."""
+        self.additions()
+        self.ablations()
+
+    def layers(self) -> list[int]:
+        """Every layer some part acts on, whatever its multiplier."""
+        return sorted({layer for part in self.parts for layer in part.placed()})
+
+    def lowest_layer(self) -> int:
+        """The lowest layer the steering touches: edited, or read by a condition."""
+        return min([*self.layers(), *(c.layer for c in self.conditions())])
+
+    def fit(self, model: ModelHandle | nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+        """The Hugging Face model and its decoder layers, once every vector and condition is
+        checked against it and every layer acted on is one it has (a ValueError otherwise)."""
+        if not self.parts:
+            raise ValueError("a composition needs at least one part")
+        for part in self.parts[1:]:
+            part.vector.target(model)
+        hf_model, decoder_layers = self.parts[0].vector.target(model)
+        for condition in self.conditions():
+            condition.check_compatible(hf_model)
+        check_layers(self.layers(), len(decoder_layers))
+        return hf_model, decoder_layers
+
+    def apply(self, model: ModelHandle | nn.Module, positions: Positions = "all") -> Steering:
+        """Steer ``model`` with every part at once; an active :class:`Steering` (a context
+        manager, or call ``.remove()``). Each vector and condition is checked against the model
+        first."""
+        hf_model, decoder_layers = self.fit(model)
+        ungated = [p for p in self.parts if p.condition is None]
+        gated = []
+        for condition in self.conditions():
+            members = [p for p in self.parts
+                       if p.condition is not None and p.condition.id == condition.id]
+            gated.append(Gated(condition, _summed_additions(members), _ordered_ablations(members)))
+        return Steering(hf_model, decoder_layers, _summed_additions(ungated), positions,
+                        _ordered_ablations(ungated), gated)
+
+    def describe(self) -> list[Record]:
+        """The parts as record fields."""
+        return [part.describe() for part in self.parts]
+
+
+PartSpec = Part | tuple
+"""A :class:`Part`, or a tuple of its fields in order: (vector, multiplier, layers, norm_ratio,
+intervention, condition)."""
+
+
+def compose(parts: Iterable[PartSpec]) -> Composition:
+    """A composition from parts or tuples ``(vector, multiplier[, layers[, norm_ratio]])``."""
+    return Composition(tuple(p if isinstance(p, Part) else Part(*p) for p in parts))
+
+
+# ---- the 2-D grid, read back from records -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """The mean behaviour score of one dataset at one (first, second) multiplier pair."""
+
+    task: str
+    dataset: str
+    first: str
+    """Id of the vector held fixed in each row of the grid (``composed_with``)."""
+    second: str
+    """Id of the vector swept along each row."""
+    first_multiplier: float
+    second_multiplier: float
+    n: int
+    score: float
+    score_se: float
+
+
+def is_grid_record(record: Record) -> bool:
+    """Whether a likelihood record belongs to a composition grid: one vector swept on top of
+    one other held fixed."""
+    return record.get("task") in ("ab", "mc") and len(record.get("composed_with") or ()) == 1
+
+
+def grid_cells(records: Iterable[Record]) -> list[GridCell]:
+    """One cell per dataset × (first, second) multiplier of the composition grids in ``records``."""
+    cells = []
+    for row in summarize(filter(is_grid_record, records)):
+        (first,) = row["composed_with"]
+        cells.append(GridCell(row["task"], row["dataset"] or "", first["vector_id"],
+                              row["vector_id"], float(first["multiplier"]),
+                              float(row["multiplier"]), row["n"], row["score"], row["score_se"]))
+    return sorted(cells, key=lambda c: (c.dataset, c.first, c.second, c.first_multiplier,
+                                        c.second_multiplier))
+
+
+def by_grid(cells: Sequence[GridCell]) -> dict[tuple[str, str, str, str], list[GridCell]]:
+    """Cells grouped by grid: task, dataset and the two vectors."""
+    groups: dict[tuple[str, str, str, str], list[GridCell]] = defaultdict(list)
+    for cell in cells:
+        groups[(cell.task, cell.dataset, cell.first, cell.second)].append(cell)
+    return groups
+
+
+def grid_matrix(
+    cells: Sequence[GridCell],
+) -> tuple[list[float], list[float], list[list[GridCell | None]]]:
+    """The cells of one grid as (first multipliers, second multipliers, cell per row × column)."""
+    rows = sorted({c.first_multiplier for c in cells})
+    columns = sorted({c.second_multiplier for c in cells})
+    at = {(c.first_multiplier, c.second_multiplier): c for c in cells}
+    return rows, columns, [[at.get((r, c)) for c in columns] for r in rows]
+
+
+def grid_table(cells: Sequence[GridCell]) -> list[str]:
+    """Markdown tables, one per grid: mean score ± standard error at each multiplier pair."""
+    lines: list[str] = []
+    for (task, dataset, first, second), members in by_grid(cells).items():
+        rows, columns, matrix = grid_matrix(members)
+        lines += [f"**{dataset}** ({task}, n={members[0].n}): first {first}, second {second}", ""]
+        lines += markdown_table(
+            ["first \\ second", *(f"×{m:g}" for m in columns)],
+            [[f"×{r:g}", *(f"{c.score:.3f} ± {c.score_se:.3f}" if c else "-" for c in line)]
+             for r, line in zip(rows, matrix)],
+        )
+    return lines
+
+
+def plot_grid(
+    cells: Sequence[GridCell], path: str | Path, names: Mapping[str, str] | None = None
+) -> Path:
+    """One heat map per dataset (behaviour): its mean score over the two multipliers; ``names``
+    labels the axes by vector id (default: the ids)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = by_grid(cells)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.9), squeeze=False)
+    for ax, ((_, dataset, first, second), members) in zip(axes[0], groups.items()):
+        rows, columns, matrix = grid_matrix(members)
+        scores = [[c.score if c else float("nan") for c in line] for line in matrix]
+        image = ax.imshow(scores, origin="lower", cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(len(columns)), [f"{m:g}" for m in columns])
+        ax.set_yticks(range(len(rows)), [f"{m:g}" for m in rows])
+        for i, line in enumerate(scores):
+            for j, value in enumerate(line):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if value < 0.6 else "black")
+        ax.set_xlabel(f"multiplier of {(names or {}).get(second, second)}")
+        ax.set_ylabel(f"multiplier of {(names or {}).get(first, first)}")
+        ax.set_title(f"{dataset} (n={members[0].n})")
+        fig.colorbar(image, ax=ax, shrink=0.8, label="mean score")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,383 @@
+"""The intervention: forward hooks that add directions to decoder-layer outputs or project them
+out (directional ablation), and hooks that read layer outputs.
+
+A :class:`Steering` owns its hooks and all its state; nothing is global, so several steerings
+compose (their additions sum) and batched calls behave like single ones. Position selection
+("prompt" / "generated") follows absolute token positions across KV-cache generation steps.
+
+**Conditional edits** (:class:`Gated`, conditional activation steering after Lee et al. 2024)
+apply only to the rows of a batch whose prompt meets a :class:`RowCondition`. The condition
+reads its layer's output on a sequence's first forward pass (empty cache: in generation, the
+prompt; in likelihood scoring, which reads prompt and completion in one pass, both) and decides
+once per row; the decision holds for every later pass of that sequence (KV-cache steps, or
+cache-free generation re-running the whole sequence), and a new sequence decides afresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+from transformers.cache_utils import Cache
+
+Positions = Literal["all", "prompt", "generated"]
+POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    """The hidden states inside a decoder layer's output (a tensor or a tuple led by one)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+class PositionError(RuntimeError):
+    """A forward pass could not be placed in its sequence, so position-dependent steering
+    (``positions="prompt"/"generated"``, conditions) cannot know which tokens it edits."""
+
+
+def _cache_in(values: Iterable[Any]) -> Cache | None:
+    """The one KV cache among a pass's arguments (or outputs), whatever it is called there."""
+    caches = [value for value in values if isinstance(value, Cache)]
+    if len(caches) > 1:
+        raise PositionError(f"a forward pass carries {len(caches)} KV caches; expected one")
+    return caches[0] if caches else None
+
+
+_CACHE_KEYWORDS = ("cache", "past_key_values", "cache_params")
+"""Keywords transformers versions have passed a KV cache under (a non-Cache value there is a
+legacy format this module cannot read)."""
+
+
+def _pass_start(args: tuple, kwargs: dict, length: int) -> int:
+    """The absolute position of a forward pass's first token in its sequence (see
+    :class:`_PositionTracker`); :class:`PositionError` where the pass's own evidence disagrees."""
+    for name in _CACHE_KEYWORDS:
+        value = kwargs.get(name)
+        if value is not None and not isinstance(value, Cache):
+            raise PositionError(f"a forward pass carries its cache under '{name}' as a "
+                                f"{type(value).__name__}, not a transformers Cache: its position "
+                                "in the sequence cannot be read")
+    cache = _cache_in([*args, *kwargs.values()])
+    seen = cache.get_seq_length() if cache is not None else None
+    cache_position = kwargs.get("cache_position")
+    if cache_position is not None:
+        start = int(cache_position.reshape(-1)[0])
+        if seen is not None and seen != start:
+            raise PositionError(f"a forward pass's cache holds {seen} tokens but its "
+                                f"cache_position starts at {start}")
+    else:
+        start = seen or 0
+    position_ids = kwargs.get("position_ids")
+    if start == 0 and position_ids is not None and int(position_ids.max()) >= length:
+        raise PositionError(
+            f"a forward pass of {length} tokens with no cache in sight holds position "
+            f"{int(position_ids.max())}: it continues a sequence through a cache steerlab does not "
+            "recognise")
+    return start
+
+
+class _PositionTracker:
+    """Follows which absolute positions the tokens of each forward pass occupy.
+
+    Each pass is placed from what it carries, not from one keyword's name (transformers has
+    renamed the cache keyword before): its KV cache (a ``Cache`` under any keyword; the tokens
+    already in it precede this pass), its ``cache_position`` where the version passes one, and
+    its ``position_ids`` as a check (a pass placed at the start of a sequence cannot hold a
+    position beyond its own length). After the pass, a cache it returns must have grown by
+    exactly the pass's tokens. Anything that contradicts the placement raises
+    :class:`PositionError` instead of steering the wrong tokens.
+
+    A pass that starts at position 0 begins a new sequence, whose length is the prompt length;
+    a later pass continues it (generated tokens). Generation without a cache re-runs the whole
+    sequence: recognised because it starts with the stored prompt. ``fresh`` says the current
+    pass begins a new sequence; ``attention_mask`` is the mask that pass was given (None: no
+    padding).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.start = 0
+        self.length = 0
+        self.prompt_len: int | None = None
+        self.fresh = False
+        self.attention_mask: torch.Tensor | None = None
+        self._prompt_ids: torch.Tensor | None = None
+        self.handles = [model.register_forward_pre_hook(self._pre_forward, with_kwargs=True),
+                        model.register_forward_hook(self._post_forward)]
+
+    def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        length = ids.shape[1] if ids is not None else embeds.shape[1]
+        start = _pass_start(args, kwargs, length)
+        self.fresh = False
+        if start > 0:
+            if self.prompt_len is None:
+                raise PositionError(f"a forward pass continues a sequence at position {start} "
+                                    "whose start this steering did not see")
+        else:
+            continues_prompt = (
+                ids is not None
+                and self._prompt_ids is not None
+                and length > self.prompt_len
+                and ids.shape[0] == self._prompt_ids.shape[0]
+                and torch.equal(ids[:, : self.prompt_len], self._prompt_ids)
+            )
+            if not continues_prompt:
+                self.prompt_len = length
+                self._prompt_ids = ids
+                self.fresh = True
+                self.attention_mask = kwargs.get("attention_mask")
+        self.start, self.length = start, length
+
+    def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        values = output.values() if isinstance(output, Mapping) else ()
+        cache = _cache_in(values)
+        if cache is not None and cache.get_seq_length() != self.start + self.length:
+            raise PositionError(
+                f"a forward pass placed at positions {self.start}..{self.start + self.length - 1} "
+                f"returned a cache of {cache.get_seq_length()} tokens: its earlier tokens reached "
+                "the model in a way steerlab does not recognise")
+
+    def mask(self, positions: Positions, device: torch.device) -> torch.Tensor:
+        """A (1, T, 1) mask over the current pass's tokens for the chosen positions."""
+        if self.prompt_len is None:
+            raise RuntimeError("positions other than 'all' need the model's own forward pass")
+        index = torch.arange(self.start, self.start + self.length, device=device)
+        keep = index < self.prompt_len if positions == "prompt" else index >= self.prompt_len
+        return keep.view(1, -1, 1)
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, D) float32 mean of each row's hidden states (B, T, D) over its real tokens (``mask``
+    (B, T), 1 at real tokens; None: every token)."""
+    hidden = hidden.float()
+    if mask is None:
+        return hidden.mean(dim=1)
+    weights = mask.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def _row_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A (B, T) mask of real tokens, or None when the pass has no padding to mask."""
+    if mask is None or mask.dim() == 2:
+        return mask
+    raise ValueError(
+        f"conditional steering needs a 2-D attention mask (batch, tokens) to tell padding from "
+        f"prompt tokens; this pass has a {mask.dim()}-D mask")
+
+
+Ablations = dict[int, list[tuple[torch.Tensor, float]]]
+"""Per layer, the directions to project out of its output: (unit direction, strength) pairs."""
+
+
+class RowCondition(Protocol):
+    """What gates conditional edits (e.g. :class:`steerlab.steering.conditions.Condition`): the layer
+    it reads and a per-row decision from that layer's output on a sequence's first pass."""
+
+    layer: int
+
+    def decide(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B,) bool from the layer's output (B, T, D) and the (B, T) mask of real tokens."""
+        ...
+
+
+@dataclass(frozen=True)
+class Gated:
+    """Edits applied only to the rows whose prompt meets ``condition`` (same forms as
+    :class:`Steering`'s own additions and ablations)."""
+
+    condition: RowCondition
+    additions: dict[int, torch.Tensor]
+    ablations: Ablations = field(default_factory=dict)
+
+
+def _kept_additions(additions: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    return {layer: v for layer, v in additions.items() if bool(v.any())}
+
+
+def _kept_ablations(ablations: Ablations) -> Ablations:
+    kept = {layer: [(d, s) for d, s in pairs if s != 0] for layer, pairs in ablations.items()}
+    return {layer: pairs for layer, pairs in kept.items() if pairs}
+
+
+def check_layers(used: Iterable[int], n_layers: int) -> None:
+    """Refuse an edit at a layer the model does not have (before any hook or forward pass)."""
+    for layer in used:
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer {layer} out of range: the model has {n_layers} layers")
+
+
+class Steering:
+    """Edits the output of chosen decoder layers while active: adds a fixed vector, and/or
+    projects directions out (directional ablation), optionally only for some rows.
+
+    Use as a context manager, or keep it and call :meth:`remove`. ``additions`` maps a layer
+    index to the exact vector added there (multiplier and scaling already applied);
+    ``ablations`` maps a layer to (unit direction d̂, strength s) pairs, each applied as
+    h ← h − s (h·d̂) d̂ at every selected position (s = 1 removes the component, 2 reflects it),
+    in order and before the addition. ``gated`` adds edits that apply only to the rows whose
+    prompt meets their condition (see the module docstring); each condition reads its layer
+    before any edit there, so a gated edit must sit at or above its condition's layer. At a
+    layer, ungated ablations run first, then gated ones, then ungated and gated additions.
+    All-zero additions and zero strengths register no hook at all, so a zero multiplier leaves
+    the model bit-for-bit intact; :attr:`decisions` holds each gate's last per-row decision.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: nn.ModuleList,
+        additions: dict[int, torch.Tensor],
+        positions: Positions = "all",
+        ablations: Ablations | None = None,
+        gated: Sequence[Gated] = (),
+    ) -> None:
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        check_layers([*additions, *(ablations or {}),
+                      *(layer for g in gated for layer in [*g.additions, *g.ablations])], len(layers))
+        self.positions = positions
+        self.additions = _kept_additions(additions)
+        self.ablations = _kept_ablations(ablations or {})
+        self.gated = [kept for g in gated
+                      if (kept := Gated(g.condition, _kept_additions(g.additions),
+                                        _kept_ablations(g.ablations))).additions or kept.ablations]
+        for gate in self.gated:
+            if not 0 <= gate.condition.layer < len(layers):
+                raise ValueError(f"condition layer {gate.condition.layer} out of range: the model "
+                                 f"has {len(layers)} layers")
+            below = sorted(layer for layer in {*gate.additions, *gate.ablations}
+                           if layer < gate.condition.layer)
+            if below:
+                raise ValueError(
+                    f"a conditional edit at layer {below[0]} would change the prompt its condition "
+                    f"reads at layer {gate.condition.layer}: edit at or above the condition's "
+                    "layer")
+        self.decisions: list[torch.Tensor | None] = [None] * len(self.gated)
+        self._hooks: list[RemovableHandle] = []
+        self._tracker: _PositionTracker | None = None
+        edited = sorted({*self.additions, *self.ablations,
+                         *(layer for g in self.gated for layer in [*g.additions, *g.ablations])})
+        if edited and (positions != "all" or self.gated):
+            self._tracker = _PositionTracker(model)
+            self._hooks.extend(self._tracker.handles)
+        for layer in sorted({*edited, *(g.condition.layer for g in self.gated)}):
+            self._hooks.append(layers[layer].register_forward_hook(self._hook_for(layer)))
+
+    def _hook_for(self, layer: int):
+        """The hook of one layer: decide the conditions read here, then edit (see the class)."""
+        deciding = [slot for slot, g in enumerate(self.gated) if g.condition.layer == layer]
+        ablations = [(d, s, None) for d, s in self.ablations.get(layer, [])] + [
+            (d, s, slot) for slot, g in enumerate(self.gated)
+            for d, s in g.ablations.get(layer, [])]
+        additions = [(v, None) for v in [self.additions.get(layer)] if v is not None] + [
+            (g.additions[layer], slot) for slot, g in enumerate(self.gated) if layer in g.additions]
+        cast: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+        def like(index: int, tensor: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+            key = (index, hidden.dtype, hidden.device)
+            if key not in cast:
+                cast[key] = tensor.to(dtype=hidden.dtype, device=hidden.device)
+            return cast[key]
+
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            hidden = _hidden(output)
+            if deciding and self._tracker is not None and self._tracker.fresh:
+                mask = _row_mask(self._tracker.attention_mask)
+                for slot in deciding:
+                    decision = self.gated[slot].condition.decide(hidden, mask)
+                    self.decisions[slot] = decision.to(device=hidden.device, dtype=torch.bool)
+            edited = hidden
+            for index, (direction, strength, slot) in enumerate(ablations):
+                unit = like(index, direction, hidden)
+                step = edited - (strength * (edited @ unit)).unsqueeze(-1) * unit
+                edited = self._gate(slot, step, edited)
+            for index, (vector, slot) in enumerate(additions):
+                edited = self._gate(slot, edited + like(-1 - index, vector, hidden), edited)
+            if self._tracker is not None and self.positions != "all":
+                keep = self._tracker.mask(self.positions, hidden.device)
+                edited = torch.where(keep, edited, hidden)
+            return _with_hidden(output, edited)
+
+        return hook
+
+    def _gate(self, slot: int | None, edited: torch.Tensor, unedited: torch.Tensor) -> torch.Tensor:
+        """``edited`` in the rows whose condition holds (every row when ungated)."""
+        if slot is None:
+            return edited
+        decision = self.decisions[slot]
+        if decision is None:
+            raise RuntimeError("conditional steering decides on a sequence's first forward pass "
+                               "(empty cache); this pass continues a sequence it did not see")
+        if decision.shape[0] != edited.shape[0]:
+            raise RuntimeError(f"conditional steering decided for {decision.shape[0]} rows but "
+                               f"this pass has {edited.shape[0]}")
+        return torch.where(decision.view(-1, 1, 1), edited, unedited)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._hooks)
+
+    def remove(self) -> None:
+        """Detach every hook; safe to call twice."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+    def __enter__(self) -> Steering:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+
+class _StopForward(Exception):
+    """Raised by a capture hook to skip the layers above the last one needed."""
+
+
+@contextmanager
+def capture_layer_outputs(
+    layers: nn.ModuleList, indices: list[int], stop_after_last: bool = False
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Record each chosen layer's output hidden states (B, T, D) during forward passes.
+
+    With ``stop_after_last`` the pass is cut after the highest chosen layer (use
+    :func:`forward_until` to run such a pass); the layers above cost nothing.
+    """
+    captured: dict[int, torch.Tensor] = {}
+    last = max(indices)
+
+    def hook_for(index: int):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            captured[index] = _hidden(output)
+            if stop_after_last and index == last:
+                raise _StopForward
+
+        return hook
+
+    handles = [layers[i].register_forward_hook(hook_for(i)) for i in indices]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward_until(
+    model: nn.Module, layers: nn.ModuleList, indices: list[int], **inputs: torch.Tensor
+) -> dict[int, torch.Tensor]:
+    """Run the model only as far as the highest of ``indices``; return those layers' outputs."""
+    with capture_layer_outputs(layers, indices, stop_after_last=True) as captured:
+        try:
+            model(**inputs, use_cache=False)
+        except _StopForward:
+            pass
+    return dict(captured)
