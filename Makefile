@@ -32,7 +32,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/steerlab demo --out demo_out
 
+# The import contracts first (pyproject.toml, [tool.importlinter]): a second, then the suite.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 # Resolved into a copy (uv keeps the versions it finds there where they still fit), which

@@ -29,9 +29,9 @@ def run(model, layer: int = LAYER, grid: tuple[float, ...] = GRID, norm_ratio: f
         results: Path = RESULTS) -> dict:
     """Train both vectors, score the grid into ``run_dir``, write the heat maps and summary."""
     from steerlab import load_pairs, train_caa
+    from steerlab.analysis.grid import by_grid, grid_cells, grid_matrix, plot_grid
     from steerlab.evaluation.likelihood import composition_grid, evaluate
     from steerlab.experiment.runs import RunDir
-    from steerlab.steering.composition import by_grid, grid_cells, grid_matrix, plot_grid
 
     started = time.perf_counter()
     vectors = {b: train_caa(model, load_pairs(b, split="train")[:n_train], layer, progress=False)

@@ -4,11 +4,12 @@ import pytest
 import torch
 from tiny import PAIRS, added_hooks, hook_counts, logits, outputs, random_vector
 
+from steerlab.analysis.grid import grid_cells, plot_grid
 from steerlab.analysis.run_analysis import analyze, write_analysis
 from steerlab.data.files import PreferencePair
 from steerlab.evaluation.likelihood import Sweep, composition_grid, evaluate, evaluate_ab
 from steerlab.records import RecordWriter
-from steerlab.steering.composition import Composition, Part, compose, grid_cells, plot_grid
+from steerlab.steering.composition import Composition, Part, compose
 
 OTHER = [PreferencePair("Would you lie to me?", "(A", "(B", id="q1"),
          PreferencePair("Pick one.\n(A) tea\n(B) coffee", "(B", "(A", id="q2")]

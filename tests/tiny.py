@@ -23,8 +23,8 @@ from transformers import (
 )
 
 from steerlab.data.files import PreferencePair
+from steerlab.model.capture import capture_layer_outputs
 from steerlab.model.handle import ModelHandle, wrap_model
-from steerlab.steering.hooks import capture_layer_outputs
 from steerlab.steering.vectors import SteeringVector, meta_for
 
 VOCAB = 272

@@ -13,6 +13,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from steerlab.analysis.grid import (
+    GridCell,
+    grid_cells,
+    grid_table,
+    is_grid_record,
+    plot_grid,
+)
 from steerlab.analysis.reliability import (
     SETTING_KEYS,
     Steerability,
@@ -30,13 +37,6 @@ from steerlab.evaluation.judges.verdicts import (
 from steerlab.evaluation.refusal import RefusalRate, summarize_refusals
 from steerlab.evaluation.side_effects import SideEffect, capability_records, side_effects_table
 from steerlab.records import Record, summarize
-from steerlab.steering.composition import (
-    GridCell,
-    grid_cells,
-    grid_table,
-    is_grid_record,
-    plot_grid,
-)
 
 
 @dataclass

@@ -136,9 +136,9 @@ def compose_grid(
 
     Every grid point is scored on both datasets; `steerlab analyze` draws one heat map each.
     """
+    from steerlab.analysis.grid import grid_cells
     from steerlab.evaluation.likelihood import composition_grid, evaluate
     from steerlab.experiment.runs import RunDir
-    from steerlab.steering.composition import grid_cells
 
     if len(vector) != 2:
         fail(f"compose takes exactly two --vector options, got {len(vector)}")
@@ -167,7 +167,7 @@ def compose_grid(
 
 def print_grid(cells: list, names: dict[str, str]) -> None:
     """One table per grid: the mean score at each (first, second) multiplier pair."""
-    from steerlab.steering.composition import by_grid, grid_matrix
+    from steerlab.analysis.grid import by_grid, grid_matrix
 
     for (_, dataset, first, second), members in by_grid(cells).items():
         rows, columns, matrix = grid_matrix(members)

@@ -41,7 +41,7 @@ from steerlab.data.files import (
 from steerlab.data.files import (
     split as seeded_split,
 )
-from steerlab.model.catalog import hub_reachable
+from steerlab.hub import hub_reachable
 
 Kind = Literal["pairs", "ab", "mc", "prompts", "text"]
 """pairs: free-text preference pairs; ab: pairs whose answers are letters or Yes/No;

@@ -22,6 +22,8 @@ from scipy.stats import binomtest, chisquare
 
 from steerlab.data.files import MCItem, PreferencePair
 from steerlab.data.registry import Item, Row, dataset_info
+from steerlab.evaluation.likelihood import evaluate_ab, evaluate_mc
+from steerlab.model.encoding import encode
 
 if TYPE_CHECKING:
     from steerlab.model.handle import ModelHandle
@@ -263,7 +265,6 @@ def check_labels(
 ) -> LabelCheck:
     """Score a seeded sample by likelihood and compare the model's preferred answer with the
     labelled one (:func:`~steerlab.evaluation.likelihood.evaluate_mc` / :func:`~steerlab.evaluation.likelihood.evaluate_ab`)."""
-    from steerlab.evaluation.likelihood import evaluate_ab, evaluate_mc
 
     if not records:
         raise ValueError("no records to check")
@@ -314,7 +315,6 @@ def _fits(model: ModelHandle, record: Item) -> bool:
     answers = record.choices if isinstance(record, MCItem) else (record.chosen, record.rejected)
     if len(prompt) + max(map(len, answers)) > MAX_CHARS_PER_TOKEN * model.context:
         return False
-    from steerlab.model.encoding import encode
 
     seqs = encode(model, [prompt] * len(answers), list(answers))
     return all(len(seq.ids) <= model.context for seq in seqs)

@@ -293,7 +293,7 @@ def composition_grid(
 
     Both use ``layers`` and ``norm_ratio``. Evaluate both behaviours' items under these sweeps;
     records carry ``composed_with`` (the first vector and its multiplier) beside the second's
-    multiplier, and :func:`steerlab.steering.composition.grid_cells` reads the grid back.
+    multiplier, and :func:`steerlab.analysis.grid.grid_cells` reads the grid back.
     """
     columns = list(second_multipliers if second_multipliers is not None else multipliers)
     return [

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.data.files import DataError, _split_rows, _text, bundled_path
-from steerlab.data.registry import DATASETS, LICENCES, DatasetInfo, DatasetUnavailable
+from steerlab.data.registry import DATASETS, LICENCES, DatasetInfo, DatasetUnavailable, load_dataset
 from steerlab.evaluation.likelihood import Sweep
+from steerlab.evaluation.side_effects import as_prompts
 from steerlab.model.generation import generate
 from steerlab.model.handle import ModelHandle
 from steerlab.progress import track
@@ -142,9 +143,6 @@ def load_prompts(spec: str | Path, split: str | None = None) -> list[str]:
     """Prompt texts from a question set (:data:`OPEN_DATASETS`, e.g. the bundled harmless
     requests), a registered ``prompts`` dataset (AdvBench) or any dataset or file: the question
     of a multiple-choice item, the prompt of a pair."""
-    from steerlab.data.registry import load_dataset
-    from steerlab.evaluation.side_effects import as_prompts
-
     if str(spec) in OPEN_DATASETS:
         return [q.question for q in load_questions(spec, split)]
     return as_prompts(load_dataset(spec, split))

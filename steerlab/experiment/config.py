@@ -14,7 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from steerlab.data.registry import DataSpec
+from steerlab.data.registry import DatasetUnavailable, DataSpec, dataset_info
+from steerlab.evaluation.openended import OPEN_DATASETS
 from steerlab.model.catalog import DEFAULT_MODEL
 
 
@@ -263,9 +264,6 @@ def _line_of(root: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
 
 def _check_datasets(config: ExperimentConfig) -> list[tuple[str, str]]:
     """(key path, problem) for every named dataset or split that is not there."""
-    from steerlab.data.registry import DatasetUnavailable, dataset_info
-    from steerlab.evaluation.openended import OPEN_DATASETS
-
     problems = []
     for path, spec in config.datasets().items():
         try:

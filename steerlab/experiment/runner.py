@@ -25,16 +25,22 @@ from steerlab.analysis.comparison import (
     Selection,
     select,
 )
-from steerlab.data.files import MCItem, PreferencePair
+from steerlab.data.files import MCItem, PreferencePair, nested_subsets
 from steerlab.data.files import split as seeded_split
 from steerlab.data.registry import dataset_info, lettered, load_dataset, mc_to_pairs
+from steerlab.evaluation.judges.verdicts import JUDGES, VERDICT_TASK, judge_head_to_head
 from steerlab.evaluation.likelihood import Sweep, evaluate
-from steerlab.evaluation.openended import load_prompts
+from steerlab.evaluation.openended import Arm, generate_answers, load_prompts, load_questions
+from steerlab.evaluation.side_effects import passages, side_effect_records
 from steerlab.experiment.compute import TokenLayerCounter
 from steerlab.experiment.config import ExperimentConfig, Method
 from steerlab.experiment.runs import RunDir
+from steerlab.methods import train_bipo, train_caa, train_dpo
+from steerlab.methods.lora import SUMMARY_FILE, load_lora, train_lora
+from steerlab.methods.prompting import kshot, max_shots, prompted, system_prompt
 from steerlab.model.handle import ModelHandle, load_model
 from steerlab.records import Record, RecordWriter, record_key
+from steerlab.steering.conditions import Condition, fit_condition
 from steerlab.steering.vectors import SteeringVector
 
 if TYPE_CHECKING:
@@ -161,7 +167,6 @@ class Runner:
     def _train(self, name: str, method: Method, model: ModelHandle, layers: Sequence[int],
                pairs: Sequence[PreferencePair], tag: str = "") -> dict[int, SteeringVector]:
         """The method's vector at each layer, trained once and kept under ``vectors/``."""
-        from steerlab.methods import train_bipo, train_caa, train_dpo
 
         folder = self.run.path / "vectors"
         paths = {layer: folder / f"{name}{tag}-L{layer}.safetensors" for layer in layers}
@@ -205,7 +210,6 @@ class Runner:
         spec = self.config.conditional
         if spec is None:
             return
-        from steerlab.steering.conditions import Condition, fit_condition
 
         arm, vector = f"{spec.method}|cond", self.selected[spec.method]
         path = self.run.path / "vectors" / f"{spec.method}-cond.condition.safetensors"
@@ -234,7 +238,6 @@ class Runner:
         baselines = self.config.baselines
         if baselines.kshot is None and baselines.system is None:
             return
-        from steerlab.methods.prompting import kshot, max_shots, prompted, system_prompt
 
         if baselines.kshot:
             ks = [k for k in baselines.kshot.ks if k <= len(self.data.train)]
@@ -264,7 +267,6 @@ class Runner:
         spec = self.config.baselines.lora
         if spec is None:
             return
-        from steerlab.methods.lora import SUMMARY_FILE, load_lora, train_lora
 
         folder = self.run.path / "lora"
         if not (folder / SUMMARY_FILE).exists():  # written when training finished
@@ -300,8 +302,6 @@ class Runner:
             self._select_and_test(writer, adapted, arm, {vector.layers[0]: vector})
 
     def sample_efficiency(self, writer: RecordWriter) -> None:
-        from steerlab.data.files import nested_subsets
-
         spec = self.config.evaluations.sample_efficiency
         if spec is None:
             return
@@ -336,8 +336,6 @@ class Runner:
                      batch_size=self.config.batch_size, progress=self.progress, arm=name)
 
     def side_effects(self, writer: RecordWriter) -> None:
-        from steerlab.evaluation.side_effects import passages, side_effect_records
-
         spec = self.config.evaluations.side_effects
         if spec is None:
             return
@@ -358,9 +356,6 @@ class Runner:
                                 batch_size=self.config.batch_size, progress=self.progress)
 
     def open_ended(self, writer: RecordWriter) -> None:
-        from steerlab.evaluation.judges.verdicts import JUDGES, VERDICT_TASK, judge_head_to_head
-        from steerlab.evaluation.openended import Arm, generate_answers, load_questions
-
         spec = self.config.evaluations.open_ended
         if spec is None or not self.selected:
             return

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from steerlab import __version__
+from steerlab.version import __version__
 from steerlab.records import Record, RecordWriter, read_records
 from steerlab.steering.vectors import SteeringVector
 

@@ -31,11 +31,12 @@ import torch.nn.functional as F
 from steerlab.data.files import PreferencePair
 from steerlab.evaluation.likelihood import Sweep, evaluate_ab
 from steerlab.methods.pairs import EncodedPair, encode_pairs, pair_rows, shuffled_batches
+from steerlab.model.activations import read_layers
+from steerlab.model.capture import capture_layer_outputs, layer_hidden, with_hidden
 from steerlab.model.handle import ModelHandle
 from steerlab.model.scoring import window_logits
 from steerlab.model.upper import upper_stack
 from steerlab.progress import bar, track
-from steerlab.steering.hooks import _hidden, _with_hidden, capture_layer_outputs
 from steerlab.steering.vectors import SteeringVector, data_hash, meta_for
 
 Direction = Literal["bi", "forward"]
@@ -121,7 +122,7 @@ class _NaiveEngine(_Engine):
             ref = rows.scores(window_logits(self.model, rows.inputs, rows.keep))
 
         def add(module, args, output):
-            return _with_hidden(output, _hidden(output) + delta.to(_hidden(output).dtype))
+            return with_hidden(output, layer_hidden(output) + delta.to(layer_hidden(output).dtype))
 
         hook = self.model.layers[self.layer].register_forward_hook(add)
         try:
@@ -320,8 +321,6 @@ def _mean_norm(items: Sequence[EncodedPair]) -> float:
 
 
 def _measure_norm(model: ModelHandle, items: Sequence[EncodedPair], layer: int, batch_size: int) -> float:
-    from steerlab.model.activations import read_layers
-
     seqs = [e.chosen for e in items] + [e.rejected for e in items]
     return read_layers(model, seqs, [layer], batch_size, progress=False).mean_norm[layer]
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
+from steerlab.model.capture import forward_until, masked_mean
 from steerlab.model.encoding import TokenSequence, batches, encode_texts
 from steerlab.model.handle import ModelHandle
 from steerlab.progress import track
-from steerlab.steering.hooks import forward_until, masked_mean
 
 
 @dataclass

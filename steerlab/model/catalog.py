@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 from dataclasses import dataclass
 from importlib import util as importlib_util
 from pathlib import Path
-from urllib.parse import urlparse
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -71,15 +69,3 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 def cache_dir() -> Path:
     """The user cache directory: ``$STEERLAB_CACHE`` or ``~/.cache/steerlab``."""
     return Path(os.environ.get("STEERLAB_CACHE", Path.home() / ".cache" / "steerlab"))
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face endpoint answers a TCP connection (avoids minutes of retries)."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True

@@ -26,12 +26,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from steerlab.hub import hub_reachable
 from steerlab.model.catalog import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
     ModelLoadError,
     cache_dir,
-    hub_reachable,
 )
 
 __all__ = [

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
+from steerlab.model.capture import forward_until
 from steerlab.model.encoding import Batch, TokenSequence, batches, check_length, encode
 from steerlab.model.handle import ModelHandle
 from steerlab.model.upper import upper_stack
 from steerlab.progress import track
-from steerlab.steering.hooks import forward_until
 
 
 @dataclass(frozen=True)

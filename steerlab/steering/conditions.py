@@ -31,9 +31,12 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
+from steerlab.data.files import split
+from steerlab.model.activations import read_layers
+from steerlab.model.capture import masked_mean
+from steerlab.model.encoding import encode
 from steerlab.model.handle import ModelHandle
 from steerlab.records import Record
-from steerlab.steering.hooks import masked_mean
 from steerlab.steering.vectors import (
     VectorMeta,
     check_model_fit,
@@ -160,9 +163,6 @@ def pooled_states(model: ModelHandle, prompts: Sequence[str], layer: int, batch_
                   progress: bool = True) -> torch.Tensor:
     """(N, D) mean output of ``layer`` over each formatted prompt's tokens: what a condition
     compares with its direction (the same tokens a generation's first pass reads)."""
-    from steerlab.model.activations import read_layers
-    from steerlab.model.encoding import encode
-
     if not prompts:
         raise ValueError("no prompts to read")
     if not 0 <= layer < model.n_layers:
@@ -217,7 +217,6 @@ def fit_condition(
     """:func:`train_condition` on part of each prompt set, then :func:`search_threshold` on the
     seeded ``holdout`` fraction of each left out of training. The condition carries the search
     (F1, precision, recall, sizes, every candidate) in ``meta.extra["threshold_search"]``."""
-    from steerlab.data.files import split
 
     fit, held = {}, {}
     for side, prompts in (("positive", positive_prompts), ("negative", negative_prompts)):

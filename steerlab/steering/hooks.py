@@ -1,5 +1,5 @@
 """The intervention: forward hooks that add directions to decoder-layer outputs or project them
-out (directional ablation), and hooks that read layer outputs.
+out (directional ablation).
 
 A :class:`Steering` owns its hooks and all its state; nothing is global, so several steerings
 compose (their additions sum) and batched calls behave like single ones. Position selection
@@ -15,8 +15,7 @@ cache-free generation re-running the whole sequence), and a new sequence decides
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -25,17 +24,10 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers.cache_utils import Cache
 
+from steerlab.model.capture import layer_hidden, with_hidden
+
 Positions = Literal["all", "prompt", "generated"]
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
-
-
-def _hidden(output: Any) -> torch.Tensor:
-    """The hidden states inside a decoder layer's output (a tensor or a tuple led by one)."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
 class PositionError(RuntimeError):
@@ -153,16 +145,6 @@ class _PositionTracker:
         index = torch.arange(self.start, self.start + self.length, device=device)
         keep = index < self.prompt_len if positions == "prompt" else index >= self.prompt_len
         return keep.view(1, -1, 1)
-
-
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """(B, D) float32 mean of each row's hidden states (B, T, D) over its real tokens (``mask``
-    (B, T), 1 at real tokens; None: every token)."""
-    hidden = hidden.float()
-    if mask is None:
-        return hidden.mean(dim=1)
-    weights = mask.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 def _row_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -289,7 +271,7 @@ class Steering:
             return cast[key]
 
         def hook(module: nn.Module, args: tuple, output: Any) -> Any:
-            hidden = _hidden(output)
+            hidden = layer_hidden(output)
             if deciding and self._tracker is not None and self._tracker.fresh:
                 mask = _row_mask(self._tracker.attention_mask)
                 for slot in deciding:
@@ -305,7 +287,7 @@ class Steering:
             if self._tracker is not None and self.positions != "all":
                 keep = self._tracker.mask(self.positions, hidden.device)
                 edited = torch.where(keep, edited, hidden)
-            return _with_hidden(output, edited)
+            return with_hidden(output, edited)
 
         return hook
 
@@ -337,47 +319,3 @@ class Steering:
 
     def __exit__(self, *exc_info: object) -> None:
         self.remove()
-
-
-class _StopForward(Exception):
-    """Raised by a capture hook to skip the layers above the last one needed."""
-
-
-@contextmanager
-def capture_layer_outputs(
-    layers: nn.ModuleList, indices: list[int], stop_after_last: bool = False
-) -> Iterator[dict[int, torch.Tensor]]:
-    """Record each chosen layer's output hidden states (B, T, D) during forward passes.
-
-    With ``stop_after_last`` the pass is cut after the highest chosen layer (use
-    :func:`forward_until` to run such a pass); the layers above cost nothing.
-    """
-    captured: dict[int, torch.Tensor] = {}
-    last = max(indices)
-
-    def hook_for(index: int):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            captured[index] = _hidden(output)
-            if stop_after_last and index == last:
-                raise _StopForward
-
-        return hook
-
-    handles = [layers[i].register_forward_hook(hook_for(i)) for i in indices]
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def forward_until(
-    model: nn.Module, layers: nn.ModuleList, indices: list[int], **inputs: torch.Tensor
-) -> dict[int, torch.Tensor]:
-    """Run the model only as far as the highest of ``indices``; return those layers' outputs."""
-    with capture_layer_outputs(layers, indices, stop_after_last=True) as captured:
-        try:
-            model(**inputs, use_cache=False)
-        except _StopForward:
-            pass
-    return dict(captured)

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from steerlab import __version__
+from steerlab.model.activations import mean_residual_norms
 from steerlab.model.handle import (
     ModelHandle,
     config_fingerprint,
@@ -51,6 +51,7 @@ from steerlab.model.handle import (
 )
 from steerlab.steering.composition import Part, compose
 from steerlab.steering.hooks import Positions, Steering
+from steerlab.version import __version__
 
 if TYPE_CHECKING:
     from steerlab.steering.conditions import Condition
@@ -241,7 +242,6 @@ class SteeringVector:
 
     def calibrate(self, model: ModelHandle, texts: list[str], batch_size: int = 8) -> SteeringVector:
         """Measure and store the mean residual norm at this vector's layers on ``texts``."""
-        from steerlab.model.activations import mean_residual_norms
 
         norms = mean_residual_norms(model, texts, self.layers, batch_size=batch_size)
         self.meta.residual_norms.update(norms)

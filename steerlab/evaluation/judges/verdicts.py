@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from steerlab.evaluation.judges.embedding import SentenceEmbedder
 from steerlab.evaluation.judges.llm import LLMJudge
 from steerlab.evaluation.judges.protocol import Comparison, Judge, Rater, Verdict
 from steerlab.evaluation.openended import BASE_ARM, TASK
@@ -71,8 +72,6 @@ class ReferenceSimilarityJudge:
 
     def __init__(self, embed: Embed | None = None) -> None:
         if embed is None:
-            from steerlab.evaluation.judges.embedding import SentenceEmbedder
-
             embed = SentenceEmbedder()
         self.embed = embed
 
