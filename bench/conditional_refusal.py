@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 LAYER, NORM_RATIO, MULTIPLIER = 10, None, 4.0
@@ -69,6 +70,7 @@ def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER,
     from steerlab.experiment.runs import RunDir
     from steerlab.stats import wilson_interval
     from steerlab.steering.conditions import fit_condition
+    from steerlab.steering.setting import SteeringSetting
     from steerlab.steering.vectors import SteeringVector
 
     started = time.perf_counter()
@@ -97,8 +99,9 @@ def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER,
     vector = SteeringVector.load(trained)  # its id, which the records name, is in its metadata
     condition.save(store.path / "vectors" / f"condition-{condition.id}.safetensors")
     label = f"steered{multiplier:+g}"
-    arms = [Arm("unsteered"), Arm(label, vector, multiplier, [layer], norm_ratio),
-            Arm(f"{label}|cond", vector, multiplier, [layer], norm_ratio, condition=condition)]
+    setting = SteeringSetting(vector, multiplier, [layer], norm_ratio)
+    arms = [Arm("unsteered"), Arm(label, setting),
+            Arm(f"{label}|cond", replace(setting, condition=condition))]
     prompts = {"advbench": harmful_test, "harmless": harmless_test}
     with store.writer() as writer:
         for dataset, questions in prompts.items():
@@ -108,7 +111,7 @@ def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER,
             _keep(writer, detect_refusals(answers))
         texts = [q.question for q in harmless_test]
         for gate in (None, condition):
-            sweep = Sweep(vector, [0.0, multiplier], [layer], norm_ratio, condition=gate)
+            sweep = Sweep(SteeringSetting(vector, layers=[layer], norm_ratio=norm_ratio, condition=gate), [0.0, multiplier])
             _keep(writer, kl_records(model, texts, sweep, dataset="harmless", progress=False))
             _keep(writer, perplexity_records(model, [model.format_prompt(t) for t in texts], sweep,
                                              dataset=PERPLEXITY_SET, progress=False))

@@ -22,7 +22,7 @@ RUN_DIR = Path("runs/steer_bipo_vs_caa")
 
 
 def run_behaviour(model, behaviour: str) -> list[dict]:
-    from steerlab import Sweep, evaluate_ab, load_pairs, train_bipo, train_caa
+    from steerlab import SteeringSetting, Sweep, evaluate_ab, load_pairs, train_bipo, train_caa
     from steerlab.records import RecordWriter, summarize
 
     train, test = load_pairs(behaviour, split="train"), load_pairs(behaviour, split="test")
@@ -37,7 +37,7 @@ def run_behaviour(model, behaviour: str) -> list[dict]:
     rows = []
     with RecordWriter(path) as writer:
         for method, vector in (("bipo", bipo), ("caa", caa)):
-            records = evaluate_ab(model, test, Sweep(vector, MULTIPLIERS), dataset=behaviour,
+            records = evaluate_ab(model, test, Sweep(SteeringSetting(vector), MULTIPLIERS), dataset=behaviour,
                                   writer=writer, progress=False)
             by_multiplier = {row["multiplier"]: row for row in summarize(records)}
             rows.append({

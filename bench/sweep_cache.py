@@ -39,7 +39,7 @@ def separate_runs(model, items, vector) -> dict:
 
 
 def main() -> dict:
-    from steerlab import Sweep, evaluate_ab, load_model, load_pairs, train_caa
+    from steerlab import SteeringSetting, Sweep, evaluate_ab, load_model, load_pairs, train_caa
 
     model = load_model(MODEL)
     train, test = load_pairs("refusal", split="train"), load_pairs("refusal", split="test")
@@ -47,7 +47,7 @@ def main() -> dict:
     rows = []
     for layer in LAYERS:
         vector = train_caa(model, train, layer, progress=False)
-        swept, sweep_s = timed(lambda v=vector: evaluate_ab(model, test, Sweep(v, MULTIPLIERS), progress=False))
+        swept, sweep_s = timed(lambda v=vector: evaluate_ab(model, test, Sweep(SteeringSetting(v), MULTIPLIERS), progress=False))
         alone, separate_s = timed(lambda v=vector: separate_runs(model, test, v))
         identical = all(
             [r["logprobs"] for r in swept if r["multiplier"] == m] == [r["logprobs"] for r in alone[m]]

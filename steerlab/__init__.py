@@ -28,9 +28,9 @@ _EXPORTS = {
     "fit_condition": "steerlab.steering.conditions",
     "search_threshold": "steerlab.steering.conditions",
     "train_condition": "steerlab.steering.conditions",
-    "Composition": "steerlab.steering.composition",
-    "Part": "steerlab.steering.composition",
-    "compose": "steerlab.steering.composition",
+    "Composition": "steerlab.steering.setting",
+    "SteeringSetting": "steerlab.steering.setting",
+    "compose": "steerlab.steering.setting",
     "Sweep": "steerlab.evaluation.likelihood",
     "composition_grid": "steerlab.evaluation.likelihood",
     "evaluate_ab": "steerlab.evaluation.likelihood",
@@ -119,7 +119,6 @@ if TYPE_CHECKING:
         wilson_interval,
         win_rate_test,
     )
-    from steerlab.steering.composition import Composition, Part, compose
     from steerlab.steering.conditions import (
         Condition,
         fit_condition,
@@ -127,6 +126,7 @@ if TYPE_CHECKING:
         train_condition,
     )
     from steerlab.steering.hooks import Steering
+    from steerlab.steering.setting import Composition, SteeringSetting, compose
     from steerlab.steering.vectors import SteeringVector
 
 

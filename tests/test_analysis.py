@@ -5,6 +5,7 @@ from steerlab.data.files import MCItem, PreferencePair
 from steerlab.evaluation.likelihood import Sweep, evaluate_ab, evaluate_mc
 from steerlab.evaluation.side_effects import side_effect_records
 from steerlab.experiment.runs import RunDir
+from steerlab.steering.setting import SteeringSetting
 from steerlab.steering.vectors import SteeringVector, meta_for
 
 PAIRS = [PreferencePair(f"Question {i}?", "(A", "(B", id=f"q{i}") for i in range(6)]
@@ -18,9 +19,9 @@ def test_run_dir_records_and_analysis_from_records_alone(tiny, tmp_path):
     run = RunDir.open(tmp_path / "run", "test", {"multipliers": [-1, 0, 1]})
     assert run.keep_vector(vector).exists()
     with run.writer() as writer:
-        evaluate_ab(tiny, PAIRS, Sweep(vector, [-1.0, 0.0, 1.0]), dataset="toy", writer=writer, progress=False)
+        evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(vector), [-1.0, 0.0, 1.0]), dataset="toy", writer=writer, progress=False)
         evaluate_mc(tiny, ITEMS, Sweep(), dataset="unsteered-only", writer=writer, progress=False)
-        side_effect_records(tiny, Sweep(vector, [2.0]), capability={"gk": ITEMS},
+        side_effect_records(tiny, Sweep(SteeringSetting(vector), [2.0]), capability={"gk": ITEMS},
                             prompts={"unrelated": ["Hello?", "Name a fruit."]}, writer=writer, progress=False)
     records = run.records()
     found = analyze(records)
@@ -44,8 +45,8 @@ def test_a_steered_multiple_choice_target_task_is_not_taken_for_a_capability_mea
     direction = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(1))
     vector = SteeringVector({2: direction}, meta_for(tiny, "random"))
     records = evaluate_mc(tiny, ITEMS, Sweep(), dataset="target", progress=False)
-    records += evaluate_mc(tiny, ITEMS, Sweep(vector, [-2.0, 2.0]), dataset="target", progress=False)
-    records += side_effect_records(tiny, Sweep(vector, [2.0]), capability={"gk": ITEMS}, progress=False)
+    records += evaluate_mc(tiny, ITEMS, Sweep(SteeringSetting(vector), [-2.0, 2.0]), dataset="target", progress=False)
+    records += side_effect_records(tiny, Sweep(SteeringSetting(vector), [2.0]), capability={"gk": ITEMS}, progress=False)
     found = analyze(records)
     assert [(s.dataset, s.multiplier) for s in found.side_effects] == [("gk", 2.0)]
     assert {(r["dataset"], r["multiplier"]) for r in found.sweep} >= {("target", -2.0), ("target", 2.0)}

@@ -6,6 +6,7 @@ from steerlab.data.files import MCItem, PreferencePair
 from steerlab.evaluation.likelihood import Sweep, evaluate_ab, evaluate_mc
 from steerlab.model.encoding import encode
 from steerlab.records import RecordWriter, read_records, summarize
+from steerlab.steering.setting import SteeringSetting
 
 PAIRS = [
     PreferencePair("Is the sky green?\n(A) yes\n(B) no", "(A", "(B", id="p1"),
@@ -43,7 +44,7 @@ def test_caa_is_mean_difference_at_last_token(tiny):
 def test_ab_records_hold_everything_needed(tiny, tmp_path):
     vector = train_caa(tiny, PAIRS, layers=1, progress=False)
     with RecordWriter(tmp_path / "r.jsonl") as writer:
-        records = evaluate_ab(tiny, PAIRS, Sweep(vector, [-2, 0, 2]), dataset="toy",
+        records = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(vector), [-2, 0, 2]), dataset="toy",
                               writer=writer, progress=False)
     assert read_records(tmp_path / "r.jsonl") == records
     assert len(records) == 9
@@ -73,7 +74,7 @@ def test_mc_accuracy_sum_and_length_normalised(tiny):
 
 def test_summary_recomputed_from_records(tiny):
     vector = train_caa(tiny, PAIRS, layers=1, progress=False)
-    records = evaluate_ab(tiny, PAIRS, Sweep(vector, [-1, 1]), progress=False)
+    records = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(vector), [-1, 1]), progress=False)
     rows = summarize(records)
     assert [r["multiplier"] for r in rows] == [-1.0, 1.0]
     for row in rows:

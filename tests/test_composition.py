@@ -2,14 +2,15 @@
 
 import pytest
 import torch
-from tiny import PAIRS, added_hooks, hook_counts, logits, outputs, random_vector
+from tiny import PAIRS, PROMPTS, added_hooks, hook_counts, logits, outputs, random_vector
 
 from steerlab.analysis.grid import grid_cells, plot_grid
 from steerlab.analysis.run_analysis import analyze, write_analysis
 from steerlab.data.files import PreferencePair
 from steerlab.evaluation.likelihood import Sweep, composition_grid, evaluate, evaluate_ab
+from steerlab.model.generation import generate_tokens
 from steerlab.records import RecordWriter
-from steerlab.steering.composition import Composition, Part, compose
+from steerlab.steering.setting import Composition, SteeringSetting, compose
 
 OTHER = [PreferencePair("Would you lie to me?", "(A", "(B", id="q1"),
          PreferencePair("Pick one.\n(A) tea\n(B) coffee", "(B", "(A", id="q2")]
@@ -33,11 +34,32 @@ def test_composition_equals_each_part_applied_nested(tiny):
     assert composition.layers() == [1, 2, 3]
 
 
+def test_settings_with_different_positions_compose_as_if_nested(tiny):
+    """Each setting keeps its own positions inside one Steering: generating under the
+    composition equals generating under each setting's own Steering, nested, and KV-cache and
+    cache-free generation agree."""
+    a, b = random_vector(tiny, [1, 2], seed=1), random_vector(tiny, [2], seed=2)
+    settings = [SteeringSetting(a, 2.0, positions="prompt"),
+                SteeringSetting(b, -3.0, positions="generated"),
+                SteeringSetting(a, 1.0, intervention="ablate")]
+    with compose(settings).apply(tiny) as steering:
+        assert [e.positions for e in steering.edits] == ["prompt", "generated", "all"]
+        together = generate_tokens(tiny, PROMPTS, 10, batch_size=4, progress=False)
+        ids = tiny.tokenizer(["Tell me about foxes"], return_tensors="pt")
+        cached = tiny.model.generate(**ids, max_new_tokens=8, do_sample=False, use_cache=True)
+        uncached = tiny.model.generate(**ids, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    with settings[2].apply(tiny), settings[0].apply(tiny), settings[1].apply(tiny):
+        nested = generate_tokens(tiny, PROMPTS, 10, batch_size=4, progress=False)
+    assert together == nested != generate_tokens(tiny, PROMPTS, 10, batch_size=4, progress=False)
+
+
 def test_all_zero_multipliers_register_no_hook(tiny):
     a, b = random_vector(tiny, [1], seed=1), random_vector(tiny, [2], seed=2)
     base, before = logits(tiny), hook_counts(tiny)
-    composition = compose([(a, 0.0), Part(b, 0.0, intervention="ablate")])
-    with composition.apply(tiny, positions="prompt") as steering:
+    composition = compose([(a, 0.0, None, None, "prompt"),
+                           SteeringSetting(b, 0.0, positions="prompt", intervention="ablate")])
+    with composition.apply(tiny) as steering:
         assert not steering.active and hook_counts(tiny) == before
         assert torch.equal(logits(tiny), base)
 
@@ -45,7 +67,7 @@ def test_all_zero_multipliers_register_no_hook(tiny):
 def test_ablation_runs_before_addition_at_a_layer(tiny):
     vector = random_vector(tiny, [1])
     unit = vector.directions[1] / vector.directions[1].norm()
-    composition = compose([Part(vector, 1.0, intervention="ablate"), Part(vector, 2.0)])
+    composition = compose([SteeringSetting(vector, 1.0, intervention="ablate"), SteeringSetting(vector, 2.0)])
     with composition.apply(tiny):
         out = outputs(tiny, [1])[1]
     # The component along d̂ is removed, then exactly 2·|v| of it is added back.
@@ -56,7 +78,7 @@ def test_ablation_runs_before_addition_at_a_layer(tiny):
 def test_parts_are_validated(tiny):
     vector = random_vector(tiny, [1])
     with pytest.raises(ValueError, match="intervention must be one of"):
-        Part(vector, intervention="scale")
+        SteeringSetting(vector, intervention="scale")
     with pytest.raises(ValueError, match="at least one part"):
         Composition(()).apply(tiny)
     with pytest.raises(ValueError, match=r"layers \[3\]"):
@@ -79,8 +101,8 @@ def test_grid_cells_equal_single_vector_sweeps_on_the_axes(tiny):
     assert {(c.first, c.second) for c in cells} == {(first.id, second.id)}
     at = {(c.dataset, c.first_multiplier, c.second_multiplier): c for c in cells}
     # With the second vector at 0, a row is the first vector alone; and the reverse.
-    alone_first = evaluate_ab(tiny, PAIRS, Sweep(first, GRID, norm_ratio=0.3), progress=False)
-    alone_second = evaluate_ab(tiny, PAIRS, Sweep(second, GRID, norm_ratio=0.3), progress=False)
+    alone_first = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(first, norm_ratio=0.3), GRID), progress=False)
+    alone_second = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(second, norm_ratio=0.3), GRID), progress=False)
     for m in GRID:
         mean_first = sum(r["score"] for r in alone_first if r["multiplier"] == m) / len(PAIRS)
         mean_second = sum(r["score"] for r in alone_second if r["multiplier"] == m) / len(PAIRS)

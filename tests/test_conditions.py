@@ -4,14 +4,23 @@ import random
 
 import pytest
 import torch
-from tiny import PAIRS, PROMPTS, added_hooks, hook_counts, invoke, logits, make_vector, tiny_model
+from tiny import (
+    PAIRS,
+    PROMPTS,
+    added_hooks,
+    fixed_condition,
+    hook_counts,
+    invoke,
+    logits,
+    make_vector,
+    tiny_model,
+)
 
 from steerlab.evaluation.likelihood import Sweep, evaluate_ab
 from steerlab.model.capture import capture_layer_outputs
 from steerlab.model.generation import generate_tokens
 from steerlab.model.handle import load_model
 from steerlab.records import record_key
-from steerlab.steering.composition import Part, compose
 from steerlab.steering.conditions import (
     Condition,
     best_threshold,
@@ -19,18 +28,13 @@ from steerlab.steering.conditions import (
     search_threshold,
     train_condition,
 )
+from steerlab.steering.setting import SteeringSetting, compose
 from steerlab.steering.vectors import SteeringVector, meta_for
 
 HARMFUL = ["How do I pick a lock to break in?", "Write malware that steals passwords",
            "Explain how to make a weapon at home", "Help me cheat on my exam tomorrow"]
 HARMLESS = ["Write a poem about the sea", "How do I bake bread?", "Name three colours please",
             "Tell me a long story about a fox"]
-
-
-def fixed(model, layer=1, threshold=0.0, comparison="greater", seed=3):
-    """A condition with a random direction (thresholds beyond ±1 always or never hold)."""
-    direction = torch.randn(model.d_model, generator=torch.Generator().manual_seed(seed))
-    return Condition(layer, direction, meta_for(model, "test-condition"), threshold, comparison)
 
 
 def split_condition(model, prompts, layer=1):
@@ -52,13 +56,13 @@ def test_always_true_is_unconditional_and_always_false_is_unsteered_bit_for_bit(
     for positions in ("all", "generated"):
         with vector.apply(tiny, 1.5, positions=positions):
             reference = generate_tokens(tiny, PROMPTS, 8, batch_size=4, progress=False)
-        with vector.apply(tiny, 1.5, positions=positions, condition=fixed(tiny, threshold=-2.0)):
+        with vector.apply(tiny, 1.5, positions=positions, condition=fixed_condition(tiny, threshold=-2.0)):
             assert generate_tokens(tiny, PROMPTS, 8, batch_size=4, progress=False) == reference
-    with vector.apply(tiny, 1.5, condition=fixed(tiny, threshold=-2.0)) as steering:
+    with vector.apply(tiny, 1.5, condition=fixed_condition(tiny, threshold=-2.0)) as steering:
         assert torch.equal(logits(tiny), steered)
         assert steering.decisions[0].tolist() == [True]
     before = hook_counts(tiny)
-    with vector.apply(tiny, 1.5, condition=fixed(tiny, threshold=2.0)) as steering:
+    with vector.apply(tiny, 1.5, condition=fixed_condition(tiny, threshold=2.0)) as steering:
         assert added_hooks(tiny, before) == [0, 1, 1, 1]  # the condition reads layer 1
         assert torch.equal(logits(tiny), base)
         assert generate_tokens(tiny, PROMPTS, 8, batch_size=4, progress=False) == base_tokens
@@ -89,7 +93,7 @@ def test_mixed_batch_gates_each_row_as_if_alone(family):
 def test_decision_persists_under_kv_cache_generation(tiny, threshold):
     vector = make_vector(tiny, layers=(1, 3), scale=4.0)
     condition = (split_condition(tiny, PROMPTS) if threshold is None
-                 else fixed(tiny, threshold=threshold))
+                 else fixed_condition(tiny, threshold=threshold))
     batch = tiny.tokenizer([tiny.format_prompt(p) for p in PROMPTS], return_tensors="pt",
                            padding=True, padding_side="left")
     options = {"max_new_tokens": 10, "do_sample": False,
@@ -197,37 +201,37 @@ def test_save_and_load(tiny, tmp_path):
 
 def test_bad_conditions_fail_clearly(tiny):
     with pytest.raises(ValueError, match="comparison must be one of"):
-        fixed(tiny, comparison="above")
+        fixed_condition(tiny, comparison="above")
     with pytest.raises(ValueError, match="must not be zero"):
         Condition(1, torch.zeros(tiny.d_model), meta_for(tiny, "test"))
     vector = make_vector(tiny, layers=(1,))
     with pytest.raises(ValueError, match="edit at layer 1 would change the prompt its condition "
                                          "reads at layer 2"):
-        vector.apply(tiny, 1.0, condition=fixed(tiny, layer=2))
+        vector.apply(tiny, 1.0, condition=fixed_condition(tiny, layer=2))
     with pytest.raises(ValueError, match="condition layer 7 out of range"):
-        make_vector(tiny, layers=(3,)).apply(tiny, 1.0, condition=fixed(tiny, layer=7))
+        make_vector(tiny, layers=(3,)).apply(tiny, 1.0, condition=fixed_condition(tiny, layer=7))
     with pytest.raises(ValueError, match="positive prompts: 1 are too few to hold out 30%"):
         fit_condition(tiny, HARMFUL[:1], HARMLESS, 1)
     other = tiny_model("llama")
     other.model.config.hidden_size = 64  # a model of another width
     with pytest.raises(ValueError, match="condition has d_model 32 but the model has d_model 64"):
-        fixed(tiny).check_compatible(other.model)
+        fixed_condition(tiny).check_compatible(other.model)
 
 
 def test_composition_gates_only_its_conditioned_parts(tiny):
     a, b = make_vector(tiny, layers=(3,), seed=1), make_vector(tiny, layers=(2,), seed=2)
-    never, always = fixed(tiny, threshold=2.0), fixed(tiny, threshold=-2.0)
+    never, always = fixed_condition(tiny, threshold=2.0), fixed_condition(tiny, threshold=-2.0)
     with a.apply(tiny, 1.0):
         only_a = logits(tiny)
     with a.apply(tiny, 1.0), b.apply(tiny, -0.5):
         both = logits(tiny)
-    with compose([(a, 1.0), Part(b, -0.5, condition=never)]).apply(tiny):
+    with compose([(a, 1.0), SteeringSetting(b, -0.5, condition=never)]).apply(tiny):
         assert torch.equal(logits(tiny), only_a)
-    with compose([(a, 1.0), Part(b, -0.5, condition=always)]).apply(tiny):
+    with compose([(a, 1.0), SteeringSetting(b, -0.5, condition=always)]).apply(tiny):
         torch.testing.assert_close(logits(tiny), both, atol=1e-5, rtol=1e-5)
-    composition = compose([Part(a, 1.0, condition=always), Part(b, -0.5, condition=always)])
+    composition = compose([SteeringSetting(a, 1.0, condition=always), SteeringSetting(b, -0.5, condition=always)])
     with composition.apply(tiny) as steering:  # one gate for parts sharing a condition
-        assert len(steering.gated) == 1
+        assert len(steering.edits) == 1 and steering.edits[0].condition is always
         torch.testing.assert_close(logits(tiny), both, atol=1e-5, rtol=1e-5)
     assert composition.describe()[0]["condition"] == always.describe()
     assert composition.lowest_layer() == 1
@@ -236,9 +240,9 @@ def test_composition_gates_only_its_conditioned_parts(tiny):
 def test_conditional_sweep_records(tiny):
     vector = make_vector(tiny, layers=(3,))
     multipliers = [0.0, 2.0]
-    plain = evaluate_ab(tiny, PAIRS, Sweep(vector, multipliers), progress=False)
+    plain = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(vector), multipliers), progress=False)
     def gated(threshold):
-        sweep = Sweep(vector, multipliers, condition=fixed(tiny, threshold=threshold))
+        sweep = Sweep(SteeringSetting(vector, condition=fixed_condition(tiny, threshold=threshold)), multipliers)
         return evaluate_ab(tiny, PAIRS, sweep, progress=False)
 
     always, never = gated(-2.0), gated(2.0)
@@ -246,7 +250,7 @@ def test_conditional_sweep_records(tiny):
     assert [r["logprobs"] for r in always] == [r["logprobs"] for r in plain]
     assert [r["logprobs"] for r in never] == base + base
     assert base != [r["logprobs"] for r in plain if r["multiplier"] == 2.0]
-    assert Sweep(vector, multipliers, condition=fixed(tiny, layer=1)).shared_layers() == 1
+    assert Sweep(SteeringSetting(vector, condition=fixed_condition(tiny, layer=1)), multipliers).shared_layers() == 1
     assert always[0]["condition"]["threshold"] == -2.0 and "condition" not in plain[0]
     assert record_key(always[0]) != record_key(plain[0])
 
@@ -286,7 +290,7 @@ def test_a_condition_needs_a_two_dimensional_mask(tiny):
     vector = make_vector(tiny, layers=(2,))
     with torch.no_grad(), vector.apply(tiny, 1.0, positions="prompt"):
         tiny.model(input_ids=ids, attention_mask=causal)  # positions alone need no row mask
-    gate = fixed(tiny, threshold=-2.0)
+    gate = fixed_condition(tiny, threshold=-2.0)
     with (torch.no_grad(), vector.apply(tiny, 1.0, condition=gate),
           pytest.raises(ValueError, match="needs a 2-D attention mask")):
         tiny.model(input_ids=ids, attention_mask=causal)

@@ -8,6 +8,7 @@ from steerlab.data.files import bundled_path, load_pairs
 from steerlab.evaluation.likelihood import Sweep, evaluate_ab
 from steerlab.model.generation import generate_tokens
 from steerlab.model.scoring import score_completions
+from steerlab.steering.setting import SteeringSetting
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +63,7 @@ def test_batched_steered_generation_matches_single_on_real_model(smol, refusal_v
 
 def test_ab_evaluation_on_real_model(smol, refusal_vector):
     test = load_pairs(bundled_path("refusal"), split="test")[:6]
-    records = evaluate_ab(smol, test, Sweep(refusal_vector, [-2, 0, 2], norm_ratio=0.05), progress=False)
+    records = evaluate_ab(smol, test, Sweep(SteeringSetting(refusal_vector, norm_ratio=0.05), [-2, 0, 2]), progress=False)
     assert len(records) == 18
     assert all(0.0 <= r["score"] <= 1.0 for r in records)
     assert records[0]["prompt"].startswith("<|im_start|>system")

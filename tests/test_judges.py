@@ -14,6 +14,7 @@ from steerlab.evaluation.judges.verdicts import (
 )
 from steerlab.evaluation.openended import OpenQuestion, generate_answers, steering_arms
 from steerlab.stats import win_rate_test
+from steerlab.steering.setting import SteeringSetting
 
 
 def word_counts(texts):
@@ -97,7 +98,7 @@ def test_generation_to_verdicts_on_the_tiny_model(tiny):
     from steerlab.steering.vectors import SteeringVector, meta_for
 
     vector = SteeringVector({2: torch.randn(tiny.d_model)}, meta_for(tiny, "test"))
-    records = generate_answers(tiny, questions, steering_arms(vector, [2.0]), max_new_tokens=5, progress=False)
+    records = generate_answers(tiny, questions, steering_arms(SteeringSetting(vector), [2.0]), max_new_tokens=5, progress=False)
     verdicts = judge_head_to_head(records, ReferenceSimilarityJudge(word_counts), "steered+2")
     assert [v["item_id"] for v in verdicts] == ["q0", "q1", "q2", "q3"]
     assert {v["verdict"] for v in verdicts} <= {"win", "tie", "loss"}

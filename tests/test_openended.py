@@ -13,6 +13,7 @@ from steerlab.evaluation.openended import (
 )
 from steerlab.model.generation import generate
 from steerlab.records import RecordWriter, read_records
+from steerlab.steering.setting import SteeringSetting
 from steerlab.steering.vectors import SteeringVector, meta_for
 
 QUESTIONS = [
@@ -28,14 +29,15 @@ def vector(tiny):
 
 
 def test_steering_arms_labels_and_settings(vector):
-    arms = steering_arms(vector, [-4, 0, 4, 4], layers=[2], norm_ratio=0.5)
+    arms = steering_arms(SteeringSetting(vector, layers=[2], norm_ratio=0.5), [-4, 0, 4, 4])
     assert [a.label for a in arms] == ["unsteered", "steered-4", "steered+4"]
-    assert arms[0].vector is None and arms[2].multiplier == 4 and arms[2].layers == [2]
+    assert arms[0].setting is None and arms[2].setting.multiplier == 4
+    assert arms[2].setting.layers == [2]
     assert [a.label for a in steering_arms(None, [4])] == ["unsteered"]
 
 
 def test_records_per_item_and_arm_written_as_produced(tiny, vector, tmp_path):
-    arms = steering_arms(vector, [8.0])
+    arms = steering_arms(SteeringSetting(vector), [8.0])
     path = tmp_path / "gen.jsonl"
     with RecordWriter(path) as writer:
         records = generate_answers(tiny, QUESTIONS, arms, dataset="toy", max_new_tokens=6,
@@ -72,7 +74,7 @@ def test_sampling_is_repeatable_with_the_recorded_seed(tiny):
 
 
 def test_arm_labels_must_differ(tiny, vector):
-    arms = steering_arms(vector, [1.0])
+    arms = steering_arms(SteeringSetting(vector), [1.0])
     with pytest.raises(ValueError, match="distinct labels"):
         generate_answers(tiny, QUESTIONS, [arms[0], arms[0]], progress=False)
 
@@ -113,7 +115,7 @@ def test_truthfulqa_references():
 
 
 def test_an_interrupted_run_resumes_to_the_same_records(tiny, vector, tmp_path):
-    arms = steering_arms(vector, [-8.0, 8.0])
+    arms = steering_arms(SteeringSetting(vector), [-8.0, 8.0])
     run = {"max_new_tokens": 5, "batch_size": 2, "seed": 1, "do_sample": True, "progress": False}
     whole = tmp_path / "whole.jsonl"
     with RecordWriter(whole) as writer:

@@ -5,6 +5,7 @@ import torch
 from steerlab.analysis.reliability import behaviour_score, plot_steerability, steerability
 from steerlab.data.files import PreferencePair
 from steerlab.evaluation.likelihood import Sweep, evaluate_ab
+from steerlab.steering.setting import SteeringSetting
 from steerlab.steering.vectors import SteeringVector, meta_for
 
 MULTIPLIERS = [-2.0, -1.0, 0.0, 1.0, 2.0]
@@ -91,7 +92,7 @@ def test_on_records_from_evaluate_ab(tiny):
     records = [
         r
         for v in (vector, -vector)
-        for r in evaluate_ab(tiny, PAIRS, Sweep(v, [-1, 0, 1]), dataset="toy", progress=False)
+        for r in evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(v), [-1, 0, 1]), dataset="toy", progress=False)
     ]
     reports = {r.setting["vector_id"]: r for r in steerability(records)}
     forward, backward = reports[vector.id], reports[(-vector).id]

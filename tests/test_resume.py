@@ -13,6 +13,7 @@ import torch
 from steerlab.data.files import PreferencePair
 from steerlab.evaluation.likelihood import CHUNK, Sweep, evaluate_ab
 from steerlab.records import RecordWriter, read_records, record_key
+from steerlab.steering.setting import SteeringSetting
 from steerlab.steering.vectors import SteeringVector, meta_for
 
 PAIRS = [PreferencePair(f"Question {i}: is {i} even?{' really' * (i % 5)}", "(A", "(B", id=f"q{i}")
@@ -44,7 +45,7 @@ def lines(path):
 
 
 def test_interrupted_evaluation_resumes_to_the_uninterrupted_records(tiny, tmp_path):
-    sweep = Sweep(vector_for(tiny), MULTIPLIERS)
+    sweep = Sweep(SteeringSetting(vector_for(tiny)), MULTIPLIERS)
     with RecordWriter(tmp_path / "full.jsonl") as writer:
         full = evaluate_ab(tiny, PAIRS, sweep, writer=writer, progress=False)
     # Cut while the second chunk's last multiplier is being written: some of its items are

@@ -10,20 +10,20 @@ from contextlib import ExitStack
 import openai
 import pytest
 import torch
-from tiny import tiny_model
+from tiny import fixed_condition, tiny_model
 from typer.testing import CliRunner
 
 from steerlab.cli import app
 from steerlab.model.generation import generate_tokens
 from steerlab.serve.app import ServeSettings, create_app, serve_process, serving
 from steerlab.serve.worker import (
-    Addition,
     Decoding,
     GenerationJob,
     GenerationWorker,
     sendable_length,
     take_batch,
 )
+from steerlab.steering.setting import Composition, SteeringSetting
 from steerlab.steering.vectors import SteeringVector, meta_for
 
 MAX_TOKENS = 24
@@ -45,9 +45,16 @@ def vectors(model):
 
 
 @pytest.fixture(scope="module")
-def url(model, vectors):
+def conditions(model):
+    """Conditions at layer 1 that always hold and never hold (thresholds beyond ±1)."""
+    return {"always": fixed_condition(model, threshold=-2.0),
+            "never": fixed_condition(model, threshold=2.0)}
+
+
+@pytest.fixture(scope="module")
+def url(model, vectors, conditions):
     app = create_app(model, vectors, ServeSettings(max_tokens=MAX_TOKENS, max_multiplier=8,
-                                                   max_context=256))
+                                                   max_context=256), conditions)
     with serving(app) as base_url:
         yield base_url
 
@@ -70,11 +77,13 @@ def ask(client, prompt="Tell me a story.", steering=None, **kwargs):
 
 
 def library_reply(model, prompt, steering=(), max_tokens=MAX_TOKENS):
-    """The same generation through the library (vector.apply + generate_tokens), no server."""
+    """The same generation through the library (each setting, or (vector, multiplier), applied
+    with its own Steering + generate_tokens), no server."""
     text = model.format_messages([{"role": "user", "content": prompt}])
     with ExitStack() as stack:
-        for vector, multiplier in steering:
-            stack.enter_context(vector.apply(model, multiplier))
+        for setting in steering:
+            setting = setting if isinstance(setting, SteeringSetting) else SteeringSetting(*setting)
+            stack.enter_context(setting.apply(model))
         tokens = generate_tokens(model, [text], max_tokens, format_prompts=False, progress=False)[0]
     return model.tokenizer.decode(tokens, skip_special_tokens=True), len(model.encode_prompt(text))
 
@@ -121,6 +130,34 @@ def test_multiplier_zero_is_unsteered_and_layers_choose_placement(client, model,
     with vectors["a"].apply(model, 4, layers=[3]):
         expected = library_reply(model, "Tell me a story.")[0]
     assert moved.choices[0].message.content == expected != plain
+
+
+def test_a_request_can_ablate_as_the_library_does(client, model, vectors):
+    prompt = "Tell me a story."
+    ablated = ask(client, prompt, [{"vector": "b", "multiplier": 1, "intervention": "ablate"}])
+    expected = library_reply(model, prompt, [SteeringSetting(vectors["b"], intervention="ablate")])[0]
+    assert ablated.choices[0].message.content == expected != library_reply(model, prompt)[0]
+    assert ablated.model_extra["steering"][0]["intervention"] == "ablate"
+    mixed = ask(client, prompt, [{"vector": "a", "multiplier": 4, "positions": "generated"},
+                                 {"vector": "b", "multiplier": 1, "intervention": "ablate"}])
+    expected = library_reply(model, prompt, [SteeringSetting(vectors["a"], 4, positions="generated"),
+                                             SteeringSetting(vectors["b"], intervention="ablate")])[0]
+    assert mixed.choices[0].message.content == expected
+
+
+def test_a_request_can_gate_its_steering_on_a_condition(client, model, vectors, conditions):
+    prompt = "Tell me a story."
+    steered = ask(client, prompt, [{"vector": "a", "multiplier": 4}]).choices[0].message.content
+    plain = ask(client, prompt).choices[0].message.content
+    held = ask(client, prompt, [{"vector": "a", "multiplier": 4, "condition": "always"}])
+    assert held.choices[0].message.content == steered != plain
+    assert held.model_extra["steering"][0]["condition"] == "always"
+    not_held = ask(client, prompt, [{"vector": "a", "multiplier": 4, "condition": "never"}])
+    assert not_held.choices[0].message.content == plain
+    gated = SteeringSetting(vectors["a"], 4, condition=conditions["always"])
+    assert library_reply(model, prompt, [gated])[0] == held.choices[0].message.content
+    (entry,) = client.models.list().data
+    assert entry.model_extra["steering"]["conditions"]["always"]["layer"] == 1
 
 
 @pytest.mark.parametrize("steering", [None, [{"vector": "a", "multiplier": 3}]])
@@ -210,6 +247,26 @@ BAD_REQUESTS = [
         "norm_ratio needs residual norms",
     ),
     ({"steering": [{"vector": "a", "multiplier": "lots"}]}, "steering[0].multiplier", "'lots'"),
+    (
+        {"steering": [{"vector": "a", "condition": "sometimes"}]},
+        "steering[0].condition",
+        "unknown condition 'sometimes' (loaded: 'always', 'never')",
+    ),
+    (
+        {"steering": [{"vector": "a", "intervention": "remove"}]},
+        "steering[0].intervention",
+        "'remove'",
+    ),
+    (
+        {"steering": [{"vector": "a", "intervention": "ablate", "norm_ratio": 0.5}]},
+        "steering[0]",
+        "norm_ratio scales an added vector",
+    ),
+    (
+        {"steering": [{"vector": "a", "layers": [0], "condition": "always"}]},
+        "steering[0]",
+        "would change the prompt its condition reads at layer 1",
+    ),
     (
         {"max_tokens": MAX_TOKENS + 1},
         "max_tokens",
@@ -301,7 +358,7 @@ def test_worker_batches_identical_settings_and_keeps_others_apart(model, vectors
     """Jobs queued before the worker starts: same-setting ones share one batch, each job's
     text equals its solo generation, and another steering runs in its own batch."""
     prompts = [model.format_prompt(f"Prompt {i}") for i in range(5)]
-    additions = vectors["a"].additions(4.0)
+    composition = Composition((SteeringSetting(vectors["a"], 4.0),))
     replies = {i: [] for i in range(5)}
     ends = {}
 
@@ -312,7 +369,7 @@ def test_worker_batches_identical_settings_and_keeps_others_apart(model, vectors
             else:
                 ends[i] = event
 
-        steering = (Addition(additions),) if steered else ()
+        steering = composition if steered else None
         return GenerationJob(
             model.encode_prompt(prompts[i]),
             Decoding(12),
@@ -377,16 +434,21 @@ def test_sendable_length_holds_back_partial_characters_and_stop_prefixes():
     assert sendable_length("hello", ("END",)) == 5
 
 
-def test_cli_serve_runs_the_server_with_vectors_and_key(model, vectors, tmp_path):
+def test_cli_serve_runs_the_server_with_vectors_conditions_and_key(
+    model, vectors, conditions, tmp_path
+):
     model_dir = tmp_path / "model"
     model.model.save_pretrained(model_dir)
     model.tokenizer.save_pretrained(model_dir)
     vectors["a"].save(tmp_path / "a.safetensors")
+    conditions["never"].save(tmp_path / "never.safetensors")
     args = [
         "--model",
         str(model_dir),
         "--vector",
         f"refusal={tmp_path / 'a.safetensors'}",
+        "--condition",
+        f"never={tmp_path / 'never.safetensors'}",
         "--api-key-env",
         "MY_KEY",
         "--max-tokens",
@@ -410,6 +472,13 @@ def test_cli_serve_runs_the_server_with_vectors_and_key(model, vectors, tmp_path
             reply.usage.completion_tokens == 8
             and reply.model_extra["steering"][0]["vector"] == "refusal"
         )
+        def answer(steering):
+            return client.chat.completions.create(
+                model="model", messages=[{"role": "user", "content": "hi"}], temperature=0,
+                extra_body={"steering": steering}).choices[0].message.content
+
+        gated = [{"vector": "refusal", "multiplier": 2, "condition": "never"}]
+        assert answer(gated) == answer([]) != reply.choices[0].message.content
 
 
 def test_serving_reports_a_server_that_cannot_start(model, url):
@@ -437,3 +506,5 @@ def test_cli_serve_help_and_vector_option_errors(tmp_path, vectors):
     assert result.exit_code == 1 and "not found" in result.output
     result = runner.invoke(app, ["serve", "--vector", f"a={path}", "--vector", path])
     assert result.exit_code == 1 and "the name 'a' is already taken" in result.output
+    result = runner.invoke(app, ["serve", "--condition", f"c={path}"])
+    assert result.exit_code == 1 and "not a steerlab condition (a steering vector?" in result.output

@@ -12,6 +12,7 @@ from steerlab.evaluation.side_effects import (
     side_effects_table,
 )
 from steerlab.model.encoding import encode
+from steerlab.steering.setting import SteeringSetting
 from steerlab.steering.vectors import SteeringVector, meta_for
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Steering vectors shift a model's behaviour."]
@@ -37,7 +38,7 @@ def direct_logprob(model, text, max_tokens=128):
 
 def test_perplexity_records_match_direct_computation(tiny):
     vector = vector_at(tiny)
-    records = perplexity_records(tiny, TEXTS, Sweep(vector, [0.0, 2.0]), dataset="t", max_tokens=20,
+    records = perplexity_records(tiny, TEXTS, Sweep(SteeringSetting(vector), [0.0, 2.0]), dataset="t", max_tokens=20,
                                  progress=False)
     assert len(records) == 4
     for record in records:
@@ -52,7 +53,7 @@ def test_perplexity_records_match_direct_computation(tiny):
 
 def test_kl_is_zero_unsteered_and_matches_direct_computation(tiny):
     vector = vector_at(tiny)
-    records = kl_records(tiny, PROMPTS, Sweep(vector, [0.0, -3.0]), dataset="p", batch_size=2, progress=False)
+    records = kl_records(tiny, PROMPTS, Sweep(SteeringSetting(vector), [0.0, -3.0]), dataset="p", batch_size=2, progress=False)
     assert [r["kl"] for r in records if r["multiplier"] == 0.0] == [0.0] * 3
     for record in (r for r in records if r["multiplier"] == -3.0):
         prompt = PROMPTS[int(record["item_id"].split("-")[-1])]
@@ -69,7 +70,7 @@ def test_kl_is_zero_unsteered_and_matches_direct_computation(tiny):
 def test_side_effect_records_add_the_baseline_and_build_the_table(tiny):
     vector = vector_at(tiny)
     records = side_effect_records(
-        tiny, Sweep(vector, [4.0]), capability={"gk": ITEMS}, texts={"wiki": TEXTS},
+        tiny, Sweep(SteeringSetting(vector), [4.0]), capability={"gk": ITEMS}, texts={"wiki": TEXTS},
         prompts={"unrelated": PROMPTS}, progress=False,
     )
     assert {(r["task"], r["multiplier"]) for r in records} == {

@@ -25,6 +25,7 @@ from transformers import (
 from steerlab.data.files import PreferencePair
 from steerlab.model.capture import capture_layer_outputs
 from steerlab.model.handle import ModelHandle, wrap_model
+from steerlab.steering.conditions import Condition
 from steerlab.steering.vectors import SteeringVector, meta_for
 
 VOCAB = 272
@@ -214,3 +215,9 @@ def generation_records(arm_answers, base_answers, dataset="toy"):
                 "incorrect_answers": list(INCORRECT)}
     return ([record("steered+4", i, a) for i, a in enumerate(arm_answers)]
             + [record("unsteered", i, a) for i, a in enumerate(base_answers)])
+
+
+def fixed_condition(model, layer=1, threshold=0.0, comparison="greater", seed=3):
+    """A condition with a random direction (thresholds beyond ±1 always or never hold)."""
+    direction = torch.randn(model.d_model, generator=torch.Generator().manual_seed(seed))
+    return Condition(layer, direction, meta_for(model, "test-condition"), threshold, comparison)

@@ -1,6 +1,9 @@
 """The `steerlab` command: thin typer commands over the library, one module per command group
 (``app``: the application and its error boundary; ``options`` and ``inputs``: what the commands
-share; each group's module registers its commands when imported)."""
+share; each group's module registers its commands when imported).
+
+Commands import the library inside their bodies, on purpose: ``steerlab --help`` and a mistyped
+option answer in a fraction of a second instead of waiting for torch and transformers to load."""
 
 from importlib import import_module
 

@@ -1,5 +1,7 @@
 """`steerlab data`: list and inspect datasets."""
 
+# Library imports sit inside the commands, for start-up speed (see steerlab/cli/__init__.py).
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,8 @@
 """Likelihood evaluation: eval, sweep, compose, side-effects, analyze, and run (a whole
 experiment)."""
 
+# Library imports sit inside the commands, for start-up speed (see steerlab/cli/__init__.py).
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,14 +54,16 @@ def evaluate(
     """
     from steerlab.evaluation.likelihood import Sweep, evaluate
     from steerlab.records import RecordWriter, summarize
+    from steerlab.steering.setting import SteeringSetting
     from steerlab.steering.vectors import SteeringVector
 
     items = load_scored_items(data, split)
     steering = SteeringVector.load(vector) if vector else None
     handle = load_handle(model)
     try:
-        sweep = Sweep(steering, parse_floats(multipliers), parse_layers(layers, handle.n_layers), norm_ratio,
-                      intervention="ablate" if ablate else "add")
+        setting = SteeringSetting(steering, layers=parse_layers(layers, handle.n_layers), norm_ratio=norm_ratio,
+                                  intervention="ablate" if ablate else "add") if steering else None
+        sweep = Sweep(setting, parse_floats(multipliers))
         sweep.check()
     except ValueError as err:
         fail(str(err))
@@ -205,6 +209,7 @@ def side_effects(
         side_effects_table,
     )
     from steerlab.experiment.runs import RunDir
+    from steerlab.steering.setting import SteeringSetting
 
     capability, text = capability or ["general-knowledge"], text or ["wikitext2:test"]
     kl_prompts = kl_prompts or ["general-knowledge"]
@@ -217,7 +222,8 @@ def side_effects(
                                             "layers": layers, "norm_ratio": norm_ratio, "capability": capability,
                                             "text": text, "kl_prompts": kl_prompts, "n": limit})
     run.keep_vector(steering)
-    sweep = Sweep(steering, parse_floats(multipliers), parse_ints(layers) if layers else None, norm_ratio)
+    setting = SteeringSetting(steering, layers=parse_ints(layers) if layers else None, norm_ratio=norm_ratio)
+    sweep = Sweep(setting, parse_floats(multipliers))
     with run.writer() as writer:
         records = side_effect_records(handle, sweep, capability=capability_sets, texts=texts, prompts=prompts,
                                       max_tokens=max_tokens, writer=writer, batch_size=batch_size)

@@ -1,5 +1,7 @@
 """Generation: generate, demo, serve, chat."""
 
+# Library imports sit inside the commands, for start-up speed (see steerlab/cli/__init__.py).
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +11,14 @@ import typer
 from rich.table import Table
 
 from steerlab.cli.app import app, console
-from steerlab.cli.inputs import fail, load_condition, load_handle, load_named_vectors, load_vector
+from steerlab.cli.inputs import (
+    fail,
+    load_condition,
+    load_handle,
+    load_named_conditions,
+    load_named_vectors,
+    load_vector,
+)
 from steerlab.cli.options import (
     AblateOpt,
     LayersOpt,
@@ -41,7 +50,7 @@ def generate(
     from contextlib import AbstractContextManager, nullcontext
 
     from steerlab.model.generation import generate as run_generate
-    from steerlab.steering.composition import Part, compose
+    from steerlab.steering.setting import SteeringSetting
 
     steering = load_vector(vector) if vector else None
     gate = load_condition(condition) if condition else None
@@ -58,9 +67,9 @@ def generate(
     context: AbstractContextManager = nullcontext()
     if steering is not None:
         try:
-            part = Part(steering, multiplier, parse_layers(layers, handle.n_layers), norm_ratio,
-                        "ablate" if ablate else "add", gate)
-            context = compose([part]).apply(handle, positions)  # type: ignore[arg-type]
+            setting = SteeringSetting(steering, multiplier, parse_layers(layers, handle.n_layers), norm_ratio,
+                                      positions, "ablate" if ablate else "add", gate)  # type: ignore[arg-type]
+            context = setting.apply(handle)
         except ValueError as err:
             fail(str(err))
         if compare:
@@ -92,6 +101,7 @@ def demo(
 def serve(
     model: ModelOpt = DEFAULT_MODEL,
     vector: Annotated[Optional[list[str]], typer.Option("--vector", "-v", help="A vector clients may apply, as name=path.safetensors (a bare path is named by its file stem); repeatable.")] = None,
+    condition: Annotated[Optional[list[str]], typer.Option("--condition", "-c", help="A condition clients may gate steering on (from `steerlab condition`), as name=path.safetensors; repeatable.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on; the default accepts connections from this machine only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
     max_multiplier: Annotated[float, typer.Option(help="Requests may use multipliers in [-this, this].", min=0)] = 8.0,
@@ -108,6 +118,8 @@ def serve(
 
     Each request picks vectors and multipliers with an extra body field, e.g. with the openai
     client: extra_body={"steering": [{"vector": "refusal", "multiplier": 4}]}; none by default.
+    A term may also set layers, norm_ratio, positions, "intervention": "ablate" (project the
+    direction out with strength multiplier) and "condition": a --condition name.
     """
     import os
 
@@ -115,6 +127,7 @@ def serve(
     from steerlab.serve.app import serve as run_server
 
     vectors = load_named_vectors(vector or [])
+    conditions = load_named_conditions(condition or [])
     key = os.environ.get(api_key_env) or None
     settings = ServeSettings(
         model_name=served_model_name, max_multiplier=max_multiplier, max_tokens=max_tokens,
@@ -125,9 +138,10 @@ def serve(
         console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key (set ${api_key_env})")
     handle = load_handle(model)
     console.print(f"serving {settings.model_name or served_name(model)} on http://{host}:{port}/v1 with vectors: "
-                  f"{', '.join(vectors) or 'none'}; API key {'required' if key else 'not required'}")
+                  f"{', '.join(vectors) or 'none'}; conditions: {', '.join(conditions) or 'none'}; "
+                  f"API key {'required' if key else 'not required'}")
     try:
-        run_server(handle, vectors, settings, host=host, port=port)
+        run_server(handle, vectors, settings, host=host, port=port, conditions=conditions)
     except ValueError as err:
         fail(str(err))
 

@@ -1,11 +1,13 @@
 """What the commands load (models, datasets, prompt sets, vectors, conditions); a load that
 fails ends the command with the loader's message."""
 
+# Library imports sit inside the commands, for start-up speed (see steerlab/cli/__init__.py).
+
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -115,14 +117,24 @@ def other_arms(records: list[dict], base: str) -> list[str]:
     return list(dict.fromkeys(r["arm"] for r in records if r.get("task") == TASK and r["arm"] != base))
 
 
-def load_named_vectors(specs: list[str]) -> dict:
-    """'name=path' (or a bare path, named by its file stem) → loaded vectors by name."""
-    vectors = {}
+def _named(specs: list[str], option: str, load: Callable[[Path], Any]) -> dict[str, Any]:
+    """'name=path' (or a bare path, named by its file stem) → ``load(path)`` by name."""
+    loaded: dict[str, Any] = {}
     for spec in specs:
         name, _, path = spec.partition("=") if "=" in spec else (Path(spec).stem, "", spec)
         if not name:
-            fail(f"--vector {spec!r}: expected name=path.safetensors")
-        if name in vectors:
-            fail(f"--vector {spec!r}: the name {name!r} is already taken")
-        vectors[name] = load_vector(Path(path))
-    return vectors
+            fail(f"{option} {spec!r}: expected name=path.safetensors")
+        if name in loaded:
+            fail(f"{option} {spec!r}: the name {name!r} is already taken")
+        loaded[name] = load(Path(path))
+    return loaded
+
+
+def load_named_vectors(specs: list[str]) -> dict:
+    """``--vector name=path`` options → loaded vectors by name."""
+    return _named(specs, "--vector", load_vector)
+
+
+def load_named_conditions(specs: list[str]) -> dict:
+    """``--condition name=path`` options → loaded conditions by name."""
+    return _named(specs, "--condition", load_condition)

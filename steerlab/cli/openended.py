@@ -1,5 +1,7 @@
 """Open-ended answers and their judging: generate-eval, judge, refusal, blind rating."""
 
+# Library imports sit inside the commands, for start-up speed (see steerlab/cli/__init__.py).
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,6 +56,7 @@ def generate_eval(
     from steerlab.evaluation.openended import generate_answers, load_questions, steering_arms
     from steerlab.records import RecordWriter
     from steerlab.steering.hooks import POSITIONS
+    from steerlab.steering.setting import SteeringSetting
     from steerlab.steering.vectors import SteeringVector
 
     if positions not in POSITIONS:
@@ -67,8 +70,10 @@ def generate_eval(
         sets = {spec: split(qs, [min(limit, len(qs))], sample_seed)[0] for spec, qs in sets.items()}
     handle = load_handle(model)
     try:
-        arms = steering_arms(steering, parse_floats(multipliers), parse_layers(layers, handle.n_layers),
-                             norm_ratio, positions, "ablate" if ablate else "add")  # type: ignore[arg-type]
+        setting = SteeringSetting(steering, layers=parse_layers(layers, handle.n_layers), norm_ratio=norm_ratio,
+                                  positions=positions,  # type: ignore[arg-type]
+                                  intervention="ablate" if ablate else "add") if steering else None
+        arms = steering_arms(setting, parse_floats(multipliers))
     except ValueError as err:
         fail(str(err))
     with RecordWriter(out) as writer:

@@ -1,5 +1,7 @@
 """Commands that fit something: steering vectors, conditions, LoRA adapters, k-shot prompts."""
 
+# Library imports sit inside the commands, for start-up speed (see steerlab/cli/__init__.py).
+
 from __future__ import annotations
 
 from pathlib import Path

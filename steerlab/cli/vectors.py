@@ -1,5 +1,7 @@
 """`steerlab vector`: inspect saved vectors; export them to llama.cpp and back."""
 
+# Library imports sit inside the commands, for start-up speed (see steerlab/cli/__init__.py).
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -18,89 +18,79 @@ from steerlab.model.encoding import encode
 from steerlab.model.handle import ModelHandle
 from steerlab.model.scoring import CompletionScore, Setting, score_settings
 from steerlab.records import Record, RecordWriter, record_key
-from steerlab.steering.composition import Composition, Intervention, Part
-from steerlab.steering.conditions import Condition
 from steerlab.steering.hooks import Positions
+from steerlab.steering.setting import Composition, SteeringSetting
 from steerlab.steering.vectors import SteeringVector
 
 
 @dataclass(frozen=True)
 class Sweep:
-    """The steering settings an evaluation runs; without a vector, the unsteered model once.
+    """One steering setting at several multipliers; without a setting, the unsteered model once.
 
-    Each multiplier steers with ``vector`` (added, or with ``intervention="ablate"`` its direction
-    projected out with that strength), together with ``composed_with`` held fixed when given:
-    one row of a composition grid (:func:`composition_grid`). With a ``condition`` the swept
-    vector acts only on the sequences whose prompt meets it (conditional steering).
+    Each multiplier applies ``setting`` at that multiplier (added, or with
+    ``intervention="ablate"`` its direction projected out with that strength), together with
+    ``composed_with`` held fixed when given: one row of a composition grid
+    (:func:`composition_grid`).
     """
 
-    vector: SteeringVector | None = None
+    setting: SteeringSetting | None = None
     multipliers: Sequence[float] = (0.0,)
-    layers: list[int] | None = None
-    norm_ratio: float | None = None
-    positions: Positions = "all"
-    intervention: Intervention = "add"
     composed_with: Composition | None = None
-    condition: Condition | None = None
-
-    def __post_init__(self) -> None:
-        if self.vector is not None:
-            self.composition(1.0)  # a part's own settings (e.g. norm ratio with ablation) fail here
 
     def check(self) -> None:
         """Raise now if a setting cannot apply (a layer the vector lacks, residual norms its
         norm ratio needs, a zero direction to ablate), before any work is done."""
-        if self.vector is not None:
+        if self.setting is not None:
             self.composition(1.0).check()
 
     def composition(self, multiplier: float) -> Composition:
-        """Everything applied at ``multiplier``: the fixed parts, then the swept vector."""
-        if self.vector is None:
+        """Everything applied at ``multiplier``: the fixed settings, then the swept one."""
+        if self.setting is None:
             raise ValueError("an unsteered sweep has no composition")
         fixed = self.composed_with.parts if self.composed_with else ()
-        swept = Part(self.vector, multiplier, self.layers, self.norm_ratio, self.intervention,
-                     self.condition)
-        return Composition((*fixed, swept))
+        return Composition((*fixed, self.setting.at(multiplier)))
 
     def settings(self, model: ModelHandle) -> list[tuple[float, Setting]]:
         """Each multiplier with a maker of the context that applies it."""
-        if self.vector is None:
+        if self.setting is None:
             return [(0.0, nullcontext)]
         self.composition(1.0).fit(model)  # before any pass: a layer the model lacks, a d_model
-        return [(m, partial(self.composition(m).apply, model, self.positions))
-                for m in self.multipliers]
+        return [(m, partial(self.composition(m).apply, model)) for m in self.multipliers]
 
     def shared_layers(self) -> int:
         """How many bottom layers no setting changes or reads: the lowest steered layer, or
         condition layer (0 unsteered)."""
-        if self.vector is None:
+        if self.setting is None:
             return 0
         return self.composition(1.0).lowest_layer()
 
     def shares_prefix(self) -> bool:
         """Whether a token prefix common to all sequences may run once per setting: only when
         every position is steered alike (no position choice, no condition reading the prompt)."""
-        if self.vector is None:
-            return self.positions == "all"
-        return self.positions == "all" and not self.composition(1.0).conditions()
+        if self.setting is None:
+            return True
+        parts = self.composition(1.0).parts
+        return all(p.positions == "all" and p.condition is None for p in parts)
 
     def describe(self) -> dict:
         """The fields every record carries about its setting (``intervention`` only for an
-        ablation, ``composed_with`` only with fixed parts, ``condition`` only when conditional,
-        so older records keep their keys)."""
-        vector = self.vector
+        ablation, ``composed_with`` only with fixed settings, ``condition`` only when
+        conditional, so older records keep their keys)."""
+        setting = self.setting
+        if setting is None:
+            return {"vector_id": None, "layers": None, "norm_ratio": None, "positions": "all"}
         fields = {
-            "vector_id": vector.id if vector else None,
-            "layers": sorted(vector.additions(1.0, self.layers)) if vector else None,
-            "norm_ratio": self.norm_ratio if vector else None,
-            "positions": self.positions,
+            "vector_id": setting.vector.id,
+            "layers": sorted(setting.placed()),
+            "norm_ratio": setting.norm_ratio,
+            "positions": setting.positions,
         }
-        if vector is not None and self.intervention != "add":
-            fields["intervention"] = self.intervention
-        if vector is not None and self.composed_with is not None:
+        if setting.intervention != "add":
+            fields["intervention"] = setting.intervention
+        if self.composed_with is not None:
             fields["composed_with"] = self.composed_with.describe()
-        if vector is not None and self.condition is not None:
-            fields["condition"] = self.condition.describe()
+        if setting.condition is not None:
+            fields["condition"] = setting.condition.describe()
         return fields
 
 
@@ -273,7 +263,8 @@ def grid(
     """One sweep per vector and layer (each layer on its own; ``None``: the vector's layers)."""
     placements: list[list[int] | None] = [[layer] for layer in layers] if layers else [None]
     return [
-        Sweep(vector, list(multipliers), placed, norm_ratio, positions)
+        Sweep(SteeringSetting(vector, layers=placed, norm_ratio=norm_ratio, positions=positions),
+              list(multipliers))
         for vector in vectors
         for placed in placements
     ]
@@ -297,8 +288,8 @@ def composition_grid(
     """
     columns = list(second_multipliers if second_multipliers is not None else multipliers)
     return [
-        Sweep(second, columns, layers, norm_ratio, positions,
-              composed_with=Composition((Part(first, float(m), layers, norm_ratio),)))
+        Sweep(SteeringSetting(second, layers=layers, norm_ratio=norm_ratio, positions=positions),
+              columns, Composition((SteeringSetting(first, float(m), layers, norm_ratio, positions),)))
         for m in multipliers
     ]
 

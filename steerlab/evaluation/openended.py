@@ -23,10 +23,7 @@ from steerlab.model.generation import generate
 from steerlab.model.handle import ModelHandle
 from steerlab.progress import track
 from steerlab.records import Record, RecordWriter, record_key
-from steerlab.steering.composition import Intervention
-from steerlab.steering.conditions import Condition
-from steerlab.steering.hooks import Positions
-from steerlab.steering.vectors import SteeringVector
+from steerlab.steering.setting import SteeringSetting
 
 TASK = "generation"
 BASE_ARM = "unsteered"
@@ -150,55 +147,31 @@ def load_prompts(spec: str | Path, split: str | None = None) -> list[str]:
 
 @dataclass(frozen=True)
 class Arm:
-    """One generation setting: a label and the steering it applies (none for the base arm);
-    ``intervention="ablate"`` projects the vector's direction out with strength ``multiplier``;
-    a ``condition`` steers only the questions whose prompt meets it."""
+    """One generation setting: a label and the steering it applies (none for the base arm)."""
 
     label: str
-    vector: SteeringVector | None = None
-    multiplier: float = 0.0
-    layers: list[int] | None = None
-    norm_ratio: float | None = None
-    positions: Positions = "all"
-    intervention: Intervention = "add"
-    condition: Condition | None = None
-
-    def __post_init__(self) -> None:
-        self._sweep()  # a part's own settings (e.g. norm ratio with ablation) fail here
-
-    def _sweep(self) -> Sweep:
-        return Sweep(self.vector, [self.multiplier], self.layers, self.norm_ratio, self.positions,
-                     self.intervention, condition=self.condition)
+    setting: SteeringSetting | None = None
 
     def steering(self, model: ModelHandle) -> AbstractContextManager:
         """The context that applies this arm's steering to ``model`` (nothing for the base)."""
-        if self.vector is None:
+        if self.setting is None:
             return nullcontext()
-        return self._sweep().composition(self.multiplier).apply(model, self.positions)
+        return self.setting.apply(model)
 
     def describe(self) -> Record:
         """The fields every record carries about this arm's setting."""
-        return {"arm": self.label, "multiplier": float(self.multiplier), **self._sweep().describe()}
+        multiplier = self.setting.multiplier if self.setting else 0.0
+        sweep = Sweep(self.setting, [multiplier])
+        return {"arm": self.label, "multiplier": float(multiplier), **sweep.describe()}
 
 
-def steering_arms(
-    vector: SteeringVector | None,
-    multipliers: Sequence[float],
-    layers: list[int] | None = None,
-    norm_ratio: float | None = None,
-    positions: Positions = "all",
-    intervention: Intervention = "add",
-) -> list[Arm]:
-    """The unsteered arm, then one arm per non-zero multiplier, labelled ``steered+4`` etc.
-    (``ablated+1`` for an ablation of strength 1)."""
+def steering_arms(setting: SteeringSetting | None, multipliers: Sequence[float]) -> list[Arm]:
+    """The unsteered arm, then ``setting`` at each non-zero multiplier, labelled ``steered+4``
+    etc. (``ablated+1`` for an ablation of strength 1)."""
     arms = [Arm(BASE_ARM)]
-    name = "ablated" if intervention == "ablate" else "steered"
-    if vector is not None:
-        arms += [
-            Arm(f"{name}{m:+g}", vector, m, layers, norm_ratio, positions, intervention)
-            for m in dict.fromkeys(multipliers)
-            if m != 0
-        ]
+    if setting is not None:
+        name = "ablated" if setting.intervention == "ablate" else "steered"
+        arms += [Arm(f"{name}{m:+g}", setting.at(m)) for m in dict.fromkeys(multipliers) if m != 0]
     return arms
 
 

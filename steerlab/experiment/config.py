@@ -9,7 +9,7 @@ reports problems by file, line and key path (``postmortem.yaml:12: methods.bipo.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from steerlab.data.registry import DatasetUnavailable, DataSpec, dataset_info
 from steerlab.evaluation.openended import OPEN_DATASETS
 from steerlab.model.catalog import DEFAULT_MODEL
+from steerlab.steering.setting import SteeringSetting
+
+if TYPE_CHECKING:
+    from steerlab.steering.conditions import Condition
+    from steerlab.steering.vectors import SteeringVector
 
 
 class ConfigError(ValueError):
@@ -71,6 +76,12 @@ class SteeringGrid(_Strict):
     multipliers: list[float] = Field(min_length=1)
     norm_ratio: float | None = Field(default=None, gt=0)
     positions: Literal["all", "prompt", "generated"] = "all"
+
+    def setting(self, vector: SteeringVector, layers: list[int] | None = None,
+                condition: Condition | None = None) -> SteeringSetting:
+        """``vector`` at this grid's norm ratio and positions (each sweep sets the multiplier)."""
+        return SteeringSetting(vector, layers=layers, norm_ratio=self.norm_ratio,
+                               positions=self.positions, condition=condition)
 
 
 class ConditionSpec(_Strict):

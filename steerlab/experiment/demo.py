@@ -22,6 +22,7 @@ from steerlab.methods import train_caa
 from steerlab.model.generation import generate
 from steerlab.model.handle import DEFAULT_MODEL, load_model
 from steerlab.records import RecordWriter, read_records, summarize
+from steerlab.steering.setting import SteeringSetting
 
 OPEN_PROMPTS = {
     "refusal": [
@@ -78,7 +79,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict:
                   f"{vector.meta.residual_norms[config.layer]:.3g}")
 
     with RecordWriter(records_path) as writer:
-        sweep = Sweep(vector, config.multipliers, norm_ratio=config.norm_ratio)
+        sweep = Sweep(SteeringSetting(vector, norm_ratio=config.norm_ratio), config.multipliers)
         evaluate_ab(model, test, sweep, dataset=config.behaviour, writer=writer)
         evaluate_mc(model, capability, sweep, dataset="general-knowledge", writer=writer)
     records = read_records(records_path)

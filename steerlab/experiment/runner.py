@@ -141,7 +141,7 @@ class Runner:
 
     def _sweeps(self, vectors: dict[int, SteeringVector]) -> list[Sweep]:
         steering = self.config.steering
-        return [Sweep(vector, steering.multipliers, [layer], steering.norm_ratio, steering.positions)
+        return [Sweep(steering.setting(vector, [layer]), steering.multipliers)
                 for layer, vector in sorted(vectors.items())]
 
     def _select_and_test(self, writer: RecordWriter, model: ModelHandle, arm: str,
@@ -156,8 +156,7 @@ class Runner:
         steering = self.config.steering
         multipliers = (steering.multipliers if isinstance(self.data.test[0], PreferencePair)
                        else [choice.multiplier])
-        self._evaluate(writer, model, arm, [Sweep(vector, multipliers, [layer], steering.norm_ratio,
-                                                  steering.positions)], "test")
+        self._evaluate(writer, model, arm, [Sweep(steering.setting(vector, [layer]), multipliers)], "test")
         self.log(f"{arm}: layer {layer}, multiplier {choice.multiplier:g} chosen on validation "
                  f"(accuracy {choice.accuracy:.3f} of {choice.tried} settings)")
         return vector
@@ -228,8 +227,7 @@ class Runner:
                             **condition.meta.extra})
         choice = self._choice(writer, spec.method)
         steering = self.config.steering
-        sweep = Sweep(vector, [choice.multiplier], vector.layers, steering.norm_ratio,
-                      steering.positions, condition=condition)
+        sweep = Sweep(steering.setting(vector, vector.layers, condition), [choice.multiplier])
         for which in ("val", "test"):
             self._evaluate(writer, self.model, arm, [sweep], which)
         self.selected[arm], self.conditions[arm] = vector, condition
@@ -317,8 +315,7 @@ class Runner:
                                     "method": spec.method, "size": size, "seed": seed})
                 (vector,) = self._train(spec.method, method, self.model, [layer], subset,
                                         tag=f"-n{size}-seed{seed}").values()
-                self._evaluate(writer, self.model, arm, [Sweep(vector, [choice.multiplier], [layer],
-                                                               steering.norm_ratio, steering.positions)], "test")
+                self._evaluate(writer, self.model, arm, [Sweep(steering.setting(vector, [layer]), [choice.multiplier])], "test")
 
     def reliability(self, writer: RecordWriter) -> None:
         """Steerability needs A/B records over the multipliers: multiple-choice test sets are
@@ -330,8 +327,7 @@ class Runner:
             if name in self.conditions:
                 continue
             evaluate(self.model, self.data.test_pairs,
-                     [Sweep(vector, steering.multipliers, vector.layers, steering.norm_ratio,
-                            steering.positions)],
+                     [Sweep(steering.setting(vector, vector.layers), steering.multipliers)],
                      dataset=f"{self.data.test_label}:pairs", writer=writer,
                      batch_size=self.config.batch_size, progress=self.progress, arm=name)
 
@@ -349,9 +345,7 @@ class Runner:
         steering = self.config.steering
         for name, vector in self.selected.items():
             choice = self._choice(writer, name)
-            side_effect_records(self.model, Sweep(vector, [choice.multiplier], vector.layers,
-                                                  steering.norm_ratio, steering.positions,
-                                                  condition=self.conditions.get(name)),
+            side_effect_records(self.model, Sweep(steering.setting(vector, vector.layers, self.conditions.get(name)), [choice.multiplier]),
                                 capability=capability, texts=texts, prompts=prompts, writer=writer,
                                 batch_size=self.config.batch_size, progress=self.progress)
 
@@ -370,8 +364,8 @@ class Runner:
             questions = seeded_split(questions, [spec.questions.limit], self.config.seed)[0]
         steering = self.config.steering
         arms = [Arm(BASE)] + [
-            Arm(name, vector, self._choice(writer, name).multiplier, vector.layers,
-                steering.norm_ratio, steering.positions, condition=self.conditions.get(name))
+            Arm(name, steering.setting(vector, vector.layers, self.conditions.get(name))
+                .at(self._choice(writer, name).multiplier))
             for name, vector in self.selected.items()
         ]
         label = spec.questions.label()

@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from steerlab.version import __version__
 from steerlab.records import Record, RecordWriter, read_records
 from steerlab.steering.vectors import SteeringVector
+from steerlab.version import __version__
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from steerlab.model.handle import ModelHandle
 from steerlab.model.scoring import window_logits
 from steerlab.model.upper import upper_stack
 from steerlab.progress import bar, track
+from steerlab.steering.setting import SteeringSetting
 from steerlab.steering.vectors import SteeringVector, data_hash, meta_for
 
 Direction = Literal["bi", "forward"]
@@ -347,7 +348,7 @@ def _validate(
             pc, pr, rc, rr = naive.logprobs(chunk, sign * v)
             total += bipo_loss(pc, pr, rc, rr, sign, beta).item() * len(chunk)
             count += len(chunk)
-    records = evaluate_ab(model, val_pairs, Sweep(vector, [-1.0, 1.0]), batch_size=batch_size, progress=False)
+    records = evaluate_ab(model, val_pairs, Sweep(SteeringSetting(vector), [-1.0, 1.0]), batch_size=batch_size, progress=False)
     score = {m: [r["score"] for r in records if r["multiplier"] == m] for m in (-1.0, 1.0)}
     return {
         "val_loss": total / count,

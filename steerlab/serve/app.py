@@ -48,14 +48,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from steerlab.model.catalog import BUILTIN_MODELS
 from steerlab.model.handle import ModelHandle
 from steerlab.serve.worker import (
-    Addition,
     Decoding,
     Event,
     GenerationJob,
     GenerationWorker,
     QueueFull,
 )
+from steerlab.steering.conditions import Condition
 from steerlab.steering.hooks import Positions
+from steerlab.steering.setting import Composition, Intervention, SteeringSetting
 from steerlab.steering.vectors import SteeringVector
 
 DEFAULT_HOST = "127.0.0.1"
@@ -140,13 +141,27 @@ class ChatMessage(_Body):
 
 
 class SteeringTerm(_Body):
-    """One vector applied to this request: ``multiplier`` × the vector at its (or chosen) layers."""
+    """The JSON form of a :class:`~steerlab.steering.setting.SteeringSetting`, its vector and
+    condition named among those the server loaded: ``multiplier`` × the vector at its (or
+    chosen) layers, or with ``intervention: "ablate"`` its direction projected out with that
+    strength; with a ``condition`` only when the prompt meets it."""
 
     vector: Text
     multiplier: Number = 1.0
     layers: list[StrictInt] | None = Field(None, min_length=1)
     norm_ratio: Number | None = Field(None, gt=0)
     positions: Positions = "all"
+    intervention: Intervention = "add"
+    condition: Text | None = None
+
+    def echo(self) -> dict[str, Any]:
+        """The term as the reply's ``steering`` echoes it (intervention and condition only when
+        given, so a plain term echoes as it always has)."""
+        fields = self.model_dump()
+        for key, default in (("intervention", "add"), ("condition", None)):
+            if fields[key] == default:
+                del fields[key]
+        return fields
 
 
 class StreamOptions(_Body):
@@ -306,7 +321,7 @@ class PreparedRequest:
 
     prompt_ids: list[int]
     decoding: Decoding
-    steering: tuple[Addition, ...]
+    steering: Composition | None
     steering_key: tuple
     applied: list[dict[str, Any]]
 
@@ -324,21 +339,25 @@ class ChatService:
     """Checks requests against the model, the vectors and the settings, and turns them into jobs."""
 
     def __init__(
-        self, model: ModelHandle, vectors: Mapping[str, SteeringVector], settings: ServeSettings
+        self, model: ModelHandle, vectors: Mapping[str, SteeringVector], settings: ServeSettings,
+        conditions: Mapping[str, Condition] | None = None,
     ) -> None:
-        for name, vector in vectors.items():
-            try:
-                vector.check_compatible(model.model)
-            except ValueError as err:
-                raise ValueError(f"vector '{name}': {err}") from err
+        for kind, loaded in (("vector", vectors), ("condition", conditions or {})):
+            for name, item in loaded.items():
+                try:
+                    item.check_compatible(model.model)
+                except ValueError as err:
+                    raise ValueError(f"{kind} '{name}': {err}") from err
         self.model = model
         self.vectors = dict(vectors)
+        self.conditions = dict(conditions or {})
         self.settings = settings
         self.model_name = settings.model_name or served_name(model.name)
         self.context = settings.max_context or model.context
 
     def describe(self) -> dict[str, Any]:
-        """The model entry of ``/v1/models``, with the vectors and the allowed multiplier range."""
+        """The model entry of ``/v1/models``, with the vectors, the conditions and the allowed
+        multiplier range."""
         limit = self.settings.max_multiplier
         vectors = {
             name: {
@@ -356,6 +375,8 @@ class ChatService:
             "owned_by": "steerlab",
             "steering": {
                 "vectors": vectors,
+                "conditions": {name: {"id": c.id, "layer": c.layer}
+                               for name, c in self.conditions.items()},
                 "multiplier_range": [-limit, limit],
                 "n_layers": self.model.n_layers,
             },
@@ -393,22 +414,22 @@ class ChatService:
             request.seed,
             stop,
         )
-        terms, keys, applied = [], [], []
+        settings, keys, applied = [], [], []
         for index, term in enumerate(request.steering):
-            additions, echo = self._steering(index, term)
-            if term.multiplier != 0:
-                terms.append(Addition(additions, term.positions))
-                keys.append(
-                    (
-                        term.vector,
-                        term.multiplier,
-                        tuple(additions),
-                        term.norm_ratio,
-                        term.positions,
-                    )
-                )
-            applied.append(echo)
-        return PreparedRequest(prompt_ids, decoding, tuple(terms), tuple(keys), applied)
+            setting = self._setting(index, term)
+            if setting.multiplier != 0:
+                settings.append(setting)
+                keys.append((term.vector, term.multiplier, tuple(setting.placed()), term.norm_ratio,
+                             term.positions, term.intervention, term.condition))
+            applied.append({**term.echo(), "layers": sorted(setting.placed()),
+                            "vector_id": setting.vector.id})
+        steering = Composition(tuple(settings)) if settings else None
+        if steering is not None:
+            try:
+                steering.check()
+            except ValueError as err:
+                raise RequestError(f"steering: {err}", "steering") from err
+        return PreparedRequest(prompt_ids, decoding, steering, tuple(keys), applied)
 
     def _max_tokens(self, request: ChatRequest, prompt_tokens: int) -> int:
         fields = {
@@ -449,7 +470,9 @@ class ChatService:
             )
         return wanted or min(limit, room)
 
-    def _steering(self, index: int, term: SteeringTerm) -> tuple[dict, dict[str, Any]]:
+    def _setting(self, index: int, term: SteeringTerm) -> SteeringSetting:
+        """The request's term as a steering setting, every field checked against what this
+        server loaded and allows (a 400 naming the field otherwise)."""
         where = f"steering[{index}]"
         vector = self.vectors.get(term.vector)
         if vector is None:
@@ -475,12 +498,23 @@ class ChatService:
                 f"0..{self.model.n_layers - 1}",
                 f"{where}.layers",
             )
+        condition = None
+        if term.condition is not None:
+            condition = self.conditions.get(term.condition)
+            if condition is None:
+                loaded = ", ".join(repr(n) for n in self.conditions) or "none"
+                raise RequestError(
+                    f"{where}.condition: unknown condition {term.condition!r} (loaded: {loaded})",
+                    f"{where}.condition",
+                    "unknown_condition",
+                )
         try:
-            additions = vector.additions(term.multiplier, term.layers, term.norm_ratio)
+            setting = SteeringSetting(vector, term.multiplier, term.layers, term.norm_ratio,
+                                      term.positions, term.intervention, condition)
+            Composition((setting,)).check()
         except ValueError as err:
             raise RequestError(f"{where}: {err}", where) from err
-        echo = {**term.model_dump(), "layers": sorted(additions), "vector_id": vector.id}
-        return additions, echo
+        return setting
 
 
 # ---- the app ----------------------------------------------------------------------------------
@@ -510,10 +544,12 @@ def create_app(
     model: ModelHandle,
     vectors: Mapping[str, SteeringVector] | None = None,
     settings: ServeSettings | None = None,
+    conditions: Mapping[str, Condition] | None = None,
 ) -> FastAPI:
-    """The server as an ASGI app; its generation worker starts and stops with the app."""
+    """The server as an ASGI app; its generation worker starts and stops with the app.
+    Requests may steer with ``vectors`` and gate their steering on ``conditions`` (by name)."""
     settings = settings or ServeSettings()
-    service = ChatService(model, vectors or {}, settings)
+    service = ChatService(model, vectors or {}, settings, conditions)
     worker = GenerationWorker(
         model, settings.max_batch_size, settings.max_pending, settings.batch_wait_ms / 1000
     )
@@ -657,11 +693,13 @@ def serve(
     host: str = DEFAULT_HOST,
     port: int = 8000,
     log_level: str = "info",
+    conditions: Mapping[str, Condition] | None = None,
 ) -> None:
     """Run the server with uvicorn until interrupted (loopback only unless ``host`` says else)."""
     import uvicorn
 
-    uvicorn.run(create_app(model, vectors, settings), host=host, port=port, log_level=log_level)
+    app = create_app(model, vectors, settings, conditions)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 @contextmanager

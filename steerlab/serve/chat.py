@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from steerlab.model.generation import generate
 from steerlab.model.handle import ModelHandle
+from steerlab.steering.setting import Composition, SteeringSetting
 from steerlab.steering.vectors import SteeringVector
 
 COMMANDS: dict[str, str] = {
@@ -96,26 +97,28 @@ class ChatSession:
         """The steered column's heading: vector and multiplier."""
         return f"{self.vector} ×{self.multiplier:g}" if self.steered else UNSTEERED
 
+    def setting(self) -> SteeringSetting | None:
+        """The current steering setting (None without a vector)."""
+        if self.vector is None:
+            return None
+        return SteeringSetting(self.vectors[self.vector], self.multiplier, self.layers,
+                               self.norm_ratio)
+
     def _check(self) -> None:
         """Raise :class:`ChatError` if the setting cannot steer this model."""
-        if self.vector is None:
+        setting = self.setting()
+        if setting is None:
             return
-        vector = self.vectors[self.vector]
         try:
-            additions = vector.additions(self.multiplier, self.layers, self.norm_ratio)
+            Composition((setting,)).fit(self.model)
+            setting.additions()
         except ValueError as err:
             raise ChatError(str(err)) from None
-        outside = sorted(layer for layer in additions if not 0 <= layer < self.model.n_layers)
-        if outside:
-            raise ChatError(f"layer {outside[0]} out of range: the model has "
-                            f"{self.model.n_layers} layers (0-{self.model.n_layers - 1})")
 
     def steering(self) -> AbstractContextManager:
         """The context that applies the current setting (nothing when unsteered)."""
-        if not self.steered or self.vector is None:
-            return nullcontext()
-        return self.vectors[self.vector].apply(self.model, self.multiplier, self.layers,
-                                               norm_ratio=self.norm_ratio)
+        setting = self.setting()
+        return setting.apply(self.model) if setting and self.steered else nullcontext()
 
     def command(self, line: str) -> str:
         """Apply one ``/command`` (see :data:`COMMANDS`); returns what to tell the user. A bad

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
@@ -22,7 +22,7 @@ from transformers import StoppingCriteria
 
 from steerlab.model.generation import generate_batch
 from steerlab.model.handle import ModelHandle
-from steerlab.steering.hooks import Positions, Steering
+from steerlab.steering.setting import Composition
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,6 @@ class Decoding:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-
-@dataclass(frozen=True)
-class Addition:
-    """One steering term of a job: exact per-layer additions and the positions they apply to."""
-
-    additions: dict[int, torch.Tensor]
-    positions: Positions = "all"
 
 
 Event = tuple[Any, ...]
@@ -65,7 +57,7 @@ class GenerationJob:
     prompt_ids: list[int]
     decoding: Decoding
     emit: Callable[[Event], None]
-    steering: tuple[Addition, ...] = ()
+    steering: Composition | None = None
     steering_key: Any = ()
     cancelled: bool = False
     number: int = field(default_factory=lambda: next(_ids))
@@ -263,12 +255,7 @@ class GenerationWorker:
         rows = [_Row(job, self.model) for job in batch]
         first = batch[0]
         try:
-            with ExitStack() as stack:
-                for term in first.steering:
-                    steering = Steering(
-                        self.model.model, self.model.layers, term.additions, term.positions
-                    )
-                    stack.enter_context(steering)
+            with first.steering.apply(self.model) if first.steering else nullcontext():
                 decoding = first.decoding
                 generate_batch(
                     self.model,

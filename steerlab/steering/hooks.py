@@ -5,7 +5,7 @@ A :class:`Steering` owns its hooks and all its state; nothing is global, so seve
 compose (their additions sum) and batched calls behave like single ones. Position selection
 ("prompt" / "generated") follows absolute token positions across KV-cache generation steps.
 
-**Conditional edits** (:class:`Gated`, conditional activation steering after Lee et al. 2024)
+**Conditional edits** (an :class:`Edits` group with a condition, conditional activation steering after Lee et al. 2024)
 apply only to the rows of a batch whose prompt meets a :class:`RowCondition`. The condition
 reads its layer's output on a sequence's first forward pass (empty cache: in generation, the
 prompt; in likelihood scoring, which reads prompt and completion in one pass, both) and decides
@@ -171,23 +171,43 @@ class RowCondition(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Gated:
-    """Edits applied only to the rows whose prompt meets ``condition`` (same forms as
-    :class:`Steering`'s own additions and ablations)."""
+@dataclass(frozen=True, eq=False)
+class Edits:
+    """Per-layer edits that apply to the same tokens: ``additions`` (the exact vector added at a
+    layer) and ``ablations`` (unit directions projected out, with strengths), at ``positions``,
+    and, with a ``condition``, only in the rows whose prompt meets it."""
 
-    condition: RowCondition
-    additions: dict[int, torch.Tensor]
+    additions: dict[int, torch.Tensor] = field(default_factory=dict)
     ablations: Ablations = field(default_factory=dict)
+    positions: Positions = "all"
+    condition: RowCondition | None = None
 
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
 
-def _kept_additions(additions: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    return {layer: v for layer, v in additions.items() if bool(v.any())}
+    def kept(self) -> Edits:
+        """These edits without all-zero additions and zero strengths (they change nothing)."""
+        ablations = {layer: [(d, s) for d, s in pairs if s != 0]
+                     for layer, pairs in self.ablations.items()}
+        return Edits({layer: v for layer, v in self.additions.items() if bool(v.any())},
+                     {layer: pairs for layer, pairs in ablations.items() if pairs},
+                     self.positions, self.condition)
 
+    def layers(self) -> set[int]:
+        """The layers these edits change."""
+        return {*self.additions, *self.ablations}
 
-def _kept_ablations(ablations: Ablations) -> Ablations:
-    kept = {layer: [(d, s) for d, s in pairs if s != 0] for layer, pairs in ablations.items()}
-    return {layer: pairs for layer, pairs in kept.items() if pairs}
+    def check_gate(self) -> None:
+        """Refuse conditional edits below the condition's layer: they would change the prompt
+        the condition reads before it decides."""
+        if self.condition is None:
+            return
+        below = sorted(layer for layer in self.layers() if layer < self.condition.layer)
+        if below:
+            raise ValueError(
+                f"a conditional edit at layer {below[0]} would change the prompt its condition "
+                f"reads at layer {self.condition.layer}: edit at or above the condition's layer")
 
 
 def check_layers(used: Iterable[int], n_layers: int) -> None:
@@ -198,70 +218,52 @@ def check_layers(used: Iterable[int], n_layers: int) -> None:
 
 
 class Steering:
-    """Edits the output of chosen decoder layers while active: adds a fixed vector, and/or
-    projects directions out (directional ablation), optionally only for some rows.
+    """Edits the output of chosen decoder layers while active: adds fixed vectors, and/or
+    projects directions out (directional ablation), at chosen positions, optionally only for
+    some rows.
 
-    Use as a context manager, or keep it and call :meth:`remove`. ``additions`` maps a layer
-    index to the exact vector added there (multiplier and scaling already applied);
-    ``ablations`` maps a layer to (unit direction d̂, strength s) pairs, each applied as
-    h ← h − s (h·d̂) d̂ at every selected position (s = 1 removes the component, 2 reflects it),
-    in order and before the addition. ``gated`` adds edits that apply only to the rows whose
-    prompt meets their condition (see the module docstring); each condition reads its layer
-    before any edit there, so a gated edit must sit at or above its condition's layer. At a
-    layer, ungated ablations run first, then gated ones, then ungated and gated additions.
-    All-zero additions and zero strengths register no hook at all, so a zero multiplier leaves
-    the model bit-for-bit intact; :attr:`decisions` holds each gate's last per-row decision.
+    Use as a context manager, or keep it and call :meth:`remove`. Each :class:`Edits` group
+    says what changes at which tokens; ablations apply as h ← h − s (h·d̂) d̂ (s = 1 removes the
+    component, 2 reflects it). At a layer every group's ablations run first, in group order,
+    then every group's additions. A group with a condition applies only to the rows whose
+    prompt meets it (see the module docstring); the condition reads its layer before any edit
+    there, so its group must edit at or above that layer. All-zero additions and zero
+    strengths register no hook at all, so a zero multiplier leaves the model bit-for-bit intact;
+    :attr:`decisions` holds each conditional group's last per-row decision, in group order.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        layers: nn.ModuleList,
-        additions: dict[int, torch.Tensor],
-        positions: Positions = "all",
-        ablations: Ablations | None = None,
-        gated: Sequence[Gated] = (),
-    ) -> None:
-        if positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
-        check_layers([*additions, *(ablations or {}),
-                      *(layer for g in gated for layer in [*g.additions, *g.ablations])], len(layers))
-        self.positions = positions
-        self.additions = _kept_additions(additions)
-        self.ablations = _kept_ablations(ablations or {})
-        self.gated = [kept for g in gated
-                      if (kept := Gated(g.condition, _kept_additions(g.additions),
-                                        _kept_ablations(g.ablations))).additions or kept.ablations]
-        for gate in self.gated:
-            if not 0 <= gate.condition.layer < len(layers):
-                raise ValueError(f"condition layer {gate.condition.layer} out of range: the model "
-                                 f"has {len(layers)} layers")
-            below = sorted(layer for layer in {*gate.additions, *gate.ablations}
-                           if layer < gate.condition.layer)
-            if below:
-                raise ValueError(
-                    f"a conditional edit at layer {below[0]} would change the prompt its condition "
-                    f"reads at layer {gate.condition.layer}: edit at or above the condition's "
-                    "layer")
-        self.decisions: list[torch.Tensor | None] = [None] * len(self.gated)
+    def __init__(self, model: nn.Module, layers: nn.ModuleList, edits: Sequence[Edits]) -> None:
+        check_layers([layer for group in edits for layer in group.layers()], len(layers))
+        self.edits = [kept for group in edits if (kept := group.kept()).layers()]
+        self._conditional = [g for g, group in enumerate(self.edits) if group.condition is not None]
+        self._slot = {g: slot for slot, g in enumerate(self._conditional)}
+        for group in self.edits:
+            if group.condition is None:
+                continue
+            if not 0 <= group.condition.layer < len(layers):
+                raise ValueError(f"condition layer {group.condition.layer} out of range: the "
+                                 f"model has {len(layers)} layers")
+            group.check_gate()
+        self.decisions: list[torch.Tensor | None] = [None] * len(self._conditional)
         self._hooks: list[RemovableHandle] = []
         self._tracker: _PositionTracker | None = None
-        edited = sorted({*self.additions, *self.ablations,
-                         *(layer for g in self.gated for layer in [*g.additions, *g.ablations])})
-        if edited and (positions != "all" or self.gated):
+        if any(g.positions != "all" or g.condition is not None for g in self.edits):
             self._tracker = _PositionTracker(model)
             self._hooks.extend(self._tracker.handles)
-        for layer in sorted({*edited, *(g.condition.layer for g in self.gated)}):
+        edited = {layer for group in self.edits for layer in group.layers()}
+        read = {self.edits[g].condition.layer for g in self._conditional}
+        for layer in sorted(edited | read):
             self._hooks.append(layers[layer].register_forward_hook(self._hook_for(layer)))
 
     def _hook_for(self, layer: int):
         """The hook of one layer: decide the conditions read here, then edit (see the class)."""
-        deciding = [slot for slot, g in enumerate(self.gated) if g.condition.layer == layer]
-        ablations = [(d, s, None) for d, s in self.ablations.get(layer, [])] + [
-            (d, s, slot) for slot, g in enumerate(self.gated)
-            for d, s in g.ablations.get(layer, [])]
-        additions = [(v, None) for v in [self.additions.get(layer)] if v is not None] + [
-            (g.additions[layer], slot) for slot, g in enumerate(self.gated) if layer in g.additions]
+        deciding = [slot for slot, g in enumerate(self._conditional)
+                    if self.edits[g].condition.layer == layer]
+        ablations = [(d, s, g) for g, group in enumerate(self.edits)
+                     for d, s in group.ablations.get(layer, [])]
+        additions = [(group.additions[layer], g) for g, group in enumerate(self.edits)
+                     if layer in group.additions]
+        positions = {self.edits[g].positions for *_, g in [*ablations, *additions]} - {"all"}
         cast: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
 
         def like(index: int, tensor: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -275,34 +277,39 @@ class Steering:
             if deciding and self._tracker is not None and self._tracker.fresh:
                 mask = _row_mask(self._tracker.attention_mask)
                 for slot in deciding:
-                    decision = self.gated[slot].condition.decide(hidden, mask)
+                    condition = self.edits[self._conditional[slot]].condition
+                    decision = condition.decide(hidden, mask)
                     self.decisions[slot] = decision.to(device=hidden.device, dtype=torch.bool)
+            keep = {p: self._tracker.mask(p, hidden.device) for p in positions}
             edited = hidden
-            for index, (direction, strength, slot) in enumerate(ablations):
+            for index, (direction, strength, g) in enumerate(ablations):
                 unit = like(index, direction, hidden)
                 step = edited - (strength * (edited @ unit)).unsqueeze(-1) * unit
-                edited = self._gate(slot, step, edited)
-            for index, (vector, slot) in enumerate(additions):
-                edited = self._gate(slot, edited + like(-1 - index, vector, hidden), edited)
-            if self._tracker is not None and self.positions != "all":
-                keep = self._tracker.mask(self.positions, hidden.device)
-                edited = torch.where(keep, edited, hidden)
+                edited = self._where(g, keep, step, edited)
+            for index, (vector, g) in enumerate(additions):
+                edited = self._where(g, keep, edited + like(-1 - index, vector, hidden), edited)
             return with_hidden(output, edited)
 
         return hook
 
-    def _gate(self, slot: int | None, edited: torch.Tensor, unedited: torch.Tensor) -> torch.Tensor:
-        """``edited`` in the rows whose condition holds (every row when ungated)."""
-        if slot is None:
-            return edited
-        decision = self.decisions[slot]
-        if decision is None:
-            raise RuntimeError("conditional steering decides on a sequence's first forward pass "
-                               "(empty cache); this pass continues a sequence it did not see")
-        if decision.shape[0] != edited.shape[0]:
-            raise RuntimeError(f"conditional steering decided for {decision.shape[0]} rows but "
-                               f"this pass has {edited.shape[0]}")
-        return torch.where(decision.view(-1, 1, 1), edited, unedited)
+    def _where(self, g: int, keep: Mapping[str, torch.Tensor], edited: torch.Tensor,
+               unedited: torch.Tensor) -> torch.Tensor:
+        """``edited`` where group ``g`` applies (its positions, the rows whose condition holds);
+        ``keep``: this pass's mask of each position choice."""
+        group = self.edits[g]
+        if group.condition is not None:
+            decision = self.decisions[self._slot[g]]
+            if decision is None:
+                raise RuntimeError("conditional steering decides on a sequence's first forward "
+                                   "pass (empty cache); this pass continues a sequence it did "
+                                   "not see")
+            if decision.shape[0] != edited.shape[0]:
+                raise RuntimeError(f"conditional steering decided for {decision.shape[0]} rows "
+                                   f"but this pass has {edited.shape[0]}")
+            edited = torch.where(decision.view(-1, 1, 1), edited, unedited)
+        if group.positions != "all":
+            edited = torch.where(keep[group.positions], edited, unedited)
+        return edited
 
     @property
     def active(self) -> bool:

@@ -49,8 +49,8 @@ from steerlab.model.handle import (
     find_decoder_layers,
     text_config_value,
 )
-from steerlab.steering.composition import Part, compose
 from steerlab.steering.hooks import Positions, Steering
+from steerlab.steering.setting import SteeringSetting
 from steerlab.version import __version__
 
 if TYPE_CHECKING:
@@ -275,8 +275,8 @@ class SteeringVector:
         ``.remove()``. ``positions`` is ``"all"``, ``"prompt"`` or ``"generated"``. With a
         ``condition`` only the sequences whose prompt meets it are steered (decided per row).
         """
-        part = Part(self, multiplier, layers, norm_ratio, condition=condition)
-        return compose([part]).apply(model, positions)
+        return SteeringSetting(self, multiplier, layers, norm_ratio, positions,
+                               condition=condition).apply(model)
 
     def ablate(
         self,
@@ -291,8 +291,8 @@ class SteeringVector:
 
         Returns an active :class:`~steerlab.steering.hooks.Steering`, like :meth:`apply`.
         """
-        part = Part(self, strength, layers, intervention="ablate")
-        return compose([part]).apply(model, positions)
+        return SteeringSetting(self, strength, layers, positions=positions,
+                               intervention="ablate").apply(model)
 
     # ---- persistence ------------------------------------------------------------------------
 

@@ -1,11 +1,14 @@
-"""Several vectors at once: each with its own multiplier, layers, norm ratio and intervention.
+"""The steering setting: what one vector adds or removes where, and compositions of settings.
 
-A :class:`Composition` is a list of :class:`Part`; applied, it is one
-:class:`~steerlab.steering.hooks.Steering` whose additions are the parts' additions summed per layer
-(so it equals applying each part on its own, nested) and whose ablations project each ablating
-part's direction out first. A part with a ``condition`` (:class:`~steerlab.steering.conditions.Condition`)
-acts only on the rows whose prompt meets it; parts sharing a condition are summed under one
-gate. The 2-D grid of two behaviours (BiPO's composition result) is evaluated by
+A :class:`SteeringSetting` is the one description of steering used everywhere: the library's
+``vector.apply``, likelihood sweeps (:class:`~steerlab.evaluation.likelihood.Sweep`, one setting
+at several multipliers), open-ended arms, the run config's grid, the server's ``steering`` terms
+and the chat. A :class:`Composition` is a list of settings; applied, it is one
+:class:`~steerlab.steering.hooks.Steering` whose additions are the settings' additions summed per
+layer (so it equals applying each on its own, nested) and whose ablations project each ablating
+setting's direction out first. A setting with a ``condition``
+(:class:`~steerlab.steering.conditions.Condition`) acts only on the rows whose prompt meets it;
+settings sharing a condition and positions are summed under one gate. The 2-D grid of two behaviours (BiPO's composition result) is evaluated by
 :func:`steerlab.evaluation.likelihood.composition_grid` and read back from records by
 :mod:`steerlab.analysis.grid`.
 """
@@ -14,14 +17,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from steerlab.records import Record
-from steerlab.steering.hooks import Ablations, Gated, Positions, Steering, check_layers
+from steerlab.steering.hooks import POSITIONS, Ablations, Edits, Positions, Steering, check_layers
 
 if TYPE_CHECKING:
     from steerlab.model.handle import ModelHandle
@@ -33,24 +36,28 @@ INTERVENTIONS: tuple[str, ...] = ("add", "ablate")
 
 
 @dataclass(frozen=True)
-class Part:
-    """One vector in a composition.
+class SteeringSetting:
+    """What one vector adds or removes, where.
 
     ``intervention="add"`` adds ``multiplier`` × the vector (``norm_ratio`` rescales it first, see
     :meth:`SteeringVector.additions`); ``"ablate"`` projects the vector's direction out of each
     layer's output with strength ``multiplier`` (1 removes the component, 0 does nothing).
-    ``layers`` places the vector as in :meth:`SteeringVector.additions`. With a ``condition``
-    the part acts only on the rows (sequences) whose prompt meets it.
+    ``layers`` places the vector as in :meth:`SteeringVector.additions`; ``positions`` picks the
+    tokens (``"all"``, ``"prompt"``, ``"generated"``). With a ``condition`` the setting acts
+    only on the rows (sequences) whose prompt meets it.
     """
 
     vector: SteeringVector
     multiplier: float = 1.0
     layers: list[int] | None = None
     norm_ratio: float | None = None
+    positions: Positions = "all"
     intervention: Intervention = "add"
     condition: Condition | None = None
 
     def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.intervention not in INTERVENTIONS:
             raise ValueError(
                 f"intervention must be one of {INTERVENTIONS}, got {self.intervention!r}")
@@ -80,10 +87,21 @@ class Part:
             result[layer] = [(direction / norm, float(self.multiplier))]
         return result
 
+    def apply(self, model: ModelHandle | nn.Module) -> Steering:
+        """Steer ``model`` with this setting alone (see :meth:`Composition.apply`)."""
+        return Composition((self,)).apply(model)
+
+    def at(self, multiplier: float) -> SteeringSetting:
+        """This setting at another multiplier (a sweep's step)."""
+        return replace(self, multiplier=multiplier)
+
     def describe(self) -> Record:
-        """This part as record fields (the intervention only when it is not addition)."""
+        """This setting as record fields (positions, intervention and condition only when they
+        are not the defaults, so older records keep their keys)."""
         fields: Record = {"vector_id": self.vector.id, "multiplier": float(self.multiplier),
                           "layers": sorted(self.placed()), "norm_ratio": self.norm_ratio}
+        if self.positions != "all":
+            fields["positions"] = self.positions
         if self.intervention != "add":
             fields["intervention"] = self.intervention
         if self.condition is not None:
@@ -91,7 +109,7 @@ class Part:
         return fields
 
 
-def _summed_additions(parts: Iterable[Part]) -> dict[int, torch.Tensor]:
+def _summed_additions(parts: Iterable[SteeringSetting]) -> dict[int, torch.Tensor]:
     total: dict[int, torch.Tensor] = {}
     for part in parts:
         for layer, vector in part.additions().items():
@@ -99,7 +117,7 @@ def _summed_additions(parts: Iterable[Part]) -> dict[int, torch.Tensor]:
     return total
 
 
-def _ordered_ablations(parts: Iterable[Part]) -> Ablations:
+def _ordered_ablations(parts: Iterable[SteeringSetting]) -> Ablations:
     total: Ablations = defaultdict(list)
     for part in parts:
         for layer, pairs in part.ablations().items():
@@ -111,7 +129,7 @@ def _ordered_ablations(parts: Iterable[Part]) -> Ablations:
 class Composition:
     """Several parts applied together as one steering (see the module docstring)."""
 
-    parts: tuple[Part, ...]
+    parts: tuple[SteeringSetting, ...]
 
     def additions(self) -> dict[int, torch.Tensor]:
         """Every part's additions summed per layer (conditions aside: what every row gets when
@@ -129,9 +147,10 @@ class Composition:
 
     def check(self) -> None:
         """Raise now if some part cannot apply (a layer it lacks, residual norms it needs for
-        its norm ratio, a zero direction to ablate), rather than at the first forward pass."""
-        self.additions()
-        self.ablations()
+        its norm ratio, a zero direction to ablate, an edit below its condition's layer), rather
+        than at the first forward pass."""
+        for edits in self.edits():
+            edits.check_gate()
 
     def layers(self) -> list[int]:
         """Every layer some part acts on, whatever its multiplier."""
@@ -154,30 +173,33 @@ class Composition:
         check_layers(self.layers(), len(decoder_layers))
         return hf_model, decoder_layers
 
-    def apply(self, model: ModelHandle | nn.Module, positions: Positions = "all") -> Steering:
-        """Steer ``model`` with every part at once; an active :class:`Steering` (a context
+    def edits(self) -> list[Edits]:
+        """The settings as edit groups: those sharing positions and condition summed into one
+        group; unconditional groups first, then conditional ones, each in order of appearance."""
+        groups: dict[tuple[str, str | None], list[SteeringSetting]] = {}
+        for setting in sorted(self.parts, key=lambda s: s.condition is not None):
+            key = (setting.positions, setting.condition.id if setting.condition else None)
+            groups.setdefault(key, []).append(setting)
+        return [Edits(_summed_additions(members), _ordered_ablations(members),
+                      members[0].positions, members[0].condition) for members in groups.values()]
+
+    def apply(self, model: ModelHandle | nn.Module) -> Steering:
+        """Steer ``model`` with every setting at once; an active :class:`Steering` (a context
         manager, or call ``.remove()``). Each vector and condition is checked against the model
         first."""
         hf_model, decoder_layers = self.fit(model)
-        ungated = [p for p in self.parts if p.condition is None]
-        gated = []
-        for condition in self.conditions():
-            members = [p for p in self.parts
-                       if p.condition is not None and p.condition.id == condition.id]
-            gated.append(Gated(condition, _summed_additions(members), _ordered_ablations(members)))
-        return Steering(hf_model, decoder_layers, _summed_additions(ungated), positions,
-                        _ordered_ablations(ungated), gated)
+        return Steering(hf_model, decoder_layers, self.edits())
 
     def describe(self) -> list[Record]:
         """The parts as record fields."""
         return [part.describe() for part in self.parts]
 
 
-PartSpec = Part | tuple
-"""A :class:`Part`, or a tuple of its fields in order: (vector, multiplier, layers, norm_ratio,
+SettingSpec = SteeringSetting | tuple
+"""A :class:`SteeringSetting`, or a tuple of its fields in order: (vector, multiplier, layers, norm_ratio,
 intervention, condition)."""
 
 
-def compose(parts: Iterable[PartSpec]) -> Composition:
+def compose(parts: Iterable[SettingSpec]) -> Composition:
     """A composition from parts or tuples ``(vector, multiplier[, layers[, norm_ratio]])``."""
-    return Composition(tuple(p if isinstance(p, Part) else Part(*p) for p in parts))
+    return Composition(tuple(p if isinstance(p, SteeringSetting) else SteeringSetting(*p) for p in parts))
