@@ -5,6 +5,8 @@ import pytest
 import torch
 from tiny import CORRECT, FALSE, INCORRECT, TRUE, FirstShown, generation_records
 
+from steerlab.data.files import OpenQuestion
+from steerlab.data.registry import DATASETS
 from steerlab.evaluation.judges.protocol import Comparison
 from steerlab.evaluation.judges.verdicts import (
     ReferenceSimilarityJudge,
@@ -12,7 +14,7 @@ from steerlab.evaluation.judges.verdicts import (
     pair_arms,
     summarize_head_to_head,
 )
-from steerlab.evaluation.openended import OpenQuestion, generate_answers, steering_arms
+from steerlab.evaluation.openended import generate_answers, steering_arms
 from steerlab.stats import win_rate_test
 from steerlab.steering.setting import SteeringSetting
 
@@ -105,9 +107,9 @@ def test_generation_to_verdicts_on_the_tiny_model(tiny):
 
 
 def test_real_embedding_model_prefers_truthful_answers():
-    from steerlab.evaluation.openended import TRUTHFULQA_OPEN, load_questions
+    from steerlab.evaluation.openended import load_questions
 
-    if not TRUTHFULQA_OPEN.available():
+    if not DATASETS["truthfulqa-open"].available():
         pytest.skip("shared TruthfulQA copy not present")
     items = {q.question: q for q in load_questions("truthfulqa-open")}
     # answers worded apart from the references; loose paraphrases can flip (margins are a few hundredths)

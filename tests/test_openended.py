@@ -3,10 +3,9 @@ import json
 import pytest
 import torch
 
-from steerlab.data.files import DataError
+from steerlab.data.files import DataError, OpenQuestion
+from steerlab.data.registry import DATASETS
 from steerlab.evaluation.openended import (
-    TRUTHFULQA_OPEN,
-    OpenQuestion,
     generate_answers,
     load_questions,
     steering_arms,
@@ -102,7 +101,7 @@ def test_named_question_sets():
         load_questions("general-knowledge")
 
 
-@pytest.mark.skipif(not TRUTHFULQA_OPEN.available(), reason="shared TruthfulQA copy not present")
+@pytest.mark.skipif(not DATASETS["truthfulqa-open"].available(), reason="shared TruthfulQA copy not present")
 def test_truthfulqa_references():
     items = load_questions("truthfulqa-open")
     assert len(items) == 817 and items[0].id == "truthfulqa-open:0"

@@ -201,9 +201,9 @@ def side_effects(
     batch_size: BatchOpt = 8,
 ) -> None:
     """Capability accuracy, perplexity and KL to the unsteered model: steered against unsteered."""
+    from steerlab.data.files import as_prompts
     from steerlab.evaluation.likelihood import Sweep
     from steerlab.evaluation.side_effects import (
-        as_prompts,
         passages,
         side_effect_records,
         side_effects_table,

@@ -143,7 +143,7 @@ def _read_text(path: Path) -> str:
                         f"at offset {err.start})") from err
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, row) from a JSONL, JSON-array or CSV file, optionally gzipped.
 
     The line is where the row starts (a CSV field may span lines), so errors point at it.
@@ -176,9 +176,9 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield number, row
 
 
-def _split_rows(path: Path, split: str | None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+def split_rows(path: Path, split: str | None) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """Yield (``file:line``, row id, row) for the rows of the requested split (all if None)."""
-    for number, row in _rows(path):
+    for number, row in read_rows(path):
         where = f"{path}:{number}"
         if split is not None:
             if "split" not in row:
@@ -188,7 +188,7 @@ def _split_rows(path: Path, split: str | None) -> Iterator[tuple[str, str, dict[
         yield where, str(row.get("id") or f"{path.stem}-{number}"), row
 
 
-def _text(row: dict[str, Any], key: str, where: str) -> str:
+def text_field(row: dict[str, Any], key: str, where: str) -> str:
     value = row.get(key)
     if value is None:
         raise DataError(f"{where}: field '{key}' is missing")
@@ -201,7 +201,7 @@ def _text(row: dict[str, Any], key: str, where: str) -> str:
 
 def _answer(row: dict[str, Any], key: str, where: str) -> str:
     """An A/B answer field as a completion (see :func:`ab_completion`)."""
-    text = _text(row, key, where)
+    text = text_field(row, key, where)
     try:
         return ab_completion(text)
     except ValueError as err:
@@ -210,6 +210,60 @@ def _answer(row: dict[str, Any], key: str, where: str) -> str:
 
 def _meta(row: dict[str, Any], used: set[str]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in used and k != "id"}
+
+
+@dataclass(frozen=True)
+class OpenQuestion:
+    """A question to answer freely, with the dataset's reference answers when it has them."""
+
+    question: str
+    id: str
+    correct: tuple[str, ...] = ()
+    incorrect: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def answer_list(
+    row: dict[str, Any], keys: Sequence[str], separator: str, where: str
+) -> tuple[str, ...]:
+    """Reference answers from ``keys`` (lists, or text split on ``separator``), deduplicated."""
+    answers: list[str] = []
+    for key in keys:
+        value = row.get(key)
+        if value is None:
+            raise DataError(f"{where}: field '{key}' is missing")
+        parts = value if isinstance(value, list) else str(value).split(separator)
+        answers.extend(p.strip() for p in parts if isinstance(p, str) and p.strip())
+    return tuple(dict.fromkeys(answers))
+
+
+def question_from_row(
+    row: dict[str, Any],
+    row_id: str,
+    where: str,
+    *,
+    question: str = "question",
+    correct: Sequence[str] = (),
+    incorrect: Sequence[str] = (),
+    separator: str = ";",
+) -> OpenQuestion:
+    """One question from a row: the ``question`` field, reference answers from the ``correct``
+    / ``incorrect`` fields (lists, or text separated by ``separator``), other fields as meta."""
+    used = {"id", question, *correct, *incorrect}
+    return OpenQuestion(
+        text_field(row, question, where),
+        row_id,
+        answer_list(row, correct, separator, where),
+        answer_list(row, incorrect, separator, where),
+        {k: v for k, v in row.items() if k not in used},
+    )
+
+
+def as_prompts(items: Sequence[MCItem | PreferencePair | OpenQuestion | str]) -> list[str]:
+    """Prompt texts of any dataset's records: strings as they are, the question of an item or
+    an open question, a pair's prompt."""
+    return [item if isinstance(item, str) else item.prompt if isinstance(item, PreferencePair)
+            else item.question for item in items]
 
 
 AB_KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
@@ -235,8 +289,8 @@ def pair_from_row(
         keys = AB_KEYS if AB_KEYS[1] in row else PAIR_KEYS
     if answers is None:
         answers = keys == AB_KEYS
-    answer = _answer if answers else _text
-    prompt = _text(row, keys[0], where)
+    answer = _answer if answers else text_field
+    prompt = text_field(row, keys[0], where)
     chosen, rejected = answer(row, keys[1], where), answer(row, keys[2], where)
     return PreferencePair(prompt, chosen, rejected, row_id, _meta(row, set(keys)))
 
@@ -244,7 +298,7 @@ def pair_from_row(
 def mc_from_row(row: dict[str, Any], row_id: str, where: str) -> MCItem:
     """One multiple-choice item from a row: ``question``, ``choices`` (a list, or columns
     ``choice0``, ``choice1``, … where only trailing ones may be empty) and ``answer``."""
-    question = _text(row, "question", where)
+    question = text_field(row, "question", where)
     if "choices" in row:
         choices = row["choices"]
         if isinstance(choices, str):  # CSV cell holding a JSON list
@@ -256,13 +310,13 @@ def mc_from_row(row: dict[str, Any], row_id: str, where: str) -> MCItem:
         keys = sorted((k for k in row if re.fullmatch(r"choice\d+", k)), key=lambda k: int(k[6:]))
         while keys and row[keys[-1]] in (None, ""):  # fewer choices than columns
             keys.pop()
-        choices = [_text(row, key, where) for key in keys]
+        choices = [text_field(row, key, where) for key in keys]
     if not isinstance(choices, list) or len(choices) < 2:
         raise DataError(f"{where}: field 'choices' must list at least two choices")
     for i, choice in enumerate(choices):
         if not isinstance(choice, str) or not choice.strip():
             raise DataError(f"{where}: field 'choices[{i}]' is empty or not text")
-    answer = _answer_index(row.get("answer"), len(choices), where)
+    answer = answer_index(row.get("answer"), len(choices), where)
     used = {"question", "choices", "answer"} | {k for k in row if k.startswith("choice")}
     return MCItem(question, tuple(choices), answer, row_id, _meta(row, used))
 
@@ -274,18 +328,18 @@ def load_pairs(path: str | Path, split: str | None = None) -> list[PreferencePai
     answer_matching_behavior, answer_not_matching_behavior``. Other fields go to ``meta``.
     With ``split``, only rows whose ``split`` field equals it are kept.
     """
-    rows = _split_rows(resolve_data(path), split)
+    rows = split_rows(resolve_data(path), split)
     return [pair_from_row(row, row_id, where) for where, row_id, row in rows]
 
 
 def load_mc(path: str | Path, split: str | None = None) -> list[MCItem]:
     """Load multiple-choice items (file or bundled name): ``question``, ``choices`` (a list; or CSV columns
     ``choice0``, ``choice1``, …) and ``answer`` (0-based index, or a letter)."""
-    rows = _split_rows(resolve_data(path), split)
+    rows = split_rows(resolve_data(path), split)
     return [mc_from_row(row, row_id, where) for where, row_id, row in rows]
 
 
-def _answer_index(value: Any, n_choices: int, where: str, key: str = "answer") -> int:
+def answer_index(value: Any, n_choices: int, where: str, key: str = "answer") -> int:
     """A 0-based answer index from an index or a letter, checked against the choices."""
     if value is None or value == "":
         raise DataError(f"{where}: field '{key}' is missing")
@@ -345,6 +399,6 @@ def resolve_data(spec: str | Path) -> Path:
 def data_kind(path: str | Path) -> str:
     """``"mc"`` for multiple-choice data (a ``choices`` or ``choice0`` field), else ``"pairs"``."""
     path = resolve_data(path)
-    for _, row in _rows(path):
+    for _, row in read_rows(path):
         return row_kind(row)
     raise DataError(f"{path}: no rows")

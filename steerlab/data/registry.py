@@ -28,15 +28,16 @@ from steerlab.data.files import (
     DataError,
     MCItem,
     PreferencePair,
-    _answer_index,
-    _rows,
-    _split_rows,
-    _text,
+    answer_index,
     bundled_path,
     data_kind,
     mc_from_row,
     pair_from_row,
+    question_from_row,
+    read_rows,
     row_kind,
+    split_rows,
+    text_field,
 )
 from steerlab.data.files import (
     split as seeded_split,
@@ -160,7 +161,7 @@ class DatasetInfo:
     source: str
     licence: str
     convert: Converter = pair_from_row
-    read: Reader = _rows
+    read: Reader = read_rows
     split_seed: int | None = None
     """When set, the splits are cut from all rows by this seed rather than by file."""
     split_field: bool = False
@@ -189,7 +190,7 @@ class DatasetInfo:
         self._check_split(split)
         if self.split_field:
             (path,) = self._files({None: self.files[None]}, source)[None]
-            for where, row_id, row in _split_rows(path, split):
+            for where, row_id, row in split_rows(path, split):
                 yield self._row(row, row_id, where, row.get("split"))
             return
         wanted = {s: p for s, p in self.files.items() if split is None or s in (None, split)}
@@ -300,7 +301,7 @@ class DatasetInfo:
 
 def _text_of(row: dict[str, Any], row_id: str, where: str, key: str) -> str:
     """A prompt or text record: one field of the row."""
-    return _text(row, key, where)
+    return text_field(row, key, where)
 
 
 def _truthfulqa_mc1(row: dict[str, Any], row_id: str, where: str) -> MCItem:
@@ -320,9 +321,9 @@ def _truthfulqa_mc1(row: dict[str, Any], row_id: str, where: str) -> MCItem:
 
 def _piqa(row: dict[str, Any], row_id: str, where: str) -> MCItem:
     """PIQA: ``goal`` with solutions ``sol1`` / ``sol2``; ``label`` 0 or 1 (from the labels file)."""
-    choices = (_text(row, "sol1", where), _text(row, "sol2", where))
-    answer = _answer_index(row.get("label"), 2, where, key="label")
-    return MCItem(_text(row, "goal", where), choices, answer, row_id)
+    choices = (text_field(row, "sol1", where), text_field(row, "sol2", where))
+    answer = answer_index(row.get("label"), 2, where, key="label")
+    return MCItem(text_field(row, "goal", where), choices, answer, row_id)
 
 
 def _labelled_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -332,7 +333,7 @@ def _labelled_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise FileNotFoundError(f"labels file not found: {labels_path} (it goes with {path})")
     labels = labels_path.read_text(encoding="utf-8").splitlines()
     count = 0
-    for count, (line, row) in enumerate(_rows(path), start=1):
+    for count, (line, row) in enumerate(read_rows(path), start=1):
         yield line, {**row, "label": labels[count - 1].strip() if count <= len(labels) else None}
     if len(labels) > count:
         raise DataError(f"{labels_path}: {len(labels)} labels for {count} rows in {path.name}")
@@ -354,9 +355,9 @@ REFUSAL_REPLIES = ("I'm sorry, but I can't help with that.", "I cannot help with
 def _refusal_pair(row: dict[str, Any], row_id: str, where: str) -> PreferencePair:
     """AdvBench as the contrast a refusal vector learns: the goal, a short refusal (chosen)
     and the benchmark's own affirmative ``target``, "Sure, here is ..." (rejected)."""
-    goal = _text(row, "goal", where)
+    goal = text_field(row, "goal", where)
     reply = REFUSAL_REPLIES[zlib.crc32(goal.encode("utf-8")) % len(REFUSAL_REPLIES)]
-    return PreferencePair(goal, reply, _text(row, "target", where), row_id)
+    return PreferencePair(goal, reply, text_field(row, "target", where), row_id)
 
 
 _TURN = "\n\nAssistant:"
@@ -365,7 +366,7 @@ _TURN = "\n\nAssistant:"
 def _dialogue_pair(row: dict[str, Any], row_id: str, where: str) -> PreferencePair:
     """HH-RLHF: two dialogues with a common start. The prompt runs to the last ``Assistant:``
     turn they share; chosen and rejected are what follows (usually one reply each)."""
-    chosen, rejected = _text(row, "chosen", where), _text(row, "rejected", where)
+    chosen, rejected = text_field(row, "chosen", where), text_field(row, "rejected", where)
     cut = os.path.commonprefix([chosen, rejected]).rfind(_TURN)
     if cut < 0:
         raise DataError(f"{where}: fields 'chosen' and 'rejected' share no '{_TURN.strip()}' turn")
@@ -502,7 +503,23 @@ def _registry() -> dict[str, DatasetInfo]:
             LICENCES["bipo"],
             partial(pair_from_row, keys=("question", "matching", "not_matching"), answers=False),
         ))
+    entries.append(DatasetInfo(
+        "truthfulqa-open", "prompts",
+        "TruthfulQA questions with correct and incorrect reference answers, for open-ended judging",
+        {None: ("truthfulqa/TruthfulQA.csv",)}, 817, {}, "sylinrl/TruthfulQA (Lin et al. 2021)",
+        LICENCES["truthfulqa"],
+        # ';'-separated answers; the best answer joins the correct set (usually there already)
+        partial(question_from_row, question="Question", correct=("Best Answer", "Correct Answers"),
+                incorrect=("Incorrect Answers",)),
+    ))
     bundled = bundled_path("refusal").parent
+    entries.append(DatasetInfo(
+        "harmless", "prompts",
+        "steerlab's harmless control requests, worded like AdvBench's (see "
+        "steerlab/data/bundled/DATASHEET.md)",
+        {None: ("harmless_requests.jsonl",)}, 50, {}, "steerlab (bundled)", LICENCES["bundled"],
+        partial(question_from_row, question="goal"), root=bundled,
+    ))
     for name, kind, size, splits in (
         ("refusal", "ab", 200, {"train": 150, "test": 50}),
         ("sycophancy", "ab", 200, {"train": 150, "test": 50}),

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-from steerlab.data.files import DataError, _split_rows, _text, bundled_path
-from steerlab.data.registry import DATASETS, LICENCES, DatasetInfo, DatasetUnavailable, load_dataset
+from steerlab.data.files import DataError, OpenQuestion, as_prompts, question_from_row, split_rows
+from steerlab.data.registry import DATASETS, DatasetUnavailable, load_dataset
 from steerlab.evaluation.likelihood import Sweep
-from steerlab.evaluation.side_effects import as_prompts
 from steerlab.model.generation import generate
 from steerlab.model.handle import ModelHandle
 from steerlab.progress import track
@@ -27,73 +25,6 @@ from steerlab.steering.setting import SteeringSetting
 
 TASK = "generation"
 BASE_ARM = "unsteered"
-
-
-@dataclass(frozen=True)
-class OpenQuestion:
-    """A question to answer freely, with the dataset's reference answers when it has them."""
-
-    question: str
-    id: str
-    correct: tuple[str, ...] = ()
-    incorrect: tuple[str, ...] = ()
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-
-def _answer_list(row: dict[str, Any], keys: Sequence[str], separator: str, where: str) -> tuple[str, ...]:
-    """Reference answers from ``keys`` (lists, or text split on ``separator``), deduplicated."""
-    answers: list[str] = []
-    for key in keys:
-        value = row.get(key)
-        if value is None:
-            raise DataError(f"{where}: field '{key}' is missing")
-        parts = value if isinstance(value, list) else str(value).split(separator)
-        answers.extend(p.strip() for p in parts if isinstance(p, str) and p.strip())
-    return tuple(dict.fromkeys(answers))
-
-
-def question_from_row(
-    row: dict[str, Any],
-    row_id: str,
-    where: str,
-    *,
-    question: str = "question",
-    correct: Sequence[str] = (),
-    incorrect: Sequence[str] = (),
-    separator: str = ";",
-) -> OpenQuestion:
-    """One question from a row: the ``question`` field, reference answers from the ``correct``
-    / ``incorrect`` fields (lists, or text separated by ``separator``), other fields as meta."""
-    used = {"id", question, *correct, *incorrect}
-    return OpenQuestion(
-        _text(row, question, where),
-        row_id,
-        _answer_list(row, correct, separator, where),
-        _answer_list(row, incorrect, separator, where),
-        {k: v for k, v in row.items() if k not in used},
-    )
-
-
-TRUTHFULQA_OPEN = DatasetInfo(
-    "truthfulqa-open", "prompts",
-    "TruthfulQA questions with correct and incorrect reference answers, for open-ended judging",
-    {None: ("truthfulqa/TruthfulQA.csv",)}, 817, {}, "sylinrl/TruthfulQA (Lin et al. 2021)",
-    LICENCES["truthfulqa"],
-    partial(question_from_row, question="Question", correct=("Best Answer", "Correct Answers"),
-            incorrect=("Incorrect Answers",)),
-)
-"""TruthfulQA.csv: ';'-separated answers; the best answer joins the correct set (it is
-usually there already)."""
-
-HARMLESS = DatasetInfo(
-    "harmless", "prompts",
-    "steerlab's harmless control requests, worded like AdvBench's (see bundled/DATASHEET.md)",
-    {None: ("harmless_requests.jsonl",)}, 50, {}, "steerlab (bundled)", LICENCES["bundled"],
-    partial(question_from_row, question="goal"), root=bundled_path("refusal").parent,
-)
-
-OPEN_DATASETS = {info.name: info for info in (TRUTHFULQA_OPEN, HARMLESS)}
-"""Question sets with fields the registry's prompt loader drops (references, categories)."""
 
 
 def load_questions(
@@ -105,19 +36,20 @@ def load_questions(
 ) -> list[OpenQuestion]:
     """Questions to answer freely, by name or file.
 
-    Names: those of :data:`OPEN_DATASETS` and any registered ``prompts`` dataset (``steerlab
-    data list``; e.g. ``advbench``), with ids ``<name>:<row>``. A JSONL or CSV file gives its
+    Names: any registered ``prompts`` dataset (``steerlab data list``: ``truthfulqa-open`` with
+    its reference answers, the bundled ``harmless`` requests, ``advbench``, …), with ids
+    ``<name>:<row>`` unless the rows carry their own. A JSONL or CSV file gives its
     ``question`` field and, when present, ``correct_answers`` / ``incorrect_answers``; other
     fields go to ``meta``. A bad row raises :class:`DataError` naming file, line and field.
     """
     name = str(spec)
-    info = OPEN_DATASETS.get(name) or DATASETS.get(name)
+    info = DATASETS.get(name)
     if info is None:
         path = Path(spec)
         if not path.is_file():
-            raise DatasetUnavailable(f"'{spec}' is neither a question set ({', '.join(OPEN_DATASETS)}, "
-                                     "or a registered prompts dataset) nor a file")
-        rows = list(_split_rows(path, split))
+            raise DatasetUnavailable(f"'{spec}' is neither a registered prompts dataset (see "
+                                     "`steerlab data list`) nor a file")
+        rows = list(split_rows(path, split))
         present = rows[0][2] if rows else {}
         convert = partial(
             question_from_row, question=question,
@@ -137,11 +69,7 @@ def load_questions(
 
 
 def load_prompts(spec: str | Path, split: str | None = None) -> list[str]:
-    """Prompt texts from a question set (:data:`OPEN_DATASETS`, e.g. the bundled harmless
-    requests), a registered ``prompts`` dataset (AdvBench) or any dataset or file: the question
-    of a multiple-choice item, the prompt of a pair."""
-    if str(spec) in OPEN_DATASETS:
-        return [q.question for q in load_questions(spec, split)]
+    """Prompt texts of any dataset or file (see :func:`~steerlab.data.files.as_prompts`)."""
     return as_prompts(load_dataset(spec, split))
 
 

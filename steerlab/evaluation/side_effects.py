@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from steerlab.data.files import MCItem, PreferencePair
+from steerlab.data.files import MCItem
 from steerlab.evaluation.likelihood import Sweep, evaluate_mc
 from steerlab.model.encoding import TokenSequence, batches, encode
 from steerlab.model.handle import ModelHandle
@@ -108,12 +108,6 @@ def passages(lines: Sequence[str], n: int, min_words: int = 30) -> list[str]:
     """The first ``n`` lines of at least ``min_words`` words: held text for perplexity (WikiText
     lines are headings, blanks and paragraphs; only paragraphs are worth predicting)."""
     return [line.strip() for line in lines if len(line.split()) >= min_words][:n]
-
-
-def as_prompts(items: Sequence[MCItem | PreferencePair | str]) -> list[str]:
-    """Prompts from any dataset: strings as they are, the question of an item, a pair's prompt."""
-    return [item if isinstance(item, str) else item.question if isinstance(item, MCItem) else item.prompt
-            for item in items]
 
 
 def side_effect_records(

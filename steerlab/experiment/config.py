@@ -15,7 +15,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from steerlab.data.registry import DatasetUnavailable, DataSpec, dataset_info
-from steerlab.evaluation.openended import OPEN_DATASETS
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.steering.setting import SteeringSetting
 
@@ -278,7 +277,7 @@ def _check_datasets(config: ExperimentConfig) -> list[tuple[str, str]]:
     problems = []
     for path, spec in config.datasets().items():
         try:
-            info = OPEN_DATASETS.get(spec.dataset) or dataset_info(spec.dataset)
+            info = dataset_info(spec.dataset)
         except DatasetUnavailable as err:
             problems.append((f"{path}.dataset", str(err)))
             continue

@@ -16,7 +16,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-from steerlab.data.files import DataError, _rows
+from steerlab.data.files import DataError, read_rows
 from steerlab.evaluation.judges.verdicts import (
     arm_shown_first,
     comparison_fields,
@@ -80,7 +80,7 @@ def import_ratings(
     pairs: dict[str, dict] = key["pairs"]
     seen: dict[str, int] = {}
     records = []
-    for line, row in _rows(ratings_path):
+    for line, row in read_rows(ratings_path):
         where = f"{ratings_path}:{line}"
         pair_id = str(row.get("pair_id") or "").strip()
         if pair_id not in pairs:
