@@ -68,7 +68,8 @@ def fast_engine_flops(model, items, packed: bool) -> float:
 
 def run_engine(engine: str) -> dict:
     from steerlab import load_model
-    from steerlab.methods.bipo import TrainingHistory, _encode_pairs, train_bipo
+    from steerlab.methods import TrainingHistory, train_bipo
+    from steerlab.methods.pairs import encode_pairs
 
     model = load_model(MODEL)
     data = pairs()
@@ -86,7 +87,7 @@ def run_engine(engine: str) -> dict:
     }
     if engine == "fast":
         result["packed"] = history.packed
-        flops = fast_engine_flops(model, _encode_pairs(model, data), history.packed)
+        flops = fast_engine_flops(model, encode_pairs(model, data), history.packed)
         result["epoch_flops"] = flops
         result["achieved_gflops"] = round(flops / history.epochs[0]["seconds"] / 1e9, 1)
     return result

@@ -48,6 +48,7 @@ _EXPORTS = {
     "train_bipo": "steerlab.methods",
     "train_caa": "steerlab.methods",
     "train_dpo": "steerlab.methods",
+    "train_vector": "steerlab.methods",
     "load_lora": "steerlab.methods.lora",
     "train_lora": "steerlab.methods.lora",
     "ModelHandle": "steerlab.model.handle",
@@ -103,7 +104,7 @@ if TYPE_CHECKING:
     from steerlab.evaluation.likelihood import Sweep, composition_grid, evaluate_ab, evaluate_mc
     from steerlab.evaluation.openended import generate_answers, load_questions, steering_arms
     from steerlab.evaluation.refusal import detect_refusals, summarize_refusals
-    from steerlab.methods import train_bipo, train_caa, train_dpo
+    from steerlab.methods import train_bipo, train_caa, train_dpo, train_vector
     from steerlab.methods.lora import load_lora, train_lora
     from steerlab.methods.prompting import Prompting, kshot, max_shots, prompted, system_prompt
     from steerlab.model.generation import generate

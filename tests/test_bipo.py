@@ -3,15 +3,9 @@ import torch
 from tiny import tiny_model
 
 from steerlab.data.files import PreferencePair
-from steerlab.methods.bipo import (
-    TrainingDiverged,
-    TrainingHistory,
-    _FastEngine,
-    _NaiveEngine,
-    bipo_loss,
-    train_bipo,
-    train_dpo,
-)
+from steerlab.methods.bipo import trainer
+from steerlab.methods.bipo.trainer import _FastEngine, _NaiveEngine, train_bipo, train_dpo
+from steerlab.methods.training import TrainingDiverged, TrainingHistory, bipo_loss
 from steerlab.methods.pairs import encode_pairs
 from steerlab.model.encoding import encode
 from steerlab.steering.vectors import SteeringVector
@@ -140,9 +134,12 @@ def test_interruption_leaves_last_completed_epoch_saved(tiny, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_non_finite_loss_names_step_and_batch(tiny):
-    with pytest.raises(TrainingDiverged, match=r"step 1 \(epoch 1, batch 1 of 2; pairs \["):
+def test_non_finite_loss_names_step_and_batch(tiny, monkeypatch):
+    with pytest.raises(ValueError, match="beta"):  # a NaN hyper-parameter never reaches training
         train_bipo(tiny, PAIRS, LAYER, epochs=1, batch_size=2, beta=float("nan"), progress=False)
+    monkeypatch.setattr(trainer, "bipo_loss", lambda *args: torch.tensor(float("nan")))
+    with pytest.raises(TrainingDiverged, match=r"step 1 \(epoch 1, batch 1 of 2; pairs \["):
+        train_bipo(tiny, PAIRS, LAYER, epochs=1, batch_size=2, progress=False)
 
 
 def test_cache_too_large_falls_back_to_naive(tiny):

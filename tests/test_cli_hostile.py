@@ -144,7 +144,7 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(model_dir
     def explode(*args, **kwargs):
         raise RuntimeError("something\ninside broke")
 
-    monkeypatch.setattr("steerlab.methods.train_caa", explode)
+    monkeypatch.setattr("steerlab.methods.caa.train_caa", explode)
     args = ["train", "--model", model_dir, "--data", pairs_file, "--layer", "1",
             "--out", tmp_path / "v.safetensors"]
     result = invoke(*args)

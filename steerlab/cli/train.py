@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -18,45 +18,86 @@ from steerlab.cli.inputs import (
     load_records,
     load_training_pairs,
 )
-from steerlab.cli.options import BatchOpt, LimitOpt, ModelOpt, parse_ints, positive_number
+from steerlab.cli.options import (
+    BatchOpt,
+    LimitOpt,
+    ModelOpt,
+    finite_number,
+    parse_ints,
+    positive_number,
+)
 from steerlab.model.catalog import DEFAULT_MODEL
 
-METHODS = ("caa", "bipo", "dpo")
+
+def _method_config(method: str, given: dict[str, Any], params: list[str]):
+    """The method and its config from the options given (unset ones keep the config's
+    defaults) and ``--param key=value``; what the method does not take is an error."""
+    import yaml
+    from pydantic import ValidationError
+
+    from steerlab.methods import get_method
+
+    try:
+        spec = get_method(method)
+    except ValueError as err:
+        fail(str(err))
+    for param in params:
+        key, sep, value = param.partition("=")
+        if not sep or not key:
+            fail(f"--param {param!r}: expected key=value")
+        given[key.replace("-", "_")] = yaml.safe_load(value)
+    fields = spec.config.model_fields
+    if "batch_size" not in fields:
+        given.pop("batch_size", None)  # then only the forward batch of reading activations
+    try:
+        return spec, spec.config.model_validate(given)
+    except ValidationError as err:
+        takes = ", ".join(fields) or "none"
+        fail("; ".join(
+            f"{'.'.join(map(str, e['loc']))}: "
+            + (f"not a hyper-parameter of {method} (it takes: {takes})"
+               if e["type"] == "extra_forbidden" else e["msg"])
+            for e in err.errors()))
 
 
 @app.command()
 def train(
     data: Annotated[str, typer.Option("--data", "-d", help="Pairs: dataset name (`steerlab data list`; name:split works) or .jsonl/.csv file.")],
-    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer index (CAA also takes several: 10,12,14).")],
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer index (methods that train several layers at once, like CAA, also take 10,12,14).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Vector file (.safetensors); a directory with --subset-sizes.")],
-    method: Annotated[str, typer.Option(help="caa, bipo or dpo (BiPO with the direction fixed to +1).")] = "caa",
+    method: Annotated[str, typer.Option(help="A registered method: caa, bipo, dpo, … (`steerlab methods` lists them with their hyper-parameters and defaults).")] = "caa",
     model: ModelOpt = DEFAULT_MODEL,
     split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this (bundled sets: train/test).")] = None,
     batch_size: BatchOpt = 8,
-    beta: Annotated[float, typer.Option(help="BiPO/DPO: inverse temperature of the preference loss.")] = 0.1,
-    lr: Annotated[float, typer.Option(help="BiPO/DPO: AdamW learning rate.")] = 5e-4,
-    epochs: Annotated[int, typer.Option(help="BiPO/DPO: passes over the pairs.", min=1)] = 5,
-    weight_decay: Annotated[float, typer.Option(help="BiPO/DPO: AdamW weight decay.")] = 0.0,
-    seed: Annotated[int, typer.Option(help="BiPO/DPO: seed for batches and directions.")] = 0,
-    val_data: Annotated[Optional[str], typer.Option(help="BiPO/DPO: validation pairs (file or bundled name).")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="BiPO/DPO: inverse temperature of the preference loss.", callback=positive_number)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="BiPO/DPO: AdamW learning rate.", callback=positive_number)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="BiPO/DPO: passes over the pairs.", min=1)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="BiPO/DPO: AdamW weight decay.", callback=finite_number)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for batches and directions of trained methods.")] = 0,
+    val_data: Annotated[Optional[str], typer.Option(help="Validation pairs (file or bundled name): BiPO/DPO keep the best epoch.")] = None,
     val_split: Annotated[Optional[str], typer.Option(help="Split of --val-data to use.")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="BiPO/DPO: stop after this many epochs without validation gain.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="BiPO/DPO: stop after this many epochs without validation gain.", min=1)] = None,
     norm_ratio: Annotated[Optional[float], typer.Option(help="BiPO/DPO: rescale the result to this fraction of the residual norm.", callback=positive_number)] = None,
-    engine: Annotated[str, typer.Option(help="BiPO/DPO: fast (cached lower layers) or naive.")] = "fast",
+    engine: Annotated[Optional[str], typer.Option(help="BiPO/DPO: fast (cached lower layers) or naive.")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Any hyper-parameter of the method as key=value (e.g. -p epochs=3); repeatable.")] = None,
     subset_sizes: Annotated[Optional[str], typer.Option(help="Train one vector per nested subset size, e.g. 1,2,4,8.")] = None,
     seeds: Annotated[int, typer.Option(help="With --subset-sizes: seeds 0..N-1 per size.")] = 1,
 ) -> None:
     """Train a steering vector from preference pairs and save it.
 
-    BiPO/DPO rewrite --out after every epoch, so Ctrl-C keeps the last completed epoch's vector.
+    Hyper-parameters not given keep the method's defaults (`steerlab methods`). Methods that
+    train by epochs rewrite --out after every epoch, so Ctrl-C keeps the last completed one.
     """
-    from steerlab.methods import TrainingHistory, train_bipo, train_caa
+    from steerlab.methods import TrainingHistory, TrainingRun
     from steerlab.methods.subsets import train_on_subsets
 
-    if method not in METHODS:
-        fail(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    options = {"batch_size": batch_size, "beta": beta, "lr": lr, "epochs": epochs,
+               "weight_decay": weight_decay, "patience": patience, "norm_ratio": norm_ratio,
+               "engine": engine}
+    spec, config = _method_config(method, {k: v for k, v in options.items() if v is not None},
+                                  param or [])
     layers = parse_ints(layer)
-    if method != "caa" and len(layers) != 1:
+    if not spec.multi_layer and len(layers) != 1:
         fail(f"{method} trains one layer at a time; got --layer {layer}")
     pairs = load_training_pairs(data, split)
     val_pairs = load_training_pairs(val_data, val_split) if val_data else None
@@ -67,15 +108,10 @@ def train(
               f"{handle.n_layers} layers, 0..{handle.n_layers - 1})")
 
     def run(subset: list, run_seed: int, checkpoint: Path | None = None):
-        if method == "caa":
-            return train_caa(handle, subset, layers, batch_size=batch_size)
         history = TrainingHistory()
-        vector = train_bipo(
-            handle, subset, layers[0], beta=beta, lr=lr, batch_size=batch_size, epochs=epochs,
-            weight_decay=weight_decay, direction="bi" if method == "bipo" else "forward",
-            seed=run_seed, val_pairs=val_pairs, patience=patience, norm_ratio=norm_ratio,
-            engine=engine, checkpoint=checkpoint, history=history,
-        )
+        vector = spec.train(handle, subset, layers, config, TrainingRun(
+            val_pairs=val_pairs, seed=run_seed, checkpoint=checkpoint, history=history,
+            batch_size=batch_size))
         for entry in history.epochs:
             console.print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
         return vector
@@ -91,6 +127,19 @@ def train(
         raise typer.Exit(code=130) from None
     vector.save(out)
     console.print(f"saved {vector} to {out}")
+
+
+@app.command("methods")
+def list_methods() -> None:
+    """List the vector-training methods with their hyper-parameters and defaults."""
+    from steerlab.methods import methods
+
+    table = Table("method", "layers per run", "hyper-parameters (defaults)", "what it does")
+    for spec in methods().values():
+        defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults().items()) or "none"
+        table.add_row(spec.name, "several" if spec.multi_layer else "one", defaults,
+                      spec.description)
+    console.print(table)
 
 
 @app.command("condition")

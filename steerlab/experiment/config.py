@@ -9,12 +9,21 @@ reports problems by file, line and key path (``postmortem.yaml:12: methods.bipo.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from steerlab.data.registry import DatasetUnavailable, DataSpec, dataset_info
+from steerlab.methods.registry import MethodConfig, VectorMethod, get_method, methods
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.steering.setting import SteeringSetting
 
@@ -56,16 +65,24 @@ class Data(_Strict):
         return self
 
 
-class Method(_Strict):
-    """A vector-training method and its hyper-parameters (``layers``: default the steering's)."""
+def _entry(spec: VectorMethod) -> type[MethodConfig]:
+    """A run config's entry for one registered method: its name, the layers it trains (default:
+    the steering grid's), and the method's own config fields (defaults from there)."""
+    return create_model(f"{spec.config.__name__}Entry", __base__=spec.config,
+                        __doc__=f"{spec.description} (``method: {spec.name}``).",
+                        method=(Literal[spec.name], ...), layers=(list[int] | None, None))
 
-    method: Literal["caa", "bipo", "dpo"]
-    layers: list[int] | None = None
-    epochs: int = Field(default=1, gt=0)
-    lr: float = Field(default=5e-4, gt=0)
-    beta: float = Field(default=0.1, gt=0)
-    batch_size: int = Field(default=8, gt=0)
-    patience: int | None = Field(default=None, gt=0)
+
+Method = Annotated[Union[tuple(_entry(spec) for spec in methods().values())],  # noqa: UP007
+                   Field(discriminator="method")]
+"""One entry of ``methods:``: any registered method (``steerlab methods``), told apart by its
+``method`` key and checked against that method's config."""
+
+
+def method_config(entry: MethodConfig) -> MethodConfig:
+    """The method's own config from a ``methods:`` entry (its name and layers taken out)."""
+    spec = get_method(entry.method)  # type: ignore[attr-defined]
+    return spec.config.model_validate(entry.model_dump(exclude={"method", "layers"}))
 
 
 class SteeringGrid(_Strict):
@@ -290,6 +307,14 @@ def _check_datasets(config: ExperimentConfig) -> list[tuple[str, str]]:
     return problems
 
 
+def _without_method_tag(loc: tuple) -> tuple:
+    """An error location without the method name pydantic inserts after ``methods.<arm>`` (the
+    tag of the entry's type), so it names the key as written: ``methods.bipo.epochs``."""
+    if len(loc) > 2 and loc[0] == "methods" and loc[2] in methods():
+        return loc[:2] + loc[3:]
+    return loc
+
+
 def parse_config(text: str, source: str | Path = "<config>", check_data: bool = True) -> ExperimentConfig:
     """Validate a YAML config; every problem is reported at once, located by line and key path."""
     source = Path(source)
@@ -308,7 +333,7 @@ def parse_config(text: str, source: str | Path = "<config>", check_data: bool = 
     except ValidationError as err:
         lines = []
         for problem in err.errors():
-            loc = tuple(problem["loc"])
+            loc = _without_method_tag(tuple(problem["loc"]))
             path = ".".join(str(part) for part in loc) or "(top level)"
             if problem["type"] == "extra_forbidden":
                 lines.append(f"{source}:{_line_of(root, loc)}: {path}: unknown key")

@@ -33,9 +33,9 @@ from steerlab.evaluation.likelihood import Sweep, evaluate
 from steerlab.evaluation.openended import Arm, generate_answers, load_prompts, load_questions
 from steerlab.evaluation.side_effects import passages, side_effect_records
 from steerlab.experiment.compute import TokenLayerCounter
-from steerlab.experiment.config import ExperimentConfig, Method
+from steerlab.experiment.config import ExperimentConfig, Method, method_config
 from steerlab.experiment.runs import RunDir
-from steerlab.methods import train_bipo, train_caa, train_dpo
+from steerlab.methods import TrainingRun, get_method
 from steerlab.methods.lora import SUMMARY_FILE, load_lora, train_lora
 from steerlab.methods.prompting import kshot, max_shots, prompted, system_prompt
 from steerlab.model.handle import ModelHandle, load_model
@@ -170,21 +170,19 @@ class Runner:
         folder = self.run.path / "vectors"
         paths = {layer: folder / f"{name}{tag}-L{layer}.safetensors" for layer in layers}
         missing = [layer for layer, path in paths.items() if not path.exists()]
-        if missing and method.method == "caa":
-            vector = train_caa(model, pairs, missing, batch_size=self.config.batch_size,
-                               progress=self.progress)
-            for layer in missing:
-                vector.restricted([layer]).save(paths[layer])
-        for layer in missing if method.method != "caa" else []:
-            self.log(f"training {name}{tag} ({method.method}) at layer {layer}")
-            train = train_bipo if method.method == "bipo" else train_dpo
-            vector = train(model, pairs, layer, beta=method.beta, lr=method.lr,
-                           batch_size=method.batch_size, epochs=method.epochs, seed=self.config.seed,
-                           val_pairs=self.data.val_pairs if method.patience else None,
-                           patience=method.patience, checkpoint=paths[layer].with_suffix(".partial"),
-                           progress=self.progress)
-            vector.save(paths[layer])
-            paths[layer].with_suffix(".partial").unlink(missing_ok=True)
+        spec, config = get_method(method.method), method_config(method)
+        # Validation pairs are for early stopping: handed over only with a patience to use.
+        val_pairs = self.data.val_pairs if getattr(config, "patience", None) else None
+        for group in [missing] if spec.multi_layer and missing else [[layer] for layer in missing]:
+            self.log(f"training {name}{tag} ({method.method}) at layer{'s' * (len(group) > 1)} "
+                     f"{', '.join(map(str, group))}")
+            checkpoint = paths[group[0]].with_suffix(".partial")
+            run = TrainingRun(val_pairs=val_pairs, seed=self.config.seed, checkpoint=checkpoint,
+                              batch_size=self.config.batch_size, progress=self.progress)
+            vector = spec.train(model, pairs, group, config, run)
+            for layer in group:  # a multi-layer method's vector is kept one file per layer
+                (vector.restricted([layer]) if spec.multi_layer else vector).save(paths[layer])
+            checkpoint.unlink(missing_ok=True)
         return {layer: SteeringVector.load(path) for layer, path in paths.items()}
 
     # ---- arms -------------------------------------------------------------------------------

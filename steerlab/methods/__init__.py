@@ -1,6 +1,14 @@
-"""Trainers that turn preference pairs into a :class:`~steerlab.steering.vectors.SteeringVector`."""
+"""Trainers that turn preference pairs into a
+:class:`~steerlab.steering.vectors.SteeringVector`, by name through the registry (one folder per
+method: ``caa/``, ``bipo/``), the helpers they share (``training``, ``pairs``, ``subsets``), and
+the baselines they are compared with (``lora``, ``prompting``)."""
 
-from steerlab.methods.bipo import TrainingHistory, train_bipo, train_dpo
+from steerlab.methods.bipo import train_bipo, train_dpo
 from steerlab.methods.caa import train_caa
+from steerlab.methods.registry import MethodConfig, VectorMethod, get_method, methods, train_vector
+from steerlab.methods.training import TrainingHistory, TrainingRun
 
-__all__ = ["TrainingHistory", "train_bipo", "train_caa", "train_dpo"]
+__all__ = [
+    "MethodConfig", "TrainingHistory", "TrainingRun", "VectorMethod", "get_method", "methods",
+    "train_bipo", "train_caa", "train_dpo", "train_vector",
+]

@@ -30,8 +30,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from steerlab.data.files import PreferencePair
-from steerlab.methods.bipo import TrainingDiverged, bipo_loss, descend
 from steerlab.methods.pairs import EncodedPair, encode_pairs, pair_rows, shuffled_batches
+from steerlab.methods.training import TrainingDiverged, bipo_loss, descend
 from steerlab.model.encoding import collate
 from steerlab.model.handle import ModelHandle, find_decoder_layers
 from steerlab.model.scoring import token_logprobs, window_logits

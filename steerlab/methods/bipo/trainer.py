@@ -16,21 +16,25 @@ step and recomputes the reference, for equivalence tests and the benchmark.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from steerlab.data.files import PreferencePair
 from steerlab.evaluation.likelihood import Sweep, evaluate_ab
+from steerlab.methods.bipo.config import BiPOConfig
 from steerlab.methods.pairs import EncodedPair, encode_pairs, pair_rows, shuffled_batches
+from steerlab.methods.training import (
+    Callback,
+    TrainingHistory,
+    bipo_loss,
+    descend,
+)
 from steerlab.model.activations import read_layers
 from steerlab.model.capture import capture_layer_outputs, layer_hidden, with_hidden
 from steerlab.model.handle import ModelHandle
@@ -42,49 +46,6 @@ from steerlab.steering.vectors import SteeringVector, data_hash, meta_for
 
 Direction = Literal["bi", "forward"]
 Engine = Literal["fast", "naive"]
-Callback = Callable[[dict[str, Any]], None]
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the message names the step and batch."""
-
-
-def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: str, where: str) -> float:
-    """One optimiser step on ``loss``; return its value. A NaN or infinite loss raises
-    :class:`TrainingDiverged` ("<name> loss is nan at <where>") before any weight changes."""
-    value = loss.item()
-    if not math.isfinite(value):
-        raise TrainingDiverged(f"{name} loss is {value} at {where}")
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return value
-
-
-@dataclass
-class TrainingHistory:
-    """What happened during training: one entry per step and per epoch."""
-
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int | None = None
-    engine: str = "fast"
-    packed: bool = False
-    cache_bytes: int = 0
-    prepare_seconds: float = 0.0
-
-
-def bipo_loss(
-    policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
-    direction: float,
-    beta: float,
-) -> torch.Tensor:
-    """Mean BiPO loss over a batch of summed completion log-probabilities (TRL's DPO form)."""
-    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    return -F.logsigmoid(direction * beta * margin).mean()
 
 
 def _left_pad(tensors: Sequence[torch.Tensor], width: int, model: ModelHandle) -> torch.Tensor:
@@ -192,33 +153,34 @@ def train_bipo(
     model: ModelHandle,
     pairs: Sequence[PreferencePair],
     layer: int,
+    config: BiPOConfig | None = None,
     *,
-    beta: float = 0.1,
-    lr: float = 5e-4,
-    batch_size: int = 8,
-    epochs: int = 5,
-    weight_decay: float = 0.0,
     direction: Direction = "bi",
     seed: int = 0,
     val_pairs: Sequence[PreferencePair] | None = None,
-    patience: int | None = None,
-    norm_ratio: float | None = None,
-    engine: Engine = "fast",
     max_cache_bytes: int = 4 << 30,
     checkpoint: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     history: TrainingHistory | None = None,
+    **hyperparameters: Any,
 ) -> SteeringVector:
     """Train a steering vector at ``layer`` with the BiPO loss (``direction="forward"``: DPO).
 
-    With ``val_pairs``, each epoch is scored (validation loss; behaviour score at multipliers
-    ±1) and the best epoch's vector is returned; ``patience`` stops after that many epochs
-    without improvement. ``checkpoint`` is rewritten after every epoch with the vector kept so
-    far, so an interruption loses at most the running epoch. ``norm_ratio`` rescales the result
-    to that fraction of the layer's mean residual norm on the training data. Pass a
-    :class:`TrainingHistory` to receive per-step and per-epoch logs.
+    ``hyperparameters`` are :class:`~steerlab.methods.bipo.config.BiPOConfig`'s fields (beta,
+    lr, batch_size, epochs, weight_decay, patience, norm_ratio, engine), validated by it and
+    taking precedence over ``config``. With ``val_pairs``, each epoch is scored (validation
+    loss; behaviour score at multipliers ±1) and the best epoch's vector is returned;
+    ``patience`` stops after that many epochs without improvement. ``checkpoint`` is rewritten
+    after every epoch with the vector kept so far, so an interruption loses at most the running
+    epoch. ``norm_ratio`` rescales the result to that fraction of the layer's mean residual norm
+    on the training data. Pass a :class:`TrainingHistory` to receive per-step and per-epoch logs.
     """
+    settings = BiPOConfig.model_validate({**(config.model_dump() if config else {}),
+                                          **hyperparameters})
+    beta, lr, batch_size, epochs = settings.beta, settings.lr, settings.batch_size, settings.epochs
+    weight_decay, patience, norm_ratio = settings.weight_decay, settings.patience, settings.norm_ratio
+    engine: Engine = settings.engine
     if not pairs:
         raise ValueError("train_bipo needs at least one preference pair")
     if direction not in ("bi", "forward"):
@@ -362,6 +324,4 @@ def train_dpo(model: ModelHandle, pairs: Sequence[PreferencePair], layer: int, *
     return train_bipo(model, pairs, layer, direction="forward", **kwargs)
 
 
-__all__ = [
-    "TrainingDiverged", "TrainingHistory", "bipo_loss", "descend", "train_bipo", "train_dpo",
-]
+__all__ = ["Direction", "Engine", "estimate_cache_bytes", "train_bipo", "train_dpo"]

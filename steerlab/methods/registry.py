@@ -1,0 +1,95 @@
+"""The vector-training methods by name: each registers one config type (its hyper-parameters,
+defaults stated there once) and a trainer; the library, ``steerlab train`` and the run config
+all dispatch through here.
+
+A method is a folder under ``steerlab/methods/`` whose package defines ``METHODS`` (a tuple of
+:class:`VectorMethod`); adding one touches that folder and nothing else.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import import_module
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from steerlab.data.files import PreferencePair
+from steerlab.methods.training import TrainingRun
+from steerlab.model.handle import ModelHandle
+from steerlab.steering.vectors import SteeringVector
+
+
+class MethodConfig(BaseModel):
+    """Base of every method's hyper-parameters: strict (an unknown key or a NaN is an error),
+    frozen, and each default stated once, on the field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+Trainer = Callable[[ModelHandle, Sequence[PreferencePair], list[int], Any, TrainingRun],
+                   SteeringVector]
+"""(model, pairs, layers, config, run) → a vector at those layers."""
+
+
+@dataclass(frozen=True)
+class VectorMethod:
+    """A way to turn preference pairs into a steering vector."""
+
+    name: str
+    description: str
+    config: type[MethodConfig]
+    train: Trainer
+    multi_layer: bool = False
+    """Whether one call trains every layer asked for (CAA reads them all in one pass);
+    otherwise the method trains one layer per call."""
+
+    def defaults(self) -> dict[str, Any]:
+        """The config's fields and their defaults (what ``steerlab methods`` lists)."""
+        return {name: field.default for name, field in self.config.model_fields.items()}
+
+
+@cache
+def methods() -> dict[str, VectorMethod]:
+    """Every registered method by name, found once: each subpackage of ``steerlab.methods``
+    that defines ``METHODS`` (imported here by name, the way a plugin is loaded)."""
+    package = import_module("steerlab.methods")
+    found: dict[str, VectorMethod] = {}
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.ispkg:
+            continue
+        for method in getattr(import_module(f"steerlab.methods.{module.name}"), "METHODS", ()):
+            if method.name in found:
+                raise RuntimeError(f"two methods are named {method.name!r}")
+            found[method.name] = method
+    return dict(sorted(found.items()))
+
+
+def get_method(name: str) -> VectorMethod:
+    """The method called ``name``; a ValueError listing the others when there is none."""
+    registered = methods()
+    if name not in registered:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(registered)}")
+    return registered[name]
+
+
+def train_vector(
+    model: ModelHandle,
+    pairs: Sequence[PreferencePair],
+    method: str,
+    layers: int | Sequence[int],
+    config: MethodConfig | dict[str, Any] | None = None,
+    run: TrainingRun | None = None,
+) -> SteeringVector:
+    """Train ``method``'s vector at ``layers`` (one layer unless the method takes several);
+    ``config`` is the method's config or a dict of its fields (validated against it)."""
+    spec = get_method(method)
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    if not spec.multi_layer and len(layers) != 1:
+        raise ValueError(f"{method} trains one layer at a time; got layers {layers}")
+    if not isinstance(config, spec.config):
+        config = spec.config.model_validate(config or {})
+    return spec.train(model, pairs, layers, config, run or TrainingRun())
