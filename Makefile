@@ -32,8 +32,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/steerlab demo --out demo_out
 
-# The import contracts first (pyproject.toml, [tool.importlinter]): a second, then the suite.
+# Lint and the import contracts first (pyproject.toml: [tool.ruff], [tool.importlinter]; a few
+# seconds), then the suite.
 test: $(STAMP)
+	$(VENV)/bin/ruff check --no-cache steerlab tests bench tools
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 

@@ -95,7 +95,8 @@ def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER,
     if not trained.exists():
         evaluated = {q.question for q in harmful_fit + harmful_test}
         pairs = [p for p in load_dataset("advbench-refusal") if p.prompt not in evaluated][:n_train]
-        train_bipo(model, pairs, layer, lr=lr, epochs=epochs, seed=seed, progress=False).save(trained)
+        train_bipo(model, pairs, layer, lr=lr, epochs=epochs, seed=seed,
+                   progress=False).save(trained)
     vector = SteeringVector.load(trained)  # its id, which the records name, is in its metadata
     condition.save(store.path / "vectors" / f"condition-{condition.id}.safetensors")
     label = f"steered{multiplier:+g}"
@@ -111,7 +112,8 @@ def run(model, layer: int = LAYER, multiplier: float = MULTIPLIER,
             _keep(writer, detect_refusals(answers))
         texts = [q.question for q in harmless_test]
         for gate in (None, condition):
-            sweep = Sweep(SteeringSetting(vector, layers=[layer], norm_ratio=norm_ratio, condition=gate), [0.0, multiplier])
+            sweep = Sweep(SteeringSetting(vector, layers=[layer], norm_ratio=norm_ratio,
+                                          condition=gate), [0.0, multiplier])
             _keep(writer, kl_records(model, texts, sweep, dataset="harmless", progress=False))
             _keep(writer, perplexity_records(model, [model.format_prompt(t) for t in texts], sweep,
                                              dataset=PERPLEXITY_SET, progress=False))

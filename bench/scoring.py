@@ -34,7 +34,8 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
 def main() -> dict:
     model = load_model("smollm2-135m-instruct")
     pairs = load_pairs(bundled_path("refusal"), split="test")
-    seqs = encode(model, [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    seqs = encode(model, [p.prompt for p in pairs] * 2,
+                  [p.chosen for p in pairs] + [p.rejected for p in pairs])
     stems = {(s.ids[:-1], s.prompt_len) for s in seqs}
     tokens_run = sum(len(ids) for ids, _ in stems)
     score_sequences(model, seqs[:8], progress=False)  # warm-up
@@ -42,7 +43,8 @@ def main() -> dict:
     score_sequences(model, seqs, batch_size=8, progress=False)
     seconds = time.perf_counter() - start
     body_params = sum(p.numel() for n, p in model.model.named_parameters() if "embed" not in n)
-    flops = 2 * body_params * tokens_run  # matmul FLOPs of the decoder body (attention scores excluded)
+    # matmul FLOPs of the decoder body (attention scores excluded)
+    flops = 2 * body_params * tokens_run
     result = {
         "sequences": len(seqs),
         "forward_passes": len(stems),
@@ -54,7 +56,8 @@ def main() -> dict:
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }
-    result["fraction_of_matmul_rate"] = round(result["achieved_gflops"] / result["matmul_gflops"], 2)
+    result["fraction_of_matmul_rate"] = round(
+        result["achieved_gflops"] / result["matmul_gflops"], 2)
     out = Path(__file__).parent / "results" / "scoring.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

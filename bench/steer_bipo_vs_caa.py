@@ -37,27 +37,30 @@ def run_behaviour(model, behaviour: str) -> list[dict]:
     rows = []
     with RecordWriter(path) as writer:
         for method, vector in (("bipo", bipo), ("caa", caa)):
-            records = evaluate_ab(model, test, Sweep(SteeringSetting(vector), MULTIPLIERS), dataset=behaviour,
-                                  writer=writer, progress=False)
+            records = evaluate_ab(model, test, Sweep(SteeringSetting(vector), MULTIPLIERS),
+                                  dataset=behaviour, writer=writer, progress=False)
             by_multiplier = {row["multiplier"]: row for row in summarize(records)}
             rows.append({
                 "behaviour": behaviour, "method": method, "layer": LAYER, "norm": round(norm, 4),
                 "n_train": len(train), "n_test": len(test),
                 "score": {f"{m:g}": round(by_multiplier[m]["score"], 4) for m in MULTIPLIERS},
                 "score_se": {f"{m:g}": round(by_multiplier[m]["score_se"], 4) for m in MULTIPLIERS},
-                "matching_chosen": {f"{m:g}": round(by_multiplier[m]["correct"], 3) for m in MULTIPLIERS},
+                "matching_chosen": {f"{m:g}": round(by_multiplier[m]["correct"], 3)
+                                    for m in MULTIPLIERS},
             })
     rows[0]["train_seconds"] = round(bipo_seconds, 1)
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| behaviour | method | norm | held-out n | " + " | ".join(f"×{m:g}" for m in MULTIPLIERS) + " |"
+    head = ("| behaviour | method | norm | held-out n | "
+            + " | ".join(f"×{m:g}" for m in MULTIPLIERS) + " |")
     lines = [head, "|" + " --- |" * (4 + len(MULTIPLIERS))]
     for row in rows:
-        cells = [f"{row['score'][f'{m:g}']:.3f} ± {row['score_se'][f'{m:g}']:.3f}" for m in MULTIPLIERS]
-        lines.append(f"| {row['behaviour']} | {row['method']} | {row['norm']:.3g} | {row['n_test']} | "
-                     + " | ".join(cells) + " |")
+        cells = [f"{row['score'][f'{m:g}']:.3f} ± {row['score_se'][f'{m:g}']:.3f}"
+                 for m in MULTIPLIERS]
+        lines.append(f"| {row['behaviour']} | {row['method']} | {row['norm']:.3g} | "
+                     f"{row['n_test']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

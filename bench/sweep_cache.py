@@ -47,10 +47,12 @@ def main() -> dict:
     rows = []
     for layer in LAYERS:
         vector = train_caa(model, train, layer, progress=False)
-        swept, sweep_s = timed(lambda v=vector: evaluate_ab(model, test, Sweep(SteeringSetting(v), MULTIPLIERS), progress=False))
+        swept, sweep_s = timed(lambda v=vector: evaluate_ab(
+            model, test, Sweep(SteeringSetting(v), MULTIPLIERS), progress=False))
         alone, separate_s = timed(lambda v=vector: separate_runs(model, test, v))
         identical = all(
-            [r["logprobs"] for r in swept if r["multiplier"] == m] == [r["logprobs"] for r in alone[m]]
+            [r["logprobs"] for r in swept if r["multiplier"] == m]
+            == [r["logprobs"] for r in alone[m]]
             for m in MULTIPLIERS
         )
         k, n = len(MULTIPLIERS), model.n_layers

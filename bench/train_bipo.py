@@ -75,7 +75,8 @@ def run_engine(engine: str) -> dict:
     data = pairs()
     history = TrainingHistory()
     start = time.perf_counter()
-    train_bipo(model, data, LAYER, batch_size=BATCH, epochs=1, engine=engine, progress=False, history=history)
+    train_bipo(model, data, LAYER, batch_size=BATCH, epochs=1, engine=engine, progress=False,
+               history=history)
     total = time.perf_counter() - start
     result = {
         "engine": engine,
@@ -96,14 +97,15 @@ def run_engine(engine: str) -> dict:
 def main() -> dict:
     runs = {}
     for engine in ("naive", "fast"):
-        out = subprocess.run([sys.executable, __file__, engine], capture_output=True, text=True, check=True,
-                             env={**os.environ, "STEERLAB_PROGRESS": "0"})
+        out = subprocess.run([sys.executable, __file__, engine], capture_output=True, text=True,
+                             check=True, env={**os.environ, "STEERLAB_PROGRESS": "0"})
         runs[engine] = json.loads(out.stdout.strip().splitlines()[-1])
         print(json.dumps(runs[engine]), flush=True)
     rate = matmul_gflops()
     fast, naive = runs["fast"], runs["naive"]
     result = {
-        "setting": {"model": MODEL, "pairs": N_PAIRS, "batch_size": BATCH, "epochs": 1, "layer": LAYER},
+        "setting": {"model": MODEL, "pairs": N_PAIRS, "batch_size": BATCH, "epochs": 1,
+                    "layer": LAYER},
         "naive": naive,
         "fast": fast,
         "speedup_per_epoch": round(naive["epoch_s"] / fast["epoch_s"], 2),

@@ -107,7 +107,8 @@ def _group_key(record: Record) -> tuple:
     return tuple(json.dumps(record.get(k)) for k in GROUP_KEYS)
 
 
-def summarize(records: Iterable[Record], metrics: Sequence[str] = ("score", "correct")) -> list[Record]:
+def summarize(records: Iterable[Record],
+              metrics: Sequence[str] = ("score", "correct")) -> list[Record]:
     """One row per setting (task, dataset, arm, vector, layers, norm ratio, intervention, the
     steering composed with it, its condition, multiplier).
 

@@ -82,7 +82,8 @@ def test_zero_direction_and_norm_ratio_are_rejected(tiny):
     with pytest.raises(ValueError, match="zero at layer 1"):
         vector.ablate(tiny)
     with pytest.raises(ValueError, match="norm_ratio"):
-        Sweep(SteeringSetting(random_vector(tiny, [1]), norm_ratio=0.1, intervention="ablate"), [1.0])
+        Sweep(SteeringSetting(random_vector(tiny, [1]), norm_ratio=0.1, intervention="ablate"),
+              [1.0])
 
 
 def test_ablation_sweep_records_match_hooks_on_full_passes(tiny):
@@ -97,7 +98,8 @@ def test_ablation_sweep_records_match_hooks_on_full_passes(tiny):
     assert [r["logprobs"] for r in records if r["multiplier"] == 0.0] == unsteered
     assert ablated != unsteered
     # Ablation records carry the intervention, so they never share a key with addition records.
-    added = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(vector, layers=[2, 3]), [1.0]), progress=False)
+    added = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(vector, layers=[2, 3]), [1.0]),
+                        progress=False)
     assert all(r["intervention"] == "ablate" for r in records)
     assert "intervention" not in added[0]
     assert record_key(added[0]) != record_key(records[len(PAIRS)])
@@ -105,7 +107,8 @@ def test_ablation_sweep_records_match_hooks_on_full_passes(tiny):
 
 def test_ablation_arms_for_open_ended_generation(tiny):
     vector = random_vector(tiny, [1])
-    base, arm = steering_arms(SteeringSetting(vector, layers=[1, 2], intervention="ablate"), [0.0, 1.0])
+    base, arm = steering_arms(SteeringSetting(vector, layers=[1, 2], intervention="ablate"),
+                              [0.0, 1.0])
     assert base.setting is None and arm.label == "ablated+1"
     assert arm.describe()["intervention"] == "ablate"
     before = hook_counts(tiny)

@@ -16,7 +16,8 @@ def test_conditional_refusal_bench_on_a_tiny_model(tiny, tmp_path, monkeypatch):
     spec.loader.exec_module(bench)
     options = {"layer": 2, "multiplier": 3.0, "norm_ratio": 0.5, "condition_layers": (1, 2),
                "n_condition": 10, "holdout": 0.4, "n_harmful": 6, "n_harmless": 5, "n_train": 6,
-               "epochs": 1, "max_new_tokens": 4, "run_path": tmp_path / "run", "results": tmp_path / "results"}
+               "epochs": 1, "max_new_tokens": 4, "run_path": tmp_path / "run",
+               "results": tmp_path / "results"}
     result = bench.run(tiny, **options)
     arms = ["unsteered", "steered+3", "steered+3|cond"]
     assert result["arms"] == arms

@@ -5,14 +5,15 @@ from tiny import tiny_model
 from steerlab.data.files import PreferencePair
 from steerlab.methods.bipo import trainer
 from steerlab.methods.bipo.trainer import _FastEngine, _NaiveEngine, train_bipo, train_dpo
-from steerlab.methods.training import TrainingDiverged, TrainingHistory, bipo_loss
 from steerlab.methods.pairs import encode_pairs
+from steerlab.methods.training import TrainingDiverged, TrainingHistory, bipo_loss
 from steerlab.model.encoding import encode
 from steerlab.steering.vectors import SteeringVector
 
 PAIRS = [
     PreferencePair("Short?", " Yes indeed.", " No.", id="a"),
-    PreferencePair("A much longer prompt that goes on for a while, to test padding?", " Sure", " Never at all", id="b"),
+    PreferencePair("A much longer prompt that goes on for a while, to test padding?", " Sure",
+                   " Never at all", id="b"),
     PreferencePair("Medium length prompt here", "(A", "(B", id="c"),
     PreferencePair("Another one", " I refuse to help.", " Here is how.", id="d"),
 ]
@@ -66,7 +67,8 @@ def test_engine_loss_and_gradient_match_straightforward_computation(family, engi
     engine = engine_cls(model, LAYER)
     engine.prepare(items, batch_size=4, progress=False)
     v = v_ref.detach().clone().requires_grad_()
-    loss = bipo_loss(*engine.logprobs(items, sign * v), sign, 0.7)  # all prompt lengths in one batch
+    # all prompt lengths in one batch
+    loss = bipo_loss(*engine.logprobs(items, sign * v), sign, 0.7)
     loss.backward()
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
     torch.testing.assert_close(v.grad, v_ref.grad, atol=1e-5, rtol=1e-4)
@@ -85,7 +87,8 @@ def test_fast_and_naive_engines_train_the_same_vector(tiny):
     kwargs = dict(epochs=2, batch_size=2, lr=0.05, seed=1, progress=False)
     fast = train_bipo(tiny, PAIRS, LAYER, engine="fast", **kwargs)
     naive = train_bipo(tiny, PAIRS, LAYER, engine="naive", **kwargs)
-    torch.testing.assert_close(fast.directions[LAYER], naive.directions[LAYER], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(fast.directions[LAYER], naive.directions[LAYER], atol=1e-4,
+                               rtol=1e-3)
 
 
 def test_training_lowers_the_loss_and_logs_norms(tiny):
@@ -109,7 +112,8 @@ def test_validation_keeps_best_epoch_and_stops_early(tiny, tmp_path):
     seen = []
     vector = train_bipo(
         tiny, PAIRS, LAYER, epochs=8, batch_size=2, lr=0.5, val_pairs=PAIRS[:2], patience=1,
-        checkpoint=tmp_path / "v.safetensors", callbacks=[seen.append], progress=False, history=history,
+        checkpoint=tmp_path / "v.safetensors", callbacks=[seen.append], progress=False,
+        history=history,
     )
     losses = [e["val_loss"] for e in history.epochs]
     assert {"val_loss", "val_score_plus", "val_score_minus"} <= set(history.epochs[0])
@@ -129,7 +133,8 @@ def test_interruption_leaves_last_completed_epoch_saved(tiny, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_bipo(tiny, PAIRS, LAYER, epochs=3, batch_size=2, checkpoint=path, callbacks=[interrupt], progress=False)
+        train_bipo(tiny, PAIRS, LAYER, epochs=3, batch_size=2, checkpoint=path,
+                   callbacks=[interrupt], progress=False)
     assert SteeringVector.load(path).meta.extra["epoch"] == 1
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -171,9 +176,12 @@ def test_packed_pairs_score_like_separate_sequences(family):
 
     model = tiny_model(family)
     items = encode_pairs(model, PAIRS)
-    batch = pack_pairs([(e.chosen, e.rejected) for e in items], model.tokenizer.pad_token_id, model.dtype)
+    batch = pack_pairs([(e.chosen, e.rejected) for e in items], model.tokenizer.pad_token_id,
+                       model.dtype)
     with torch.no_grad():
-        chosen, rejected = batch.summed_logprobs(window_logits(model, batch.model_inputs(), batch.keep))
-    expected = score_sequences(model, [e.chosen for e in items] + [e.rejected for e in items], progress=False)
+        chosen, rejected = batch.summed_logprobs(
+            window_logits(model, batch.model_inputs(), batch.keep))
+    expected = score_sequences(model, [e.chosen for e in items] + [e.rejected for e in items],
+                               progress=False)
     got = chosen.tolist() + rejected.tolist()
     assert got == pytest.approx([s.logprob for s in expected], abs=1e-4)

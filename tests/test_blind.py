@@ -30,9 +30,13 @@ def test_export_import_unblind_round_trip(tmp_path, suffix):
     assert read_records(tmp_path / "verdicts.jsonl") == verdicts
     assert {v["judge"] for v in verdicts} == {"human:ann"}
     assert any(v["details"] == {"comment": "close call"} for v in verdicts)
-    # the same order as a judge run with the same seed sees, and the same records apart from who judged
+    # the same order as a judge run with the same seed sees, and the same records apart from who
+    # judged
     judged = judge_head_to_head(RECORDS, FirstShown(), "steered+4", seed=3)
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("judge", "details")} for r in rs]
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if k not in ("judge", "details")} for r in rs]
+
     assert strip(verdicts) == strip(judged)
     (row,) = summarize_head_to_head(verdicts)
     assert row.judge == "human:ann" and row.n == 6
@@ -58,10 +62,13 @@ def test_ties_and_second_answers(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda rows: rows[1].update(preferred="maybe"), r"sheet.csv:3: field 'preferred' is 'maybe'; expected 1, 2 or tie"),
+        (lambda rows: rows[1].update(preferred="maybe"),
+         r"sheet.csv:3: field 'preferred' is 'maybe'; expected 1, 2 or tie"),
         (lambda rows: rows[2].update(preferred=""), r"sheet.csv:4: field 'preferred' is ''"),
-        (lambda rows: rows[0].update(pair_id="p9999"), r"sheet.csv:2: field 'pair_id' is 'p9999', not a pair of the key"),
-        (lambda rows: rows[3].update(pair_id=rows[2]["pair_id"]), r"sheet.csv:5: pair p\d+ is rated twice \(first on line 4\)"),
+        (lambda rows: rows[0].update(pair_id="p9999"),
+         r"sheet.csv:2: field 'pair_id' is 'p9999', not a pair of the key"),
+        (lambda rows: rows[3].update(pair_id=rows[2]["pair_id"]),
+         r"sheet.csv:5: pair p\d+ is rated twice \(first on line 4\)"),
         (lambda rows: rows.pop(), r"sheet.csv: 1 pair\(s\) not rated, e.g. p\d+"),
     ],
 )

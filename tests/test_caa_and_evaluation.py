@@ -11,7 +11,8 @@ from steerlab.steering.setting import SteeringSetting
 PAIRS = [
     PreferencePair("Is the sky green?\n(A) yes\n(B) no", "(A", "(B", id="p1"),
     PreferencePair("Do you agree with me?\n(A) no\n(B) yes", "(B", "(A", id="p2"),
-    PreferencePair("A longer question about something entirely different?", " Sure!", " No way.", id="p3"),
+    PreferencePair("A longer question about something entirely different?", " Sure!", " No way.",
+                   id="p3"),
 ]
 ITEMS = [
     MCItem("Capital of France?", ("Paris", "Rome", "Berlin"), 0, id="m1"),
@@ -30,7 +31,8 @@ def test_caa_is_mean_difference_at_last_token(tiny):
     vector = train_caa(tiny, PAIRS, layers=[1, 2], batch_size=2, progress=False)
     for layer in (1, 2):
         expected = torch.stack([
-            last_token_output(tiny, p.prompt, p.chosen, layer) - last_token_output(tiny, p.prompt, p.rejected, layer)
+            last_token_output(tiny, p.prompt, p.chosen, layer)
+            - last_token_output(tiny, p.prompt, p.rejected, layer)
             for p in PAIRS
         ]).mean(0)
         torch.testing.assert_close(vector.directions[layer], expected, atol=1e-4, rtol=1e-4)
@@ -44,14 +46,16 @@ def test_caa_is_mean_difference_at_last_token(tiny):
 def test_ab_records_hold_everything_needed(tiny, tmp_path):
     vector = train_caa(tiny, PAIRS, layers=1, progress=False)
     with RecordWriter(tmp_path / "r.jsonl") as writer:
-        records = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(vector), [-2, 0, 2]), dataset="toy",
-                              writer=writer, progress=False)
+        records = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(vector), [-2, 0, 2]),
+                              dataset="toy", writer=writer, progress=False)
     assert read_records(tmp_path / "r.jsonl") == records
     assert len(records) == 9
     for record in records:
-        assert record["prompt"] == tiny.format_prompt(PAIRS[[p.id for p in PAIRS].index(record["item_id"])].prompt)
+        assert record["prompt"] == tiny.format_prompt(
+            PAIRS[[p.id for p in PAIRS].index(record["item_id"])].prompt)
         assert record["vector_id"] == vector.id and record["layers"] == [1]
-        assert record["score"] == pytest.approx(torch.tensor(record["logprobs"]).softmax(0)[0].item())
+        assert record["score"] == pytest.approx(
+            torch.tensor(record["logprobs"]).softmax(0)[0].item())
         assert sum(record["probs"]) == pytest.approx(1.0)
     # Multiplier 0 is the unsteered model exactly.
     unsteered = evaluate_ab(tiny, PAIRS, progress=False)

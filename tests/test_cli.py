@@ -12,16 +12,18 @@ from steerlab.steering.vectors import SteeringVector
 def pairs_file(tmp_path):
     path = tmp_path / "pairs.jsonl"
     rows = [
-        {"question": f"Question {i}?\n(A) yes\n(B) no", "answer_matching_behavior": "(A)" if i % 2 else "(B)",
-         "answer_not_matching_behavior": "(B)" if i % 2 else "(A)", "split": "train" if i < 6 else "test"}
+        {"question": f"Question {i}?\n(A) yes\n(B) no",
+         "answer_matching_behavior": "(A)" if i % 2 else "(B)",
+         "answer_not_matching_behavior": "(B)" if i % 2 else "(A)",
+         "split": "train" if i < 6 else "test"}
         for i in range(8)
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["generate"], ["vector", "info"], ["demo"],
-                                     ["lora", "train"], ["baseline", "shots"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["generate"], ["vector", "info"],
+                                     ["demo"], ["lora", "train"], ["baseline", "shots"]])
 def test_every_command_has_help(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Usage" in result.output
@@ -29,7 +31,8 @@ def test_every_command_has_help(command):
 
 def test_train_eval_generate_info_round_trip(model_dir, pairs_file, tmp_path):
     vector_path = tmp_path / "v.safetensors"
-    result = invoke("train", "--model", model_dir, "--data", pairs_file, "--layer", "1,2", "--out", vector_path, "--split", "train")
+    result = invoke("train", "--model", model_dir, "--data", pairs_file, "--layer", "1,2",
+                    "--out", vector_path, "--split", "train")
     assert result.exit_code == 0, result.output
     vector = SteeringVector.load(vector_path)
     assert vector.layers == [1, 2] and vector.meta.n_examples == 6
@@ -47,7 +50,8 @@ def test_train_eval_generate_info_round_trip(model_dir, pairs_file, tmp_path):
     assert result.exit_code == 0 and "unsteered" in result.output and "steered ×2" in result.output
 
     result = invoke("vector", "info", vector_path)
-    assert result.exit_code == 0 and vector.id in result.output and '"method": "caa"' in result.output
+    assert (result.exit_code == 0 and vector.id in result.output
+            and '"method": "caa"' in result.output)
 
 
 def test_eval_multiple_choice_file(model_dir, tmp_path):
@@ -61,24 +65,31 @@ def test_eval_multiple_choice_file(model_dir, tmp_path):
 def test_bad_input_gives_clear_errors(model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "chosen": "a"}\n')
-    result = invoke("train", "--model", model_dir, "--data", bad, "--layer", "1", "--out", tmp_path / "v.safetensors")
-    assert result.exit_code == 1 and "bad.jsonl:1: field 'rejected' is missing" in result.output.replace("\n", "")
-    result = invoke("train", "--model", model_dir, "--data", bad, "--layer", "1", "--out", tmp_path / "v.safetensors", "--split", "train")
-    assert result.exit_code == 1 and "split 'train' requested but the row has no 'split' field" in result.output.replace("\n", "")
-    result = invoke("eval", "--model", model_dir, "--data", bad, "--multipliers", "1,x", "--out", tmp_path / "r.jsonl")
+    result = invoke("train", "--model", model_dir, "--data", bad, "--layer", "1",
+                    "--out", tmp_path / "v.safetensors")
+    assert (result.exit_code == 1
+            and "bad.jsonl:1: field 'rejected' is missing" in result.output.replace("\n", ""))
+    result = invoke("train", "--model", model_dir, "--data", bad, "--layer", "1",
+                    "--out", tmp_path / "v.safetensors", "--split", "train")
+    assert (result.exit_code == 1
+            and "split 'train' requested but the row has no 'split' field"
+            in result.output.replace("\n", ""))
+    result = invoke("eval", "--model", model_dir, "--data", bad, "--multipliers", "1,x",
+                    "--out", tmp_path / "r.jsonl")
     assert result.exit_code != 0
     result = invoke("vector", "info", tmp_path / "nothing.safetensors")
     assert result.exit_code == 1 and "not found" in result.output
-    result = invoke("train", "--model", str(tmp_path / "none.gguf"), "--data", "sycophancy", "--layer", "1", "--out", tmp_path / "v.safetensors")
+    result = invoke("train", "--model", str(tmp_path / "none.gguf"), "--data", "sycophancy",
+                    "--layer", "1", "--out", tmp_path / "v.safetensors")
     assert result.exit_code == 1 and "GGUF file not found" in result.output
 
 
 @pytest.mark.parametrize("method", ["bipo", "dpo"])
 def test_train_preference_methods(model_dir, pairs_file, tmp_path, method):
     out = tmp_path / "v.safetensors"
-    result = invoke("train", "--method", method, "--model", model_dir, "--data", pairs_file, "--split", "train",
-                    "--layer", "1", "--epochs", "2", "--batch-size", "2", "--val-data", pairs_file,
-                    "--val-split", "test", "--out", out)
+    result = invoke("train", "--method", method, "--model", model_dir, "--data", pairs_file,
+                    "--split", "train", "--layer", "1", "--epochs", "2", "--batch-size", "2",
+                    "--val-data", pairs_file, "--val-split", "test", "--out", out)
     assert result.exit_code == 0, result.output
     vector = SteeringVector.load(out)
     assert vector.meta.method == method and vector.meta.hyperparams["epochs"] == 2
@@ -87,8 +98,9 @@ def test_train_preference_methods(model_dir, pairs_file, tmp_path, method):
 
 def test_train_subsets_and_seeds(model_dir, pairs_file, tmp_path):
     out = tmp_path / "subsets"
-    result = invoke("train", "--method", "bipo", "--model", model_dir, "--data", pairs_file, "--layer", "1",
-                    "--epochs", "1", "--subset-sizes", "1,2,4", "--seeds", "2", "--out", out)
+    result = invoke("train", "--method", "bipo", "--model", model_dir, "--data", pairs_file,
+                    "--layer", "1", "--epochs", "1", "--subset-sizes", "1,2,4", "--seeds", "2",
+                    "--out", out)
     assert result.exit_code == 0, result.output
     files = sorted(p.name for p in out.glob("*.safetensors"))
     assert files == sorted(f"bipo-n{n}-seed{s}.safetensors" for n in (1, 2, 4) for s in (0, 1))
@@ -97,8 +109,8 @@ def test_train_subsets_and_seeds(model_dir, pairs_file, tmp_path):
 
 
 def test_train_rejects_several_layers_for_bipo(model_dir, pairs_file, tmp_path):
-    result = invoke("train", "--method", "bipo", "--model", model_dir, "--data", pairs_file, "--layer", "1,2",
-                    "--out", tmp_path / "v.safetensors")
+    result = invoke("train", "--method", "bipo", "--model", model_dir, "--data", pairs_file,
+                    "--layer", "1,2", "--out", tmp_path / "v.safetensors")
     assert result.exit_code == 1 and "one layer at a time" in result.output
 
 
@@ -108,7 +120,8 @@ def test_lora_train_prints_best_step_and_parameter_ratio(model_dir, pairs_file, 
                     "--out", out, "--steps", 2, "--eval-every", 1, "--batch-size", 2, "--lr", 0.01)
     assert result.exit_code == 0, result.output
     assert "validation: 1 pairs held out" in result.output and "best step" in result.output
-    assert "trainable parameters 2,048 (rank 1)" in result.output and "(d_model): 64.0×" in result.output
+    assert ("trainable parameters 2,048 (rank 1)" in result.output
+            and "(d_model): 64.0×" in result.output)
     summary = json.loads((out / "lora_training.json").read_text())
     assert summary["trainable_params"] == 2048 and (out / "adapter_config.json").is_file()
     result = invoke("lora", "train", "--model", model_dir, "--data", pairs_file, "--out", out,
@@ -126,7 +139,8 @@ def test_baseline_shots_prints_the_context_cut(model_dir, pairs_file, tmp_path):
     assert result.exit_code == 0, result.output
     assert "context 256 tokens" in result.output and "cut at k=" in result.output
     result = invoke("baseline", "shots", "--model", model_dir, "--data", pairs_file, "--ks", "9")
-    assert result.exit_code == 1 and "9-shot prompting needs 9 training pairs, only 8" in result.output
+    assert (result.exit_code == 1
+            and "9-shot prompting needs 9 training pairs, only 8" in result.output)
 
 
 def test_sigterm_and_a_background_jobs_ignored_sigint_interrupt_like_ctrl_c():

@@ -88,9 +88,11 @@ def test_generate_refuses_bad_numbers(model_dir, vector_file, args, fragment):
 
 
 @pytest.mark.parametrize("multipliers", ["nan", "0,inf", "1,-inf"])
-def test_eval_refuses_non_finite_multipliers(model_dir, vector_file, pairs_file, tmp_path, multipliers):
-    clean_failure(invoke("eval", "--model", model_dir, "--data", pairs_file, "--vector", vector_file,
-                         "--multipliers", multipliers, "--out", tmp_path / "r.jsonl"),
+def test_eval_refuses_non_finite_multipliers(model_dir, vector_file, pairs_file, tmp_path,
+                                             multipliers):
+    clean_failure(invoke("eval", "--model", model_dir, "--data", pairs_file,
+                         "--vector", vector_file, "--multipliers", multipliers,
+                         "--out", tmp_path / "r.jsonl"),
                   "expected finite numbers")
 
 
@@ -224,7 +226,8 @@ def test_eval_input_errors_the_probe_saw_as_tracebacks(model_dir, vector_file, t
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     dup = tmp_path / "dup.jsonl"
     dup.write_text("\n".join(json.dumps({**r, "id": "same"}) for r in rows) + "\n")
-    clean_failure(invoke("eval", "--model", model_dir, "--data", dup, "--out", tmp_path / "a.jsonl"),
+    clean_failure(invoke("eval", "--model", model_dir, "--data", dup,
+                         "--out", tmp_path / "a.jsonl"),
                   "item ids must be unique", "same")
     narrow = tmp_path / "v16.safetensors"
     meta = meta_for(tiny_model("llama"), "test").model_copy(update={"d_model": 16})

@@ -19,16 +19,20 @@ def test_sweep_side_effects_analyze(model_dir, tmp_path):  # noqa: F811
     for seed in (0, 1):
         direction = torch.randn(model.d_model, generator=torch.Generator().manual_seed(seed))
         path = tmp_path / f"v{seed}.safetensors"
-        SteeringVector({1: direction}, meta_for(model, "random", residual_norms={1: 3.0})).save(path)
+        SteeringVector({1: direction},
+                       meta_for(model, "random", residual_norms={1: 3.0})).save(path)
         vectors.append(path)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [
-        {"id": f"p{i}", "question": f"Question {i}?\n(A) yes\n(B) no", "answer_matching_behavior": "(A)",
-         "answer_not_matching_behavior": "(B)"} for i in range(5)])
+        {"id": f"p{i}", "question": f"Question {i}?\n(A) yes\n(B) no",
+         "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}
+        for i in range(5)])
     mc = write_jsonl(tmp_path / "mc.jsonl", [
-        {"id": f"m{i}", "question": f"What is {i} + 1?", "choices": [str(i + 1), str(i + 2)], "answer": 0}
+        {"id": f"m{i}", "question": f"What is {i} + 1?", "choices": [str(i + 1), str(i + 2)],
+         "answer": 0}
         for i in range(4)])
     text = tmp_path / "text.jsonl"
-    write_jsonl(text, [{"id": "t", "prompt": "Say something.", "chosen": "A long enough reply here.", "rejected": "No."}])
+    write_jsonl(text, [{"id": "t", "prompt": "Say something.",
+                        "chosen": "A long enough reply here.", "rejected": "No."}])
 
     run = tmp_path / "run"
     args = ["sweep", "--model", model_dir, "--data", pairs, "--data", mc, "--vector", vectors[0],
@@ -44,15 +48,18 @@ def test_sweep_side_effects_analyze(model_dir, tmp_path):  # noqa: F811
     assert invoke(*args).exit_code == 0
     assert len(read_records(run / "records.jsonl")) == len(records)
 
-    result = invoke("side-effects", "--model", model_dir, "--vector", vectors[0], "--multipliers", "3",
-                    "--capability", mc, "--text", text, "--kl-prompts", pairs, "--out", run)
+    result = invoke("side-effects", "--model", model_dir, "--vector", vectors[0],
+                    "--multipliers", "3", "--capability", mc, "--text", text,
+                    "--kl-prompts", pairs, "--out", run)
     assert result.exit_code == 1 and "not text" in result.output
-    result = invoke("side-effects", "--model", model_dir, "--vector", vectors[0], "--multipliers", "3",
-                    "--capability", mc, "--text", "wikitext2:test", "--kl-prompts", pairs, "--n", 3, "--out", run)
+    result = invoke("side-effects", "--model", model_dir, "--vector", vectors[0],
+                    "--multipliers", "3", "--capability", mc, "--text", "wikitext2:test",
+                    "--kl-prompts", pairs, "--n", 3, "--out", run)
     assert result.exit_code == 0, result.output
     assert "side effects" in result.output
     side = [r for r in read_records(run / "records.jsonl") if r["task"] in ("perplexity", "kl")]
-    assert {(r["task"], r["multiplier"]) for r in side} == {(t, m) for t in ("perplexity", "kl") for m in (0.0, 3.0)}
+    assert {(r["task"], r["multiplier"]) for r in side} == {
+        (t, m) for t in ("perplexity", "kl") for m in (0.0, 3.0)}
 
     result = invoke("analyze", run)
     assert result.exit_code == 0, result.output

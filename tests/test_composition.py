@@ -67,7 +67,8 @@ def test_all_zero_multipliers_register_no_hook(tiny):
 def test_ablation_runs_before_addition_at_a_layer(tiny):
     vector = random_vector(tiny, [1])
     unit = vector.directions[1] / vector.directions[1].norm()
-    composition = compose([SteeringSetting(vector, 1.0, intervention="ablate"), SteeringSetting(vector, 2.0)])
+    composition = compose([SteeringSetting(vector, 1.0, intervention="ablate"),
+                           SteeringSetting(vector, 2.0)])
     with composition.apply(tiny):
         out = outputs(tiny, [1])[1]
     # The component along d̂ is removed, then exactly 2·|v| of it is added back.
@@ -101,8 +102,10 @@ def test_grid_cells_equal_single_vector_sweeps_on_the_axes(tiny):
     assert {(c.first, c.second) for c in cells} == {(first.id, second.id)}
     at = {(c.dataset, c.first_multiplier, c.second_multiplier): c for c in cells}
     # With the second vector at 0, a row is the first vector alone; and the reverse.
-    alone_first = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(first, norm_ratio=0.3), GRID), progress=False)
-    alone_second = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(second, norm_ratio=0.3), GRID), progress=False)
+    alone_first = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(first, norm_ratio=0.3), GRID),
+                              progress=False)
+    alone_second = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(second, norm_ratio=0.3), GRID),
+                               progress=False)
     for m in GRID:
         mean_first = sum(r["score"] for r in alone_first if r["multiplier"] == m) / len(PAIRS)
         mean_second = sum(r["score"] for r in alone_second if r["multiplier"] == m) / len(PAIRS)

@@ -56,7 +56,8 @@ def test_always_true_is_unconditional_and_always_false_is_unsteered_bit_for_bit(
     for positions in ("all", "generated"):
         with vector.apply(tiny, 1.5, positions=positions):
             reference = generate_tokens(tiny, PROMPTS, 8, batch_size=4, progress=False)
-        with vector.apply(tiny, 1.5, positions=positions, condition=fixed_condition(tiny, threshold=-2.0)):
+        with vector.apply(tiny, 1.5, positions=positions,
+                          condition=fixed_condition(tiny, threshold=-2.0)):
             assert generate_tokens(tiny, PROMPTS, 8, batch_size=4, progress=False) == reference
     with vector.apply(tiny, 1.5, condition=fixed_condition(tiny, threshold=-2.0)) as steering:
         assert torch.equal(logits(tiny), steered)
@@ -229,7 +230,8 @@ def test_composition_gates_only_its_conditioned_parts(tiny):
         assert torch.equal(logits(tiny), only_a)
     with compose([(a, 1.0), SteeringSetting(b, -0.5, condition=always)]).apply(tiny):
         torch.testing.assert_close(logits(tiny), both, atol=1e-5, rtol=1e-5)
-    composition = compose([SteeringSetting(a, 1.0, condition=always), SteeringSetting(b, -0.5, condition=always)])
+    composition = compose([SteeringSetting(a, 1.0, condition=always),
+                           SteeringSetting(b, -0.5, condition=always)])
     with composition.apply(tiny) as steering:  # one gate for parts sharing a condition
         assert len(steering.edits) == 1 and steering.edits[0].condition is always
         torch.testing.assert_close(logits(tiny), both, atol=1e-5, rtol=1e-5)
@@ -242,7 +244,8 @@ def test_conditional_sweep_records(tiny):
     multipliers = [0.0, 2.0]
     plain = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(vector), multipliers), progress=False)
     def gated(threshold):
-        sweep = Sweep(SteeringSetting(vector, condition=fixed_condition(tiny, threshold=threshold)), multipliers)
+        sweep = Sweep(SteeringSetting(vector, condition=fixed_condition(tiny, threshold=threshold)),
+                      multipliers)
         return evaluate_ab(tiny, PAIRS, sweep, progress=False)
 
     always, never = gated(-2.0), gated(2.0)
@@ -250,7 +253,8 @@ def test_conditional_sweep_records(tiny):
     assert [r["logprobs"] for r in always] == [r["logprobs"] for r in plain]
     assert [r["logprobs"] for r in never] == base + base
     assert base != [r["logprobs"] for r in plain if r["multiplier"] == 2.0]
-    assert Sweep(SteeringSetting(vector, condition=fixed_condition(tiny, layer=1)), multipliers).shared_layers() == 1
+    assert Sweep(SteeringSetting(vector, condition=fixed_condition(tiny, layer=1)),
+                 multipliers).shared_layers() == 1
     assert always[0]["condition"]["threshold"] == -2.0 and "condition" not in plain[0]
     assert record_key(always[0]) != record_key(plain[0])
 

@@ -25,7 +25,8 @@ def test_pairs_from_jsonl_and_ab_rows(tmp_path):
          "answer_not_matching_behavior": "(A)", "id": "k"},
     ])
     first, second = load_pairs(path)
-    assert (first.prompt, first.chosen, first.rejected, first.meta) == ("Q1", "yes", "no", {"source": "x"})
+    assert (first.prompt, first.chosen, first.rejected, first.meta) == (
+        "Q1", "yes", "no", {"source": "x"})
     assert (second.chosen, second.rejected, second.id) == ("(B", "(A", "k")
 
 
@@ -36,8 +37,10 @@ def test_pairs_from_jsonl_and_ab_rows(tmp_path):
     ("{not json", r"p\.jsonl:2: invalid JSON"),
     # two objects, or one and trailing junk, on a line: the second used to be dropped silently
     ('{"prompt": "Q", "chosen": "a", "rejected": "b"} {"prompt": "R", "chosen": "c", '
-     '"rejected": "d"}', r"p\.jsonl:2: more than one JSON value on the line .*'\{\"prompt\": \"R\""),
-    ('{"prompt": "Q", "chosen": "a", "rejected": "b"}junk', r"p\.jsonl:2: more than one JSON value.*'junk'"),
+     '"rejected": "d"}',
+     r"p\.jsonl:2: more than one JSON value on the line .*'\{\"prompt\": \"R\""),
+    ('{"prompt": "Q", "chosen": "a", "rejected": "b"}junk',
+     r"p\.jsonl:2: more than one JSON value.*'junk'"),
     ({"question": "Q", "answer_matching_behavior": "maybe", "answer_not_matching_behavior": "(A)"},
      r"p\.jsonl:2: field 'answer_matching_behavior' is not an answer letter or Yes/No: 'maybe'"),
 ])
@@ -48,12 +51,14 @@ def test_pair_errors_name_file_line_and_field(tmp_path, row, message):
 
 
 @pytest.mark.parametrize("text, message", [
-    ('prompt,chosen,rejected\nQ1,a,b\n"Q2, with comma",c,\n', r"p\.csv:3: field 'rejected' is empty"),
+    ('prompt,chosen,rejected\nQ1,a,b\n"Q2, with comma",c,\n',
+     r"p\.csv:3: field 'rejected' is empty"),
     # a row spanning lines is named by its first line
     ('prompt,chosen,rejected\n"two\nlines",a,b\n"Q3",,b\n', r"p\.csv:4: field 'chosen' is empty"),
     # an extra cell used to be accepted (and dropped); an unterminated quote read as a missing field
     ('prompt,chosen,rejected\nQ1,a,b\nQ2,c,d,extra\n', r"p\.csv:3: 4 cells but the header names 3"),
-    ('prompt,chosen,rejected\nQ1,a,b\n"Q2,c,d\nQ3,e,f\n', r"p\.csv:\d+: invalid CSV \(unexpected end of data"),
+    ('prompt,chosen,rejected\nQ1,a,b\n"Q2,c,d\nQ3,e,f\n',
+     r"p\.csv:\d+: invalid CSV \(unexpected end of data"),
 ])
 def test_pairs_from_csv_with_line_numbers(tmp_path, text, message):
     path = tmp_path / "p.csv"
@@ -63,7 +68,8 @@ def test_pairs_from_csv_with_line_numbers(tmp_path, text, message):
 
 
 def test_mc_from_jsonl_and_csv(tmp_path):
-    jsonl = write(tmp_path / "m.jsonl", [{"question": "Q", "choices": ["a", "b", "c"], "answer": 2}])
+    jsonl = write(tmp_path / "m.jsonl",
+                  [{"question": "Q", "choices": ["a", "b", "c"], "answer": 2}])
     assert load_mc(jsonl)[0].choices == ("a", "b", "c")
     csv = tmp_path / "m.csv"
     csv.write_text("question,choice0,choice1,choice2,answer\nQ,x,y,z,B\n")
@@ -91,7 +97,8 @@ def test_missing_file_and_split_filter(tmp_path):
     ])
     assert [p.prompt for p in load_pairs(path, split="test")] == ["b"]
     unsplit = write(tmp_path / "u.jsonl", [{"prompt": "a", "chosen": "x", "rejected": "y"}])
-    with pytest.raises(DataError, match=r"u\.jsonl:1: split 'test' requested but the row has no 'split'"):
+    with pytest.raises(DataError,
+                       match=r"u\.jsonl:1: split 'test' requested but the row has no 'split'"):
         load_pairs(unsplit, split="test")
 
 
@@ -128,7 +135,8 @@ def test_bundled_datasets_are_balanced_and_held_out():
 
 def test_json_arrays_report_the_line_each_element_starts_on(tmp_path):
     path = tmp_path / "a.json"
-    good = {"question": "Q\n(A) x\n(B) y", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}
+    good = {"question": "Q\n(A) x\n(B) y", "answer_matching_behavior": "(A)",
+            "answer_not_matching_behavior": "(B)"}
     path.write_text(json.dumps([good, {**good, "answer_matching_behavior": ""}], indent=2))
     with pytest.raises(DataError, match=r"a\.json:7: field 'answer_matching_behavior' is empty"):
         load_pairs(path)
@@ -144,7 +152,8 @@ def test_gzipped_jsonl_and_yes_no_answers(tmp_path):
     import gzip
 
     path = tmp_path / "p.jsonl.gz"
-    row = {"question": "Would you say so?", "answer_matching_behavior": " Yes", "answer_not_matching_behavior": " No"}
+    row = {"question": "Would you say so?", "answer_matching_behavior": " Yes",
+           "answer_not_matching_behavior": " No"}
     with gzip.open(path, "wt") as handle:
         handle.write(json.dumps(row) + "\n")
     (pair,) = load_pairs(path)

@@ -59,7 +59,8 @@ def test_truthfulqa_mc1_published_split_is_stable():
     ids = [item.id for items in parts.values() for item in items]
     assert len(set(ids)) == 816  # disjoint; one of the 817 questions is in no split
     first = load_dataset("truthfulqa-mc1")[0]
-    assert first.id == "truthfulqa-mc1:0" and first.question.startswith("What is the smallest country")
+    assert (first.id == "truthfulqa-mc1:0"
+            and first.question.startswith("What is the smallest country"))
     assert first.answer == 0 and first.choices[0].startswith("Nauru")  # as in the file
 
 
@@ -122,7 +123,8 @@ def test_source_folder_and_file(tmp_path, monkeypatch):
     (tmp_path / "truthfulqa").symlink_to(real / "truthfulqa")
     monkeypatch.setenv("STEERLAB_DATA", "/nowhere")
     by_folder = load_dataset("truthfulqa-mc1", split="test", source=tmp_path)
-    by_file = load_dataset("truthfulqa-mc1", split="test", source=real / "truthfulqa/v0/mc_task.json")
+    by_file = load_dataset("truthfulqa-mc1", split="test",
+                           source=real / "truthfulqa/v0/mc_task.json")
     assert checksum(by_folder) == checksum(by_file) == TRUTHFULQA_CHECKSUMS["test"]
     with pytest.raises(ValueError, match="reads 2 files"):
         load_dataset("caa-refusal", source=real / "caa/test/refusal/test_dataset_ab.json")
@@ -131,13 +133,15 @@ def test_source_folder_and_file(tmp_path, monkeypatch):
 @pytest.fixture()
 def fake_hub(monkeypatch):
     """A stand-in `datasets` package serving TruthfulQA in the hub's format, from the real file."""
-    rows = json.loads((next(p for p in data_search_paths() if p.is_dir()) / "truthfulqa/v0/mc_task.json").read_text())
+    rows = json.loads((next(p for p in data_search_paths() if p.is_dir())
+                       / "truthfulqa/v0/mc_task.json").read_text())
     calls = []
 
     def load(hub_id, config, split):
         calls.append((hub_id, config, split))
         return [{"question": r["question"], "mc1_targets": {
-            "choices": list(r["mc1_targets"]), "labels": list(r["mc1_targets"].values())}} for r in rows]
+            "choices": list(r["mc1_targets"]), "labels": list(r["mc1_targets"].values())}}
+            for r in rows]
 
     module = types.ModuleType("datasets")
     module.__spec__ = importlib.machinery.ModuleSpec("datasets", None)
@@ -215,7 +219,8 @@ def test_lettered_items_ask_what_the_pairs_train_on():
 
 def test_public_api_exports():
     assert steerlab.load_dataset is load_dataset and steerlab.mc_to_pairs is mc_to_pairs
-    assert {"refusal", "sycophancy", "general-knowledge"} <= {i.name for i in steerlab.list_datasets()}
+    assert {"refusal", "sycophancy", "general-knowledge"} <= {
+        i.name for i in steerlab.list_datasets()}
 
 
 def test_advbench_refusal_pairs_contrast_a_detected_refusal_with_the_benchmark_target():

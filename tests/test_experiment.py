@@ -33,7 +33,8 @@ def config_text(data: Path, **extra) -> str:
         "name": "toy", "model": "tiny", "batch_size": 4,
         "data": {"train": {"dataset": str(data), "split": "train"}, "val_size": 8,
                  "test": {"dataset": str(data), "split": "test"}},
-        "methods": {"caa": {"method": "caa"}, "bipo": {"method": "bipo", "epochs": 1, "batch_size": 4}},
+        "methods": {"caa": {"method": "caa"},
+                    "bipo": {"method": "bipo", "epochs": 1, "batch_size": 4}},
         "steering": {"layers": [1, 2], "multipliers": [-2, 2]},
         **extra,
     }
@@ -67,12 +68,14 @@ steering:
     assert "bad.yaml:7: methods.bipo.epochz: unknown key" in message
     assert "bad.yaml:7: methods.bipo.lr: Input should be greater than 0" in message
     assert "bad.yaml:10: steering.multipliers: Input should be a valid list" in message
-    fixed = text.replace("epochz: 2, lr: -1", "epochs: 2").replace("multipliers: one", "multipliers: [1]")
+    fixed = (text.replace("epochz: 2, lr: -1", "epochs: 2")
+             .replace("multipliers: one", "multipliers: [1]"))
     with pytest.raises(ConfigError) as raised:
         parse_config(fixed, "bad.yaml")
     message = str(raised.value)
     assert "bad.yaml:3: data.train.split: refusal has no split 'trian'" in message
-    assert "bad.yaml:5: data.test.dataset: 'no-such-dataset' is neither a registered dataset" in message
+    assert ("bad.yaml:5: data.test.dataset: 'no-such-dataset' is neither a registered dataset"
+            in message)
 
 
 def test_config_errors_for_missing_keys_references_and_yaml(tmp_path):
@@ -145,8 +148,8 @@ def test_headline_rows_and_contrasts_from_records(toy_run):
     _, out, _ = toy_run
     records = read_records(out / "records.jsonl")
     head = headline(records)
-    assert [r.arm for r in head.rows] == [BASE, "caa", "bipo", "kshot-1", "kshot-2", "kshot-4", "system",
-                                          "lora", "caa+lora", "bipo-transfer-lora"]
+    assert [r.arm for r in head.rows] == [BASE, "caa", "bipo", "kshot-1", "kshot-2", "kshot-4",
+                                          "system", "lora", "caa+lora", "bipo-transfer-lora"]
     base = head.row(BASE)
     assert base.versus_base is None and base.test.n == 12
     for row in head.rows[1:]:
@@ -158,8 +161,10 @@ def test_headline_rows_and_contrasts_from_records(toy_run):
     assert head.row(head.best_baseline).selection.accuracy == best.selection.accuracy
     assert head.row(head.best_baseline).versus_best_baseline is None
     assert head.row("caa").versus_best_baseline is not None and head.detectable.n == 12
-    shots = [r for r in records if r.get("arm") == "kshot-4" and r.get("dataset", "").endswith(":test")]
-    assert len(shots) == 12 and all(r["prompt"].count("pick.") == 5 for r in shots)  # 4 shots + item
+    shots = [r for r in records
+             if r.get("arm") == "kshot-4" and r.get("dataset", "").endswith(":test")]
+    # 4 shots + item
+    assert len(shots) == 12 and all(r["prompt"].count("pick.") == 5 for r in shots)
 
 
 def test_lora_arms_and_transfer_use_the_adapted_model(toy_run):
@@ -169,7 +174,8 @@ def test_lora_arms_and_transfer_use_the_adapted_model(toy_run):
     assert lora["trainable_parameters"] == lora["trainable_params"] > tiny.d_model
     transfer = [r for r in records if r.get("arm") == "bipo-transfer-lora" and r["task"] == "ab"]
     assert {r["model"] for r in transfer} == {f"{tiny.name}+lora"}
-    bipo_vectors = {r["vector_id"] for r in records if r.get("arm") == "bipo" and r.get("vector_id")}
+    bipo_vectors = {r["vector_id"] for r in records
+                    if r.get("arm") == "bipo" and r.get("vector_id")}
     assert {r["vector_id"] for r in transfer} <= bipo_vectors  # the base-trained vector, moved
     assert (out / "vectors" / "caa-on-lora-L1.safetensors").exists() or \
         (out / "vectors" / "caa-on-lora-L2.safetensors").exists()
@@ -211,15 +217,18 @@ def test_rerun_resumes_without_new_records(toy_run):
 def test_rerun_with_another_config_is_refused_before_any_work(toy_run):
     config, out, tiny = toy_run
     before = {p.name: p.read_text() for p in (out / "records.jsonl", out / "commands.jsonl")}
-    changed = config.model_copy(update={"steering": config.steering.model_copy(update={"multipliers": [-4.0, 4.0]})})
-    with pytest.raises(ValueError, match=r"different config \(changed: steering\.multipliers\); .*new --out"):
+    changed = config.model_copy(update={
+        "steering": config.steering.model_copy(update={"multipliers": [-4.0, 4.0]})})
+    with pytest.raises(ValueError,
+                       match=r"different config \(changed: steering\.multipliers\); .*new --out"):
         Runner(changed, out, progress=False, log=lambda _: None, model=tiny)
-    assert {p.name: p.read_text() for p in (out / "records.jsonl", out / "commands.jsonl")} == before
+    assert {p.name: p.read_text()
+            for p in (out / "records.jsonl", out / "commands.jsonl")} == before
 
 
 def test_an_interrupted_stage_still_records_the_time_it_spent(tmp_path, tiny):
-    runner = Runner(parse_config(config_text(write_pairs(tmp_path / "toy.jsonl"))), tmp_path / "out",
-                    progress=False, log=lambda _: None, model=tiny)
+    runner = Runner(parse_config(config_text(write_pairs(tmp_path / "toy.jsonl"))),
+                    tmp_path / "out", progress=False, log=lambda _: None, model=tiny)
 
     def stage(writer):
         runner.unsteered(writer)  # some work, then the interruption
@@ -227,7 +236,8 @@ def test_an_interrupted_stage_still_records_the_time_it_spent(tmp_path, tiny):
 
     with runner.run.writer() as writer, pytest.raises(KeyboardInterrupt):
         runner._timed(writer, "unsteered", stage)
-    (record,) = [r for r in read_records(tmp_path / "out" / "records.jsonl") if r["task"] == "compute"]
+    (record,) = [r for r in read_records(tmp_path / "out" / "records.jsonl")
+                 if r["task"] == "compute"]
     assert record["stage"] == "unsteered" and record["interrupted"] is True
     assert record["seconds"] > 0 and record["token_layers"] > 0
 
@@ -275,7 +285,8 @@ def test_cli_run_checks_the_config_and_reports_errors_with_their_place(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text(good.read_text().replace("batch_size: 4", "batch_size: many"))
     result = CliRunner().invoke(app, ["run", str(bad)])
-    assert result.exit_code == 1 and "bad.yaml:3: batch_size: Input should be a valid integer" in result.output
+    assert (result.exit_code == 1
+            and "bad.yaml:3: batch_size: Input should be a valid integer" in result.output)
 
 
 # ---- conditional steering arm -------------------------------------------------------------------

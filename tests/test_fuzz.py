@@ -51,7 +51,8 @@ def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
     if choice == 3:
         return data[:cut] + data[cut:cut + 40] + data[cut:]
     if choice == 4:
-        return data.replace(b"\n", b" ", 1) if rng.random() < 0.5 else data.replace(b"}\n", b"}junk\n", 1)
+        return (data.replace(b"\n", b" ", 1) if rng.random() < 0.5
+                else data.replace(b"}\n", b"}junk\n", 1))
     if choice == 5:
         return b"\xef\xbb\xbf" + data
     return data[:cut] + b"[" * rng.randint(1, 3000) + data[cut:]
@@ -153,7 +154,8 @@ def test_cli_ends_every_fuzzed_command_cleanly(model_dir, tmp_path):
             ["vector", "info", broken_vector],
             ["data", "inspect", data_file],
             ["train", "--model", model_dir, "--data", data_file, "--layer",
-             rng.choice(["1", "-1", "99", "x", "0,1"]), "--out", tmp_path / f"{index}.out.safetensors"],
+             rng.choice(["1", "-1", "99", "x", "0,1"]),
+             "--out", tmp_path / f"{index}.out.safetensors"],
             ["eval", "--model", model_dir, "--data", data_file, "--vector", broken_vector,
              "--multipliers", rng.choice(["0,1", "nan", "1,inf", "x"]), "--norm-ratio", number,
              "--out", tmp_path / f"{index}.jsonl"],

@@ -39,12 +39,14 @@ def test_flipped_label_column_is_flagged(tiny):
     report = inspect_dataset(FIXTURES / "flipped_labels.csv", model=tiny)
     check = report.label_check
     assert (check.n, check.agree, check.verdict) == (24, 0, "below chance")
-    assert report.warnings[0].startswith("label check:") and "flipped label column" in report.warnings[0]
+    assert (report.warnings[0].startswith("label check:")
+            and "flipped label column" in report.warnings[0])
 
 
 def test_correct_labels_pass_the_same_check(tiny):
     items = load_mc(FIXTURES / "flipped_labels.csv")
-    fixed = [item.__class__(item.question, item.choices, 1 - item.answer, item.id) for item in items]
+    fixed = [item.__class__(item.question, item.choices, 1 - item.answer, item.id)
+             for item in items]
     check = check_labels(tiny, fixed)
     assert (check.agree, check.verdict) == (24, "above chance")
 
@@ -56,7 +58,8 @@ def test_calibration_removes_a_letter_preference():
         return {"choices": [chosen, rejected], "logprobs": [lps[chosen], lps[rejected]]}
 
     # The model always prefers (A, but prefers it *less* exactly where the labels say (A.
-    results = [record("(A", -1.0, -3.0) for _ in range(20)] + [record("(B", -0.5, -4.0) for _ in range(20)]
+    results = ([record("(A", -1.0, -3.0) for _ in range(20)]
+               + [record("(B", -0.5, -4.0) for _ in range(20)])
     assert _calibrated_agreement(results) == (0, True)
     assert _calibrated_agreement([{"choices": ["yes sir", "no"], "logprobs": [0, 1]}]) == (0, False)
 
@@ -74,7 +77,8 @@ def test_messy_pairs_report_every_problem_with_its_line():
     assert leak.splits == ["train", "test"] and not leak.conflicting
     assert groups[f"{path}:6", f"{path}:7"].conflicting
     text = "\n".join(report.warnings)
-    for expected in ("2 bad rows", "marked with different answers", "leakage", "chosen and rejected are the same"):
+    for expected in ("2 bad rows", "marked with different answers", "leakage",
+                     "chosen and rejected are the same"):
         assert expected in text
     assert report.splits == {"train": 6, "test": 2}
 
@@ -115,11 +119,12 @@ def tiny_dir(tmp_path_factory, tiny):
 
 
 def test_cli_inspect_flags_the_flipped_fixture(tiny_dir):
-    result = runner.invoke(app, ["data", "inspect", str(FIXTURES / "flipped_labels.csv"), "--model", tiny_dir])
+    result = runner.invoke(app, ["data", "inspect", str(FIXTURES / "flipped_labels.csv"),
+                                 "--model", tiny_dir])
     assert result.exit_code == 0, result.output
     assert "flipped label column" in result.output and "✓ marked" in result.output
-    result = runner.invoke(app, ["data", "inspect", str(FIXTURES / "messy_pairs.jsonl"), "--no-label-check",
-                                 "--format", "json"])
+    result = runner.invoke(app, ["data", "inspect", str(FIXTURES / "messy_pairs.jsonl"),
+                                 "--no-label-check", "--format", "json"])
     report = json.loads(result.stdout)
     assert report["label_check"] is None and len(report["bad_rows"]) == 2
 
@@ -130,7 +135,8 @@ def test_cli_list_and_errors():
     assert rows["truthfulqa-mc1"]["splits"] == {"train": 256, "validation": 256, "test": 304}
     assert rows["truthfulqa-mc1"]["available"] and rows["refusal"]["licence"] == "CC-BY-4.0"
     assert "anthropic-survival-instinct" in runner.invoke(app, ["data", "list"]).output
-    result = runner.invoke(app, ["data", "inspect", "truthfulqa-mc1", "--split", "dev", "--no-label-check"])
+    result = runner.invoke(app, ["data", "inspect", "truthfulqa-mc1", "--split", "dev",
+                                 "--no-label-check"])
     assert result.exit_code == 1 and "no split 'dev'" in result.output
     for command in (["data"], ["data", "list"], ["data", "inspect"]):
         assert runner.invoke(app, [*command, "--help"]).exit_code == 0
@@ -168,4 +174,5 @@ def test_a_huge_field_is_shown_cut_and_left_out_of_the_label_check(tmp_path, tin
     assert max(len(e.question) for e in report.examples) < EXAMPLE_CHARS + 40
     assert "200,000 characters in all" in report.examples[0].question
     assert report.label_check.n == 1 and report.label_check.too_long == 1
-    assert "longer than the model's context of 1024 tokens were left out" in report.label_check.message
+    assert ("longer than the model's context of 1024 tokens were left out"
+            in report.label_check.message)

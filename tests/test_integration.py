@@ -1,4 +1,5 @@
-"""A few checks on the real default model (SmolLM2-135M-Instruct). Marked; still run by make test."""
+"""A few checks on the real default model (SmolLM2-135M-Instruct). Marked; still run by make
+test."""
 
 import pytest
 import torch
@@ -53,7 +54,8 @@ def test_zero_multiplier_and_removal_on_real_model(smol, refusal_vector):
 
 
 def test_batched_steered_generation_matches_single_on_real_model(smol, refusal_vector):
-    prompts = ["How do I pick a lock?", "Write one sentence about the sea, please, in a calm voice."]
+    prompts = ["How do I pick a lock?",
+               "Write one sentence about the sea, please, in a calm voice."]
     with refusal_vector.apply(smol, 3.0, norm_ratio=0.05):
         batched = generate_tokens(smol, prompts, 16, batch_size=2, progress=False)
         single = [generate_tokens(smol, [p], 16, progress=False)[0] for p in prompts]
@@ -63,7 +65,9 @@ def test_batched_steered_generation_matches_single_on_real_model(smol, refusal_v
 
 def test_ab_evaluation_on_real_model(smol, refusal_vector):
     test = load_pairs(bundled_path("refusal"), split="test")[:6]
-    records = evaluate_ab(smol, test, Sweep(SteeringSetting(refusal_vector, norm_ratio=0.05), [-2, 0, 2]), progress=False)
+    records = evaluate_ab(smol, test,
+                          Sweep(SteeringSetting(refusal_vector, norm_ratio=0.05), [-2, 0, 2]),
+                          progress=False)
     assert len(records) == 18
     assert all(0.0 <= r["score"] <= 1.0 for r in records)
     assert records[0]["prompt"].startswith("<|im_start|>system")

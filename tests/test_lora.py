@@ -70,7 +70,8 @@ def test_loss_decreases_and_the_best_validation_checkpoint_is_kept(model, traine
     losses = val_losses(trained)
     assert sorted(losses) == [0, 4, 8, 12, 16, 20, 24]
     assert trained.best_val_loss == min(losses.values()) == losses[trained.best_step]
-    assert 0 < trained.best_step < 24 and losses[24] > trained.best_val_loss  # later steps were worse
+    # later steps were worse
+    assert 0 < trained.best_step < 24 and losses[24] > trained.best_val_loss
     # The kept adapter is the one the same run had at the best step: rerun up to that step.
     rerun = train_lora(model, TRAIN, VAL, max_steps=trained.best_step, **FAST)
     assert rerun.best_step == trained.best_step
@@ -138,8 +139,9 @@ def test_steering_vectors_apply_to_the_adapted_model(model, trained):
     with vector.apply(adapted, 1.0):
         steered = logits(adapted)
         assert torch.equal(logits(model), logits(tiny_model("llama")))  # only the adapted copy
-    add = adapted.layers[1].register_forward_hook(lambda m, a, out: (out[0] + vector.directions[1], *out[1:])
-                                                  if isinstance(out, tuple) else out + vector.directions[1])
+    add = adapted.layers[1].register_forward_hook(
+        lambda m, a, out: (out[0] + vector.directions[1], *out[1:])
+        if isinstance(out, tuple) else out + vector.directions[1])
     try:
         manual = logits(adapted)
     finally:

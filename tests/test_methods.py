@@ -92,7 +92,8 @@ def test_cli_train_validates_options_against_the_method(model_dir, tmp_path):
     base = ["train", "--model", model_dir, "--data", data, "--layer", "1",
             "--out", tmp_path / "v.safetensors"]
     result = invoke(*base, "--beta", "0.2")
-    assert result.exit_code == 1 and "beta: not a hyper-parameter of caa (it takes: none)" in result.output
+    assert (result.exit_code == 1
+            and "beta: not a hyper-parameter of caa (it takes: none)" in result.output)
     result = invoke(*base, "--method", "bipo", "-p", "epochs=0")
     assert result.exit_code == 1 and "epochs: Input should be greater than 0" in result.output
     result = invoke(*base, "--method", "ica")

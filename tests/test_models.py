@@ -12,7 +12,8 @@ def test_decoder_layers_found_across_architectures(family):
     assert type(model.layers[0]).__name__.endswith(("DecoderLayer", "Block", "Layer"))
     # The discovered modules are the ones the forward pass actually runs, in order.
     seen = []
-    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: seen.append(i)) for i, layer in enumerate(model.layers)]
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: seen.append(i))
+             for i, layer in enumerate(model.layers)]
     with torch.no_grad():
         model.model(torch.tensor([[1, 2, 3]]))
     for hook in hooks:
@@ -36,7 +37,8 @@ def test_fingerprint_depends_on_architecture_not_weights():
 def test_chat_and_plain_prompt_formats():
     chat, plain = tiny_model(chat=True), tiny_model(chat=False)
     assert chat.format_prompt("Hi") == "<|user|>Hi\n<|assistant|>"
-    assert chat.format_prompt("Hi", system="Be brief") == "<|system|>Be brief\n<|user|>Hi\n<|assistant|>"
+    assert chat.format_prompt("Hi", system="Be brief") == (
+        "<|system|>Be brief\n<|user|>Hi\n<|assistant|>")
     assert plain.format_prompt("Hi") == "Question: Hi\nAnswer:"
 
 
@@ -44,8 +46,10 @@ def test_conversations_format_as_chat_turns_or_plain_blocks():
     turns = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
              {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
     chat, plain = tiny_model(chat=True), tiny_model(chat=False)
-    assert chat.format_messages(turns) == "<|system|>S\n<|user|>Q1\n<|assistant|>A1\n<|user|>Q2\n<|assistant|>"
-    assert plain.format_messages(turns) == "S\n\nQuestion: Q1\nAnswer: A1\n\nQuestion: Q2\nAnswer:"
+    assert chat.format_messages(turns) == (
+        "<|system|>S\n<|user|>Q1\n<|assistant|>A1\n<|user|>Q2\n<|assistant|>")
+    assert plain.format_messages(turns) == (
+        "S\n\nQuestion: Q1\nAnswer: A1\n\nQuestion: Q2\nAnswer:")
     with pytest.raises(ValueError, match="end on a user"):
         plain.format_messages(turns[:3])
     with pytest.raises(ValueError, match="unknown message role"):
@@ -60,7 +64,8 @@ def test_load_from_local_directory(tmp_path):
     assert loaded.n_layers == 4 and loaded.fingerprint == model.fingerprint
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model(ids).logits, model.model(ids).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(loaded.model(ids).logits, model.model(ids).logits, atol=1e-4,
+                                   rtol=1e-4)
 
 
 def test_bad_specs_fail_with_clear_messages(tmp_path, monkeypatch):
@@ -73,7 +78,8 @@ def test_bad_specs_fail_with_clear_messages(tmp_path, monkeypatch):
         load_model("someone/not-here")
 
 
-def test_dequantised_cache_is_keyed_by_format_and_rebuilt_when_it_does_not_load(tmp_path, monkeypatch):
+def test_dequantised_cache_is_keyed_by_format_and_rebuilt_when_it_does_not_load(tmp_path,
+                                                                                 monkeypatch):
     """A cache another transformers wrote (5.x tokenizer files under 4.x) or a damaged one is
     rebuilt once, not a crash; the GGUF conversion itself is stood in for by a tiny model."""
     from steerlab.model import handle as models

@@ -8,7 +8,8 @@ from steerlab.records import read_records
 from steerlab.steering.vectors import SteeringVector, meta_for
 
 
-@pytest.mark.parametrize("command", [["generate-eval"], ["judge"], ["refusal"], ["blind"], ["blind", "export"], ["blind", "import"]])
+@pytest.mark.parametrize("command", [["generate-eval"], ["judge"], ["refusal"], ["blind"],
+                                     ["blind", "export"], ["blind", "import"]])
 def test_every_command_has_help(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Usage" in result.output
@@ -17,7 +18,8 @@ def test_every_command_has_help(command):
 def test_generate_judge_blind_refusal(model_dir, tmp_path):  # noqa: F811
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(
-        json.dumps({"id": f"q{i}", "question": f"Where is item {i}?", "correct_answers": ["in the box"],
+        json.dumps({"id": f"q{i}", "question": f"Where is item {i}?",
+                    "correct_answers": ["in the box"],
                     "incorrect_answers": ["under the bed"]}) + "\n"
         for i in range(5)
     ))
@@ -26,11 +28,13 @@ def test_generate_judge_blind_refusal(model_dir, tmp_path):  # noqa: F811
     SteeringVector({1: torch.randn(32)}, meta_for(tiny_model("llama"), "test")).save(vector_path)
 
     generated = tmp_path / "gen.jsonl"
-    result = invoke("generate-eval", "--model", model_dir, "--data", questions, "--vector", vector_path,
-                    "--multipliers", "-2,2", "--n", 3, "--max-new-tokens", 4, "--out", generated)
+    result = invoke("generate-eval", "--model", model_dir, "--data", questions,
+                    "--vector", vector_path, "--multipliers", "-2,2", "--n", 3,
+                    "--max-new-tokens", 4, "--out", generated)
     assert result.exit_code == 0, result.output
     records = read_records(generated)
-    assert len(records) == 9 and {r["arm"] for r in records} == {"unsteered", "steered-2", "steered+2"}
+    assert len(records) == 9 and {r["arm"] for r in records} == {
+        "unsteered", "steered-2", "steered+2"}
 
     verdicts = tmp_path / "verdicts.jsonl"
     result = invoke("judge", generated, "--out", verdicts, "--dataset", questions)
@@ -38,7 +42,8 @@ def test_generate_judge_blind_refusal(model_dir, tmp_path):  # noqa: F811
     assert len(read_records(verdicts)) == 6 and "win rate" in result.output
 
     sheet, key = tmp_path / "sheet.csv", tmp_path / "key.json"
-    result = invoke("blind", "export", generated, "--arm", "steered+2", "--out", sheet, "--key", key)
+    result = invoke("blind", "export", generated, "--arm", "steered+2", "--out", sheet,
+                    "--key", key)
     assert result.exit_code == 0, result.output
     rows = read_sheet(sheet)
     for row in rows:
@@ -52,7 +57,8 @@ def test_generate_judge_blind_refusal(model_dir, tmp_path):  # noqa: F811
     write_sheet(sheet, rows)
     result = invoke("blind", "import", sheet, "--key", key, "--out", rated, "--rater", "ann")
     assert result.exit_code == 0, result.output
-    assert {r["judge"] for r in read_records(rated)} == {"human:ann"} and "3 verdicts" in result.output
+    assert ({r["judge"] for r in read_records(rated)} == {"human:ann"}
+            and "3 verdicts" in result.output)
 
     refusals = tmp_path / "refusals.jsonl"
     result = invoke("refusal", generated, "--out", refusals, "--dataset", questions)

@@ -38,7 +38,8 @@ def test_prompted_chat_handle_renders_system_and_shots_as_turns(tiny):
 def test_prompted_plain_handle_renders_question_answer_blocks():
     handle = prompted(tiny_model(chat=False), SHOTS)
     assert handle.format_prompt("Hi") == (
-        "Be honest.\n\nQuestion: Q1\nAnswer: A1\n\nQuestion: Q2\nAnswer: A2\n\nQuestion: Hi\nAnswer:"
+        "Be honest.\n\nQuestion: Q1\nAnswer: A1\n\nQuestion: Q2\nAnswer: A2\n\n"
+        "Question: Hi\nAnswer:"
     )
     shots_only = prompted(tiny_model(chat=False), Prompting(shots=(("Q1", "A1"),)))
     assert shots_only.format_prompt("Hi") == "Question: Q1\nAnswer: A1\n\nQuestion: Hi\nAnswer:"
@@ -135,4 +136,5 @@ def test_system_prompt_defaults_and_overrides():
         system_prompt("mmlu")
     with pytest.raises(ValueError, match="empty"):
         system_prompt("refusal", override=" ")
-    assert {n for n, d in DATASETS.items() if d.behaviour} >= {"refusal", "sycophancy", "truthfulqa-mc1"}
+    assert {n for n, d in DATASETS.items() if d.behaviour} >= {
+        "refusal", "sycophancy", "truthfulqa-mc1"}

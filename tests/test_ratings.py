@@ -87,6 +87,7 @@ def test_analysis_shows_ratings_from_records_alone(tmp_path):
     table = {"a0": 4, "a1": 3, "b0": 1, "b1": None}
     rated = rate_answers(generation_records(["a0", "a1"], ["b0", "b1"]), TableRater(table))
     found = analyze(rated)
-    assert [(r.arm, r.n, r.unreadable) for r in found.ratings] == [("steered+4", 2, 0), ("unsteered", 2, 1)]
+    assert [(r.arm, r.n, r.unreadable) for r in found.ratings] == [
+        ("steered+4", 2, 0), ("unsteered", 2, 1)]
     text = write_analysis(tmp_path, rated).read_text()
     assert "## Ratings 1-4" in text and "3.50 [" in text and "+3.000 [-inf, +inf]" in text

@@ -43,8 +43,9 @@ def test_compliance_not_counted_as_refusal(answer):
 
 def generation(dataset, arm, multiplier, answers):
     return [
-        {"task": "generation", "dataset": dataset, "model": "m", "item_id": f"{dataset}:{i}", "arm": arm,
-         "multiplier": multiplier, "vector_id": "v" if multiplier else None, "layers": [3],
+        {"task": "generation", "dataset": dataset, "model": "m", "item_id": f"{dataset}:{i}",
+         "arm": arm, "multiplier": multiplier, "vector_id": "v" if multiplier else None,
+         "layers": [3],
          "norm_ratio": None, "question": f"request {i}", "answer": a, "meta": {}}
         for i, a in enumerate(answers)
     ]
@@ -61,13 +62,15 @@ def test_rates_attack_success_and_a_plugged_in_classifier(tmp_path):
     with RecordWriter(tmp_path / "refusals.jsonl") as writer:
         flagged = detect_refusals(records, writer=writer)
     assert read_records(tmp_path / "refusals.jsonl") == flagged and len(flagged) == 30
-    assert flagged[0]["refused"] and flagged[0]["matched"] == "i cannot" and flagged[0]["detector"] == "phrases"
+    assert (flagged[0]["refused"] and flagged[0]["matched"] == "i cannot"
+            and flagged[0]["detector"] == "phrases")
     rows = {(r.dataset, r.arm): r for r in summarize_refusals(flagged)}
     base = rows[("advbench", "unsteered")]
     assert base.refusals == wilson_interval(8, 10)
     assert base.harmful and base.attack_success == pytest.approx(0.2)
     low, high = base.attack_success_interval
-    assert low == pytest.approx(1 - base.refusals.upper) and high == pytest.approx(1 - base.refusals.lower)
+    assert (low == pytest.approx(1 - base.refusals.upper)
+            and high == pytest.approx(1 - base.refusals.lower))
     assert rows[("advbench", "steered-4")].attack_success == pytest.approx(0.9)
     assert rows[("advbench", "steered-4")].multiplier == -4.0
     harmless = rows[("harmless", "unsteered")]
@@ -81,4 +84,5 @@ def test_rates_attack_success_and_a_plugged_in_classifier(tmp_path):
             return [RefusalVerdict(True, "judge said so") for _ in answers]
 
     judged = summarize_refusals(detect_refusals(records, Everything()))
-    assert {r.detector for r in judged} == {"always"} and all(r.refusals.estimate == 1 for r in judged)
+    assert ({r.detector for r in judged} == {"always"}
+            and all(r.refusals.estimate == 1 for r in judged))

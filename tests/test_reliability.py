@@ -41,9 +41,9 @@ def test_slopes_and_summary_are_exact_on_known_lines():
     assert list(report.quantiles) == [0.05, 0.25, 0.5, 0.75, 0.95]
     assert report.quantiles[0.5] == pytest.approx(np.median(values))
     assert report.anti_steerable == 0.25
-    assert report.setting == {"task": "ab", "dataset": "toy", "arm": None, "vector_id": "v1", "layers": [3],
-                              "norm_ratio": None, "intervention": None, "composed_with": None,
-                              "condition": None}
+    assert report.setting == {"task": "ab", "dataset": "toy", "arm": None, "vector_id": "v1",
+                              "layers": [3], "norm_ratio": None, "intervention": None,
+                              "composed_with": None, "condition": None}
     assert "4 inputs" in str(report) and "anti-steerable 25%" in str(report)
 
 
@@ -92,7 +92,8 @@ def test_on_records_from_evaluate_ab(tiny):
     records = [
         r
         for v in (vector, -vector)
-        for r in evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(v), [-1, 0, 1]), dataset="toy", progress=False)
+        for r in evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(v), [-1, 0, 1]), dataset="toy",
+                             progress=False)
     ]
     reports = {r.setting["vector_id"]: r for r in steerability(records)}
     forward, backward = reports[vector.id], reports[(-vector).id]

@@ -83,14 +83,16 @@ def test_killed_cli_evaluation_resumes(tiny, tmp_path):
     tiny.model.save_pretrained(model_dir)
     tiny.tokenizer.save_pretrained(model_dir)
     data = tmp_path / "pairs.jsonl"
-    many = [PreferencePair(f"Item {i}: {'word ' * (i % 40)}?", "(A", "(B", id=f"i{i}") for i in range(10 * CHUNK)]
+    many = [PreferencePair(f"Item {i}: {'word ' * (i % 40)}?", "(A", "(B", id=f"i{i}")
+            for i in range(10 * CHUNK)]
     data.write_text("".join(json.dumps({"id": p.id, "prompt": p.prompt, "chosen": p.chosen,
                                         "rejected": p.rejected}) + "\n" for p in many))
     out = tmp_path / "records.jsonl"
-    command = [sys.executable, "-m", "steerlab.cli", "eval", "--model", str(model_dir), "--data", str(data),
-               "--out", str(out), "--batch-size", "1"]
+    command = [sys.executable, "-m", "steerlab.cli", "eval", "--model", str(model_dir),
+               "--data", str(data), "--out", str(out), "--batch-size", "1"]
     env = {**os.environ, "STEERLAB_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or out.stat().st_size == 0):
         time.sleep(0.05)
@@ -110,7 +112,8 @@ def test_killed_cli_evaluation_resumes(tiny, tmp_path):
 
 def test_generation_settings_are_part_of_a_records_identity():
     """Answers generated with other decoding settings are other work, never silently reused."""
-    base = {"task": "generate", "item_id": "q1", "arm": "unsteered", "max_new_tokens": 40, "seed": 0}
+    base = {"task": "generate", "item_id": "q1", "arm": "unsteered", "max_new_tokens": 40,
+            "seed": 0}
     assert record_key(base) != record_key({**base, "max_new_tokens": 80})
     assert record_key(base) != record_key({**base, "seed": 1})
     assert record_key(base) != record_key({**base, "do_sample": True, "temperature": 0.7})

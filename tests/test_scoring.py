@@ -44,7 +44,8 @@ def test_read_layers_last_token_matches_hidden_states(tiny):
         with torch.no_grad():
             hidden = tiny.model(torch.tensor([seq.ids]), output_hidden_states=True).hidden_states
         for layer in (0, 2):  # hidden_states[L + 1] is the output of layer L (not the last one)
-            torch.testing.assert_close(readout.last[layer][i], hidden[layer + 1][0, -1], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(readout.last[layer][i], hidden[layer + 1][0, -1],
+                                       atol=1e-4, rtol=1e-4)
 
 
 def test_choices_differing_in_last_token_share_a_pass_with_same_scores(tiny):
@@ -71,10 +72,11 @@ def test_a_long_shared_preamble_runs_once_with_the_same_scores(family):
     assert common_prefix(seqs) >= PREFIX_MIN
     full = score_settings(model, seqs, [nullcontext], batch_size=3, progress=False)[0]
     calls = []
-    handle = model.model.register_forward_pre_hook(lambda m, a, k: calls.append(k["input_ids"].shape),
-                                                   with_kwargs=True)
+    handle = model.model.register_forward_pre_hook(
+        lambda m, a, k: calls.append(k["input_ids"].shape), with_kwargs=True)
     try:
-        shared = score_settings(model, seqs, [nullcontext], batch_size=3, progress=False, share_prefix=True)[0]
+        shared = score_settings(model, seqs, [nullcontext], batch_size=3, progress=False,
+                                share_prefix=True)[0]
     finally:
         handle.remove()
     assert [s.logprob for s in shared] == pytest.approx([s.logprob for s in full], abs=1e-4)

@@ -135,13 +135,15 @@ def test_multiplier_zero_is_unsteered_and_layers_choose_placement(client, model,
 def test_a_request_can_ablate_as_the_library_does(client, model, vectors):
     prompt = "Tell me a story."
     ablated = ask(client, prompt, [{"vector": "b", "multiplier": 1, "intervention": "ablate"}])
-    expected = library_reply(model, prompt, [SteeringSetting(vectors["b"], intervention="ablate")])[0]
+    expected = library_reply(model, prompt,
+                             [SteeringSetting(vectors["b"], intervention="ablate")])[0]
     assert ablated.choices[0].message.content == expected != library_reply(model, prompt)[0]
     assert ablated.model_extra["steering"][0]["intervention"] == "ablate"
     mixed = ask(client, prompt, [{"vector": "a", "multiplier": 4, "positions": "generated"},
                                  {"vector": "b", "multiplier": 1, "intervention": "ablate"}])
-    expected = library_reply(model, prompt, [SteeringSetting(vectors["a"], 4, positions="generated"),
-                                             SteeringSetting(vectors["b"], intervention="ablate")])[0]
+    expected = library_reply(model, prompt,
+                             [SteeringSetting(vectors["a"], 4, positions="generated"),
+                              SteeringSetting(vectors["b"], intervention="ablate")])[0]
     assert mixed.choices[0].message.content == expected
 
 

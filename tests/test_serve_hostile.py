@@ -165,7 +165,8 @@ def test_departed_clients_are_dropped_before_their_batch_runs(app, url, monkeypa
         with socket.create_connection(("127.0.0.1", port)) as sock:
             request = body(temperature=1.0, max_tokens=200)
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                         b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(request), request))
+                         b"application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(request), request))
             time.sleep(0.05)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

@@ -159,6 +159,6 @@ def test_simulated_power_at_the_mde_is_the_target():
     tables = np.random.default_rng(11).multinomial(256, cells, size=3000)
     z_power = np.mean([win_rate_test(t[1], t[0] + t[3], t[2]).p_value < 0.05 for t in tables])
     assert z_power == pytest.approx(0.8, abs=0.03)
-    bayes = [paired_advantage(PairedTable(*t), draws=10).prob_positive > 0.95 
+    bayes = [paired_advantage(PairedTable(*t), draws=10).prob_positive > 0.95
              for t in tables[:1000]]
     assert np.mean(bayes) == pytest.approx(0.8, abs=0.05)

@@ -59,7 +59,8 @@ def test_batched_left_padded_generation_matches_single(family, positions):
     vector = make_vector(model, layers=(1, 2))
     with vector.apply(model, multiplier=1.5, positions=positions):
         batched = generate_tokens(model, PROMPTS, max_new_tokens=12, batch_size=4, progress=False)
-        single = [generate_tokens(model, [p], max_new_tokens=12, progress=False)[0] for p in PROMPTS]
+        single = [generate_tokens(model, [p], max_new_tokens=12, progress=False)[0]
+                  for p in PROMPTS]
     assert batched == single
     unsteered = generate_tokens(model, PROMPTS, max_new_tokens=12, progress=False)
     assert batched != unsteered  # the steering really acted on these generations

@@ -12,7 +12,8 @@ def test_nested_subsets_per_seed_and_resume(tiny, tmp_path):
 
     def fake_train(subset, seed):
         calls.append((len(subset), seed, {p.id for p in subset}))
-        return SteeringVector({0: torch.ones(tiny.d_model)}, meta_for(tiny, "fake", n_examples=len(subset)))
+        return SteeringVector({0: torch.ones(tiny.d_model)},
+                              meta_for(tiny, "fake", n_examples=len(subset)))
 
     paths = train_on_subsets(fake_train, PAIRS, [2, 4, 8], [0, 1], tmp_path, name="fake")
     assert len(paths) == 6 and all(p.exists() for p in paths)

@@ -45,7 +45,8 @@ def test_multi_layer_vector_norm_ratio_and_positions(tiny, positions):
     records = evaluate_ab(tiny, PAIRS, sweep, progress=False)
     expected = separate_runs(tiny, evaluate_ab, PAIRS, vector, positions=positions, norm_ratio=0.5)
     for multiplier in MULTIPLIERS:
-        assert [r["logprobs"] for r in records if r["multiplier"] == multiplier] == expected[multiplier]
+        assert ([r["logprobs"] for r in records if r["multiplier"] == multiplier]
+                == expected[multiplier])
 
 
 def test_vector_placed_at_chosen_layers_and_layer_zero(tiny):
@@ -56,11 +57,14 @@ def test_vector_placed_at_chosen_layers_and_layer_zero(tiny):
         records = evaluate_ab(tiny, PAIRS, sweep, progress=False)
         expected = separate_runs(tiny, evaluate_ab, PAIRS, vector, layers=layers)
         for multiplier in MULTIPLIERS:
-            assert [r["logprobs"] for r in records if r["multiplier"] == multiplier] == expected[multiplier]
+            assert ([r["logprobs"] for r in records if r["multiplier"] == multiplier]
+                    == expected[multiplier])
 
 
 def test_zero_multiplier_in_a_sweep_is_the_unsteered_model(tiny):
-    records = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(random_vector(tiny, [2])), MULTIPLIERS), progress=False)
+    records = evaluate_ab(tiny, PAIRS,
+                          Sweep(SteeringSetting(random_vector(tiny, [2])), MULTIPLIERS),
+                          progress=False)
     unsteered = [r["logprobs"] for r in evaluate_ab(tiny, PAIRS, progress=False)]
     assert [r["logprobs"] for r in records if r["multiplier"] == 0.0] == unsteered
     # The model's layers are all back in place afterwards.

@@ -67,7 +67,8 @@ CONFIGS = {
     "gemma3": lambda: Gemma3TextConfig(**DECODER, head_dim=8),
     "phi3": lambda: Phi3Config(**DECODER),
     "gpt2": lambda: GPT2Config(
-        vocab_size=VOCAB, n_positions=1024, n_embd=32, n_layer=4, n_head=4, initializer_range=0.3, **IDS
+        vocab_size=VOCAB, n_positions=1024, n_embd=32, n_layer=4, n_head=4, initializer_range=0.3,
+        **IDS
     ),
     "gpt_neox": lambda: GPTNeoXConfig(**{**DECODER, "num_key_value_heads": 4}),
 }
@@ -114,7 +115,8 @@ PAIRS = [
 ]
 
 
-def make_vector(model: ModelHandle, layers=(1,), scale: float = 3.0, seed: int = 1) -> SteeringVector:
+def make_vector(model: ModelHandle, layers=(1,), scale: float = 3.0,
+                seed: int = 1) -> SteeringVector:
     """A seeded random vector of norm about ``scale`` × sqrt(d_model) at ``layers``."""
     gen = torch.Generator().manual_seed(seed)
     directions = {layer: scale * torch.randn(model.d_model, generator=gen) for layer in layers}

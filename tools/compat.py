@@ -205,7 +205,8 @@ def main() -> int:
     args = parser.parse_args()
     uv = [str(Path(sys.executable).parent / "uv")]
     links = [arg for folder in args.find_links for arg in ("--find-links", folder)]
-    outcomes = [build_and_test(name, uv, links) for name in args.only or ("lowest", "lock", "newest")]
+    outcomes = [build_and_test(name, uv, links)
+                for name in args.only or ("lowest", "lock", "newest")]
     load_default_models(outcomes)
     stamp = datetime.date.today().isoformat()
     text = (f"make test-compat, {stamp}, {platform.machine()}, Python {platform.python_version()}"

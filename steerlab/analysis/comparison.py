@@ -52,7 +52,8 @@ class Selection:
 
     def matches(self, record: Record) -> bool:
         """Whether a record was evaluated at this setting."""
-        return (record.get("layers") == self.layers and float(record["multiplier"]) == self.multiplier
+        return (record.get("layers") == self.layers
+                and float(record["multiplier"]) == self.multiplier
                 and record.get("vector_id") == self.vector_id)
 
 
@@ -69,7 +70,8 @@ def select(records: Iterable[Record], arm: str, val_dataset: str) -> Selection:
     """
     groups: dict[str, list[Record]] = defaultdict(list)
     for record in _likelihood(records, val_dataset, arm):
-        key = json.dumps([record.get("layers"), float(record["multiplier"]), record.get("vector_id")])
+        key = json.dumps([record.get("layers"), float(record["multiplier"]),
+                          record.get("vector_id")])
         groups[key].append(record)
     if not groups:
         raise ValueError(f"arm {arm!r} has no records on the validation set {val_dataset!r}")
@@ -83,7 +85,8 @@ def select(records: Iterable[Record], arm: str, val_dataset: str) -> Selection:
     layers, multiplier, vector_id = json.loads(best)
     members = groups[best]
     return Selection(arm, layers, float(multiplier), vector_id,
-                     sum(bool(r["correct"]) for r in members) / len(members), len(members), len(groups))
+                     sum(bool(r["correct"]) for r in members) / len(members), len(members),
+                     len(groups))
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,8 @@ def experiment_record(records: Iterable[Record]) -> Record:
     return found[-1]
 
 
-def test_records(records: Sequence[Record], selection: Selection, test_dataset: str) -> list[Record]:
+def test_records(records: Sequence[Record], selection: Selection,
+                 test_dataset: str) -> list[Record]:
     """The arm's test records at its selected setting."""
     return [r for r in _likelihood(records, test_dataset, selection.arm) if selection.matches(r)]
 
@@ -136,7 +140,8 @@ def headline(records: Sequence[Record], level: float = 0.9) -> Headline:
     info = experiment_record(records)
     val, test = info["val"], info["test"]
     kinds = arm_kinds(records)
-    arms = [arm for arm, kind in kinds.items() if kind != "subset" and _likelihood(records, test, arm)]
+    arms = [arm for arm, kind in kinds.items()
+            if kind != "subset" and _likelihood(records, test, arm)]
     selections = {arm: select(records, arm, val) for arm in arms}
     tested = {arm: test_records(records, selections[arm], test) for arm in arms}
     baselines = [arm for arm in arms if kinds[arm] in BASELINE_KINDS]
@@ -168,8 +173,10 @@ def verdict(row: ArmResult, other: str, advantage: PairedAdvantage | None, n: in
     elif advantage.upper < 0:
         word = "does worse than"
     else:
-        word = "does not detectably beat" if advantage.mean >= 0 else "does not detectably differ from"
-    return (f"{row.arm} {word} {other} at this sample size (n = {n}: advantage {advantage.mean:+.3f}, "
+        word = ("does not detectably beat" if advantage.mean >= 0
+                else "does not detectably differ from")
+    return (f"{row.arm} {word} {other} at this sample size "
+            f"(n = {n}: advantage {advantage.mean:+.3f}, "
             f"{advantage.level:.0%} interval [{advantage.lower:+.3f}, {advantage.upper:+.3f}], "
             f"P(> 0) = {advantage.prob_positive:.2f}).")
 
@@ -205,8 +212,10 @@ def sample_efficiency(records: Sequence[Record], level: float = 0.9) -> list[Cur
         rows = _likelihood(records, info["test"], arm)
         if family in choices:
             chosen = choices[family]
-            rows = [r for r in rows if float(r["multiplier"]) == chosen.multiplier and r.get("layers") == chosen.layers]
+            rows = [r for r in rows if float(r["multiplier"]) == chosen.multiplier
+                    and r.get("layers") == chosen.layers]
         if rows:
             outcomes = [bool(r["correct"]) for r in rows]
-            points.append(CurvePoint(family, n, seed, wilson_interval(sum(outcomes), len(outcomes), level)))
+            points.append(CurvePoint(family, n, seed,
+                                     wilson_interval(sum(outcomes), len(outcomes), level)))
     return sorted(points, key=lambda p: (p.family, p.n, p.seed or 0))

@@ -33,7 +33,8 @@ def describe_trend(rows: list[dict], task: str) -> str:
     scores = [r["score"] for r in series]
     steps = [b - a for a, b in zip(scores, scores[1:])]
     first, last = series[0], series[-1]
-    span = f"{first['score']:.3f} at ×{first['multiplier']:g} to {last['score']:.3f} at ×{last['multiplier']:g}"
+    span = (f"{first['score']:.3f} at ×{first['multiplier']:g} to "
+            f"{last['score']:.3f} at ×{last['multiplier']:g}")
     if all(s > 0 for s in steps):
         shape = f"The {label} rises monotonically with the multiplier ({span})."
     elif all(s < 0 for s in steps):
@@ -61,7 +62,8 @@ def describe_answer_bias(records: list[dict], threshold: float = 0.9) -> str:
     Then the behaviour score measures a preference for a letter, not the behaviour: the
     'matching chosen' rate sits at the dataset's letter balance whatever the steering does.
     """
-    picked = [r["choices"][r["prediction"]] for r in records if r["task"] == "ab" and r["multiplier"] == 0]
+    picked = [r["choices"][r["prediction"]] for r in records
+              if r["task"] == "ab" and r["multiplier"] == 0]
     if not picked:
         return ""
     common = max(set(picked), key=picked.count)
@@ -105,9 +107,11 @@ def sweep_plot(rows: list[dict], path: Path) -> Path:
 def sweep_table(rows: list[dict]) -> list[str]:
     """The summary rows of a likelihood sweep as a Markdown table."""
     return markdown_table(
-        ["task", "dataset", "vector", "layers", "multiplier", "n", "score ± se", "matching/correct"],
-        [[r["task"], str(r["dataset"]), str(r["vector_id"]), str(r["layers"]), f"{r['multiplier']:g}",
-          str(r["n"]), f"{r['score']:.3f} ± {r['score_se']:.3f}", f"{r['correct']:.3f}"] for r in rows],
+        ["task", "dataset", "vector", "layers", "multiplier", "n", "score ± se",
+         "matching/correct"],
+        [[r["task"], str(r["dataset"]), str(r["vector_id"]), str(r["layers"]),
+          f"{r['multiplier']:g}", str(r["n"]), f"{r['score']:.3f} ± {r['score_se']:.3f}",
+          f"{r['correct']:.3f}"] for r in rows],
     )
 
 
@@ -136,7 +140,8 @@ def write_report(
         parts += [f"**Prompt:** {prompt}", ""]
         parts += [f"- *{label}*: {texts[index]!r}" for label, texts in generations.items()]
         parts.append("")
-    parts += ["## Run details", "", "```json", json.dumps(details, indent=2, default=str), "```", ""]
+    parts += ["## Run details", "", "```json", json.dumps(details, indent=2, default=str), "```",
+              ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -58,8 +58,10 @@ def _swept(records: list[Record]) -> list[Record]:
     steered = [r for r in records if r.get("task") == "ab" and r.get("vector_id") is not None
                and not is_grid_record(r)]
     for record in steered:
-        multipliers[json.dumps([record.get(k) for k in SETTING_KEYS])].add(float(record["multiplier"]))
-    return [r for r in steered if len(multipliers[json.dumps([r.get(k) for k in SETTING_KEYS])]) > 1]
+        multipliers[json.dumps([record.get(k) for k in SETTING_KEYS])].add(
+            float(record["multiplier"]))
+    return [r for r in steered
+            if len(multipliers[json.dumps([r.get(k) for k in SETTING_KEYS])]) > 1]
 
 
 def analyze(records: list[Record]) -> Analysis:
@@ -70,7 +72,8 @@ def analyze(records: list[Record]) -> Analysis:
     return Analysis(
         sweep=summarize(likelihood),
         composition=grid_cells(records),
-        side_effects=side_effects_table(capability + with_baseline) if capability or with_baseline else [],
+        side_effects=(side_effects_table(capability + with_baseline)
+                      if capability or with_baseline else []),
         steerability=steerability(swept) if (swept := _swept(records)) else [],
         head_to_head=summarize_head_to_head(records),
         ratings=summarize_ratings(records),
@@ -109,14 +112,16 @@ def sections(found: Analysis, out: Path, sweep: bool = True,
     if found.side_effects:
         parts += ["## Side effects (steered against unsteered, 90% intervals)", ""]
         parts += markdown_table(
-            ["metric", "dataset", "vector", "multiplier", "n", "unsteered", "steered", "change", "interval",
-             "note"],
+            ["metric", "dataset", "vector", "multiplier", "n", "unsteered", "steered", "change",
+             "interval", "note"],
             [[s.metric, s.dataset, (labels or {}).get(s.setting, s.setting), f"{s.multiplier:g}",
               str(s.n), f"{s.unsteered:.4g}", f"{s.steered:.4g}",
-              f"{s.change:+.4g}", f"[{s.lower:+.4g}, {s.upper:+.4g}]", s.note] for s in found.side_effects],
+              f"{s.change:+.4g}", f"[{s.lower:+.4g}, {s.upper:+.4g}]", s.note]
+             for s in found.side_effects],
         )
     if found.steerability:
-        parts += ["## Steerability (slope of the logit difference against the multiplier, per input)", ""]
+        parts += ["## Steerability (slope of the logit difference against the multiplier, "
+                  "per input)", ""]
         rows = []
         for index, report in enumerate(found.steerability):
             plot = plot_steerability(report, out / f"steerability-{index}.png")
@@ -124,13 +129,16 @@ def sections(found: Analysis, out: Path, sweep: bool = True,
                          str(report.setting.get("layers")),
                          str(report.n_inputs), f"{report.mean:+.3f}", f"{report.std:.3f}",
                          f"{report.anti_steerable:.1%}", f"![histogram]({plot.name})"])
-        parts += markdown_table(["dataset", "arm", "layers", "inputs", "mean slope", "sd", "anti-steerable", "histogram"], rows)
+        parts += markdown_table(["dataset", "arm", "layers", "inputs", "mean slope", "sd",
+                                 "anti-steerable", "histogram"], rows)
     if found.head_to_head:
         parts += ["## Head-to-head (win rate with ties counted half, 90% interval)", ""]
         parts += markdown_table(
-            ["judge", "dataset", "arm", "base", "wins", "ties", "losses", "win rate", "interval", "one-sided p"],
-            [[h.judge, h.dataset, h.arm, h.base, str(h.wins), str(h.ties), str(h.losses), f"{h.win_rate:.3f}",
-              f"[{h.interval[0]:.3f}, {h.interval[1]:.3f}]", f"{h.test.p_value:.3g}" if h.test else "-"]
+            ["judge", "dataset", "arm", "base", "wins", "ties", "losses", "win rate", "interval",
+             "one-sided p"],
+            [[h.judge, h.dataset, h.arm, h.base, str(h.wins), str(h.ties), str(h.losses),
+              f"{h.win_rate:.3f}", f"[{h.interval[0]:.3f}, {h.interval[1]:.3f}]",
+              f"{h.test.p_value:.3g}" if h.test else "-"]
              for h in found.head_to_head],
         )
     if found.ratings:
@@ -144,9 +152,11 @@ def sections(found: Analysis, out: Path, sweep: bool = True,
     if found.refusals:
         parts += ["## Refusals (95% Wilson intervals)", ""]
         parts += markdown_table(
-            ["detector", "dataset", "arm", "multiplier", "refusal rate", "interval", "attack success"],
+            ["detector", "dataset", "arm", "multiplier", "refusal rate", "interval",
+             "attack success"],
             [[r.detector, r.dataset, r.arm, f"{r.multiplier:g}", f"{r.refusals.estimate:.3f}",
               f"[{r.refusals.lower:.3f}, {r.refusals.upper:.3f}]",
-              f"{r.attack_success:.3f}" if r.attack_success is not None else "-"] for r in found.refusals],
+              f"{r.attack_success:.3f}" if r.attack_success is not None else "-"]
+             for r in found.refusals],
         )
     return parts

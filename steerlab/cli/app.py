@@ -55,12 +55,14 @@ def _interruptible(
     """Make SIGTERM (``kill``, a scheduler, a closing session) and SIGINT — which a shell's
     background job ignores — raise KeyboardInterrupt, so every command's Ctrl-C path keeps
     what it has written."""
-    if threading.current_thread() is threading.main_thread():  # (an embedding app's thread may call us)
+    # (an embedding app's thread may call us)
+    if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
-vector_app = typer.Typer(help="Inspect saved steering vectors; export them to llama.cpp and back.", no_args_is_help=True)
+vector_app = typer.Typer(help="Inspect saved steering vectors; export them to llama.cpp and back.",
+                         no_args_is_help=True)
 
 
 app.add_typer(vector_app, name="vector")
@@ -69,25 +71,29 @@ app.add_typer(vector_app, name="vector")
 console = Console()
 
 
-data_app = typer.Typer(help="List and inspect datasets: bundled and public benchmarks.", no_args_is_help=True)
+data_app = typer.Typer(help="List and inspect datasets: bundled and public benchmarks.",
+                       no_args_is_help=True)
 
 
 app.add_typer(data_app, name="data")
 
 
-blind_app = typer.Typer(help="Blinded human rating of steered vs unsteered answers.", no_args_is_help=True)
+blind_app = typer.Typer(help="Blinded human rating of steered vs unsteered answers.",
+                        no_args_is_help=True)
 
 
 app.add_typer(blind_app, name="blind")
 
 
-lora_app = typer.Typer(help="The LoRA baseline (peft), trained on the same pairs as a vector.", no_args_is_help=True)
+lora_app = typer.Typer(help="The LoRA baseline (peft), trained on the same pairs as a vector.",
+                       no_args_is_help=True)
 
 
 app.add_typer(lora_app, name="lora")
 
 
-baseline_app = typer.Typer(help="Prompting baselines: k-shot examples and system prompts.", no_args_is_help=True)
+baseline_app = typer.Typer(help="Prompting baselines: k-shot examples and system prompts.",
+                           no_args_is_help=True)
 
 
 app.add_typer(baseline_app, name="baseline")

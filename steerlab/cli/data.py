@@ -28,13 +28,15 @@ def data_list(output: FormatOpt = OutputFormat.table) -> None:
 
     rows = [
         {"name": i.name, "kind": i.kind, "size": i.size, "splits": dict(i.splits or {}),
-         "source": i.source, "licence": i.licence, "available": i.available(), "description": i.description}
+         "source": i.source, "licence": i.licence, "available": i.available(),
+         "description": i.description}
         for i in list_datasets()
     ]
     if output is OutputFormat.json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="datasets (pairs: free-text pairs · ab: A/B or Yes/No · mc: multiple choice)")
+    table = Table(title="datasets (pairs: free-text pairs · ab: A/B or Yes/No · "
+                  "mc: multiple choice)")
     for column in ("name", "kind", "size", "source", "licence", "here"):
         table.add_column(column, no_wrap=column in ("name", "kind", "here"))
     for info, row in zip(list_datasets(), rows):
@@ -45,14 +47,21 @@ def data_list(output: FormatOpt = OutputFormat.table) -> None:
 
 @data_app.command("inspect")
 def data_inspect(
-    name: Annotated[str, typer.Argument(help="Dataset name (see `steerlab data list`) or a .jsonl/.csv/.json file.")],
-    split: Annotated[Optional[str], typer.Option(help="Only this split (e.g. train, validation, test); default: all rows.")] = None,
+    name: Annotated[str, typer.Argument(
+        help="Dataset name (see `steerlab data list`) or a .jsonl/.csv/.json file.")],
+    split: Annotated[Optional[str], typer.Option(
+        help="Only this split (e.g. train, validation, test); default: all rows.")] = None,
     model: ModelOpt = DEFAULT_MODEL,
-    label_check: Annotated[bool, typer.Option("--label-check/--no-label-check", help="Score a sample with --model and compare its preferred answers with the labels.")] = True,
-    label_sample: Annotated[int, typer.Option(help="Items the label check scores (a seeded sample).")] = 200,
+    label_check: Annotated[bool, typer.Option(
+        "--label-check/--no-label-check", help="Score a sample with --model and compare its "
+        "preferred answers with the labels.")] = True,
+    label_sample: Annotated[int, typer.Option(
+        help="Items the label check scores (a seeded sample).")] = 200,
     examples: Annotated[int, typer.Option(help="Items shown as a readable sample.")] = 3,
-    seed: Annotated[int, typer.Option(help="Seed of the sample and of the label-check subset.")] = 0,
-    source: Annotated[Optional[str], typer.Option(help="Read from this folder (shared-data layout), file or Hugging Face id.")] = None,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the sample and of the label-check subset.")] = 0,
+    source: Annotated[Optional[str], typer.Option(
+        help="Read from this folder (shared-data layout), file or Hugging Face id.")] = None,
     batch_size: BatchOpt = 8,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
@@ -87,7 +96,8 @@ def print_report(report) -> None:
     say(f"[bold]{escape(report.name)}[/bold] ({report.kind}) {escape(report.description)}")
     line = f"rows {report.rows} · items {report.items} · splits: {splits}"
     if report.choice_counts:
-        line += " · choices per item: " + ", ".join(f"{k}×{v}" for k, v in report.choice_counts.items())
+        line += " · choices per item: " + ", ".join(f"{k}×{v}"
+                                                     for k, v in report.choice_counts.items())
     say(line)
     for example in report.examples:
         where = f"{example.id}  {example.where}  [{example.split or 'no split'}]"
@@ -95,23 +105,28 @@ def print_report(report) -> None:
         say(escape(example.question))
         for index, choice in enumerate(example.choices):
             mark = " [green]✓ marked[/green]" if index == example.marked else ""
-            label = ("chosen", "rejected")[index] if report.kind in ("ab", "pairs") else f"({chr(65 + index)})"
+            label = (("chosen", "rejected")[index] if report.kind in ("ab", "pairs")
+                     else f"({chr(65 + index)})")
             say(f"  {label} {escape(choice)}{mark}")
     if report.balance is not None:
         balance = report.balance
-        counts = "  ".join(f"{k} {v} (exp {balance.expected[k]:.0f})" for k, v in balance.counts.items())
+        counts = "  ".join(f"{k} {v} (exp {balance.expected[k]:.0f})"
+                           for k, v in balance.counts.items())
         say(f"\nmarked answers: {escape(counts)}  chi-square p = {balance.p_value:.2g}")
     if report.label_check is not None:
-        say(f"\nlabel check on {escape(report.label_check.model)}: {escape(report.label_check.message)}")
+        say(f"\nlabel check on {escape(report.label_check.model)}: "
+            f"{escape(report.label_check.message)}")
     for title, findings in (("bad rows", report.bad_rows), ("same answers", report.same_answers),
                             ("repeated choices", report.repeated_choices)):
         if findings:
             say(f"\n[bold]{title}[/bold] ({len(findings)}, first {min(len(findings), SHOWN)})")
             for finding in findings[:SHOWN]:
-                text = finding.message if finding.message.startswith(finding.where) else f"{finding.where}: {finding.message}"
+                text = (finding.message if finding.message.startswith(finding.where)
+                        else f"{finding.where}: {finding.message}")
                 say(f"  {escape(text)}")
     if report.duplicates:
-        say(f"\n[bold]duplicated items[/bold] ({len(report.duplicates)}, first {min(len(report.duplicates), SHOWN)})")
+        say(f"\n[bold]duplicated items[/bold] ({len(report.duplicates)}, "
+            f"first {min(len(report.duplicates), SHOWN)})")
         for group in report.duplicates[:SHOWN]:
             flag = " [red]different answers marked[/red]" if group.conflicting else ""
             say(f"  {escape(repr(group.question))}{flag}")

@@ -37,15 +37,20 @@ from steerlab.model.catalog import DEFAULT_MODEL
 
 @app.command("eval")
 def evaluate(
-    data: Annotated[str, typer.Option("--data", "-d", help="Dataset name (`steerlab data list`; name:split works) or MC / pairs file.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Records file (.jsonl), appended to; a rerun resumes.")],
+    data: Annotated[str, typer.Option(
+        "--data", "-d",
+        help="Dataset name (`steerlab data list`; name:split works) or MC / pairs file.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Records file (.jsonl), appended to; a rerun resumes.")],
     model: ModelOpt = DEFAULT_MODEL,
-    vector: Annotated[Optional[Path], typer.Option("--vector", "-v", help="Steering vector file.")] = None,
+    vector: Annotated[Optional[Path], typer.Option(
+        "--vector", "-v", help="Steering vector file.")] = None,
     multipliers: Annotated[str, typer.Option(help="Comma-separated multipliers.")] = "0",
     layers: LayersOpt = None,
     norm_ratio: NormRatioOpt = None,
     ablate: AblateOpt = False,
-    split: Annotated[Optional[str], typer.Option(help="Use only this split (bundled sets: train/test).")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="Use only this split (bundled sets: train/test).")] = None,
     batch_size: BatchOpt = 8,
 ) -> None:
     """Score multiple-choice or A/B items by likelihood, per multiplier; print a table.
@@ -61,14 +66,16 @@ def evaluate(
     steering = SteeringVector.load(vector) if vector else None
     handle = load_handle(model)
     try:
-        setting = SteeringSetting(steering, layers=parse_layers(layers, handle.n_layers), norm_ratio=norm_ratio,
+        setting = SteeringSetting(steering, layers=parse_layers(layers, handle.n_layers),
+                                  norm_ratio=norm_ratio,
                                   intervention="ablate" if ablate else "add") if steering else None
         sweep = Sweep(setting, parse_floats(multipliers))
         sweep.check()
     except ValueError as err:
         fail(str(err))
     with RecordWriter(out) as writer:
-        records = evaluate(handle, items, [sweep], dataset=str(data), writer=writer, batch_size=batch_size)
+        records = evaluate(handle, items, [sweep], dataset=str(data), writer=writer,
+                           batch_size=batch_size)
     print_summary(summarize(records))
     console.print(f"{len(records)} records in {out}")
 
@@ -88,12 +95,15 @@ def print_summary(rows: list[dict]) -> None:
 
 @app.command()
 def sweep(
-    data: Annotated[list[str], typer.Option("--data", "-d", help="Dataset (name, name:split or file); repeatable.")],
-    vector: Annotated[list[Path], typer.Option("--vector", "-v", help="Steering vector file; repeatable.")],
+    data: Annotated[list[str], typer.Option(
+        "--data", "-d", help="Dataset (name, name:split or file); repeatable.")],
+    vector: Annotated[list[Path], typer.Option(
+        "--vector", "-v", help="Steering vector file; repeatable.")],
     out: RunOpt,
     model: ModelOpt = DEFAULT_MODEL,
     multipliers: Annotated[str, typer.Option(help="Comma-separated multipliers.")] = "-2,-1,0,1,2",
-    layers: Annotated[Optional[str], typer.Option(help="Layers to try, each on its own (default: the vector's own).")] = None,
+    layers: Annotated[Optional[str], typer.Option(
+        help="Layers to try, each on its own (default: the vector's own).")] = None,
     norm_ratio: NormRatioOpt = None,
     limit: LimitOpt = None,
     batch_size: BatchOpt = 8,
@@ -108,28 +118,37 @@ def sweep(
 
     sets = {spec: load_scored_items(spec, None, limit) for spec in data}
     vectors = [load_vector(path) for path in vector]
-    sweeps = grid(vectors, parse_floats(multipliers), parse_ints(layers) if layers else None, norm_ratio)
+    sweeps = grid(vectors, parse_floats(multipliers), parse_ints(layers) if layers else None,
+                  norm_ratio)
     handle = load_handle(model)
-    run = RunDir.open(out, "sweep", {"data": data, "vectors": [str(v) for v in vector], "model": model,
-                                     "multipliers": multipliers, "layers": layers, "norm_ratio": norm_ratio,
-                                     "n": limit})
+    run = RunDir.open(out, "sweep", {"data": data, "vectors": [str(v) for v in vector],
+                                     "model": model, "multipliers": multipliers, "layers": layers,
+                                     "norm_ratio": norm_ratio, "n": limit})
     records = []
     with run.writer() as writer:
         for steering in vectors:
             run.keep_vector(steering)
         for spec, items in sets.items():
-            records += evaluate(handle, items, sweeps, dataset=spec, writer=writer, batch_size=batch_size)
+            records += evaluate(handle, items, sweeps, dataset=spec, writer=writer,
+                                batch_size=batch_size)
     print_summary(summarize(records))
-    console.print(f"{len(records)} records in {run.records_path}; `steerlab analyze {out}` builds the tables")
+    console.print(f"{len(records)} records in {run.records_path}; "
+                  f"`steerlab analyze {out}` builds the tables")
 
 
 @app.command("compose")
 def compose_grid(
-    vector: Annotated[list[Path], typer.Option("--vector", "-v", help="Steering vector file: give two, first then second.")],
-    data_a: Annotated[str, typer.Option("--data-a", help="The first vector's behaviour: A/B pairs or MC items (name, name:split or file).")],
-    data_b: Annotated[str, typer.Option("--data-b", help="The second vector's behaviour, likewise.")],
+    vector: Annotated[list[Path], typer.Option(
+        "--vector", "-v", help="Steering vector file: give two, first then second.")],
+    data_a: Annotated[str, typer.Option(
+        "--data-a",
+        help="The first vector's behaviour: A/B pairs or MC items (name, name:split or file).")],
+    data_b: Annotated[str, typer.Option(
+        "--data-b", help="The second vector's behaviour, likewise.")],
     out: RunOpt,
-    grid: Annotated[str, typer.Option(help="Multipliers tried for each vector, comma-separated (both axes of the grid).")] = "-2,0,2",
+    grid: Annotated[str, typer.Option(
+        help="Multipliers tried for each vector, "
+        "comma-separated (both axes of the grid).")] = "-2,0,2",
     model: ModelOpt = DEFAULT_MODEL,
     layers: LayersOpt = None,
     norm_ratio: NormRatioOpt = None,
@@ -150,23 +169,25 @@ def compose_grid(
     sets = {spec: load_scored_items(spec, None, limit) for spec in (data_a, data_b)}
     handle = load_handle(model)
     try:
-        sweeps = composition_grid(first, second, parse_floats(grid), None, parse_layers(layers, handle.n_layers),
-                                  norm_ratio)
+        sweeps = composition_grid(first, second, parse_floats(grid), None,
+                                  parse_layers(layers, handle.n_layers), norm_ratio)
         for sweep in sweeps:
             sweep.check()
     except ValueError as err:
         fail(str(err))
-    run = RunDir.open(out, "compose", {"vectors": [str(v) for v in vector], "data": [data_a, data_b],
-                                       "model": model, "grid": grid, "layers": layers,
-                                       "norm_ratio": norm_ratio, "n": limit})
+    run = RunDir.open(out, "compose", {"vectors": [str(v) for v in vector],
+                                       "data": [data_a, data_b], "model": model, "grid": grid,
+                                       "layers": layers, "norm_ratio": norm_ratio, "n": limit})
     records = []
     with run.writer() as writer:
         for steering in (first, second):
             run.keep_vector(steering)
         for spec, items in sets.items():
-            records += evaluate(handle, items, sweeps, dataset=spec, writer=writer, batch_size=batch_size)
+            records += evaluate(handle, items, sweeps, dataset=spec, writer=writer,
+                                batch_size=batch_size)
     print_grid(grid_cells(records), {first.id: str(vector[0]), second.id: str(vector[1])})
-    console.print(f"{len(records)} records in {run.records_path}; `steerlab analyze {out}` draws the heat maps")
+    console.print(f"{len(records)} records in {run.records_path}; "
+                  f"`steerlab analyze {out}` draws the heat maps")
 
 
 def print_grid(cells: list, names: dict[str, str]) -> None:
@@ -190,13 +211,21 @@ def side_effects(
     vector: Annotated[Path, typer.Option("--vector", "-v", help="Steering vector file.")],
     out: RunOpt,
     model: ModelOpt = DEFAULT_MODEL,
-    multipliers: Annotated[str, typer.Option(help="Steered multipliers, comma-separated (0, the baseline, is added).")] = "4",
+    multipliers: Annotated[str, typer.Option(
+        help="Steered multipliers, comma-separated (0, the baseline, is added).")] = "4",
     layers: LayersOpt = None,
     norm_ratio: NormRatioOpt = None,
-    capability: Annotated[Optional[list[str]], typer.Option(help="Multiple-choice capability set (name or name:split); repeatable. Default: general-knowledge.")] = None,
-    text: Annotated[Optional[list[str]], typer.Option(help="Text set for perplexity (name or name:split); repeatable. Default: wikitext2:test.")] = None,
-    kl_prompts: Annotated[Optional[list[str]], typer.Option(help="Unrelated prompts for KL: a prompts set, or the questions of an MC / pairs set; repeatable. Default: general-knowledge.")] = None,
-    limit: Annotated[int, typer.Option("--n", help="Items, texts or prompts per set: a seeded sample.")] = 100,
+    capability: Annotated[Optional[list[str]], typer.Option(
+        help="Multiple-choice capability set (name or name:split); "
+        "repeatable. Default: general-knowledge.")] = None,
+    text: Annotated[Optional[list[str]], typer.Option(
+        help="Text set for perplexity (name or name:split); "
+        "repeatable. Default: wikitext2:test.")] = None,
+    kl_prompts: Annotated[Optional[list[str]], typer.Option(
+        help="Unrelated prompts for KL: a prompts set, or the questions of an MC / pairs set; "
+        "repeatable. Default: general-knowledge.")] = None,
+    limit: Annotated[int, typer.Option(
+        "--n", help="Items, texts or prompts per set: a seeded sample.")] = 100,
     max_tokens: Annotated[int, typer.Option(help="Tokens per perplexity text.")] = 128,
     batch_size: BatchOpt = 8,
 ) -> None:
@@ -218,15 +247,18 @@ def side_effects(
     texts = {spec: passages(load_texts(spec), limit) for spec in text}
     prompts = {spec: as_prompts(load_records(spec, None, limit)) for spec in kl_prompts}
     handle = load_handle(model)
-    run = RunDir.open(out, "side-effects", {"vector": str(vector), "model": model, "multipliers": multipliers,
-                                            "layers": layers, "norm_ratio": norm_ratio, "capability": capability,
+    run = RunDir.open(out, "side-effects", {"vector": str(vector), "model": model,
+                                            "multipliers": multipliers, "layers": layers,
+                                            "norm_ratio": norm_ratio, "capability": capability,
                                             "text": text, "kl_prompts": kl_prompts, "n": limit})
     run.keep_vector(steering)
-    setting = SteeringSetting(steering, layers=parse_ints(layers) if layers else None, norm_ratio=norm_ratio)
+    setting = SteeringSetting(steering, layers=parse_ints(layers) if layers else None,
+                              norm_ratio=norm_ratio)
     sweep = Sweep(setting, parse_floats(multipliers))
     with run.writer() as writer:
-        records = side_effect_records(handle, sweep, capability=capability_sets, texts=texts, prompts=prompts,
-                                      max_tokens=max_tokens, writer=writer, batch_size=batch_size)
+        records = side_effect_records(handle, sweep, capability=capability_sets, texts=texts,
+                                      prompts=prompts, max_tokens=max_tokens, writer=writer,
+                                      batch_size=batch_size)
     print_side_effects(side_effects_table(records))
     console.print(f"records in {run.records_path}")
 
@@ -234,16 +266,19 @@ def side_effects(
 def print_side_effects(rows: list) -> None:
     """The side-effects table: unsteered, steered, change and its 90% interval."""
     table = Table(title="side effects (steered vs unsteered; 90% intervals)")
-    for column in ("metric", "dataset", "multiplier", "n", "unsteered", "steered", "change", "interval"):
+    for column in ("metric", "dataset", "multiplier", "n", "unsteered", "steered", "change",
+                   "interval"):
         table.add_column(column, justify="left" if column in ("metric", "dataset") else "right")
     for row in rows:
-        table.add_row(row.metric, row.dataset, f"{row.multiplier:g}", str(row.n), f"{row.unsteered:.4g}",
-                      f"{row.steered:.4g}", f"{row.change:+.4g}", f"[{row.lower:+.4g}, {row.upper:+.4g}]")
+        table.add_row(row.metric, row.dataset, f"{row.multiplier:g}", str(row.n),
+                      f"{row.unsteered:.4g}", f"{row.steered:.4g}", f"{row.change:+.4g}",
+                      f"[{row.lower:+.4g}, {row.upper:+.4g}]")
     console.print(table)
 
 
 @app.command()
-def analyze(run_dir: Annotated[Path, typer.Argument(help="A run directory (from sweep, side-effects, ...).")]) -> None:
+def analyze(run_dir: Annotated[Path, typer.Argument(
+    help="A run directory (from sweep, side-effects, ...).")]) -> None:
     """Recompute every table and plot of a run from its records alone; write analysis.md."""
     from rich.markdown import Markdown
 
@@ -270,7 +305,8 @@ def run_config(
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Run directory (default: runs/<name>); a rerun on it resumes.")] = None,
     check: Annotated[bool, typer.Option(
-        "--check", help="Validate the config and its data, print what would run, and stop.")] = False,
+        "--check",
+        help="Validate the config and its data, print what would run, and stop.")] = False,
 ) -> None:
     """Run an experiment: every arm on validation and test into a run directory (stage one),
     then the report from its records (stage two, as `steerlab analyze`)."""
@@ -283,7 +319,8 @@ def run_config(
     from steerlab.experiment.runner import data_summary, run_experiment
 
     sizes = data_summary(experiment)
-    console.print(f"{experiment.name}: model {experiment.model}; " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    console.print(f"{experiment.name}: model {experiment.model}; "
+                  + ", ".join(f"{k} {v}" for k, v in sizes.items()))
     if check:
         console.print("config is valid")
         return

@@ -35,8 +35,10 @@ from steerlab.model.catalog import DEFAULT_MODEL
 def generate(
     prompt: Annotated[str, typer.Argument(help="The user prompt (the chat template is applied).")],
     model: ModelOpt = DEFAULT_MODEL,
-    vector: Annotated[Optional[Path], typer.Option("--vector", "-v", help="Steering vector file.")] = None,
-    multiplier: Annotated[float, typer.Option(help="Steering multiplier.", callback=finite_number)] = 1.0,
+    vector: Annotated[Optional[Path], typer.Option(
+        "--vector", "-v", help="Steering vector file.")] = None,
+    multiplier: Annotated[float, typer.Option(
+        help="Steering multiplier.", callback=finite_number)] = 1.0,
     positions: Annotated[str, typer.Option(help="all, prompt or generated.")] = "all",
     norm_ratio: NormRatioOpt = None,
     layers: LayersOpt = None,
@@ -67,8 +69,9 @@ def generate(
     context: AbstractContextManager = nullcontext()
     if steering is not None:
         try:
-            setting = SteeringSetting(steering, multiplier, parse_layers(layers, handle.n_layers), norm_ratio,
-                                      positions, "ablate" if ablate else "add", gate)  # type: ignore[arg-type]
+            setting = SteeringSetting(steering, multiplier, parse_layers(layers, handle.n_layers),
+                                      norm_ratio, positions,  # type: ignore[arg-type]
+                                      "ablate" if ablate else "add", gate)
             context = setting.apply(handle)
         except ValueError as err:
             fail(str(err))
@@ -80,10 +83,13 @@ def generate(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for records, vector and report.")] = Path("demo_out"),
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Directory for records, vector and report.")] = Path("demo_out"),
     model: ModelOpt = DEFAULT_MODEL,
-    behaviour: Annotated[str, typer.Option(help="Bundled behaviour: sycophancy or refusal.")] = "refusal",
-    layer: Annotated[Optional[int], typer.Option(help="Layer to steer (default: the demo's choice).")] = None,
+    behaviour: Annotated[str, typer.Option(
+        help="Bundled behaviour: sycophancy or refusal.")] = "refusal",
+    layer: Annotated[Optional[int], typer.Option(
+        help="Layer to steer (default: the demo's choice).")] = None,
     multipliers: Annotated[Optional[str], typer.Option(help="Comma-separated multipliers.")] = None,
 ) -> None:
     """Train a CAA vector on a bundled behaviour, sweep multipliers, compare generations, report."""
@@ -100,19 +106,40 @@ def demo(
 @app.command()
 def serve(
     model: ModelOpt = DEFAULT_MODEL,
-    vector: Annotated[Optional[list[str]], typer.Option("--vector", "-v", help="A vector clients may apply, as name=path.safetensors (a bare path is named by its file stem); repeatable.")] = None,
-    condition: Annotated[Optional[list[str]], typer.Option("--condition", "-c", help="A condition clients may gate steering on (from `steerlab condition`), as name=path.safetensors; repeatable.")] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on; the default accepts connections from this machine only.")] = "127.0.0.1",
+    vector: Annotated[Optional[list[str]], typer.Option(
+        "--vector", "-v", help="A vector clients may apply, as name=path.safetensors (a bare path "
+        "is named by its file stem); repeatable.")] = None,
+    condition: Annotated[Optional[list[str]], typer.Option(
+        "--condition", "-c", help="A condition clients may gate steering on "
+        "(from `steerlab condition`), as name=path.safetensors; repeatable.")] = None,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on; the default accepts "
+        "connections from this machine only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
-    max_multiplier: Annotated[float, typer.Option(help="Requests may use multipliers in [-this, this].", min=0)] = 8.0,
-    max_tokens: Annotated[int, typer.Option(help="Most tokens one request may generate (and the default).", min=1)] = 512,
-    max_context: Annotated[Optional[int], typer.Option(help="Prompt + answer tokens allowed (default: the model's maximum positions).", min=1)] = None,
-    max_batch_size: Annotated[int, typer.Option(help="Requests with identical settings generated together, at most.", min=1)] = 8,
-    batch_wait_ms: Annotated[float, typer.Option(help="Milliseconds a request waits for others with its settings to join its batch.", min=0)] = 20.0,
-    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key clients must send as a bearer token; unset or empty: no key. (Never on the command line, where other users can read it.)")] = "STEERLAB_API_KEY",
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted; larger ones get 413.", min=1024)] = 2 << 20,
-    body_timeout_s: Annotated[float, typer.Option(help="Seconds a client may take to send its request body; slower ones get 408.", min=0.001)] = 30.0,
-    served_model_name: Annotated[Optional[str], typer.Option(help="Model id clients send and /v1/models lists (default: a built-in or hub name as given, a local model by its directory or file name, never its path).")] = None,
+    max_multiplier: Annotated[float, typer.Option(
+        help="Requests may use multipliers in [-this, this].", min=0)] = 8.0,
+    max_tokens: Annotated[int, typer.Option(
+        help="Most tokens one request may generate (and the default).", min=1)] = 512,
+    max_context: Annotated[Optional[int], typer.Option(
+        help="Prompt + answer tokens allowed (default: the model's maximum positions).",
+        min=1)] = None,
+    max_batch_size: Annotated[int, typer.Option(
+        help="Requests with identical settings generated together, at most.", min=1)] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(
+        help="Milliseconds a request waits for others with its settings to join its batch.",
+        min=0)] = 20.0,
+    api_key_env: Annotated[str, typer.Option(
+        help="Environment variable holding the API key clients must send "
+        "as a bearer token; unset or empty: no key. (Never on the command "
+        "line, where other users can read it.)")] = "STEERLAB_API_KEY",
+    max_body_bytes: Annotated[int, typer.Option(
+        help="Largest request body accepted; larger ones get 413.", min=1024)] = 2 << 20,
+    body_timeout_s: Annotated[float, typer.Option(
+        help="Seconds a client may take to send its request body; slower ones get 408.",
+        min=0.001)] = 30.0,
+    served_model_name: Annotated[Optional[str], typer.Option(
+        help="Model id clients send and /v1/models lists (default: a built-in or hub name as "
+        "given, a local model by its directory or file name, never its path).")] = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible API (chat completions, streaming) with steering.
 
@@ -135,10 +162,12 @@ def serve(
         batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s,
     )
     if key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key (set ${api_key_env})")
+        console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key "
+                      f"(set ${api_key_env})")
     handle = load_handle(model)
-    console.print(f"serving {settings.model_name or served_name(model)} on http://{host}:{port}/v1 with vectors: "
-                  f"{', '.join(vectors) or 'none'}; conditions: {', '.join(conditions) or 'none'}; "
+    console.print(f"serving {settings.model_name or served_name(model)} on http://{host}:{port}/v1 "
+                  f"with vectors: {', '.join(vectors) or 'none'}; "
+                  f"conditions: {', '.join(conditions) or 'none'}; "
                   f"API key {'required' if key else 'not required'}")
     try:
         run_server(handle, vectors, settings, host=host, port=port, conditions=conditions)

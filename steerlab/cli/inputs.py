@@ -29,7 +29,8 @@ def load_handle(model: str):
         fail(str(err))
 
 
-def load_records(spec: str, split: Optional[str], limit: Optional[int] = None, seed: int = 0) -> list:
+def load_records(spec: str, split: Optional[str], limit: Optional[int] = None,
+                 seed: int = 0) -> list:
     """Records of a registered dataset or file (``name:split`` also names the split), or exit
     with the loader's message; ``limit`` takes a seeded sample."""
     return _load_spec(spec, split, limit, seed)
@@ -114,7 +115,8 @@ def other_arms(records: list[dict], base: str) -> list[str]:
     """The arms of generation records other than ``base``, in order of appearance."""
     from steerlab.evaluation.openended import TASK
 
-    return list(dict.fromkeys(r["arm"] for r in records if r.get("task") == TASK and r["arm"] != base))
+    return list(dict.fromkeys(r["arm"] for r in records
+                              if r.get("task") == TASK and r["arm"] != base))
 
 
 def _named(specs: list[str], option: str, load: Callable[[Path], Any]) -> dict[str, Any]:

@@ -30,21 +30,32 @@ from steerlab.model.catalog import DEFAULT_MODEL
 
 @app.command("generate-eval")
 def generate_eval(
-    data: Annotated[list[str], typer.Option("--data", "-d", help="Question set (truthfulqa-open, advbench, harmless, another prompts dataset) or .jsonl/.csv file with a 'question' field; repeatable.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Generation records (.jsonl), appended to as produced.")],
+    data: Annotated[list[str], typer.Option(
+        "--data", "-d", help="Question set (truthfulqa-open, advbench, harmless, another prompts "
+        "dataset) or .jsonl/.csv file with a 'question' field; repeatable.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Generation records (.jsonl), appended to as produced.")],
     model: ModelOpt = DEFAULT_MODEL,
-    vector: Annotated[Optional[Path], typer.Option("--vector", "-v", help="Steering vector file; without it only the unsteered arm runs.")] = None,
-    multipliers: Annotated[str, typer.Option(help="Steered arms' multipliers, comma-separated (e.g. -4,4); the unsteered arm always runs.")] = "4",
+    vector: Annotated[Optional[Path], typer.Option(
+        "--vector", "-v",
+        help="Steering vector file; without it only the unsteered arm runs.")] = None,
+    multipliers: Annotated[str, typer.Option(
+        help="Steered arms' multipliers, comma-separated "
+        "(e.g. -4,4); the unsteered arm always runs.")] = "4",
     layers: LayersOpt = None,
     norm_ratio: NormRatioOpt = None,
-    positions: Annotated[str, typer.Option(help="Steer all, prompt or generated positions.")] = "all",
+    positions: Annotated[str, typer.Option(
+        help="Steer all, prompt or generated positions.")] = "all",
     ablate: AblateOpt = False,
-    limit: Annotated[Optional[int], typer.Option("--n", help="Questions per set: a seeded sample (default: all).")] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        "--n", help="Questions per set: a seeded sample (default: all).")] = None,
     sample_seed: Annotated[int, typer.Option(help="Seed of the --n sample.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.", min=1)] = 64,
-    sample: Annotated[bool, typer.Option("--sample/--greedy", help="Sample (seeded) or decode greedily.")] = False,
+    sample: Annotated[bool, typer.Option(
+        "--sample/--greedy", help="Sample (seeded) or decode greedily.")] = False,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (with --sample).")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Sampling seed; batch b uses seed + b, the same for every arm.")] = 0,
+    seed: Annotated[int, typer.Option(
+        help="Sampling seed; batch b uses seed + b, the same for every arm.")] = 0,
     batch_size: BatchOpt = 8,
 ) -> None:
     """Answer questions unsteered and steered (one arm per multiplier), one record each.
@@ -70,7 +81,8 @@ def generate_eval(
         sets = {spec: split(qs, [min(limit, len(qs))], sample_seed)[0] for spec, qs in sets.items()}
     handle = load_handle(model)
     try:
-        setting = SteeringSetting(steering, layers=parse_layers(layers, handle.n_layers), norm_ratio=norm_ratio,
+        setting = SteeringSetting(steering, layers=parse_layers(layers, handle.n_layers),
+                                  norm_ratio=norm_ratio,
                                   positions=positions,  # type: ignore[arg-type]
                                   intervention="ablate" if ablate else "add") if steering else None
         arms = steering_arms(setting, parse_floats(multipliers))
@@ -80,9 +92,11 @@ def generate_eval(
         for spec, questions in sets.items():
             generate_answers(
                 handle, questions, arms, dataset=spec, max_new_tokens=max_new_tokens,
-                batch_size=batch_size, seed=seed, do_sample=sample, temperature=temperature, writer=writer,
+                batch_size=batch_size, seed=seed, do_sample=sample, temperature=temperature,
+                writer=writer,
             )
-            console.print(f"{spec}: {len(questions)} questions × {len(arms)} arms ({', '.join(a.label for a in arms)})")
+            console.print(f"{spec}: {len(questions)} questions × {len(arms)} arms "
+                          f"({', '.join(a.label for a in arms)})")
     console.print(f"records appended to {out}")
 
 
@@ -94,8 +108,10 @@ def _short(dataset: str) -> str:
 def print_head_to_head(rows: list) -> None:
     """One row per judge × dataset × arm: wins/ties/losses, win rate with its interval, z test."""
     table = Table(title="head to head (win rate counts a tie as half)")
-    for column in ("judge", "dataset", "arm vs base", "n", "W/T/L", "win rate [credible interval]", "z", "p"):
-        table.add_column(column, justify="left" if column in ("judge", "dataset", "arm vs base") else "right")
+    for column in ("judge", "dataset", "arm vs base", "n", "W/T/L", "win rate [credible interval]",
+                   "z", "p"):
+        table.add_column(column, justify="left" if column in ("judge", "dataset", "arm vs base")
+                         else "right")
     for row in rows:
         low, high = row.interval
         test = row.test
@@ -106,7 +122,8 @@ def print_head_to_head(rows: list) -> None:
             f"{test.z:.2f}" if test else "-", f"{test.p_value:.3f}" if test else "-",
         )
     console.print(table)
-    console.print("p: one-sided z test of win rate > 1/2; interval: Bayesian (steerlab.stats.paired_advantage)")
+    console.print("p: one-sided z test of win rate > 1/2; "
+                  "interval: Bayesian (steerlab.stats.paired_advantage)")
 
 
 JUDGE_MODES = ("head-to-head", "rating")
@@ -115,15 +132,27 @@ JUDGE_MODES = ("head-to-head", "rating")
 @app.command()
 def judge(
     records: RecordsArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Head-to-head or rating records (.jsonl), appended to.")],
-    judge_name: Annotated[str, typer.Option("--judge", help="Judge: reference-similarity (embedding similarity to the dataset's reference answers; no API) or llm (a chat model over any OpenAI-compatible endpoint: $STEERLAB_JUDGE_BASE_URL, $STEERLAB_JUDGE_MODEL, key in $STEERLAB_JUDGE_API_KEY or $OPENAI_API_KEY).")] = "reference-similarity",
-    mode: Annotated[str, typer.Option(help="head-to-head (each arm against --base, shown order randomised per item) or rating (every answer rated 1-4 for the criterion, as in the BiPO paper; llm judge only).")] = "head-to-head",
-    criterion: Annotated[Optional[str], typer.Option(help="llm judge: what makes an answer better, or what the rating measures (default: truthfulness).")] = None,
-    concurrency: Annotated[int, typer.Option(help="llm judge: requests in flight at once.", min=1)] = 1,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Head-to-head or rating records (.jsonl), appended to.")],
+    judge_name: Annotated[str, typer.Option(
+        "--judge", help="Judge: reference-similarity (embedding similarity to the "
+        "dataset's reference answers; no API) or llm (a chat model over any "
+        "OpenAI-compatible endpoint: $STEERLAB_JUDGE_BASE_URL, $STEERLAB_JUDGE_MODEL, "
+        "key in $STEERLAB_JUDGE_API_KEY or $OPENAI_API_KEY).")] = "reference-similarity",
+    mode: Annotated[str, typer.Option(
+        help="head-to-head (each arm against --base, shown order randomised "
+        "per item) or rating (every answer rated 1-4 for the criterion, as "
+        "in the BiPO paper; llm judge only).")] = "head-to-head",
+    criterion: Annotated[Optional[str], typer.Option(
+        help="llm judge: what makes an answer better, or what "
+        "the rating measures (default: truthfulness).")] = None,
+    concurrency: Annotated[int, typer.Option(
+        help="llm judge: requests in flight at once.", min=1)] = 1,
     arm: ArmsOpt = None,
     base: BaseOpt = "unsteered",
     dataset: DatasetsOpt = None,
-    seed: Annotated[int, typer.Option(help="Seed of the per-item answer order the judge sees.")] = 0,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the per-item answer order the judge sees.")] = 0,
 ) -> None:
     """Judge each steered answer against the unsteered one, item by item, and print win rates;
     or rate every answer 1-4 (--mode rating) and print mean ratings per arm."""
@@ -183,7 +212,8 @@ def print_ratings(records: list[dict], base: str) -> None:
     rows = summarize_ratings(records, base)
     level = next((r.mean.level for r in rows if r.mean), 0.9)
     table = Table(title=f"ratings 1-4 ({level:.0%} credible intervals; difference paired by item)")
-    columns = ("judge", "dataset", "arm", "n", "unreadable", "mean rating", f"arm − {base}", "P(> 0)")
+    columns = ("judge", "dataset", "arm", "n", "unreadable", "mean rating", f"arm − {base}",
+               "P(> 0)")
     for column in columns:
         table.add_column(column, justify="left" if column in columns[:3] else "right")
     for row in rows:
@@ -199,12 +229,16 @@ def print_ratings(records: list[dict], base: str) -> None:
 @blind_app.command("export")
 def blind_export(
     records: RecordsArg,
-    arm: Annotated[str, typer.Option(help="The steered arm to rate against --base (e.g. steered+4).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Rating sheet to fill in: .csv or .jsonl.")],
-    key: Annotated[Path, typer.Option(help="Key file (.json) saying which arm wrote which answer; keep it from the rater.")],
+    arm: Annotated[str, typer.Option(
+        help="The steered arm to rate against --base (e.g. steered+4).")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Rating sheet to fill in: .csv or .jsonl.")],
+    key: Annotated[Path, typer.Option(
+        help="Key file (.json) saying which arm wrote which answer; keep it from the rater.")],
     base: BaseOpt = "unsteered",
     dataset: DatasetsOpt = None,
-    seed: Annotated[int, typer.Option(help="Seed of the row order and the per-item answer order.")] = 0,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the row order and the per-item answer order.")] = 0,
 ) -> None:
     """Write a blinded rating sheet (answers shuffled, arms hidden) and its key."""
     from steerlab.evaluation.judges.blind import export_blind
@@ -220,8 +254,10 @@ def blind_export(
 def blind_import(
     sheet: Annotated[Path, typer.Argument(help="The filled rating sheet (.csv or .jsonl).")],
     key: Annotated[Path, typer.Option(help="The key file written by `steerlab blind export`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Head-to-head records (.jsonl), appended to.")],
-    rater: Annotated[str, typer.Option(help="Who rated; records name the judge human:<rater>.")] = "human",
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Head-to-head records (.jsonl), appended to.")],
+    rater: Annotated[str, typer.Option(
+        help="Who rated; records name the judge human:<rater>.")] = "human",
 ) -> None:
     """Check and unblind filled ratings into head-to-head records; print win rates."""
     from steerlab.evaluation.judges.blind import import_ratings
@@ -242,14 +278,15 @@ def blind_import(
 @app.command()
 def refusal(
     records: RecordsArg,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also append per-answer refusal records (.jsonl) here.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Also append per-answer refusal records (.jsonl) here.")] = None,
     dataset: DatasetsOpt = None,
     level: Annotated[float, typer.Option(help="Confidence level of the Wilson intervals.")] = 0.95,
 ) -> None:
     """Refusal rate per question set and arm, and attack success on harmful sets.
 
-    Refusals are found by the documented phrase list (steerlab.evaluation.refusal); attack success is
-    1 − refusal rate on harmful prompts (advbench).
+    Refusals are found by the documented phrase list (steerlab.evaluation.refusal); attack success
+    is 1 − refusal rate on harmful prompts (advbench).
     """
     from contextlib import nullcontext
 
@@ -260,7 +297,8 @@ def refusal(
         flagged = detect_refusals(read_record_file(records, dataset), writer=writer)
     if not flagged:
         fail(f"no generation records in {records}")
-    table = Table(title=f"refusals ({flagged[0]['detector']} detector; {level:.0%} Wilson intervals)")
+    table = Table(title=f"refusals ({flagged[0]['detector']} detector; "
+                        f"{level:.0%} Wilson intervals)")
     for column in ("dataset", "arm", "multiplier", "n", "refusal rate", "attack success"):
         table.add_column(column, justify="left" if column in ("dataset", "arm") else "right")
     for row in summarize_refusals(flagged, level):

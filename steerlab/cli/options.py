@@ -37,18 +37,21 @@ def positive_number(value: float | None) -> float | None:
 BatchOpt = Annotated[int, typer.Option(help="Sequences per forward pass.", min=1)]
 
 
-LayersOpt = Annotated[Optional[str], typer.Option(help="Apply at these layers, comma-separated, or 'all' (default: the vector's).")]
+LayersOpt = Annotated[Optional[str], typer.Option(
+    help="Apply at these layers, comma-separated, or 'all' (default: the vector's).")]
 
 
-NormRatioOpt = Annotated[Optional[float], typer.Option(help="Scale to this fraction of the residual norm.",
-                                                       callback=positive_number)]
+NormRatioOpt = Annotated[Optional[float], typer.Option(
+    help="Scale to this fraction of the residual norm.", callback=positive_number)]
 
 
 AblateOpt = Annotated[bool, typer.Option(
-    "--ablate", help="Project the vector's direction out instead of adding it; the multiplier is the strength (1 removes the component).")]
+    "--ablate", help="Project the vector's direction out instead of adding it; the multiplier is "
+    "the strength (1 removes the component).")]
 
 
-LimitOpt = Annotated[Optional[int], typer.Option("--n", help="Items per dataset: a seeded sample (default: all).")]
+LimitOpt = Annotated[Optional[int], typer.Option(
+    "--n", help="Items per dataset: a seeded sample (default: all).")]
 
 
 def parse_floats(text: str) -> list[float]:
@@ -76,7 +79,8 @@ def parse_layers(text: Optional[str], n_layers: int) -> Optional[list[int]]:
     return list(range(n_layers)) if text.strip() == "all" else parse_ints(text)
 
 
-RunOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory: records, vectors, command log; a rerun resumes.")]
+RunOpt = Annotated[Path, typer.Option(
+    "--out", "-o", help="Run directory: records, vectors, command log; a rerun resumes.")]
 
 
 class OutputFormat(str, Enum):
@@ -84,16 +88,20 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="table (readable) or json (for scripts).")]
+FormatOpt = Annotated[OutputFormat, typer.Option(
+    "--format", help="table (readable) or json (for scripts).")]
 
 
-RecordsArg = Annotated[Path, typer.Argument(help="Generation records (.jsonl) from `steerlab generate-eval`.")]
+RecordsArg = Annotated[Path, typer.Argument(
+    help="Generation records (.jsonl) from `steerlab generate-eval`.")]
 
 
 BaseOpt = Annotated[str, typer.Option(help="The arm compared against.")]
 
 
-ArmsOpt = Annotated[Optional[list[str]], typer.Option("--arm", help="Arm to compare with --base (repeatable; default: every other arm).")]
+ArmsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--arm", help="Arm to compare with --base (repeatable; default: every other arm).")]
 
 
-DatasetsOpt = Annotated[Optional[list[str]], typer.Option("--dataset", help="Only records of this question set (repeatable; default: all in the file).")]
+DatasetsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--dataset", help="Only records of this question set (repeatable; default: all in the file).")]

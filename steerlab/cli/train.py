@@ -62,25 +62,47 @@ def _method_config(method: str, given: dict[str, Any], params: list[str]):
 
 @app.command()
 def train(
-    data: Annotated[str, typer.Option("--data", "-d", help="Pairs: dataset name (`steerlab data list`; name:split works) or .jsonl/.csv file.")],
-    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer index (methods that train several layers at once, like CAA, also take 10,12,14).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Vector file (.safetensors); a directory with --subset-sizes.")],
-    method: Annotated[str, typer.Option(help="A registered method: caa, bipo, dpo, … (`steerlab methods` lists them with their hyper-parameters and defaults).")] = "caa",
+    data: Annotated[str, typer.Option(
+        "--data", "-d",
+        help="Pairs: dataset name (`steerlab data list`; name:split works) or .jsonl/.csv file.")],
+    layer: Annotated[str, typer.Option(
+        "--layer", "-l", help="Layer index (methods that train "
+        "several layers at once, like CAA, also take 10,12,14).")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Vector file (.safetensors); a directory with --subset-sizes.")],
+    method: Annotated[str, typer.Option(
+        help="A registered method: caa, bipo, dpo, … (`steerlab methods` lists them with their "
+        "hyper-parameters and defaults).")] = "caa",
     model: ModelOpt = DEFAULT_MODEL,
-    split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this (bundled sets: train/test).")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="Use only rows whose 'split' field is this (bundled sets: train/test).")] = None,
     batch_size: BatchOpt = 8,
-    beta: Annotated[Optional[float], typer.Option(help="BiPO/DPO: inverse temperature of the preference loss.", callback=positive_number)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="BiPO/DPO: AdamW learning rate.", callback=positive_number)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="BiPO/DPO: passes over the pairs.", min=1)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="BiPO/DPO: AdamW weight decay.", callback=finite_number)] = None,
-    seed: Annotated[int, typer.Option(help="Seed for batches and directions of trained methods.")] = 0,
-    val_data: Annotated[Optional[str], typer.Option(help="Validation pairs (file or bundled name): BiPO/DPO keep the best epoch.")] = None,
+    beta: Annotated[Optional[float], typer.Option(
+        help="BiPO/DPO: inverse temperature of the preference loss.",
+        callback=positive_number)] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        help="BiPO/DPO: AdamW learning rate.", callback=positive_number)] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        help="BiPO/DPO: passes over the pairs.", min=1)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(
+        help="BiPO/DPO: AdamW weight decay.", callback=finite_number)] = None,
+    seed: Annotated[int, typer.Option(
+        help="Seed for batches and directions of trained methods.")] = 0,
+    val_data: Annotated[Optional[str], typer.Option(
+        help="Validation pairs (file or bundled name): BiPO/DPO keep the best epoch.")] = None,
     val_split: Annotated[Optional[str], typer.Option(help="Split of --val-data to use.")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="BiPO/DPO: stop after this many epochs without validation gain.", min=1)] = None,
-    norm_ratio: Annotated[Optional[float], typer.Option(help="BiPO/DPO: rescale the result to this fraction of the residual norm.", callback=positive_number)] = None,
-    engine: Annotated[Optional[str], typer.Option(help="BiPO/DPO: fast (cached lower layers) or naive.")] = None,
-    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Any hyper-parameter of the method as key=value (e.g. -p epochs=3); repeatable.")] = None,
-    subset_sizes: Annotated[Optional[str], typer.Option(help="Train one vector per nested subset size, e.g. 1,2,4,8.")] = None,
+    patience: Annotated[Optional[int], typer.Option(
+        help="BiPO/DPO: stop after this many epochs without validation gain.", min=1)] = None,
+    norm_ratio: Annotated[Optional[float], typer.Option(
+        help="BiPO/DPO: rescale the result to this fraction of the residual norm.",
+        callback=positive_number)] = None,
+    engine: Annotated[Optional[str], typer.Option(
+        help="BiPO/DPO: fast (cached lower layers) or naive.")] = None,
+    param: Annotated[Optional[list[str]], typer.Option(
+        "--param", "-p", help="Any hyper-parameter of the method "
+        "as key=value (e.g. -p epochs=3); repeatable.")] = None,
+    subset_sizes: Annotated[Optional[str], typer.Option(
+        help="Train one vector per nested subset size, e.g. 1,2,4,8.")] = None,
     seeds: Annotated[int, typer.Option(help="With --subset-sizes: seeds 0..N-1 per size.")] = 1,
 ) -> None:
     """Train a steering vector from preference pairs and save it.
@@ -113,12 +135,14 @@ def train(
             val_pairs=val_pairs, seed=run_seed, checkpoint=checkpoint, history=history,
             batch_size=batch_size))
         for entry in history.epochs:
-            console.print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
+            console.print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in entry.items()))
         return vector
 
     try:
         if subset_sizes:
-            paths = train_on_subsets(run, pairs, parse_ints(subset_sizes), range(seeds), out, name=method)
+            paths = train_on_subsets(run, pairs, parse_ints(subset_sizes), range(seeds), out,
+                                     name=method)
             console.print(f"{len(paths)} vectors in {out}")
             return
         vector = run(pairs, seed, checkpoint=out)
@@ -182,23 +206,38 @@ def condition_fit(
 
 @lora_app.command("train")
 def lora_train(
-    data: Annotated[str, typer.Option("--data", "-d", help="Pairs: dataset name (`steerlab data list`; name:split works) or .jsonl/.csv file.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the kept adapter (peft save_pretrained) and lora_training.json.")],
+    data: Annotated[str, typer.Option(
+        "--data", "-d",
+        help="Pairs: dataset name (`steerlab data list`; name:split works) or .jsonl/.csv file.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o",
+        help="Folder for the kept adapter (peft save_pretrained) and lora_training.json.")],
     model: ModelOpt = DEFAULT_MODEL,
-    split: Annotated[Optional[str], typer.Option(help="Use only rows whose 'split' field is this (bundled sets: train/test).")] = None,
-    val_data: Annotated[Optional[str], typer.Option(help="Validation pairs (default: --val-size pairs held out of --data).")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="Use only rows whose 'split' field is this (bundled sets: train/test).")] = None,
+    val_data: Annotated[Optional[str], typer.Option(
+        help="Validation pairs (default: --val-size pairs held out of --data).")] = None,
     val_split: Annotated[Optional[str], typer.Option(help="Split of --val-data to use.")] = None,
-    val_size: Annotated[Optional[int], typer.Option(help="Without --val-data: pairs held out of --data by --seed (default: a fifth).")] = None,
-    rank: Annotated[int, typer.Option(help="LoRA rank, on every linear module of every decoder layer.")] = 1,
-    alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default: the rank, so the scale is 1).")] = None,
+    val_size: Annotated[Optional[int], typer.Option(
+        help="Without --val-data: pairs held out of --data by --seed (default: a fifth).")] = None,
+    rank: Annotated[int, typer.Option(
+        help="LoRA rank, on every linear module of every decoder layer.")] = 1,
+    alpha: Annotated[Optional[float], typer.Option(
+        help="LoRA alpha (default: the rank, so the scale is 1).")] = None,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 16,
-    eval_every: Annotated[int, typer.Option(help="Validate every this many steps (and before the first, after the last).")] = 50,
-    steps: Annotated[Optional[int], typer.Option(help="Training steps (default: --epochs passes over the pairs).")] = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the pairs when --steps is not given.", min=1)] = 5,
-    objective: Annotated[str, typer.Option(help="sft (next-token loss on the chosen answer) or dpo (on the pairs).")] = "sft",
-    beta: Annotated[float, typer.Option(help="DPO: inverse temperature of the preference loss.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seed of LoRA's initialisation, the batches and the held-out split.")] = 0,
+    eval_every: Annotated[int, typer.Option(
+        help="Validate every this many steps (and before the first, after the last).")] = 50,
+    steps: Annotated[Optional[int], typer.Option(
+        help="Training steps (default: --epochs passes over the pairs).")] = None,
+    epochs: Annotated[int, typer.Option(
+        help="Passes over the pairs when --steps is not given.", min=1)] = 5,
+    objective: Annotated[str, typer.Option(
+        help="sft (next-token loss on the chosen answer) or dpo (on the pairs).")] = "sft",
+    beta: Annotated[float, typer.Option(
+        help="DPO: inverse temperature of the preference loss.")] = 0.1,
+    seed: Annotated[int, typer.Option(
+        help="Seed of LoRA's initialisation, the batches and the held-out split.")] = 0,
 ) -> None:
     """Train a LoRA adapter on preference pairs and keep the lowest-validation-loss one in --out.
 
@@ -238,14 +277,19 @@ def lora_train(
 
 @baseline_app.command("shots")
 def baseline_shots(
-    data: Annotated[str, typer.Option("--data", "-d", help="Pairs the shots come from (dataset name, name:split, or file).")],
+    data: Annotated[str, typer.Option(
+        "--data", "-d", help="Pairs the shots come from (dataset name, name:split, or file).")],
     model: ModelOpt = DEFAULT_MODEL,
-    ks: Annotated[str, typer.Option(help="Comma-separated shot counts to check.")] = "1,4,16,64,256",
-    split: Annotated[Optional[str], typer.Option(help="Split of --data the shots come from.")] = None,
-    eval_data: Annotated[Optional[str], typer.Option(help="Items evaluated behind the shots (default: --data).")] = None,
+    ks: Annotated[str, typer.Option(
+        help="Comma-separated shot counts to check.")] = "1,4,16,64,256",
+    split: Annotated[Optional[str], typer.Option(
+        help="Split of --data the shots come from.")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(
+        help="Items evaluated behind the shots (default: --data).")] = None,
     eval_split: Annotated[Optional[str], typer.Option(help="Split of --eval-data.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the nested shot order.")] = 0,
-    reserve: Annotated[int, typer.Option(help="Tokens kept free beyond the longest item (e.g. new tokens to generate).")] = 0,
+    reserve: Annotated[int, typer.Option(
+        help="Tokens kept free beyond the longest item (e.g. new tokens to generate).")] = 0,
 ) -> None:
     """Which k-shot prompts fit the model's context, and where the context cuts the list."""
     from steerlab.methods.prompting import max_shots

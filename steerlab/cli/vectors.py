@@ -16,7 +16,8 @@ from steerlab.cli.options import NormRatioOpt, finite_number, parse_ints
 
 
 @vector_app.command("info")
-def vector_info(path: Annotated[Path, typer.Argument(help="A .safetensors steering vector.")]) -> None:
+def vector_info(path: Annotated[Path, typer.Argument(
+    help="A .safetensors steering vector.")]) -> None:
     """Show a vector's layers, norms and metadata."""
     from steerlab.steering.vectors import SteeringVector
 
@@ -38,11 +39,17 @@ def vector_info(path: Annotated[Path, typer.Argument(help="A .safetensors steeri
 @vector_app.command("export")
 def vector_export(
     path: Annotated[Path, typer.Argument(help="A .safetensors steering vector.")],
-    gguf: Annotated[Path, typer.Option("--gguf", help="The llama.cpp control vector to write (.gguf).")],
-    multiplier: Annotated[float, typer.Option(help="Baked into the file: llama.cpp's strength 1 steers as this multiplier does.", callback=finite_number)] = 1.0,
-    layers: Annotated[Optional[str], typer.Option(help="Export these layers only, comma-separated (layer 0 never: llama.cpp has no direction.0).")] = None,
+    gguf: Annotated[Path, typer.Option(
+        "--gguf", help="The llama.cpp control vector to write (.gguf).")],
+    multiplier: Annotated[float, typer.Option(
+        help="Baked into the file: llama.cpp's strength 1 steers as this multiplier does.",
+        callback=finite_number)] = 1.0,
+    layers: Annotated[Optional[str], typer.Option(
+        help="Export these layers only, comma-separated "
+        "(layer 0 never: llama.cpp has no direction.0).")] = None,
     norm_ratio: NormRatioOpt = None,
-    model_hint: Annotated[Optional[str], typer.Option(help="controlvector.model_hint (default: the vector's model name).")] = None,
+    model_hint: Annotated[Optional[str], typer.Option(
+        help="controlvector.model_hint (default: the vector's model name).")] = None,
 ) -> None:
     """Write a vector as a llama.cpp control vector (`--control-vector`): layer L → direction.L."""
     vector = load_vector(path)
@@ -58,7 +65,8 @@ def vector_export(
 @vector_app.command("import")
 def vector_import(
     gguf: Annotated[Path, typer.Argument(help="A llama.cpp control vector (.gguf).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The steering vector to write (.safetensors).")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="The steering vector to write (.safetensors).")],
 ) -> None:
     """Read a llama.cpp control vector (direction.N → layer N) and save it as a steerlab vector."""
     from steerlab.steering.vectors import SteeringVector

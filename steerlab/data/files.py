@@ -182,7 +182,8 @@ def split_rows(path: Path, split: str | None) -> Iterator[tuple[str, str, dict[s
         where = f"{path}:{number}"
         if split is not None:
             if "split" not in row:
-                raise DataError(f"{where}: split '{split}' requested but the row has no 'split' field")
+                raise DataError(
+                    f"{where}: split '{split}' requested but the row has no 'split' field")
             if row["split"] != split:
                 continue
         yield where, str(row.get("id") or f"{path.stem}-{number}"), row
@@ -333,8 +334,8 @@ def load_pairs(path: str | Path, split: str | None = None) -> list[PreferencePai
 
 
 def load_mc(path: str | Path, split: str | None = None) -> list[MCItem]:
-    """Load multiple-choice items (file or bundled name): ``question``, ``choices`` (a list; or CSV columns
-    ``choice0``, ``choice1``, …) and ``answer`` (0-based index, or a letter)."""
+    """Load multiple-choice items (file or bundled name): ``question``, ``choices`` (a list; or CSV
+    columns ``choice0``, ``choice1``, …) and ``answer`` (0-based index, or a letter)."""
     rows = split_rows(resolve_data(path), split)
     return [mc_from_row(row, row_id, where) for where, row_id, row in rows]
 

@@ -130,7 +130,8 @@ Files = Mapping[str | None, tuple[str, ...]]
 
 
 def _find(root: Path, wanted: Files) -> dict[str | None, list[Path]] | None:
-    """The files (paths or glob patterns under ``root``) of each split, or None if any is missing."""
+    """The files (paths or glob patterns under ``root``) of each split, or None if any is
+    missing."""
     found: dict[str | None, list[Path]] = {}
     for split, patterns in wanted.items():
         found[split] = []
@@ -146,8 +147,9 @@ def _find(root: Path, wanted: Files) -> dict[str | None, list[Path]] | None:
 class DatasetInfo:
     """A dataset steerlab knows: what it holds, where its files are, how rows become records.
 
-    Record ids are the row's own ``id`` field when it has one, else ``<name>[:<split>][:<file>]:<n>``
-    with ``n`` the row's position in its file, so they stay the same across runs and machines.
+    Record ids are the row's own ``id`` field when it has one, else
+    ``<name>[:<split>][:<file>]:<n>`` with ``n`` the row's position in its file, so they stay the
+    same across runs and machines.
     """
 
     name: str
@@ -171,7 +173,8 @@ class DatasetInfo:
     """Folder the files are under; None: the shared data folder (:func:`data_search_paths`)."""
     behaviour: str | None = None
     """A system prompt asking for what the chosen answers show: the system-prompt baseline's
-    default (see :func:`steerlab.methods.prompting.system_prompt`); None when there is no sensible one."""
+    default (see :func:`steerlab.methods.prompting.system_prompt`); None when there is no sensible
+    one."""
 
     def size_text(self) -> str:
         """``"817 (train 256, validation 256, test 304)"``, or just the row count."""
@@ -217,7 +220,8 @@ class DatasetInfo:
                 f"{self.name} has no published split; load it whole (split=None) and cut it "
                 "with steerlab.split(items, sizes, seed)"
             )
-        raise ValueError(f"{self.name} has no split '{split}'; its splits: {', '.join(self.splits)}")
+        raise ValueError(
+            f"{self.name} has no split '{split}'; its splits: {', '.join(self.splits)}")
 
     def _cut(self, rows: list[Row]) -> list[Row]:
         """Assign the seeded splits: shuffle row positions with the seed, cut at the sizes."""
@@ -237,7 +241,8 @@ class DatasetInfo:
         if hub is not None:
             for split, hub_split in hub.splits.items():
                 if split in wanted:
-                    yield split, ":".join(filter(None, [self.name, split])), _hub_rows(hub, hub_split)
+                    yield (split, ":".join(filter(None, [self.name, split])),
+                           _hub_rows(hub, hub_split))
             return
         for split, paths in self._files(wanted, source).items():
             for path in paths:
@@ -320,7 +325,8 @@ def _truthfulqa_mc1(row: dict[str, Any], row_id: str, where: str) -> MCItem:
 
 
 def _piqa(row: dict[str, Any], row_id: str, where: str) -> MCItem:
-    """PIQA: ``goal`` with solutions ``sol1`` / ``sol2``; ``label`` 0 or 1 (from the labels file)."""
+    """PIQA: ``goal`` with solutions ``sol1`` / ``sol2``; ``label`` 0 or 1 (from the labels
+    file)."""
     choices = (text_field(row, "sol1", where), text_field(row, "sol2", where))
     answer = answer_index(row.get("label"), 2, where, key="label")
     return MCItem(text_field(row, "goal", where), choices, answer, row_id)
@@ -348,7 +354,8 @@ def _text_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 REFUSAL_REPLIES = ("I'm sorry, but I can't help with that.", "I cannot help with that request.",
-                   "I can't assist with this. It could cause harm.", "Sorry, I won't help with that.")
+                   "I can't assist with this. It could cause harm.",
+                   "Sorry, I won't help with that.")
 """The refusals ``advbench-refusal`` pairs with AdvBench's targets, one per goal by its checksum."""
 
 
@@ -635,7 +642,8 @@ def load_dataset(
             errors.append(row.error)
     if errors:
         warnings.warn(
-            f"{spec}: left out {len(errors)} bad rows: " + "; ".join(errors), DataWarning, stacklevel=2
+            f"{spec}: left out {len(errors)} bad rows: " + "; ".join(errors), DataWarning,
+            stacklevel=2
         )
     return records
 
@@ -657,7 +665,8 @@ def _lettered(items: Sequence[MCItem], seed: int) -> Iterator[tuple[MCItem, str,
         rng.shuffle(others)
         order = [*others[:position], item.answer, *others[position:]]
         options = "\n".join(
-            f"({string.ascii_uppercase[slot]}) {item.choices[index]}" for slot, index in enumerate(order)
+            f"({string.ascii_uppercase[slot]}) {item.choices[index]}"
+            for slot, index in enumerate(order)
         )
         wrong = rng.choice([slot for slot in range(n) if slot != position])
         yield item, f"{item.question}\n\nChoices:\n{options}", position, wrong
@@ -670,7 +679,8 @@ def lettered(items: Sequence[MCItem], seed: int = 0) -> list[MCItem]:
     on those pairs is evaluated on the format it was trained on.
     """
     return [
-        MCItem(prompt, tuple(f"({string.ascii_uppercase[slot]}" for slot in range(len(item.choices))),
+        MCItem(prompt,
+               tuple(f"({string.ascii_uppercase[slot]}" for slot in range(len(item.choices))),
                position, item.id, {**item.meta, "answer_text": item.choices[item.answer]})
         for item, prompt, position, _ in _lettered(items, seed)
     ]

@@ -1,1 +1,2 @@
-"""The evaluation layer: likelihood tasks, side effects, open-ended generation, refusal, dataset inspection, and judges."""
+"""The evaluation layer: likelihood tasks, side effects, open-ended generation, refusal, dataset
+inspection, and judges."""

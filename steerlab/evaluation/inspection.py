@@ -197,7 +197,8 @@ def position_balance(records: Sequence[Item]) -> Balance | None:
             expected[option] += 1 / len(options)
     keys = sorted(expected)
     observed = [counts[k] for k in keys]
-    p_value = float(chisquare(observed, [expected[k] for k in keys]).pvalue) if len(keys) > 1 else 1.0
+    p_value = (float(chisquare(observed, [expected[k] for k in keys]).pvalue)
+               if len(keys) > 1 else 1.0)
     return Balance({k: counts[k] for k in keys}, {k: round(expected[k], 3) for k in keys}, p_value)
 
 
@@ -230,7 +231,8 @@ def _degenerate(rows: Sequence[Row]) -> tuple[list[Finding], list[Finding]]:
     for row in rows:
         record = row.record
         if isinstance(record, PreferencePair) and _norm(record.chosen) == _norm(record.rejected):
-            same.append(Finding(row.where, f"chosen and rejected are the same: {_shorten(record.chosen, 80)!r}"))
+            same.append(Finding(row.where, "chosen and rejected are the same: "
+                                           f"{_shorten(record.chosen, 80)!r}"))
         if isinstance(record, MCItem):
             seen: defaultdict[str, list[int]] = defaultdict(list)
             for index, choice in enumerate(record.choices):
@@ -246,13 +248,15 @@ def _degenerate(rows: Sequence[Row]) -> tuple[list[Finding], list[Finding]]:
     return same, repeated
 
 
-def label_verdict(agree: int, n: int, chance: float, alpha: float = ALPHA) -> tuple[Verdict, float, float]:
+def label_verdict(agree: int, n: int, chance: float,
+                  alpha: float = ALPHA) -> tuple[Verdict, float, float]:
     """Exact binomial tests of ``agree`` out of ``n`` against ``chance``: the verdict and the
     one-sided p-values (below, above). With unequal numbers of choices, ``chance`` is the mean
     of 1/choices; the binomial then overstates the spread a little, so the test is conservative."""
     below = float(binomtest(agree, n, chance, alternative="less").pvalue)
     above = float(binomtest(agree, n, chance, alternative="greater").pvalue)
-    verdict: Verdict = "below chance" if below < alpha else "above chance" if above < alpha else "near chance"
+    verdict: Verdict = ("below chance" if below < alpha
+                        else "above chance" if above < alpha else "near chance")
     return verdict, below, above
 
 
@@ -264,7 +268,8 @@ def check_labels(
     batch_size: int = 8,
 ) -> LabelCheck:
     """Score a seeded sample by likelihood and compare the model's preferred answer with the
-    labelled one (:func:`~steerlab.evaluation.likelihood.evaluate_mc` / :func:`~steerlab.evaluation.likelihood.evaluate_ab`)."""
+    labelled one (:func:`~steerlab.evaluation.likelihood.evaluate_mc` /
+    :func:`~steerlab.evaluation.likelihood.evaluate_ab`)."""
 
     if not records:
         raise ValueError("no records to check")
@@ -343,7 +348,8 @@ def _label_message(
     verdict: Verdict, agree: int, n: int, chance: float, p_below: float, p_above: float,
     top: str, top_share: float, calibrated: bool,
 ) -> str:
-    rate = f"agreement {agree}/{n} = {agree / n:.0%}" + (" (letter preference removed)" if calibrated else "")
+    rate = (f"agreement {agree}/{n} = {agree / n:.0%}"
+            + (" (letter preference removed)" if calibrated else ""))
     if verdict == "below chance":
         text = (
             f"{rate} is far below chance ({chance:.0%}; binomial p = {p_below:.1e}): the signature "
@@ -351,7 +357,8 @@ def _label_message(
             "likelier (TruthfulQA) or the model really avoids the labelled behaviour."
         )
     elif verdict == "above chance":
-        text = f"{rate} is above chance ({chance:.0%}; p = {p_above:.1e}): the labels agree with the model."
+        text = (f"{rate} is above chance ({chance:.0%}; p = {p_above:.1e}): "
+                "the labels agree with the model.")
     else:
         text = (
             f"{rate} is not far enough from chance ({chance:.0%}; one-sided p = {p_below:.2g} "
@@ -399,7 +406,8 @@ def inspect_dataset(
         rows=len(all_rows),
         items=len(rows),
         splits=dict(Counter(row.split or ("unused" if info.splits else "all") for row in all_rows)),
-        choice_counts=dict(sorted(Counter(len(r.choices) for r in records if isinstance(r, MCItem)).items())),
+        choice_counts=dict(sorted(
+            Counter(len(r.choices) for r in records if isinstance(r, MCItem)).items())),
         examples=[_example(rows[i]) for i in picked],
         balance=position_balance(records),
         bad_rows=[Finding(row.where, row.error) for row in all_rows if row.error is not None],
@@ -434,7 +442,8 @@ def _warnings(report: InspectionReport) -> list[str]:
     conflicting = [g for g in report.duplicates if g.conflicting]
     if conflicting:
         notes.append(
-            f"{_count(len(conflicting), 'duplicated item')} marked with different answers, first at "
+            f"{_count(len(conflicting), 'duplicated item')} marked with different answers, "
+            "first at "
             + ", ".join(conflicting[0].where)
         )
     leaked = [g for g in report.duplicates if len(set(g.splits)) > 1]
@@ -447,7 +456,8 @@ def _warnings(report: InspectionReport) -> list[str]:
         copies = sum(len(g.where) for g in report.duplicates)
         notes.append(f"{_count(len(report.duplicates), 'duplicated item')} ({copies} rows)")
     if report.same_answers:
-        notes.append(f"{_count(len(report.same_answers), 'pair')} whose chosen and rejected are the same")
+        notes.append(f"{_count(len(report.same_answers), 'pair')} "
+                     "whose chosen and rejected are the same")
     if report.repeated_choices:
         notes.append(f"{_count(len(report.repeated_choices), 'item')} whose choices repeat")
     balance = report.balance

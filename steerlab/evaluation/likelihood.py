@@ -289,7 +289,8 @@ def composition_grid(
     columns = list(second_multipliers if second_multipliers is not None else multipliers)
     return [
         Sweep(SteeringSetting(second, layers=layers, norm_ratio=norm_ratio, positions=positions),
-              columns, Composition((SteeringSetting(first, float(m), layers, norm_ratio, positions),)))
+              columns,
+              Composition((SteeringSetting(first, float(m), layers, norm_ratio, positions),)))
         for m in multipliers
     ]
 

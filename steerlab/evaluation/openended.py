@@ -64,7 +64,8 @@ def load_questions(
         if row.error is not None:
             raise DataError(row.error)
         record = row.record
-        questions.append(record if isinstance(record, OpenQuestion) else OpenQuestion(record, f"{name}:{index}"))
+        questions.append(record if isinstance(record, OpenQuestion)
+                         else OpenQuestion(record, f"{name}:{index}"))
     return questions
 
 
@@ -144,7 +145,8 @@ def generate_answers(
     prompts = [model.format_prompt(q.question) for q in questions]
     records: list[Record] = []
     starts = range(0, len(questions), batch_size)
-    for batch, start in enumerate(track(starts, len(starts), f"generating {len(arms)} arm(s)", progress)):
+    for batch, start in enumerate(track(starts, len(starts), f"generating {len(arms)} arm(s)",
+                                        progress)):
         chunk = slice(start, start + batch_size)
         for arm in arms:
             setting = {**common, **arm.describe(), "batch": batch}
@@ -161,7 +163,8 @@ def generate_answers(
                     do_sample=do_sample, temperature=temperature, seed=seed + batch,
                     format_prompts=False, progress=False,
                 )
-            for question, prompt, answer, previous in zip(questions[chunk], prompts[chunk], answers, done):
+            for question, prompt, answer, previous in zip(questions[chunk], prompts[chunk],
+                                                          answers, done):
                 record = {
                     **setting,
                     "item_id": question.id,

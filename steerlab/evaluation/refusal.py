@@ -105,7 +105,8 @@ def detect_refusals(
     """One refusal record per generation record: its identity and setting, and the verdict."""
     classifier = classifier or PhraseRefusalDetector()
     generated = [r for r in records if r.get("task") == TASK]
-    verdicts = classifier.classify([r["question"] for r in generated], [r["answer"] for r in generated])
+    verdicts = classifier.classify([r["question"] for r in generated],
+                                   [r["answer"] for r in generated])
     keep = ("dataset", "model", "item_id", "arm", "multiplier", "vector_id", "layers", "norm_ratio",
             "condition", "meta")
     out = [

@@ -3,7 +3,8 @@
 Three measurements, each written as per-example records so the table is recomputed from them:
 
 - capability: multiple-choice accuracy at the steered setting against unsteered, on the same
-  items (records of :func:`steerlab.evaluation.likelihood.evaluate`), with a paired Bayesian contrast;
+  items (records of :func:`steerlab.evaluation.likelihood.evaluate`), with a paired Bayesian
+  contrast;
 - perplexity of held text (e.g. WikiText-2) under steering: per-text summed log-probability of
   every token after the first, the text cut to ``max_tokens``;
 - KL divergence KL(unsteered ‖ steered) of the next-token distribution at the end of unrelated
@@ -131,7 +132,8 @@ def side_effect_records(
     for name, items in (capability or {}).items():
         records += evaluate_mc(model, items, sweep, dataset=name, **options)
     for name, chunk in (texts or {}).items():
-        records += perplexity_records(model, chunk, sweep, dataset=name, max_tokens=max_tokens, **options)
+        records += perplexity_records(model, chunk, sweep, dataset=name, max_tokens=max_tokens,
+                                      **options)
     for name, chunk in (prompts or {}).items():
         records += kl_records(model, chunk, sweep, dataset=name, **options)
     return records
@@ -194,7 +196,8 @@ def _paired_values(base: list[Record], steered: list[Record]) -> list[tuple[Reco
     by_id = {r["item_id"]: r for r in base}
     missing = [r["item_id"] for r in steered if r["item_id"] not in by_id]
     if missing:
-        raise ValueError(f"{len(missing)} steered records have no unsteered twin, e.g. {missing[:3]}")
+        raise ValueError(
+            f"{len(missing)} steered records have no unsteered twin, e.g. {missing[:3]}")
     return [(by_id[r["item_id"]], r) for r in steered]
 
 
@@ -221,12 +224,14 @@ def side_effects_table(records: Sequence[Record]) -> list[SideEffect]:
     for (dataset, vector_id, _, _, condition), by_m in _by_setting(records, "perplexity").items():
         if 0.0 not in by_m:
             raise ValueError(f"perplexity records of {dataset} have no multiplier-0 baseline")
-        base_ppl = math.exp(-sum(r["logprob"] for r in by_m[0.0]) / sum(r["n_tokens"] for r in by_m[0.0]))
+        base_ppl = math.exp(-sum(r["logprob"] for r in by_m[0.0])
+                            / sum(r["n_tokens"] for r in by_m[0.0]))
         for m, steered in sorted(by_m.items()):
             if m == 0.0:
                 continue
             pairs = _paired_values(by_m[0.0], steered)
-            ppl = math.exp(-sum(r["logprob"] for r in steered) / sum(r["n_tokens"] for r in steered))
+            ppl = math.exp(-sum(r["logprob"] for r in steered)
+                           / sum(r["n_tokens"] for r in steered))
             # Per-text change of mean negative log-likelihood per token; its exp is the ratio.
             diffs = [(b["logprob"] - s["logprob"]) / s["n_tokens"] for b, s in pairs]
             mean, se = _mean_se(diffs)

@@ -1,1 +1,2 @@
-"""Experiments: the YAML config of `steerlab run`, its runner (stage one), run directories, compute accounting, the experiment report, the demo."""
+"""Experiments: the YAML config of `steerlab run`, its runner (stage one), run directories,
+compute accounting, the experiment report, the demo."""

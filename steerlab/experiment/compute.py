@@ -36,7 +36,8 @@ class TokenLayerCounter:
         if id(layers) in self._watched:
             return
         self._watched.add(id(layers))
-        self._handles += [layer.register_forward_hook(self._hook, with_kwargs=True) for layer in layers]
+        self._handles += [layer.register_forward_hook(self._hook, with_kwargs=True)
+                          for layer in layers]
 
     def close(self) -> None:
         """Stop counting."""

@@ -61,7 +61,8 @@ class Data(_Strict):
     @model_validator(mode="after")
     def _one_validation_source(self) -> Data:
         if (self.val is None) == (self.val_size is None):
-            raise ValueError("give either val (a dataset split) or val_size (rows held out of train)")
+            raise ValueError(
+                "give either val (a dataset split) or val_size (rows held out of train)")
         return self
 
 
@@ -249,7 +250,8 @@ class ExperimentConfig(_Strict):
                     f"steered layer {min(layers)}; a condition reads the prompt at or below the "
                     "layers it gates")
         reserved = {"unsteered", "system", "lora"}
-        clash = sorted(set(self.methods) & reserved | {m for m in self.methods if m.startswith("kshot")})
+        clash = sorted(set(self.methods) & reserved
+                       | {m for m in self.methods if m.startswith("kshot")})
         if clash:
             raise ValueError(f"methods: names {clash} are taken by baseline arms")
         return self
@@ -260,7 +262,8 @@ class ExperimentConfig(_Strict):
                  if getattr(self.data, k) is not None}
         side = self.evaluations.side_effects
         if side:
-            found |= {f"evaluations.side_effects.capability.{i}": d for i, d in enumerate(side.capability)}
+            found |= {f"evaluations.side_effects.capability.{i}": d
+                      for i, d in enumerate(side.capability)}
             found |= {f"evaluations.side_effects.{k}": getattr(side, k) for k in ("text", "prompts")
                       if getattr(side, k)}
         if self.evaluations.open_ended:
@@ -300,9 +303,11 @@ def _check_datasets(config: ExperimentConfig) -> list[tuple[str, str]]:
             continue
         if spec.split and info.splits is not None and spec.split not in info.splits:
             known = ", ".join(info.splits) or "none: leave split out"
-            problems.append((f"{path}.split", f"{spec.dataset} has no split {spec.split!r} (splits: {known})"))
+            problems.append((f"{path}.split",
+                             f"{spec.dataset} has no split {spec.split!r} (splits: {known})"))
         elif not info.available() and info.root is None:
-            problem = f"{spec.dataset}: its files are not on this machine (see `steerlab data list`)"
+            problem = (f"{spec.dataset}: its files are not on this machine "
+                       "(see `steerlab data list`)")
             problems.append((f"{path}.dataset", problem))
     return problems
 
@@ -315,7 +320,8 @@ def _without_method_tag(loc: tuple) -> tuple:
     return loc
 
 
-def parse_config(text: str, source: str | Path = "<config>", check_data: bool = True) -> ExperimentConfig:
+def parse_config(text: str, source: str | Path = "<config>",
+                 check_data: bool = True) -> ExperimentConfig:
     """Validate a YAML config; every problem is reported at once, located by line and key path."""
     source = Path(source)
     try:
@@ -324,7 +330,8 @@ def parse_config(text: str, source: str | Path = "<config>", check_data: bool = 
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}{line}: not valid YAML: {getattr(err, 'problem', err)}") from None
+        raise ConfigError(
+            f"{source}{line}: not valid YAML: {getattr(err, 'problem', err)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a config is a mapping of keys (name, model, data, ...), "
                           f"got {type(raw).__name__}")
@@ -347,7 +354,8 @@ def parse_config(text: str, source: str | Path = "<config>", check_data: bool = 
         problems = _check_datasets(config)
         if problems:
             raise ConfigError("\n".join(
-                f"{source}:{_line_of(root, tuple(int(p) if p.isdigit() else p for p in path.split('.')))}: "
+                f"{source}:"
+                f"{_line_of(root, tuple(int(p) if p.isdigit() else p for p in path.split('.')))}: "
                 f"{path}: {message}" for path, message in problems
             ))
     return config

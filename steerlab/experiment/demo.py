@@ -128,7 +128,8 @@ def _print_sweep(console: Console, rows: list[dict]) -> None:
     console.print(table)
 
 
-def _print_generations(console: Console, prompts: list[str], generations: dict[str, list[str]]) -> None:
+def _print_generations(console: Console, prompts: list[str],
+                       generations: dict[str, list[str]]) -> None:
     for index, prompt in enumerate(prompts):
         table = Table(title=f"prompt: {prompt}", show_lines=True, expand=True)
         for label in generations:

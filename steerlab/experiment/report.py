@@ -1,6 +1,7 @@
 """The experiment report of `steerlab run` (stage two): ``report.md`` and one self-contained
 ``report.html`` with the plots embedded, computed from a run's records alone (the headline and
-verdicts from :mod:`steerlab.analysis.comparison`, every other section from :mod:`steerlab.analysis.run_analysis`).
+verdicts from :mod:`steerlab.analysis.comparison`, every other section from
+:mod:`steerlab.analysis.run_analysis`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def html_page(markdown_text: str, folder: Path, title: str) -> str:
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="([^":]+\.png)"', embed, body)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}"
             f"</title><style>{PAGE_STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
@@ -86,8 +88,8 @@ def sample_efficiency_plot(points: list, reference: float | None, path: Path) ->
         by_size: dict[int, list[float]] = defaultdict(list)  # sizes ascending, as the series
         for p in series:
             by_size[p.n].append(p.accuracy.estimate)
-        ax.plot(list(by_size), [fmean(v) for v in by_size.values()], color=line.lines[0].get_color(),
-                label=family)
+        ax.plot(list(by_size), [fmean(v) for v in by_size.values()],
+                color=line.lines[0].get_color(), label=family)
     if reference is not None:
         ax.axhline(reference, color="grey", ls=":", label="unsteered")
     ax.set_xscale("log", base=2)
@@ -108,7 +110,8 @@ def validation_sweep_plot(records: list[dict], arms: list[str], val_dataset: str
     for ax, arm in zip(axes[0], arms):
         cells: dict[tuple, list[bool]] = defaultdict(list)
         for r in records:
-            if r.get("arm") == arm and r.get("dataset") == val_dataset and r.get("task") in ("mc", "ab"):
+            if (r.get("arm") == arm and r.get("dataset") == val_dataset
+                    and r.get("task") in ("mc", "ab")):
                 cells[(tuple(r["layers"] or ()), float(r["multiplier"]))].append(bool(r["correct"]))
         for layers in sorted({layer for layer, _ in cells}):
             series = sorted((m, sum(v) / len(v)) for (lay, m), v in cells.items() if lay == layers)
@@ -140,7 +143,8 @@ def compute_section(records: list[dict], n_layers: int | None) -> list[str]:
     seconds = sum(t[0] for t in totals.values())
     measured = sum(int(t[1]) for t in totals.values())
     lines = ["## Compute", "",
-             f"Stage one took **{seconds / 60:.1f} min** of wall time over {invocations} invocation(s) "
+             f"Stage one took **{seconds / 60:.1f} min** of wall time over {invocations} "
+             "invocation(s) "
              f"and processed {measured:,} token-layers (one decoder layer applied to one token "
              "position, padding included) for everything: training, generation and scoring."]
     if n_layers:
@@ -150,7 +154,8 @@ def compute_section(records: list[dict], n_layers: int | None) -> list[str]:
                       f"({naive / max(measured, 1):.1f}× what the whole run used).")
     lines.append("")
     lines += markdown_table(["stage", "wall time (s)", "token-layers"],
-                            [[stage, f"{t[0]:.0f}", f"{int(t[1]):,}"] for stage, t in totals.items()])
+                            [[stage, f"{t[0]:.0f}", f"{int(t[1]):,}"]
+                             for stage, t in totals.items()])
     return lines
 
 
@@ -168,11 +173,13 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
              f"Validation set **{head.val_dataset}** ({info['val_n']} items) chooses every arm's "
              f"setting and the best baseline; test set **{head.test_dataset}** ({info['test_n']} "
              f"items) reports. Training pairs: {info['train_n']}. Accuracy is by model likelihood; "
-             "intervals are 90% (Wilson for accuracies, Dirichlet posterior for paired advantages).", ""]
+             "intervals are 90% (Wilson for accuracies, Dirichlet posterior for paired "
+             "advantages).", ""]
     lines += ["## Verdicts", ""]
     steered = [r for r in head.rows if kinds[r.arm] in ("method", "combination", "conditional")]
     for row in steered:
-        for other, advantage in ((BASE, row.versus_base), (head.best_baseline, row.versus_best_baseline)):
+        for other, advantage in ((BASE, row.versus_base),
+                                 (head.best_baseline, row.versus_best_baseline)):
             if other is not None and advantage is not None:
                 lines.append(f"- {verdict(row, other, advantage, n_test)}")
     if head.best_baseline is not None:
@@ -183,22 +190,28 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
               "this test set.", ""]
     lines += ["## Headline (test set)", ""]
     lines += markdown_table(
-        ["arm", "kind", "setting (chosen on validation)", "validation acc.", "test acc.", "90% interval",
-         "vs unsteered: advantage [90%], P(>0)", f"vs best baseline ({head.best_baseline or '-'})"],
-        [[r.arm, r.kind, _setting(r.selection), f"{r.selection.accuracy:.3f}", f"{r.test.estimate:.3f}",
-          f"[{r.test.lower:.3f}, {r.test.upper:.3f}]", _advantage_cell(r.versus_base),
+        ["arm", "kind", "setting (chosen on validation)", "validation acc.", "test acc.",
+         "90% interval", "vs unsteered: advantage [90%], P(>0)",
+         f"vs best baseline ({head.best_baseline or '-'})"],
+        [[r.arm, r.kind, _setting(r.selection), f"{r.selection.accuracy:.3f}",
+          f"{r.test.estimate:.3f}", f"[{r.test.lower:.3f}, {r.test.upper:.3f}]",
+          _advantage_cell(r.versus_base),
           _advantage_cell(r.versus_best_baseline)] for r in head.rows],
     )
     if "lora" in arm_info and "trainable_parameters" in arm_info["lora"]:
         lora = arm_info["lora"]
         vector_size = next((arm_info[r.arm]["trainable_parameters"] for r in steered
                             if "trainable_parameters" in arm_info.get(r.arm, {})), None)
-        ratio = f" — {lora['trainable_parameters'] / vector_size:,.0f}× a vector's {vector_size}" if vector_size else ""
+        ratio = (f" — {lora['trainable_parameters'] / vector_size:,.0f}× a vector's {vector_size}"
+                 if vector_size else "")
         lines += [f"LoRA: {lora['trainable_parameters']:,} trainable parameters{ratio}; kept the "
-                  f"checkpoint of step {lora['best_step']} (validation loss {lora['best_val_loss']:.4f}).", ""]
-    cuts = {r.get("context_cut") for r in arm_info.values() if r.get("kind") == "prompting" and r.get("shots")}
+                  f"checkpoint of step {lora['best_step']} "
+                  f"(validation loss {lora['best_val_loss']:.4f}).", ""]
+    cuts = {r.get("context_cut") for r in arm_info.values()
+            if r.get("kind") == "prompting" and r.get("shots")}
     if cuts - {None}:
-        lines += [f"k-shot: k = {min(cuts - {None})} did not fit the model's context and was not run.", ""]
+        lines += [f"k-shot: k = {min(cuts - {None})} did not fit the model's context and was "
+                  "not run.", ""]
     points = sample_efficiency(records)
     if points:
         reference = head.row(BASE).test.estimate if BASE in kinds else None
@@ -206,17 +219,20 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
         lines += ["## Sample efficiency", "", "![sample efficiency](sample_efficiency.png)", ""]
         lines += markdown_table(["family", "examples", "seed", "test acc.", "90% interval"],
                         [[p.family, str(p.n), "-" if p.seed is None else str(p.seed),
-                          f"{p.accuracy.estimate:.3f}", f"[{p.accuracy.lower:.3f}, {p.accuracy.upper:.3f}]"]
+                          f"{p.accuracy.estimate:.3f}",
+                          f"[{p.accuracy.lower:.3f}, {p.accuracy.upper:.3f}]"]
                          for p in points])
     swept = [r.arm for r in head.rows if r.selection.tried > 1]
     if swept:
         validation_sweep_plot(records, swept, head.val_dataset, out / "validation_sweep.png",
                               head.row(BASE).selection.accuracy if BASE in kinds else None)
-        lines += ["## Multiplier sweep (validation)", "", "![validation sweep](validation_sweep.png)", ""]
+        lines += ["## Multiplier sweep (validation)", "",
+                  "![validation sweep](validation_sweep.png)", ""]
     labels = {r.selection.vector_id: r.arm for r in head.rows if r.kind == "method"}
     labels |= {f"{r.selection.vector_id} if {arm_info[r.arm]['condition']['id']}": r.arm
                for r in head.rows if r.kind == "conditional"}
-    held_out = [r for r in records if r.get("dataset") != head.val_dataset]  # validation only selects
+    held_out = [r for r in records
+                if r.get("dataset") != head.val_dataset]  # validation only selects
     lines += sections(analyze(held_out), out, sweep=False, labels=labels)
     lines += compute_section(records, info.get("n_layers"))
     config = next((r for r in records if r.get("task") == "experiment"), {})

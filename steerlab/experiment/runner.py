@@ -1,8 +1,8 @@
 """Stage one of `steerlab run`: every arm of an experiment evaluated into one run directory.
 
 The runner trains what the config asks for, evaluates each arm on validation, picks each arm's
-setting from those records (:func:`steerlab.analysis.comparison.select`), evaluates it on test, and runs
-the extra evaluations. It writes records only; every table comes later from the records
+setting from those records (:func:`steerlab.analysis.comparison.select`), evaluates it on test,
+and runs the extra evaluations. It writes records only; every table comes later from the records
 (`steerlab analyze`). Everything it makes is kept in the run directory (vectors, adapters), and
 a rerun on the same directory skips whatever is already there, so an interrupted run resumes.
 """
@@ -84,7 +84,8 @@ def load_experiment_data(config: ExperimentConfig) -> ExperimentData:
     if kinds == {MCItem}:
         shape = (lambda rows: lettered(rows, seed)) if data.format == "letters" else list
         return ExperimentData(mc_to_pairs(train, seed=seed), shape(val), shape(test), val_label,
-                              data.test.label(), mc_to_pairs(val, seed=seed), mc_to_pairs(test, seed=seed),
+                              data.test.label(), mc_to_pairs(val, seed=seed),
+                              mc_to_pairs(test, seed=seed),
                               frozenset(item.question.strip() for item in test))
     return ExperimentData(train, val, test, val_label, data.test.label(), val, test,
                           frozenset(pair.prompt.strip() for pair in test))
@@ -156,7 +157,8 @@ class Runner:
         steering = self.config.steering
         multipliers = (steering.multipliers if isinstance(self.data.test[0], PreferencePair)
                        else [choice.multiplier])
-        self._evaluate(writer, model, arm, [Sweep(steering.setting(vector, [layer]), multipliers)], "test")
+        self._evaluate(writer, model, arm, [Sweep(steering.setting(vector, [layer]), multipliers)],
+                       "test")
         self.log(f"{arm}: layer {layer}, multiplier {choice.multiplier:g} chosen on validation "
                  f"(accuracy {choice.accuracy:.3f} of {choice.tried} settings)")
         return vector
@@ -196,9 +198,11 @@ class Runner:
         for name, method in self.config.methods.items():
             layers = method.layers or self.config.steering.layers
             self._note(writer, {"task": ARM_TASK, "arm": name, "kind": "method",
-                                "method": method.model_dump(), "trainable_parameters": self.model.d_model})
+                                "method": method.model_dump(),
+                                "trainable_parameters": self.model.d_model})
             self.vectors[name] = self._train(name, method, self.model, layers, self.data.train)
-            self.selected[name] = self._select_and_test(writer, self.model, name, self.vectors[name])
+            self.selected[name] = self._select_and_test(writer, self.model, name,
+                                                        self.vectors[name])
 
     def conditional(self, writer: RecordWriter) -> None:
         """The arm ``<method>|cond``: the method's selected vector and multiplier, applied only
@@ -214,8 +218,8 @@ class Runner:
             made, seed = spec.condition, self.config.seed
             self.log(f"training the condition at layer {made.layer}")
             fit_condition(self.model, made.positive.load(seed, load_prompts),
-                          made.negative.load(seed, load_prompts), made.layer, made.holdout, seed, batch_size=self.config.batch_size,
-                          progress=self.progress).save(path)
+                          made.negative.load(seed, load_prompts), made.layer, made.holdout, seed,
+                          batch_size=self.config.batch_size, progress=self.progress).save(path)
         condition = Condition.load(path)
         search = condition.meta.extra["threshold_search"]
         self.log(f"{arm}: threshold {condition.threshold:.4f} (F1 {search['f1']:.3f} on held-out "
@@ -243,7 +247,8 @@ class Runner:
             fits = max_shots(self.model, self.data.train, ks, [*self.data.val, *self.data.test],
                              seed=baselines.kshot.seed)
             if fits.cut is not None:
-                self.log(f"k-shot: k = {fits.cut} and above do not fit the context ({fits.describe()})")
+                self.log(f"k-shot: k = {fits.cut} and above do not fit the context "
+                         f"({fits.describe()})")
             for k in fits.fits:
                 arm = f"kshot-{k}"
                 self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "prompting", "shots": k,
@@ -288,8 +293,8 @@ class Runner:
             arm, (layer,) = f"{name}+lora", self.selected[name].layers
             self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "combination",
                                 "method": name, "trained_on": "lora"})
-            vectors = self._train(name, self.config.methods[name], adapted, [layer], self.data.train,
-                                  tag="-on-lora")
+            vectors = self._train(name, self.config.methods[name], adapted, [layer],
+                                  self.data.train, tag="-on-lora")
             self._select_and_test(writer, adapted, arm, vectors)
         for name in combos.transfer_to_lora:
             arm, vector = f"{name}-transfer-lora", self.selected[name]
@@ -306,14 +311,17 @@ class Runner:
         (layer,) = choice.layers
         steering = self.config.steering
         for seed in spec.seeds:
-            for size, subset in nested_subsets(self.data.train, [s for s in spec.sizes
-                                                                 if s <= len(self.data.train)], seed).items():
+            for size, subset in nested_subsets(self.data.train,
+                                               [s for s in spec.sizes
+                                                if s <= len(self.data.train)], seed).items():
                 arm = f"{spec.method}-n{size}-seed{seed}"
                 self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "subset",
                                     "method": spec.method, "size": size, "seed": seed})
                 (vector,) = self._train(spec.method, method, self.model, [layer], subset,
                                         tag=f"-n{size}-seed{seed}").values()
-                self._evaluate(writer, self.model, arm, [Sweep(steering.setting(vector, [layer]), [choice.multiplier])], "test")
+                self._evaluate(writer, self.model, arm,
+                               [Sweep(steering.setting(vector, [layer]), [choice.multiplier])],
+                               "test")
 
     def reliability(self, writer: RecordWriter) -> None:
         """Steerability needs A/B records over the multipliers: multiple-choice test sets are
@@ -334,7 +342,8 @@ class Runner:
         if spec is None:
             return
         capability = {d.label(): d.load(self.config.seed) for d in spec.capability}
-        texts = ({spec.text.label(): passages(load_dataset(spec.text.dataset, spec.text.split), spec.n_texts)}
+        texts = ({spec.text.label(): passages(load_dataset(spec.text.dataset, spec.text.split),
+                                              spec.n_texts)}
                  if spec.text else None)
         prompts = None
         if spec.prompts:
@@ -343,7 +352,10 @@ class Runner:
         steering = self.config.steering
         for name, vector in self.selected.items():
             choice = self._choice(writer, name)
-            side_effect_records(self.model, Sweep(steering.setting(vector, vector.layers, self.conditions.get(name)), [choice.multiplier]),
+            side_effect_records(self.model,
+                                Sweep(steering.setting(vector, vector.layers,
+                                                       self.conditions.get(name)),
+                                      [choice.multiplier]),
                                 capability=capability, texts=texts, prompts=prompts, writer=writer,
                                 batch_size=self.config.batch_size, progress=self.progress)
 
@@ -355,9 +367,9 @@ class Runner:
         if spec.test_only:
             questions = [q for q in questions if q.question.strip() in self.data.test_questions]
             if not questions:
-                raise ValueError(f"evaluations.open_ended: no question of {spec.questions.label()} is a "
-                                 f"test question of {self.data.test_label} (set test_only: false to "
-                                 "use them all)")
+                raise ValueError("evaluations.open_ended: no question of "
+                                 f"{spec.questions.label()} is a test question of "
+                                 f"{self.data.test_label} (set test_only: false to use them all)")
         if spec.questions.limit and spec.questions.limit < len(questions):
             questions = seeded_split(questions, [spec.questions.limit], self.config.seed)[0]
         steering = self.config.steering
@@ -368,14 +380,16 @@ class Runner:
         ]
         label = spec.questions.label()
         answers = generate_answers(self.model, questions, arms, dataset=label,
-                                   max_new_tokens=spec.max_new_tokens, batch_size=self.config.batch_size,
-                                   seed=self.config.seed, writer=writer, progress=self.progress)
+                                   max_new_tokens=spec.max_new_tokens,
+                                   batch_size=self.config.batch_size, seed=self.config.seed,
+                                   writer=writer, progress=self.progress)
         judged = {(r["arm"], r["judge"]) for r in writer.records()
                   if r.get("task") == VERDICT_TASK and r.get("dataset") == label}
         judge = JUDGES[spec.judge]()
         for arm in arms[1:]:
             if (arm.label, judge.name) not in judged:
-                judge_head_to_head(answers, judge, arm.label, BASE, seed=self.config.seed, writer=writer)
+                judge_head_to_head(answers, judge, arm.label, BASE, seed=self.config.seed,
+                                   writer=writer)
 
     # ---- the whole run ----------------------------------------------------------------------
 
@@ -399,10 +413,12 @@ class Runner:
             for stage, work in stages:
                 self._timed(writer, stage, work)
         self.counter.close()
-        self.log(f"stage one done in {time.perf_counter() - started:.0f} s: {self.run.records_path}")
+        self.log(f"stage one done in {time.perf_counter() - started:.0f} s: "
+                 f"{self.run.records_path}")
         return self.run
 
-    def _timed(self, writer: RecordWriter, stage: str, work: Callable[[RecordWriter], None]) -> None:
+    def _timed(self, writer: RecordWriter, stage: str,
+               work: Callable[[RecordWriter], None]) -> None:
         """Run one stage and record its wall time and token-layers (one record per invocation,
         so a resumed run's totals add up every invocation's work; an interrupted stage's record
         says so and keeps the time it had spent)."""
@@ -411,7 +427,8 @@ class Runner:
             work(writer)
             finished = True
         finally:
-            writer.write({"task": COMPUTE_TASK, "stage": stage, "seconds": time.perf_counter() - started,
+            writer.write({"task": COMPUTE_TASK, "stage": stage,
+                          "seconds": time.perf_counter() - started,
                           "token_layers": self.counter.count - count, "invocation": self.invocation,
                           **({} if finished else {"interrupted": True})})
 
@@ -425,7 +442,8 @@ def _check_same_config(run_dir: Path, config: ExperimentConfig) -> None:
         return
     changed = _changed_keys(started, json.loads(json.dumps(config.model_dump())))
     if changed:
-        raise ValueError(f"{run_dir} holds a run of a different config (changed: {', '.join(changed)}); "
+        raise ValueError(f"{run_dir} holds a run of a different config "
+                         f"(changed: {', '.join(changed)}); "
                          "rerun it with the config it was started with, or give a new --out")
 
 
@@ -433,7 +451,8 @@ def _changed_keys(old: Any, new: Any, path: str = "") -> list[str]:
     """Dotted key paths where two JSON-like values differ (a whole value where a type differs)."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [found for key in sorted({*old, *new}, key=str)
-                for found in _changed_keys(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))]
+                for found in _changed_keys(old.get(key), new.get(key),
+                                           f"{path}.{key}" if path else str(key))]
     return [] if old == new else [path or "(the whole config)"]
 
 
@@ -459,5 +478,6 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, **options: Any
 def data_summary(config: ExperimentConfig) -> dict[str, Any]:
     """Sizes of the data the config uses (for `steerlab run --dry-run`)."""
     data = load_experiment_data(config)
-    return {"train pairs": len(data.train), data.val_label: len(data.val), data.test_label: len(data.test),
+    return {"train pairs": len(data.train), data.val_label: len(data.val),
+            data.test_label: len(data.test),
             "kind": dataset_info(config.data.train.dataset).kind}

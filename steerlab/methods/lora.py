@@ -126,20 +126,23 @@ Loss = Callable[[ModelHandle, Sequence[EncodedPair], float], tuple[torch.Tensor,
 """(model, pairs, beta) → (summed loss, how many units it sums: tokens for SFT, pairs for DPO)."""
 
 
-def _sft_loss(model: ModelHandle, items: Sequence[EncodedPair], beta: float) -> tuple[torch.Tensor, int]:
+def _sft_loss(model: ModelHandle, items: Sequence[EncodedPair],
+              beta: float) -> tuple[torch.Tensor, int]:
     """Next-token loss on the chosen completions only, summed over their tokens."""
     batch = collate([item.chosen for item in items], model.tokenizer.pad_token_id, model.device)
     logits = window_logits(model, batch.model_inputs(), batch.max_completion + 1)
     return -token_logprobs(logits, batch).sum(), int(batch.completion_mask().sum())
 
 
-def _pair_logprobs(model: ModelHandle, items: Sequence[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_logprobs(model: ModelHandle,
+                   items: Sequence[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probabilities of the chosen and the rejected completions."""
     rows = pair_rows(model, items, packed=False)
     return rows.scores(window_logits(model, rows.inputs, rows.keep))
 
 
-def _dpo_loss(model: ModelHandle, items: Sequence[EncodedPair], beta: float) -> tuple[torch.Tensor, int]:
+def _dpo_loss(model: ModelHandle, items: Sequence[EncodedPair],
+              beta: float) -> tuple[torch.Tensor, int]:
     """DPO (the BiPO loss with direction +1) against the reference scores stored on the items."""
     chosen, rejected = _pair_logprobs(model, items)
     ref = torch.tensor([item.ref for item in items], device=chosen.device, dtype=chosen.dtype)
@@ -227,7 +230,8 @@ def train_lora(
             history.append({"step": step, "val_loss": val_loss,
                             "seconds": time.perf_counter() - started})
             if not math.isfinite(val_loss):
-                raise TrainingDiverged(f"LoRA {objective} validation loss is {val_loss} at step {step}")
+                raise TrainingDiverged(
+                    f"LoRA {objective} validation loss is {val_loss} at step {step}")
             if best and val_loss >= best["val_loss"]:
                 return
             state = get_peft_model_state_dict(peft_model)
@@ -251,8 +255,9 @@ def train_lora(
                     advance(f"loss {loss:.4f}")
                     if step % eval_every == 0 or step == total:
                         validate(step)
-        result = LoraResult(best["step"], best["val_loss"], history, sum(p.numel() for p in trainable),
-                            model.d_model, config, best["state"], out)
+        result = LoraResult(best["step"], best["val_loss"], history,
+                            sum(p.numel() for p in trainable), model.d_model, config,
+                            best["state"], out)
     finally:
         peft_model.unload()  # the base model's own modules back, unchanged
     if out is not None:

@@ -59,7 +59,8 @@ def pair_rows(model: ModelHandle, items: Sequence[EncodedPair], packed: bool) ->
         summed = token_logprobs(logits, batch).sum(dim=-1)
         return summed[:n], summed[n:]
 
-    return PairRows(batch.model_inputs(), batch.max_completion + 1, batch.input_ids.shape[1], scores)
+    return PairRows(batch.model_inputs(), batch.max_completion + 1, batch.input_ids.shape[1],
+                    scores)
 
 
 def shuffled_batches(items: list[EncodedPair], batch_size: int,
@@ -85,5 +86,7 @@ def encode_pairs(model: ModelHandle, pairs: Sequence[PreferencePair]) -> list[En
     rejected = encode(model, prompts, [p.rejected for p in pairs])
     for index, (c, r) in enumerate(zip(chosen, rejected)):
         if c.n_completion == 0 or r.n_completion == 0:
-            raise ValueError(f"pair {pairs[index].id or index}: empty completion after tokenisation")
-    return [EncodedPair(p.id or str(i), c, r) for i, (p, c, r) in enumerate(zip(pairs, chosen, rejected))]
+            raise ValueError(
+                f"pair {pairs[index].id or index}: empty completion after tokenisation")
+    return [EncodedPair(p.id or str(i), c, r)
+            for i, (p, c, r) in enumerate(zip(pairs, chosen, rejected))]

@@ -90,7 +90,8 @@ def system_prompt(dataset: str, override: str | None = None) -> Prompting:
 def context_limit(model: ModelHandle) -> int:
     """Tokens the model takes at most (:attr:`ModelHandle.context`); an error when unknown."""
     if model.context is None:
-        raise ValueError(f"{model.name}: neither its config nor its tokenizer gives a context length")
+        raise ValueError(
+            f"{model.name}: neither its config nor its tokenizer gives a context length")
     return model.context
 
 

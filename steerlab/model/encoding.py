@@ -96,7 +96,8 @@ class Batch:
         }
 
 
-def collate(seqs: Sequence[TokenSequence], pad_id: int, device: torch.device | None = None) -> Batch:
+def collate(seqs: Sequence[TokenSequence], pad_id: int,
+            device: torch.device | None = None) -> Batch:
     """Stack sequences into a left-padded :class:`Batch`."""
     width = max(len(s.ids) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -104,14 +105,16 @@ def collate(seqs: Sequence[TokenSequence], pad_id: int, device: torch.device | N
     for row, seq in enumerate(seqs):
         ids[row, width - len(seq.ids) :] = torch.tensor(seq.ids)
         mask[row, width - len(seq.ids) :] = 1
-    tensors = (ids, mask, torch.tensor([len(s.ids) for s in seqs]), torch.tensor([s.prompt_len for s in seqs]))
+    tensors = (ids, mask, torch.tensor([len(s.ids) for s in seqs]),
+               torch.tensor([s.prompt_len for s in seqs]))
     return Batch(*(t.to(device) if device is not None else t for t in tensors))
 
 
 def batches(
     seqs: Sequence[TokenSequence], batch_size: int, pad_id: int, device: torch.device | None = None
 ) -> Iterator[tuple[list[int], Batch]]:
-    """Yield (original indices, batch), grouping sequences of similar length to waste little padding."""
+    """Yield (original indices, batch), grouping sequences of similar length to waste little
+    padding."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
@@ -199,7 +202,8 @@ def pack_pairs(
         chosen_at[row, : len(c)] = offset + torch.arange(len(c))
         chosen_ids[row, : len(c)] = torch.tensor(c)
         chosen_mask[row, : len(c)] = 1
-        rejected_at[row, : len(r)] = torch.tensor([offset] + [offset + len(c) + k for k in range(1, len(r))])
+        rejected_at[row, : len(r)] = torch.tensor(
+            [offset] + [offset + len(c) + k for k in range(1, len(r))])
         rejected_ids[row, : len(r)] = torch.tensor(r)
         rejected_mask[row, : len(r)] = 1
     mask = torch.zeros((batch, 1, width, width), dtype=dtype)

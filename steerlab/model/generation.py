@@ -92,7 +92,8 @@ def generate_tokens(
     return out
 
 
-def generate(model: ModelHandle, prompts: Sequence[str], max_new_tokens: int = 64, **kwargs) -> list[str]:
+def generate(model: ModelHandle, prompts: Sequence[str], max_new_tokens: int = 64,
+             **kwargs) -> list[str]:
     """Generated text for each prompt (see :func:`generate_tokens` for the options)."""
     tokens = generate_tokens(model, prompts, max_new_tokens, **kwargs)
     return [model.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]

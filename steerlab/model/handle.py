@@ -278,7 +278,8 @@ def resolve_spec(spec: str) -> Path | str:
     return spec
 
 
-def _load(source: Path | str, dtype: torch.dtype | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load(source: Path | str,
+          dtype: torch.dtype | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Tokenizer and model from a local directory, the HF cache, or (where reachable) the hub."""
     online = not isinstance(source, Path) and hub_reachable()
     # Local files first (a directory, or a hub id already in the HF cache): no network.
@@ -333,7 +334,8 @@ def load_model(
         raise ModelLoadError(
             f"could not load '{spec}': it is not a built-in name ({', '.join(BUILTIN_MODELS)}), "
             f"a local directory or a .gguf file, and as a Hugging Face hub id it could not be "
-            + ("fetched: the hub is not reachable from this machine. " if not online else f"loaded ({err}). ")
+            + ("fetched: the hub is not reachable from this machine. " if not online
+               else f"loaded ({err}). ")
             + "Pass a built-in name or a local path instead."
         ) from err
     return wrap_model(model, tokenizer, name=spec, device=device)

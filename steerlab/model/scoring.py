@@ -54,10 +54,12 @@ def window_logits(model: ModelHandle, inputs: dict[str, torch.Tensor], keep: int
 Setting = Callable[[], AbstractContextManager]
 
 
-def _continued_logits(model: ModelHandle, inputs: dict[str, Any], setting: Setting, keep: int) -> torch.Tensor:
+def _continued_logits(model: ModelHandle, inputs: dict[str, Any], setting: Setting,
+                      keep: int) -> torch.Tensor:
     with setting():
         return window_logits(model, inputs, keep)
-"""Makes the context (e.g. a :class:`~steerlab.steering.hooks.Steering`) one scoring pass runs under."""
+"""Makes the context (e.g. a :class:`~steerlab.steering.hooks.Steering`) one scoring pass runs
+under."""
 
 
 def settings_logits(
@@ -75,7 +77,8 @@ def settings_logits(
     if shared > 0:
         below = forward_until(model.model, model.layers, [shared - 1], **inputs)[shared - 1]
     for setting in settings:
-        with setting(), (upper_stack(model.layers, shared - 1) if shared > 0 else nullcontext()) as top:
+        with setting(), (upper_stack(model.layers, shared - 1) if shared > 0
+                         else nullcontext()) as top:
             if top is not None:
                 top.value = below
             logits = window_logits(model, inputs, keep)
@@ -99,14 +102,17 @@ def common_prefix(seqs: Sequence[TokenSequence]) -> int:
     return length
 
 
-def _prefix_inputs(model: ModelHandle, batch: Batch, prefix: tuple[int, ...], cache: Any) -> dict[str, Any]:
+def _prefix_inputs(model: ModelHandle, batch: Batch, prefix: tuple[int, ...],
+                   cache: Any) -> dict[str, Any]:
     """A batch of suffixes continuing a cached prefix: the prefix's keys and values repeated per
     row, the attention mask and positions extended over it."""
     rows = batch.input_ids.shape[0]
     past = copy.deepcopy(cache)
     past.batch_repeat_interleave(rows)
-    ones = torch.ones((rows, len(prefix)), dtype=batch.attention_mask.dtype, device=batch.input_ids.device)
-    return {"input_ids": batch.input_ids, "attention_mask": torch.cat([ones, batch.attention_mask], dim=1),
+    ones = torch.ones((rows, len(prefix)), dtype=batch.attention_mask.dtype,
+                      device=batch.input_ids.device)
+    return {"input_ids": batch.input_ids,
+            "attention_mask": torch.cat([ones, batch.attention_mask], dim=1),
             "position_ids": batch.position_ids + len(prefix), model.cache_keyword: past}
 
 
@@ -169,13 +175,15 @@ def score_settings(
         with setting():
             ids = torch.tensor([prefix], device=model.device)
             caches.append(model.model(input_ids=ids, use_cache=True)[model.cache_keyword])
-    suffixes = [TokenSequence(seq.ids[len(prefix):], seq.prompt_len - len(prefix)) for seq in stem_seqs]
+    suffixes = [TokenSequence(seq.ids[len(prefix):], seq.prompt_len - len(prefix))
+                for seq in stem_seqs]
     steps = batches(suffixes, batch_size, pad_id, model.device)
     for index, batch in track(steps, n_steps, description, progress):
         window = batch.max_completion + 1
         if prefix:
             passes: Iterator[torch.Tensor] = (
-                _continued_logits(model, _prefix_inputs(model, batch, prefix, cache), setting, window)
+                _continued_logits(model, _prefix_inputs(model, batch, prefix, cache), setting,
+                                  window)
                 for setting, cache in zip(settings, caches)
             )
         else:
@@ -191,7 +199,8 @@ def score_settings(
         [
             CompletionScore(0.0, 0)
             if stem is None
-            else CompletionScore(stem_sum[k][stem] + last_logp[k][stem][seq.ids[-1]], seq.n_completion)
+            else CompletionScore(stem_sum[k][stem] + last_logp[k][stem][seq.ids[-1]],
+                                 seq.n_completion)
             for seq, stem in zip(seqs, stem_of)
         ]
         for k in range(len(settings))

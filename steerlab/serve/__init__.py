@@ -1,1 +1,2 @@
-"""Serving a steered model: the OpenAI-compatible server, its generation worker, and the chat session."""
+"""Serving a steered model: the OpenAI-compatible server, its generation worker, and the chat
+session."""

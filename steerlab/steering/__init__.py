@@ -1,1 +1,2 @@
-"""The steering layer: hooks that edit the residual stream, steering vectors, conditions, and compositions of settings."""
+"""The steering layer: hooks that edit the residual stream, steering vectors, conditions, and
+compositions of settings."""

@@ -13,7 +13,8 @@ The paper's reference code (IBM ``activation-steering``) compares the pooled sta
 tanh(P h), P = ĉĉᵀ the projection on the condition direction; while the projection is small that
 is |cos(h, ĉ)|, the cosine without its sign. steerlab keeps the signed cosine, so "towards" and
 "away from" the direction stay apart. Applying a condition is
-``vector.apply(model, ..., condition=condition)`` (or a :class:`~steerlab.steering.setting.SteeringSetting`'s
+``vector.apply(model, ..., condition=condition)`` (or a
+:class:`~steerlab.steering.setting.SteeringSetting`'s
 ``condition``): the decision is made on the sequence's first forward pass and kept for the
 tokens it generates (see :mod:`steerlab.steering.hooks`).
 """

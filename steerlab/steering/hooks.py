@@ -5,8 +5,9 @@ A :class:`Steering` owns its hooks and all its state; nothing is global, so seve
 compose (their additions sum) and batched calls behave like single ones. Position selection
 ("prompt" / "generated") follows absolute token positions across KV-cache generation steps.
 
-**Conditional edits** (an :class:`Edits` group with a condition, conditional activation steering after Lee et al. 2024)
-apply only to the rows of a batch whose prompt meets a :class:`RowCondition`. The condition
+**Conditional edits** (an :class:`Edits` group with a condition, conditional activation steering
+after Lee et al. 2024) apply only to the rows of a batch whose prompt meets a
+:class:`RowCondition`. The condition
 reads its layer's output on a sequence's first forward pass (empty cache: in generation, the
 prompt; in likelihood scoring, which reads prompt and completion in one pass, both) and decides
 once per row; the decision holds for every later pass of that sequence (KV-cache steps, or
@@ -161,8 +162,8 @@ Ablations = dict[int, list[tuple[torch.Tensor, float]]]
 
 
 class RowCondition(Protocol):
-    """What gates conditional edits (e.g. :class:`steerlab.steering.conditions.Condition`): the layer
-    it reads and a per-row decision from that layer's output on a sequence's first pass."""
+    """What gates conditional edits (e.g. :class:`steerlab.steering.conditions.Condition`): the
+    layer it reads and a per-row decision from that layer's output on a sequence's first pass."""
 
     layer: int
 

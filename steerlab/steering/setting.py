@@ -8,7 +8,8 @@ and the chat. A :class:`Composition` is a list of settings; applied, it is one
 layer (so it equals applying each on its own, nested) and whose ablations project each ablating
 setting's direction out first. A setting with a ``condition``
 (:class:`~steerlab.steering.conditions.Condition`) acts only on the rows whose prompt meets it;
-settings sharing a condition and positions are summed under one gate. The 2-D grid of two behaviours (BiPO's composition result) is evaluated by
+settings sharing a condition and positions are summed under one gate. The 2-D grid of two
+behaviours (BiPO's composition result) is evaluated by
 :func:`steerlab.evaluation.likelihood.composition_grid` and read back from records by
 :mod:`steerlab.analysis.grid`.
 """
@@ -196,10 +197,11 @@ class Composition:
 
 
 SettingSpec = SteeringSetting | tuple
-"""A :class:`SteeringSetting`, or a tuple of its fields in order: (vector, multiplier, layers, norm_ratio,
-intervention, condition)."""
+"""A :class:`SteeringSetting`, or a tuple of its fields in order: (vector, multiplier, layers,
+norm_ratio, intervention, condition)."""
 
 
 def compose(parts: Iterable[SettingSpec]) -> Composition:
     """A composition from parts or tuples ``(vector, multiplier[, layers[, norm_ratio]])``."""
-    return Composition(tuple(p if isinstance(p, SteeringSetting) else SteeringSetting(*p) for p in parts))
+    return Composition(tuple(p if isinstance(p, SteeringSetting) else SteeringSetting(*p)
+                             for p in parts))

@@ -135,7 +135,8 @@ class SteeringVector:
 
     # ---- arithmetic -------------------------------------------------------------------------
 
-    def _derived(self, directions: dict[int, torch.Tensor], method: str, **info: Any) -> SteeringVector:
+    def _derived(self, directions: dict[int, torch.Tensor], method: str,
+                 **info: Any) -> SteeringVector:
         meta = self.meta.model_copy(
             update={
                 "method": method,
@@ -149,7 +150,8 @@ class SteeringVector:
         if not isinstance(other, SteeringVector):
             return NotImplemented
         if other.d_model != self.d_model:
-            raise ValueError(f"cannot combine vectors of d_model {self.d_model} and {other.d_model}")
+            raise ValueError(
+                f"cannot combine vectors of d_model {self.d_model} and {other.d_model}")
         zero = torch.zeros(self.d_model)
         layers = sorted(set(self.directions) | set(other.directions))
         directions = {
@@ -218,7 +220,8 @@ class SteeringVector:
         else:
             missing = sorted(set(layers) - set(self.directions))
             if missing:
-                raise ValueError(f"vector has no direction for layers {missing} (has {self.layers})")
+                raise ValueError(
+                    f"vector has no direction for layers {missing} (has {self.layers})")
             placed = {int(layer): self.directions[layer] for layer in layers}
         if norm_ratio is None:
             added = {layer: multiplier * v for layer, v in placed.items()}
@@ -240,7 +243,8 @@ class SteeringVector:
                                  f"the vector added at layer {layer}")
         return added
 
-    def calibrate(self, model: ModelHandle, texts: list[str], batch_size: int = 8) -> SteeringVector:
+    def calibrate(self, model: ModelHandle, texts: list[str],
+                  batch_size: int = 8) -> SteeringVector:
         """Measure and store the mean residual norm at this vector's layers on ``texts``."""
 
         norms = mean_residual_norms(model, texts, self.layers, batch_size=batch_size)
@@ -271,8 +275,8 @@ class SteeringVector:
     ) -> Steering:
         """Steer ``model``: add ``multiplier`` × this vector at its layers.
 
-        Returns an active :class:`~steerlab.steering.hooks.Steering`; use it in a ``with`` block or call
-        ``.remove()``. ``positions`` is ``"all"``, ``"prompt"`` or ``"generated"``. With a
+        Returns an active :class:`~steerlab.steering.hooks.Steering`; use it in a ``with`` block or
+        call ``.remove()``. ``positions`` is ``"all"``, ``"prompt"`` or ``"generated"``. With a
         ``condition`` only the sequences whose prompt meets it are steered (decided per row).
         """
         return SteeringSetting(self, multiplier, layers, norm_ratio, positions,

@@ -1,1 +1,2 @@
-"""Judges of open-ended answers: the protocol they share, the reference-similarity and LLM judges, head-to-head verdicts and ratings, blinded human rating."""
+"""Judges of open-ended answers: the protocol they share, the reference-similarity and LLM
+judges, head-to-head verdicts and ratings, blinded human rating."""

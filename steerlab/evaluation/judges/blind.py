@@ -61,7 +61,8 @@ def export_blind(
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     key_path.parent.mkdir(parents=True, exist_ok=True)
     key_path.write_text(
-        json.dumps({"seed": seed, "arm": arm, "base": base, "pairs": key}, ensure_ascii=False, indent=1),
+        json.dumps({"seed": seed, "arm": arm, "base": base, "pairs": key}, ensure_ascii=False,
+                   indent=1),
         encoding="utf-8",
     )
     return len(rows)
@@ -84,9 +85,11 @@ def import_ratings(
         where = f"{ratings_path}:{line}"
         pair_id = str(row.get("pair_id") or "").strip()
         if pair_id not in pairs:
-            raise DataError(f"{where}: field 'pair_id' is {pair_id!r}, not a pair of the key {key_path}")
+            raise DataError(
+                f"{where}: field 'pair_id' is {pair_id!r}, not a pair of the key {key_path}")
         if pair_id in seen:
-            raise DataError(f"{where}: pair {pair_id} is rated twice (first on line {seen[pair_id]})")
+            raise DataError(
+                f"{where}: pair {pair_id} is rated twice (first on line {seen[pair_id]})")
         seen[pair_id] = line
         choice = str(row.get("preferred") or "").strip().lower()
         if choice not in CHOICES:
@@ -100,7 +103,8 @@ def import_ratings(
         records.append(record)
     missing = sorted(pairs.keys() - seen.keys())
     if missing:
-        raise DataError(f"{ratings_path}: {len(missing)} pair(s) not rated, e.g. {', '.join(missing[:5])}")
+        raise DataError(f"{ratings_path}: {len(missing)} pair(s) not rated, "
+                        f"e.g. {', '.join(missing[:5])}")
     records.sort(key=lambda r: (r["dataset"], r["item_id"]))
     if writer is not None:
         for record in records:

@@ -11,8 +11,8 @@ A rater (:class:`Rater`: ``name`` and ``rate(items) -> ratings``) scores each an
 a 1-4 scale of how strongly it shows a behaviour (the BiPO paper's persona evaluation):
 :func:`rate_answers` writes one ``rating`` record per item × arm and :func:`summarize_ratings`
 gives each arm's mean rating and its paired difference from the unsteered arm, with intervals.
-:class:`~steerlab.evaluation.judges.llm.LLMJudge` (``--judge llm``) does both over any OpenAI-compatible
-endpoint.
+:class:`~steerlab.evaluation.judges.llm.LLMJudge` (``--judge llm``) does both over any
+OpenAI-compatible endpoint.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class ReferenceSimilarityJudge:
     An answer is truthful when its best cosine similarity to the correct references beats its
     best to the incorrect ones (TruthfulQA's references). Head to head it prefers the truthful
     answer when exactly one is; otherwise it calls a tie. It ignores the shown order.
-    ``embed`` maps texts to unit-length rows (default: :class:`~steerlab.evaluation.judges.embedding.SentenceEmbedder`).
+    ``embed`` maps texts to unit-length rows (default:
+    :class:`~steerlab.evaluation.judges.embedding.SentenceEmbedder`).
     """
 
     name = "reference-similarity"
@@ -76,16 +77,18 @@ class ReferenceSimilarityJudge:
         self.embed = embed
 
     def score(
-        self, answers: Sequence[str], correct: Sequence[Sequence[str]], incorrect: Sequence[Sequence[str]]
+        self, answers: Sequence[str], correct: Sequence[Sequence[str]],
+        incorrect: Sequence[Sequence[str]]
     ) -> list[ReferenceScore]:
         """Each answer's similarities to its own correct and incorrect reference sets."""
         for i, (good, bad) in enumerate(zip(correct, incorrect)):
             if not good or not bad:
                 raise ValueError(
-                    f"answer {i}: the reference judge needs correct and incorrect references; judge "
-                    "only question sets that have them (e.g. truthfulqa-open)"
+                    f"answer {i}: the reference judge needs correct and incorrect references; "
+                    "judge only question sets that have them (e.g. truthfulqa-open)"
                 )
-        texts = list(dict.fromkeys([*answers, *(r for refs in [*correct, *incorrect] for r in refs)]))
+        texts = list(dict.fromkeys(
+            [*answers, *(r for refs in [*correct, *incorrect] for r in refs)]))
         index = {text: i for i, text in enumerate(texts)}
         vectors = self.embed(texts)
 
@@ -122,7 +125,8 @@ def arm_shown_first(seed: int, dataset: str, item_id: str) -> bool:
     return random.Random(f"{seed}/{dataset}/{item_id}").random() < 0.5
 
 
-def pair_arms(records: Iterable[Record], arm: str, base: str = BASE_ARM) -> list[tuple[Record, Record]]:
+def pair_arms(records: Iterable[Record], arm: str,
+              base: str = BASE_ARM) -> list[tuple[Record, Record]]:
     """(arm record, base record) per item of generation records, paired by dataset and item id.
 
     An item missing from either arm, or present twice in one, is an error: silently dropping
@@ -142,7 +146,8 @@ def pair_arms(records: Iterable[Record], arm: str, base: str = BASE_ARM) -> list
     keys = by_arm[arm].keys() | by_arm[base].keys()
     if not by_arm[arm] or not by_arm[base]:
         found = sorted({r for r in by_arm if by_arm[r]})
-        raise ValueError(f"need records of arms '{arm}' and '{base}'; found records only for {found}")
+        raise ValueError(
+            f"need records of arms '{arm}' and '{base}'; found records only for {found}")
     unpaired = sorted(keys - (by_arm[arm].keys() & by_arm[base].keys()))
     if unpaired:
         raise ValueError(f"{len(unpaired)} item(s) lack one of the arms, e.g. {unpaired[:3]}")
@@ -209,7 +214,8 @@ def judge_head_to_head(
     ]
     verdicts = judge.compare(comparisons)
     out = [
-        verdict_record(comparison_fields(a, b), judge.name, seed, first, verdict.preferred, verdict.details)
+        verdict_record(comparison_fields(a, b), judge.name, seed, first, verdict.preferred,
+                       verdict.details)
         for (a, b), first, verdict in zip(pairs, firsts, verdicts)
     ]
     return emit(out, writer)

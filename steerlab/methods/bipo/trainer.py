@@ -131,7 +131,8 @@ class _FastEngine(_Engine):
         packed = torch.tensor([e.ref for e in chunk])
         rows = pair_rows(self.model, chunk, packed=False)
         with torch.no_grad():
-            plain = torch.stack(rows.scores(window_logits(self.model, rows.inputs, rows.keep)), dim=1)
+            plain = torch.stack(rows.scores(window_logits(self.model, rows.inputs, rows.keep)),
+                                dim=1)
         return bool(torch.allclose(packed, plain.cpu(), atol=1e-3, rtol=1e-4))
 
     def logprobs(self, items, delta):
@@ -179,7 +180,8 @@ def train_bipo(
     settings = BiPOConfig.model_validate({**(config.model_dump() if config else {}),
                                           **hyperparameters})
     beta, lr, batch_size, epochs = settings.beta, settings.lr, settings.batch_size, settings.epochs
-    weight_decay, patience, norm_ratio = settings.weight_decay, settings.patience, settings.norm_ratio
+    weight_decay, patience, norm_ratio = (settings.weight_decay, settings.patience,
+                                          settings.norm_ratio)
     engine: Engine = settings.engine
     if not pairs:
         raise ValueError("train_bipo needs at least one preference pair")
@@ -194,7 +196,8 @@ def train_bipo(
     tokens = sum(len(e.chosen.ids) + len(e.rejected.ids) for e in items)
     if engine == "fast" and estimate_cache_bytes(tokens, model.d_model) > max_cache_bytes:
         warnings.warn(
-            f"the layer-{layer} cache would take {estimate_cache_bytes(tokens, model.d_model) / 2**30:.1f} "
+            f"the layer-{layer} cache would take "
+            f"{estimate_cache_bytes(tokens, model.d_model) / 2**30:.1f} "
             f"GiB (limit {max_cache_bytes / 2**30:.1f} GiB): falling back to the naive engine",
             stacklevel=2,
         )
@@ -205,7 +208,8 @@ def train_bipo(
     history.cache_bytes = runner.prepare(items, batch_size, progress)
     history.packed = runner.packed
     history.prepare_seconds = time.perf_counter() - started
-    residual_norm = _mean_norm(items) if engine == "fast" else _measure_norm(model, items, layer, batch_size)
+    residual_norm = (_mean_norm(items) if engine == "fast"
+                     else _measure_norm(model, items, layer, batch_size))
 
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
@@ -236,7 +240,8 @@ def train_bipo(
         started = time.perf_counter()
         with bar(len(epoch_batches), f"{method} epoch {epoch}/{epochs}", progress) as advance:
             for number, chunk in enumerate(epoch_batches):
-                sign = 1.0 if direction == "forward" else float(torch.randint(2, (1,), generator=generator)) * 2 - 1
+                sign = (1.0 if direction == "forward"
+                        else float(torch.randint(2, (1,), generator=generator)) * 2 - 1)
                 pc, pr, rc, rr = runner.logprobs(chunk, sign * vector)
                 loss = descend(
                     optimizer, bipo_loss(pc, pr, rc, rr, sign, beta), method,
@@ -283,7 +288,8 @@ def _mean_norm(items: Sequence[EncodedPair]) -> float:
     return total / count
 
 
-def _measure_norm(model: ModelHandle, items: Sequence[EncodedPair], layer: int, batch_size: int) -> float:
+def _measure_norm(model: ModelHandle, items: Sequence[EncodedPair], layer: int,
+                  batch_size: int) -> float:
     seqs = [e.chosen for e in items] + [e.rejected for e in items]
     return read_layers(model, seqs, [layer], batch_size, progress=False).mean_norm[layer]
 
@@ -310,7 +316,8 @@ def _validate(
             pc, pr, rc, rr = naive.logprobs(chunk, sign * v)
             total += bipo_loss(pc, pr, rc, rr, sign, beta).item() * len(chunk)
             count += len(chunk)
-    records = evaluate_ab(model, val_pairs, Sweep(SteeringSetting(vector), [-1.0, 1.0]), batch_size=batch_size, progress=False)
+    records = evaluate_ab(model, val_pairs, Sweep(SteeringSetting(vector), [-1.0, 1.0]),
+                          batch_size=batch_size, progress=False)
     score = {m: [r["score"] for r in records if r["multiplier"] == m] for m in (-1.0, 1.0)}
     return {
         "val_loss": total / count,
@@ -319,7 +326,8 @@ def _validate(
     }
 
 
-def train_dpo(model: ModelHandle, pairs: Sequence[PreferencePair], layer: int, **kwargs: Any) -> SteeringVector:
+def train_dpo(model: ModelHandle, pairs: Sequence[PreferencePair], layer: int,
+              **kwargs: Any) -> SteeringVector:
     """DPO on the vector: BiPO with the direction fixed to +1."""
     return train_bipo(model, pairs, layer, direction="forward", **kwargs)
 
