@@ -18,7 +18,7 @@ _EXPORTS = {
     "load_pairs": "steerlab.data.files",
     "nested_subsets": "steerlab.data.files",
     "split": "steerlab.data.files",
-    "DataSpec": "steerlab.data.registry",
+    "DataSpec": "steerlab.data.spec",
     "list_datasets": "steerlab.data.registry",
     "lettered": "steerlab.data.registry",
     "load_dataset": "steerlab.data.registry",
@@ -63,7 +63,7 @@ _EXPORTS = {
     "prompted": "steerlab.methods.prompting",
     "system_prompt": "steerlab.methods.prompting",
     "detect_refusals": "steerlab.evaluation.refusal",
-    "ServeSettings": "steerlab.serve.app",
+    "ServeSettings": "steerlab.serve.schema",
     "create_app": "steerlab.serve.app",
     "summarize_refusals": "steerlab.evaluation.refusal",
     "plot_steerability": "steerlab.analysis.reliability",
@@ -90,7 +90,8 @@ if TYPE_CHECKING:
         nested_subsets,
         split,
     )
-    from steerlab.data.registry import DataSpec, lettered, list_datasets, load_dataset, mc_to_pairs
+    from steerlab.data.registry import lettered, list_datasets, load_dataset, mc_to_pairs
+    from steerlab.data.spec import DataSpec
     from steerlab.evaluation.inspection import inspect_dataset
     from steerlab.evaluation.judges.blind import export_blind, import_ratings
     from steerlab.evaluation.judges.llm import LLMJudge
@@ -109,8 +110,9 @@ if TYPE_CHECKING:
     from steerlab.methods.prompting import Prompting, kshot, max_shots, prompted, system_prompt
     from steerlab.model.generation import generate
     from steerlab.model.handle import ModelHandle, load_model, wrap_model
-    from steerlab.serve.app import ServeSettings, create_app
+    from steerlab.serve.app import create_app
     from steerlab.serve.chat import ChatSession
+    from steerlab.serve.schema import ServeSettings
     from steerlab.stats import (
         PairedTable,
         mean_interval,

@@ -26,7 +26,8 @@ from steerlab.evaluation.judges.verdicts import (
     summarize_ratings,
 )
 from steerlab.model.generation import generate
-from steerlab.serve.app import ServeSettings, create_app, free_port, serving
+from steerlab.serve.app import create_app, free_port, serving
+from steerlab.serve.schema import ServeSettings
 
 N_ITEMS = 12
 LONG = {"max_context": 1024}  # judge prompts are long; the tiny models take 1024 positions

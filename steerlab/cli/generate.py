@@ -150,8 +150,9 @@ def serve(
     """
     import os
 
-    from steerlab.serve.app import ServeSettings, served_name
     from steerlab.serve.app import serve as run_server
+    from steerlab.serve.app import served_name
+    from steerlab.serve.schema import ServeSettings
 
     vectors = load_named_vectors(vector or [])
     conditions = load_named_conditions(condition or [])

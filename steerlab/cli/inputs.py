@@ -47,7 +47,8 @@ def load_prompt_texts(spec: str, limit: Optional[int], seed: int) -> list[str]:
 def _load_spec(spec: str, split: Optional[str], limit: Optional[int], seed: int,
                reader: Optional[Callable] = None) -> list:
     from steerlab.data.files import DataError
-    from steerlab.data.registry import DatasetUnavailable, DataSpec
+    from steerlab.data.registry import DatasetUnavailable
+    from steerlab.data.spec import DataSpec
 
     try:
         return DataSpec.parse(spec, split, limit).load(seed, reader)

@@ -22,7 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from steerlab.data.registry import DatasetUnavailable, DataSpec, dataset_info
+from steerlab.data.registry import DatasetUnavailable, dataset_info
+from steerlab.data.spec import DataSpec
 from steerlab.methods.registry import MethodConfig, VectorMethod, get_method, methods
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.steering.setting import SteeringSetting

@@ -1,0 +1,203 @@
+"""The server's request bodies and settings, checked as OpenAI's API checks them (strict JSON
+types, finite numbers, valid Unicode), and its OpenAI-shaped errors."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+)
+
+from steerlab.steering.hooks import Positions
+from steerlab.steering.setting import Intervention
+
+
+class ServeSettings(BaseModel):
+    """What the server allows and how it batches; every limit is checked per request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str | None = None
+    """The model id clients send and ``/v1/models`` lists (default: the loaded model's name)."""
+    max_multiplier: float = Field(8.0, ge=0)
+    """Multipliers must lie in [-max_multiplier, max_multiplier]."""
+    max_tokens: int = Field(512, ge=1)
+    """Most tokens one request may generate (also the default when it asks for none)."""
+    max_context: int | None = Field(None, ge=1)
+    """Prompt + generated tokens allowed (default: the model's maximum positions)."""
+    api_key: str | None = None
+    """When set, every request needs ``Authorization: Bearer <api_key>``."""
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_ms: float = Field(20.0, ge=0)
+    """How long a request waits for others with its settings to share its batch."""
+    max_pending: int = Field(256, ge=1)
+    """Requests allowed to wait for the worker; more are answered 429."""
+    max_body_bytes: int = Field(2 << 20, ge=1024)
+    """Largest request body accepted; a larger one is answered 413 before it is read."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """Longest a client may take to send its request body; a slower one is answered 408."""
+
+
+# ---- request bodies ---------------------------------------------------------------------------
+
+
+def _not_bool(value: Any) -> Any:
+    """JSON's true/false are not numbers (pydantic would read ``true`` as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+def _utf8(value: str) -> str:
+    """Text the tokenizer can read: a lone surrogate (``"\\ud800"`` in JSON) is not UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"text is not valid Unicode ({err.reason} at character "
+                         f"{err.start})") from None
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
+"""A finite JSON number (the body config refuses NaN and infinities)."""
+Text = Annotated[str, AfterValidator(_utf8)]
+Seed = Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)]
+"""What torch's generator takes: a 64-bit seed."""
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class TextPart(_Body):
+    """A text part of a message's content (the only kind a text model reads)."""
+
+    type: Literal["text"]
+    text: Text
+
+
+class ChatMessage(_Body):
+    """One turn of the conversation."""
+
+    role: Literal["system", "user", "assistant"]
+    content: Text | list[TextPart]
+    name: Text | None = None
+
+    def text(self) -> str:
+        return (
+            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        )
+
+
+class SteeringTerm(_Body):
+    """The JSON form of a :class:`~steerlab.steering.setting.SteeringSetting`, its vector and
+    condition named among those the server loaded: ``multiplier`` × the vector at its (or
+    chosen) layers, or with ``intervention: "ablate"`` its direction projected out with that
+    strength; with a ``condition`` only when the prompt meets it."""
+
+    vector: Text
+    multiplier: Number = 1.0
+    layers: list[StrictInt] | None = Field(None, min_length=1)
+    norm_ratio: Number | None = Field(None, gt=0)
+    positions: Positions = "all"
+    intervention: Intervention = "add"
+    condition: Text | None = None
+
+    def echo(self) -> dict[str, Any]:
+        """The term as the reply's ``steering`` echoes it (intervention and condition only when
+        given, so a plain term echoes as it always has)."""
+        fields = self.model_dump()
+        for key, default in (("intervention", "add"), ("condition", None)):
+            if fields[key] == default:
+                del fields[key]
+        return fields
+
+
+class StreamOptions(_Body):
+    """OpenAI's streaming options: a last chunk with token usage when asked."""
+
+    include_usage: StrictBool = False
+
+
+class ChatRequest(_Body):
+    """OpenAI's chat completion request (the fields a local text model honours) + ``steering``."""
+
+    model: Text
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: Number | None = Field(None, ge=0, le=2)
+    top_p: Number | None = Field(None, gt=0, le=1)
+    seed: Seed | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    n: Literal[1] = 1
+    stop: Text | list[Text] | None = None
+    user: Text | None = None
+    steering: list[SteeringTerm] = Field(default_factory=list)
+
+
+# ---- errors -----------------------------------------------------------------------------------
+
+
+class RequestError(Exception):
+    """A request the server refuses, with OpenAI's error fields."""
+
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        status: int = 400,
+        kind: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.message, self.param, self.code, self.status, self.kind = (
+            message,
+            param,
+            code,
+            status,
+            kind,
+        )
+
+    def response(self) -> JSONResponse:
+        body = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
+        return JSONResponse({"error": body}, status_code=self.status)
+
+
+def _location(loc: Any) -> str:
+    """('body', 'messages', 0, 'role') → 'messages[0].role'."""
+    text = ""
+    for part in loc:
+        if part == "body" and not text:
+            continue
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def validation_error(exc: RequestValidationError) -> RequestError:
+    """A 400 naming each bad field and its value (malformed JSON said as such)."""
+    messages, params = [], []
+    for err in exc.errors()[:3]:
+        param = _location(err["loc"])
+        if err["type"] == "json_invalid":
+            return RequestError(
+                f"malformed JSON body: {err.get('ctx', {}).get('error', err['msg'])}"
+            )
+        if err["type"] == "extra_forbidden":
+            messages.append(f"{param}: unsupported field")
+        elif err["type"] == "missing":
+            messages.append(f"{param or 'body'}: required field missing")
+        else:
+            messages.append(f"{param or 'body'}: {err['msg']} (got {err.get('input')!r})")
+        params.append(param)
+    return RequestError("; ".join(messages), params[0] if params else None)
