@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from steerlab.analysis.comparison import (
     ARM_TASK,
@@ -42,9 +42,6 @@ from steerlab.model.handle import ModelHandle, load_model
 from steerlab.records import Record, RecordWriter, record_key
 from steerlab.steering.conditions import Condition, fit_condition
 from steerlab.steering.vectors import SteeringVector
-
-if TYPE_CHECKING:
-    from steerlab.steering.conditions import Condition
 
 Items = list[MCItem] | list[PreferencePair]
 

@@ -152,6 +152,15 @@ def served_name(spec: str) -> str:
     return path.stem if path.suffix == ".gguf" else path.resolve().name
 
 
+def _loaded(loaded: Mapping[str, Any], name: str, kind: str, where: str) -> Any:
+    """The vector or condition a term names, or a 400 listing the loaded ones."""
+    if name not in loaded:
+        names = ", ".join(repr(n) for n in loaded) or "none"
+        raise RequestError(f"{where}.{kind}: unknown {kind} {name!r} (loaded: {names})",
+                           f"{where}.{kind}", f"unknown_{kind}")
+    return loaded[name]
+
+
 class ChatService:
     """Checks requests against the model, the vectors and the settings, and turns them into jobs."""
 
@@ -291,14 +300,7 @@ class ChatService:
         """The request's term as a steering setting, every field checked against what this
         server loaded and allows (a 400 naming the field otherwise)."""
         where = f"steering[{index}]"
-        vector = self.vectors.get(term.vector)
-        if vector is None:
-            loaded = ", ".join(repr(n) for n in self.vectors) or "none"
-            raise RequestError(
-                f"{where}.vector: unknown vector {term.vector!r} (loaded: {loaded})",
-                f"{where}.vector",
-                "unknown_vector",
-            )
+        vector = _loaded(self.vectors, term.vector, "vector", where)
         limit = self.settings.max_multiplier
         if abs(term.multiplier) > limit:
             raise RequestError(
@@ -317,14 +319,7 @@ class ChatService:
             )
         condition = None
         if term.condition is not None:
-            condition = self.conditions.get(term.condition)
-            if condition is None:
-                loaded = ", ".join(repr(n) for n in self.conditions) or "none"
-                raise RequestError(
-                    f"{where}.condition: unknown condition {term.condition!r} (loaded: {loaded})",
-                    f"{where}.condition",
-                    "unknown_condition",
-                )
+            condition = _loaded(self.conditions, term.condition, "condition", where)
         try:
             setting = SteeringSetting(vector, term.multiplier, term.layers, term.norm_ratio,
                                       term.positions, term.intervention, condition)
