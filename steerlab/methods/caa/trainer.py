@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from steerlab.data.files import PreferencePair
-from steerlab.model.activations import read_layers
-from steerlab.model.encoding import encode
+from steerlab.methods.contrast import contrast_meta, read_contrast
 from steerlab.model.handle import ModelHandle
-from steerlab.steering.vectors import SteeringVector, data_hash, meta_for
+from steerlab.steering.vectors import SteeringVector
 
 
 def train_caa(
@@ -33,20 +32,7 @@ def train_caa(
     if not pairs:
         raise ValueError("train_caa needs at least one preference pair")
     layers = [layers] if isinstance(layers, int) else sorted(set(layers))
-    prompts = [p.prompt for p in pairs] * 2
-    completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    seqs = encode(model, prompts, completions)
-    readout = read_layers(model, seqs, layers, batch_size, progress, "CAA activations")
-    n = len(pairs)
-    directions = {
-        layer: (readout.last[layer][:n] - readout.last[layer][n:]).mean(dim=0) for layer in layers
-    }
-    meta = meta_for(
-        model,
-        "caa",
-        hyperparams={"token": "last token of prompt+completion"},
-        data_hash=data_hash(list(pairs)),
-        n_examples=n,
-        residual_norms=readout.mean_norm,
-    )
+    contrast = read_contrast(model, pairs, layers, batch_size, progress, "CAA activations")
+    directions = {layer: contrast.differences(layer).mean(dim=0) for layer in layers}
+    meta = contrast_meta(model, "caa", pairs, contrast)
     return SteeringVector(directions, meta)
