@@ -146,6 +146,10 @@ def test_a_request_can_ablate_as_the_library_does(client, model, vectors):
                              [SteeringSetting(vectors["a"], 4, positions="generated"),
                               SteeringSetting(vectors["b"], intervention="ablate")])[0]
     assert mixed.choices[0].message.content == expected
+    rotated = ask(client, prompt, [{"vector": "a", "multiplier": 60, "intervention": "angular"}])
+    expected = library_reply(model, prompt,
+                             [SteeringSetting(vectors["a"], 60, intervention="angular")])[0]
+    assert rotated.choices[0].message.content == expected
 
 
 def test_a_request_can_gate_its_steering_on_a_condition(client, model, vectors, conditions):
@@ -264,6 +268,11 @@ BAD_REQUESTS = [
         {"steering": [{"vector": "a", "intervention": "ablate", "norm_ratio": 0.5}]},
         "steering[0]",
         "norm_ratio scales an added vector",
+    ),
+    (
+        {"steering": [{"vector": "a", "multiplier": 190, "intervention": "angular"}]},
+        "steering[0]",
+        "an angle in degrees within [-180, 180], got 190",
     ),
     (
         {"steering": [{"vector": "a", "layers": [0], "condition": "always"}]},

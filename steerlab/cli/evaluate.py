@@ -23,11 +23,13 @@ from steerlab.cli.inputs import (
 from steerlab.cli.options import (
     AblateOpt,
     BatchOpt,
+    InterventionOpt,
     LayersOpt,
     LimitOpt,
     ModelOpt,
     NormRatioOpt,
     RunOpt,
+    intervention_of,
     parse_floats,
     parse_ints,
     parse_layers,
@@ -49,6 +51,7 @@ def evaluate(
     layers: LayersOpt = None,
     norm_ratio: NormRatioOpt = None,
     ablate: AblateOpt = False,
+    intervention: InterventionOpt = "add",
     split: Annotated[Optional[str], typer.Option(
         help="Use only this split (bundled sets: train/test).")] = None,
     batch_size: BatchOpt = 8,
@@ -68,7 +71,8 @@ def evaluate(
     try:
         setting = SteeringSetting(steering, layers=parse_layers(layers, handle.n_layers),
                                   norm_ratio=norm_ratio,
-                                  intervention="ablate" if ablate else "add") if steering else None
+                                  intervention=intervention_of(intervention, ablate),
+                                  ) if steering else None
         sweep = Sweep(setting, parse_floats(multipliers))
         sweep.check()
     except ValueError as err:

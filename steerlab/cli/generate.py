@@ -21,10 +21,12 @@ from steerlab.cli.inputs import (
 )
 from steerlab.cli.options import (
     AblateOpt,
+    InterventionOpt,
     LayersOpt,
     ModelOpt,
     NormRatioOpt,
     finite_number,
+    intervention_of,
     parse_floats,
     parse_layers,
 )
@@ -43,6 +45,7 @@ def generate(
     norm_ratio: NormRatioOpt = None,
     layers: LayersOpt = None,
     ablate: AblateOpt = False,
+    intervention: InterventionOpt = "add",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.", min=1)] = 80,
     compare: Annotated[bool, typer.Option(help="Also print the unsteered reply.")] = True,
     condition: Annotated[Optional[Path], typer.Option(
@@ -52,7 +55,7 @@ def generate(
     from contextlib import AbstractContextManager, nullcontext
 
     from steerlab.model.generation import generate as run_generate
-    from steerlab.steering.setting import SteeringSetting
+    from steerlab.steering.setting import STEERED, SteeringSetting
 
     steering = load_vector(vector) if vector else None
     gate = load_condition(condition) if condition else None
@@ -71,12 +74,13 @@ def generate(
         try:
             setting = SteeringSetting(steering, multiplier, parse_layers(layers, handle.n_layers),
                                       norm_ratio, positions,  # type: ignore[arg-type]
-                                      "ablate" if ablate else "add", gate)
+                                      intervention_of(intervention, ablate), gate)
             context = setting.apply(handle)
         except ValueError as err:
             fail(str(err))
         if compare:
-            console.print(f"[bold]{'ablated' if ablate else 'steered'} ×{multiplier:g}[/bold]")
+            label = STEERED[intervention_of(intervention, ablate)]
+            console.print(f"[bold]{label} ×{multiplier:g}[/bold]")
     with context:
         console.print(run_generate(handle, [prompt], max_new_tokens, progress=False)[0])
 

@@ -18,10 +18,12 @@ from steerlab.cli.options import (
     BaseOpt,
     BatchOpt,
     DatasetsOpt,
+    InterventionOpt,
     LayersOpt,
     ModelOpt,
     NormRatioOpt,
     RecordsArg,
+    intervention_of,
     parse_floats,
     parse_layers,
 )
@@ -47,6 +49,7 @@ def generate_eval(
     positions: Annotated[str, typer.Option(
         help="Steer all, prompt or generated positions.")] = "all",
     ablate: AblateOpt = False,
+    intervention: InterventionOpt = "add",
     limit: Annotated[Optional[int], typer.Option(
         "--n", help="Questions per set: a seeded sample (default: all).")] = None,
     sample_seed: Annotated[int, typer.Option(help="Seed of the --n sample.")] = 0,
@@ -84,7 +87,8 @@ def generate_eval(
         setting = SteeringSetting(steering, layers=parse_layers(layers, handle.n_layers),
                                   norm_ratio=norm_ratio,
                                   positions=positions,  # type: ignore[arg-type]
-                                  intervention="ablate" if ablate else "add") if steering else None
+                                  intervention=intervention_of(intervention, ablate),
+                                  ) if steering else None
         arms = steering_arms(setting, parse_floats(multipliers))
     except ValueError as err:
         fail(str(err))

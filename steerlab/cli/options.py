@@ -47,7 +47,25 @@ NormRatioOpt = Annotated[Optional[float], typer.Option(
 
 AblateOpt = Annotated[bool, typer.Option(
     "--ablate", help="Project the vector's direction out instead of adding it; the multiplier is "
-    "the strength (1 removes the component).")]
+    "the strength (1 removes the component). Short for --intervention ablate.")]
+
+
+InterventionOpt = Annotated[str, typer.Option(
+    help="add: add multiplier × the vector; ablate: project its direction out with strength "
+    "multiplier; angular: turn each activation toward it by multiplier degrees, norm kept.")]
+
+
+def intervention_of(intervention: str, ablate: bool) -> str:
+    """The intervention a command was asked for (``--ablate`` is ``--intervention ablate``)."""
+    from steerlab.steering.setting import INTERVENTIONS
+
+    if intervention not in INTERVENTIONS:
+        raise typer.BadParameter(f"one of {', '.join(INTERVENTIONS)}, got {intervention!r}",
+                                 param_hint="--intervention")
+    if ablate and intervention not in ("add", "ablate"):
+        raise typer.BadParameter(f"--ablate contradicts --intervention {intervention}",
+                                 param_hint="--ablate")
+    return "ablate" if ablate else intervention
 
 
 LimitOpt = Annotated[Optional[int], typer.Option(

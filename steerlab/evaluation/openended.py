@@ -21,7 +21,7 @@ from steerlab.model.generation import generate
 from steerlab.model.handle import ModelHandle
 from steerlab.progress import track
 from steerlab.records import Record, RecordWriter, record_key
-from steerlab.steering.setting import SteeringSetting
+from steerlab.steering.setting import STEERED, SteeringSetting
 
 TASK = "generation"
 BASE_ARM = "unsteered"
@@ -96,10 +96,10 @@ class Arm:
 
 def steering_arms(setting: SteeringSetting | None, multipliers: Sequence[float]) -> list[Arm]:
     """The unsteered arm, then ``setting`` at each non-zero multiplier, labelled ``steered+4``
-    etc. (``ablated+1`` for an ablation of strength 1)."""
+    etc. (``ablated+1`` for an ablation of strength 1, ``rotated+30`` for a 30° turn)."""
     arms = [Arm(BASE_ARM)]
     if setting is not None:
-        name = "ablated" if setting.intervention == "ablate" else "steered"
+        name = STEERED[setting.intervention]
         arms += [Arm(f"{name}{m:+g}", setting.at(m)) for m in dict.fromkeys(multipliers) if m != 0]
     return arms
 

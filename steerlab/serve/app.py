@@ -302,7 +302,7 @@ class ChatService:
         where = f"steering[{index}]"
         vector = _loaded(self.vectors, term.vector, "vector", where)
         limit = self.settings.max_multiplier
-        if abs(term.multiplier) > limit:
+        if term.intervention != "angular" and abs(term.multiplier) > limit:  # angles: ±180
             raise RequestError(
                 f"{where}.multiplier: {term.multiplier:g} is outside the allowed range "
                 f"[{-limit:g}, {limit:g}]",

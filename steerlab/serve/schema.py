@@ -29,7 +29,8 @@ class ServeSettings(BaseModel):
     model_name: str | None = None
     """The model id clients send and ``/v1/models`` lists (default: the loaded model's name)."""
     max_multiplier: float = Field(8.0, ge=0)
-    """Multipliers must lie in [-max_multiplier, max_multiplier]."""
+    """Multipliers must lie in [-max_multiplier, max_multiplier] (an angular term's multiplier
+    is an angle, within [-180, 180] degrees)."""
     max_tokens: int = Field(512, ge=1)
     """Most tokens one request may generate (also the default when it asks for none)."""
     max_context: int | None = Field(None, ge=1)

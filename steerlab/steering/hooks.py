@@ -16,6 +16,7 @@ cache-free generation re-running the whole sequence), and a new sequence decides
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -160,6 +161,25 @@ def _row_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
 Ablations = dict[int, list[tuple[torch.Tensor, float]]]
 """Per layer, the directions to project out of its output: (unit direction, strength) pairs."""
 
+Rotations = dict[int, list[tuple[torch.Tensor, float]]]
+"""Per layer, the directions to turn its output toward: (unit direction, angle in degrees)."""
+
+
+def rotate_toward(hidden: torch.Tensor, unit: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Each vector of ``hidden`` (…, D) turned toward ``unit`` by ``degrees`` in the plane the
+    two span, its norm kept (angular steering, Vu & Nguyen 2025): the angle φ to ``unit``
+    becomes φ − degrees, held within [0°, 180°] (negative degrees turn away). A vector along
+    ``unit`` (no plane) is left as it is."""
+    along = hidden @ unit
+    across = hidden - along.unsqueeze(-1) * unit
+    width = across.norm(dim=-1)
+    angle = torch.atan2(width, along) - math.radians(degrees)
+    angle = angle.clamp(0.0, math.pi)
+    length = hidden.norm(dim=-1)
+    turned = (length * torch.cos(angle)).unsqueeze(-1) * unit + (
+        (length * torch.sin(angle)) / width.clamp_min(1e-30)).unsqueeze(-1) * across
+    return torch.where((width > 0).unsqueeze(-1), turned, hidden)
+
 
 class RowCondition(Protocol):
     """What gates conditional edits (e.g. :class:`steerlab.steering.conditions.Condition`): the
@@ -175,29 +195,30 @@ class RowCondition(Protocol):
 @dataclass(frozen=True, eq=False)
 class Edits:
     """Per-layer edits that apply to the same tokens: ``additions`` (the exact vector added at a
-    layer) and ``ablations`` (unit directions projected out, with strengths), at ``positions``,
-    and, with a ``condition``, only in the rows whose prompt meets it."""
+    layer), ``ablations`` (unit directions projected out, with strengths) and ``rotations``
+    (unit directions turned toward, by angles), at ``positions``, and, with a ``condition``,
+    only in the rows whose prompt meets it."""
 
     additions: dict[int, torch.Tensor] = field(default_factory=dict)
     ablations: Ablations = field(default_factory=dict)
     positions: Positions = "all"
     condition: RowCondition | None = None
+    rotations: Rotations = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
 
     def kept(self) -> Edits:
-        """These edits without all-zero additions and zero strengths (they change nothing)."""
-        ablations = {layer: [(d, s) for d, s in pairs if s != 0]
-                     for layer, pairs in self.ablations.items()}
+        """These edits without all-zero additions, zero strengths and zero angles (they change
+        nothing)."""
         return Edits({layer: v for layer, v in self.additions.items() if bool(v.any())},
-                     {layer: pairs for layer, pairs in ablations.items() if pairs},
-                     self.positions, self.condition)
+                     _nonzero(self.ablations), self.positions, self.condition,
+                     _nonzero(self.rotations))
 
     def layers(self) -> set[int]:
         """The layers these edits change."""
-        return {*self.additions, *self.ablations}
+        return {*self.additions, *self.ablations, *self.rotations}
 
     def check_gate(self) -> None:
         """Refuse conditional edits below the condition's layer: they would change the prompt
@@ -209,6 +230,11 @@ class Edits:
             raise ValueError(
                 f"a conditional edit at layer {below[0]} would change the prompt its condition "
                 f"reads at layer {self.condition.layer}: edit at or above the condition's layer")
+
+
+def _nonzero(edits: Ablations) -> Ablations:
+    kept = {layer: [(d, s) for d, s in pairs if s != 0] for layer, pairs in edits.items()}
+    return {layer: pairs for layer, pairs in kept.items() if pairs}
 
 
 def check_layers(used: Iterable[int], n_layers: int) -> None:
@@ -225,7 +251,8 @@ class Steering:
 
     Use as a context manager, or keep it and call :meth:`remove`. Each :class:`Edits` group
     says what changes at which tokens; ablations apply as h ← h − s (h·d̂) d̂ (s = 1 removes the
-    component, 2 reflects it). At a layer every group's ablations run first, in group order,
+    component, 2 reflects it), rotations as :func:`rotate_toward`. At a layer every group's
+    ablations run first, in group order, then every group's rotations,
     then every group's additions. A group with a condition applies only to the rows whose
     prompt meets it (see the module docstring); the condition reads its layer before any edit
     there, so its group must edit at or above that layer. All-zero additions and zero
@@ -262,13 +289,17 @@ class Steering:
                     if self.edits[g].condition.layer == layer]
         ablations = [(d, s, g) for g, group in enumerate(self.edits)
                      for d, s in group.ablations.get(layer, [])]
+        rotations = [(d, a, g) for g, group in enumerate(self.edits)
+                     for d, a in group.rotations.get(layer, [])]
         additions = [(group.additions[layer], g) for g, group in enumerate(self.edits)
                      if layer in group.additions]
-        positions = {self.edits[g].positions for *_, g in [*ablations, *additions]} - {"all"}
-        cast: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+        positions = {self.edits[g].positions
+                     for *_, g in [*ablations, *rotations, *additions]} - {"all"}
+        cast: dict[tuple[str, int, torch.dtype, torch.device], torch.Tensor] = {}
 
-        def like(index: int, tensor: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-            key = (index, hidden.dtype, hidden.device)
+        def like(index: tuple[str, int], tensor: torch.Tensor,
+                 hidden: torch.Tensor) -> torch.Tensor:
+            key = (*index, hidden.dtype, hidden.device)
             if key not in cast:
                 cast[key] = tensor.to(dtype=hidden.dtype, device=hidden.device)
             return cast[key]
@@ -284,11 +315,15 @@ class Steering:
             keep = {p: self._tracker.mask(p, hidden.device) for p in positions}
             edited = hidden
             for index, (direction, strength, g) in enumerate(ablations):
-                unit = like(index, direction, hidden)
+                unit = like(("ablate", index), direction, hidden)
                 step = edited - (strength * (edited @ unit)).unsqueeze(-1) * unit
                 edited = self._where(g, keep, step, edited)
+            for index, (direction, degrees, g) in enumerate(rotations):
+                step = rotate_toward(edited, like(("rotate", index), direction, hidden), degrees)
+                edited = self._where(g, keep, step, edited)
             for index, (vector, g) in enumerate(additions):
-                edited = self._where(g, keep, edited + like(-1 - index, vector, hidden), edited)
+                step = edited + like(("add", index), vector, hidden)
+                edited = self._where(g, keep, step, edited)
             return with_hidden(output, edited)
 
         return hook

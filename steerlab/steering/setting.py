@@ -17,7 +17,7 @@ behaviours (BiPO's composition result) is evaluated by
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -25,15 +25,25 @@ import torch
 from torch import nn
 
 from steerlab.records import Record
-from steerlab.steering.hooks import POSITIONS, Ablations, Edits, Positions, Steering, check_layers
+from steerlab.steering.hooks import (
+    POSITIONS,
+    Ablations,
+    Edits,
+    Positions,
+    Rotations,
+    Steering,
+    check_layers,
+)
 
 if TYPE_CHECKING:
     from steerlab.model.handle import ModelHandle
     from steerlab.steering.conditions import Condition
     from steerlab.steering.vectors import SteeringVector
 
-Intervention = Literal["add", "ablate"]
-INTERVENTIONS: tuple[str, ...] = ("add", "ablate")
+Intervention = Literal["add", "ablate", "angular"]
+INTERVENTIONS: tuple[str, ...] = ("add", "ablate", "angular")
+STEERED = {"add": "steered", "ablate": "ablated", "angular": "rotated"}
+"""How output labels name a setting of each intervention (``steered+4``, ``ablated+1``, …)."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,9 @@ class SteeringSetting:
 
     ``intervention="add"`` adds ``multiplier`` × the vector (``norm_ratio`` rescales it first, see
     :meth:`SteeringVector.additions`); ``"ablate"`` projects the vector's direction out of each
-    layer's output with strength ``multiplier`` (1 removes the component, 0 does nothing).
+    layer's output with strength ``multiplier`` (1 removes the component, 0 does nothing);
+    ``"angular"`` turns each layer's output toward the vector's direction by ``multiplier``
+    degrees, its norm kept (angular steering, Vu & Nguyen 2025; negative turns away).
     ``layers`` places the vector as in :meth:`SteeringVector.additions`; ``positions`` picks the
     tokens (``"all"``, ``"prompt"``, ``"generated"``). With a ``condition`` the setting acts
     only on the rows (sequences) whose prompt meets it.
@@ -62,29 +74,39 @@ class SteeringSetting:
         if self.intervention not in INTERVENTIONS:
             raise ValueError(
                 f"intervention must be one of {INTERVENTIONS}, got {self.intervention!r}")
-        if self.intervention == "ablate" and self.norm_ratio is not None:
-            raise ValueError("norm_ratio scales an added vector; ablation uses only its direction")
+        if self.intervention == "angular" and not -180 <= self.multiplier <= 180:
+            raise ValueError(f"an angular multiplier is an angle in degrees within [-180, 180], "
+                             f"got {self.multiplier:g}")
+        if self.intervention != "add" and self.norm_ratio is not None:
+            raise ValueError(f"norm_ratio scales an added vector; {self.intervention} uses only "
+                             "its direction")
 
     def placed(self) -> dict[int, torch.Tensor]:
         """The vector's direction at each layer this part acts on (multiplier not applied)."""
         return self.vector.additions(1.0, self.layers)
 
     def additions(self) -> dict[int, torch.Tensor]:
-        """What this part adds at each layer (nothing for an ablation)."""
-        if self.intervention == "ablate":
+        """What this setting adds at each layer (nothing unless it adds)."""
+        if self.intervention != "add":
             return {}
         return self.vector.additions(self.multiplier, self.layers, self.norm_ratio)
 
     def ablations(self) -> Ablations:
-        """The unit direction projected out at each layer, with this part's strength."""
-        if self.intervention != "ablate":
-            return {}
+        """The unit direction projected out at each layer, with this setting's strength."""
+        return self._directions() if self.intervention == "ablate" else {}
+
+    def rotations(self) -> Rotations:
+        """The unit direction turned toward at each layer, with this setting's angle."""
+        return self._directions() if self.intervention == "angular" else {}
+
+    def _directions(self) -> Ablations:
+        """(unit direction, multiplier) at each layer the setting acts on."""
         result: Ablations = {}
         for layer, direction in self.placed().items():
             norm = direction.norm()
             if norm == 0:
-                raise ValueError(
-                    f"vector {self.vector.id} is zero at layer {layer}: no direction to ablate")
+                raise ValueError(f"vector {self.vector.id} is zero at layer {layer}: no "
+                                 f"direction to {self.intervention}")
             result[layer] = [(direction / norm, float(self.multiplier))]
         return result
 
@@ -118,10 +140,12 @@ def _summed_additions(parts: Iterable[SteeringSetting]) -> dict[int, torch.Tenso
     return total
 
 
-def _ordered_ablations(parts: Iterable[SteeringSetting]) -> Ablations:
+def _ordered(parts: Iterable[SteeringSetting],
+             kind: Callable[[SteeringSetting], Ablations]) -> Ablations:
+    """Each setting's ablations (or rotations) per layer, in setting order."""
     total: Ablations = defaultdict(list)
     for part in parts:
-        for layer, pairs in part.ablations().items():
+        for layer, pairs in kind(part).items():
             total[layer] += pairs
     return dict(total)
 
@@ -139,7 +163,7 @@ class Composition:
 
     def ablations(self) -> Ablations:
         """Every ablating part's directions per layer, in part order (conditions aside)."""
-        return _ordered_ablations(self.parts)
+        return _ordered(self.parts, SteeringSetting.ablations)
 
     def conditions(self) -> list[Condition]:
         """The distinct conditions of the parts, in part order."""
@@ -181,8 +205,10 @@ class Composition:
         for setting in sorted(self.parts, key=lambda s: s.condition is not None):
             key = (setting.positions, setting.condition.id if setting.condition else None)
             groups.setdefault(key, []).append(setting)
-        return [Edits(_summed_additions(members), _ordered_ablations(members),
-                      members[0].positions, members[0].condition) for members in groups.values()]
+        return [Edits(_summed_additions(members), _ordered(members, SteeringSetting.ablations),
+                      members[0].positions, members[0].condition,
+                      _ordered(members, SteeringSetting.rotations))
+                for members in groups.values()]
 
     def apply(self, model: ModelHandle | nn.Module) -> Steering:
         """Steer ``model`` with every setting at once; an active :class:`Steering` (a context
