@@ -22,6 +22,7 @@ from steerlab.cli.options import (
     BatchOpt,
     LimitOpt,
     ModelOpt,
+    NormRatioOpt,
     finite_number,
     parse_ints,
     positive_number,
@@ -151,6 +152,57 @@ def train(
         raise typer.Exit(code=130) from None
     vector.save(out)
     console.print(f"saved {vector} to {out}")
+
+
+@app.command()
+def scan(
+    data: Annotated[str, typer.Option(
+        "--data", "-d", help="Pairs: dataset name (name:split works) or file.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    split: Annotated[Optional[str], typer.Option(help="Use only this split of --data.")] = None,
+    multiplier: Annotated[float, typer.Option(
+        help="Multiplier of each layer's CAA vector for the behaviour shift.",
+        callback=finite_number)] = 1.0,
+    norm_ratio: NormRatioOpt = None,
+    holdout: Annotated[float, typer.Option(
+        help="Share of pairs held out: every score is measured on them.", min=0.05, max=0.9)] = 0.2,
+    limit: LimitOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split and the --n sample.")] = 0,
+    batch_size: BatchOpt = 8,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Folder for scan.json and scan.png.")] = None,
+) -> None:
+    """Score every layer for steering: held-out probe accuracy, CAA separation, behaviour shift.
+
+    Every layer is read in one pass; the probe and the CAA direction are fit on the pairs not
+    held out, and all three scores are measured on the held-out ones.
+    """
+    import json
+
+    from steerlab.data.files import split as seeded_split
+    from steerlab.methods.scan import plot_scan, scan_layers
+
+    pairs = load_training_pairs(data, split)
+    if limit is not None and limit < len(pairs):
+        pairs = seeded_split(pairs, [limit], seed)[0]
+    handle = load_handle(model)
+    result = scan_layers(handle, pairs, multiplier=multiplier, norm_ratio=norm_ratio,
+                         holdout=holdout, seed=seed, batch_size=batch_size)
+    best = set(result.best(3))
+    table = Table("layer", "probe accuracy", "separation", f"shift at ×{multiplier:g}")
+    for s in result.scores:
+        mark = " ◀" if s.layer in best else ""
+        table.add_row(f"{s.layer}{mark}", f"{s.probe_accuracy:.3f}", f"{s.separation:+.2f}",
+                      f"{s.shift:+.4f}")
+    console.print(table)
+    console.print(f"{result.fit_pairs} pairs fit, {result.held_out_pairs} held out; unsteered "
+                  f"score {result.unsteered_score:.3f}; ◀ the 3 largest shifts; "
+                  f"{result.seconds:.0f} s")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scan.json").write_text(json.dumps(result.to_dict(), indent=1))
+        plot_scan(result, out / "scan.png")
+        console.print(f"wrote {out / 'scan.json'} and {out / 'scan.png'}")
 
 
 @app.command("methods")

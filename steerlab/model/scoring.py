@@ -66,21 +66,23 @@ def settings_logits(
     model: ModelHandle,
     inputs: dict[str, torch.Tensor],
     settings: Sequence[Setting],
-    shared: int,
+    shared: int | Sequence[int],
     keep: int,
 ) -> Iterator[torch.Tensor]:
     """Logits of the last ``keep`` positions of one batch under each setting in turn.
 
-    No setting may change layers ``0..shared-1``: they run once, and only the layers above run
-    once per setting, so K settings cost one lower pass plus K upper passes, same numbers.
+    No setting may change layers ``0..shared-1`` (``shared`` per setting, or one for all): those
+    run once for every setting together, and only the layers above run once per setting, so K
+    settings cost one lower pass plus K upper passes, same numbers.
     """
-    if shared > 0:
-        below = forward_until(model.model, model.layers, [shared - 1], **inputs)[shared - 1]
-    for setting in settings:
-        with setting(), (upper_stack(model.layers, shared - 1) if shared > 0
+    shares = [shared] * len(settings) if isinstance(shared, int) else list(shared)
+    read = sorted({s - 1 for s in shares if s > 0})
+    below = forward_until(model.model, model.layers, read, **inputs) if read else {}
+    for setting, share in zip(settings, shares):
+        with setting(), (upper_stack(model.layers, share - 1) if share > 0
                          else nullcontext()) as top:
             if top is not None:
-                top.value = below
+                top.value = below[share - 1]
             logits = window_logits(model, inputs, keep)
         yield logits
 
@@ -133,7 +135,7 @@ def score_settings(
     model: ModelHandle,
     seqs: Sequence[TokenSequence],
     settings: Sequence[Setting],
-    shared: int = 0,
+    shared: int | Sequence[int] = 0,
     batch_size: int = 8,
     progress: bool = True,
     description: str = "scoring",
@@ -141,7 +143,8 @@ def score_settings(
 ) -> list[list[CompletionScore]]:
     """Score the sequences under each setting; one list of scores per setting, input order kept.
 
-    No setting may change layers ``0..shared-1`` (see :func:`settings_logits`). Sequences that
+    No setting may change layers ``0..shared-1`` (one count, or one per setting; see
+    :func:`settings_logits`). Sequences that
     differ only in their last token (A/B answer letters, single-token choices) share one forward
     pass: their common stem runs once and each last token is read from the stem's final
     next-token distribution. With ``share_prefix`` (for settings that steer every position or
@@ -168,7 +171,8 @@ def score_settings(
     last_logp: list[list[dict[int, float]]] = [[{} for _ in stem_seqs] for _ in settings]
     pad_id = model.tokenizer.pad_token_id
     n_steps = -(-len(stem_seqs) // batch_size)
-    cut = common_prefix(stem_seqs) if share_prefix and shared == 0 else 0
+    unshared = shared == 0 if isinstance(shared, int) else not any(shared)
+    cut = common_prefix(stem_seqs) if share_prefix and unshared else 0
     prefix = stem_seqs[0].ids[:cut] if cut >= PREFIX_MIN else ()
     caches = []
     for setting in settings if prefix else []:
