@@ -92,3 +92,22 @@ def test_probe_fit_equals_newtons_method_and_reports_held_out_accuracy(tiny):
         assert 0 <= scores["held_out_accuracy"] <= 1 and scores["train_accuracy"] >= 0.5
     with pytest.raises(ValueError, match="at least 2 training pairs"):
         train_probe(tiny, pairs[:2], 1, holdout=0.5, progress=False)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])
+def test_packed_contrast_equals_reading_each_sequence_alone(family):
+    from tiny import tiny_model
+
+    model = tiny_model(family)
+    pairs = [*PAIRS, *MORE]
+    contrast = read_contrast(model, pairs, LAYERS, batch_size=4, progress=False)
+    seqs = [*encode(model, [p.prompt for p in pairs], [p.chosen for p in pairs]),
+            *encode(model, [p.prompt for p in pairs], [p.rejected for p in pairs])]
+    alone = read_layers(model, seqs, LAYERS, batch_size=1, progress=False)
+    n = len(pairs)
+    for layer in LAYERS:
+        torch.testing.assert_close(contrast.chosen[layer], alone.last[layer][:n],
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(contrast.rejected[layer], alone.last[layer][n:],
+                                   atol=1e-4, rtol=1e-4)
+        assert contrast.mean_norm[layer] == pytest.approx(alone.mean_norm[layer], rel=1e-4)

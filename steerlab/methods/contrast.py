@@ -13,8 +13,10 @@ import torch
 
 from steerlab.data.files import PreferencePair
 from steerlab.model.activations import read_layers
-from steerlab.model.encoding import encode
+from steerlab.model.capture import forward_until
+from steerlab.model.encoding import TokenSequence, encode, pack_pairs
 from steerlab.model.handle import ModelHandle
+from steerlab.progress import track
 from steerlab.steering.vectors import VectorMeta, data_hash, meta_for
 
 TOKEN = "last token of prompt+completion"
@@ -38,17 +40,80 @@ class Contrast:
 def read_contrast(model: ModelHandle, pairs: Sequence[PreferencePair], layers: Sequence[int],
                   batch_size: int = 8, progress: bool = True,
                   description: str = "reading activations") -> Contrast:
-    """Read every pair's chosen and rejected sequence at ``layers`` (one batched pass each)."""
+    """Read every pair's chosen and rejected sequence at ``layers``.
+
+    Chosen and rejected share their prompt, so each pair runs as one packed row (the prompt
+    once, the rejected completion masked from the chosen one: :func:`pack_pairs`), half the
+    tokens of reading them apart. The first batch is also read apart; a model that does not
+    honour the packed mask (the two reads disagree) is read apart throughout. The mean token
+    norm counts the prompt once per side, as reading apart does.
+    """
     if not pairs:
         raise ValueError("at least one preference pair is needed")
-    prompts = [p.prompt for p in pairs] * 2
-    completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    readout = read_layers(model, encode(model, prompts, completions), layers, batch_size,
-                          progress, description)
-    n = len(pairs)
-    return Contrast({layer: last[:n] for layer, last in readout.last.items()},
-                    {layer: last[n:] for layer, last in readout.last.items()},
-                    readout.mean_norm)
+    layers = sorted(set(layers))
+    chosen_seqs = encode(model, [p.prompt for p in pairs], [p.chosen for p in pairs])
+    rejected_seqs = encode(model, [p.prompt for p in pairs], [p.rejected for p in pairs])
+    chosen = {layer: torch.empty(len(pairs), model.d_model) for layer in layers}
+    rejected = {layer: torch.empty(len(pairs), model.d_model) for layer in layers}
+    norm_sum, n_tokens = dict.fromkeys(layers, 0.0), 0
+    starts = range(0, len(pairs), batch_size)
+    packed = True
+    for start in track(starts, len(starts), description, progress):
+        part = slice(start, start + batch_size)
+        if packed:
+            read = _read_packed(model, chosen_seqs[part], rejected_seqs[part], layers)
+            if start == 0 and not _agrees(read, _read_apart(model, chosen_seqs[part],
+                                                             rejected_seqs[part], layers)):
+                packed = False
+        if not packed:
+            read = _read_apart(model, chosen_seqs[part], rejected_seqs[part], layers)
+        last_chosen, last_rejected, norms, count = read
+        for layer in layers:
+            chosen[layer][part], rejected[layer][part] = last_chosen[layer], last_rejected[layer]
+            norm_sum[layer] += norms[layer]
+        n_tokens += count
+    return Contrast(chosen, rejected, {layer: norm_sum[layer] / n_tokens for layer in layers})
+
+
+Read = tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], dict[int, float], int]
+"""Per layer: last chosen-token outputs, last rejected-token outputs, summed token norms; and
+the number of tokens summed."""
+
+
+@torch.no_grad()
+def _read_packed(model: ModelHandle, chosen: Sequence[TokenSequence],
+                 rejected: Sequence[TokenSequence], layers: list[int]) -> Read:
+    batch = pack_pairs(list(zip(chosen, rejected)), model.tokenizer.pad_token_id, model.dtype,
+                       model.device)
+    outputs = forward_until(model.model, model.layers, layers, **batch.model_inputs())
+    width = batch.input_ids.shape[1]
+    rows = torch.arange(len(chosen))
+    at_chosen = torch.tensor([width - 1 - r.n_completion for r in rejected])
+    weight = torch.zeros(len(chosen), width)
+    for row, (c, r) in enumerate(zip(chosen, rejected)):
+        prompt_start = width - (len(c.ids) + r.n_completion)
+        weight[row, prompt_start:] = 1.0
+        weight[row, prompt_start:prompt_start + c.prompt_len] = 2.0  # the prompt, once per side
+    norms = {layer: float((outputs[layer].float().norm(dim=-1).cpu() * weight).sum())
+             for layer in layers}
+    return ({layer: outputs[layer][rows, at_chosen].float().cpu() for layer in layers},
+            {layer: outputs[layer][:, -1].float().cpu() for layer in layers},
+            norms, int(weight.sum()))
+
+
+def _read_apart(model: ModelHandle, chosen: Sequence[TokenSequence],
+                rejected: Sequence[TokenSequence], layers: list[int]) -> Read:
+    readout = read_layers(model, [*chosen, *rejected], layers, len(chosen) * 2, progress=False)
+    n, tokens = len(chosen), sum(len(s.ids) for s in [*chosen, *rejected])
+    return ({layer: readout.last[layer][:n] for layer in layers},
+            {layer: readout.last[layer][n:] for layer in layers},
+            {layer: readout.mean_norm[layer] * tokens for layer in layers}, tokens)
+
+
+def _agrees(packed: Read, apart: Read) -> bool:
+    """Whether a packed read matches reading apart (a model may ignore a custom mask)."""
+    return all(torch.allclose(packed[side][layer], apart[side][layer], rtol=1e-3, atol=1e-3)
+               for side in (0, 1) for layer in packed[0])
 
 
 def oriented(direction: torch.Tensor, contrast: Contrast, layer: int) -> torch.Tensor:
