@@ -373,3 +373,22 @@ steering:
     message = str(raised.value)
     assert "nan.yaml:10: steering.multipliers.1: Input should be a finite number" in message
     assert "steering.norm_ratio: Input should be a finite number" in message
+
+
+def test_layers_scan_trains_at_the_layers_a_scan_picks_and_reruns_read_it_back(tmp_path, tiny):
+    config = parse_config(config_text(
+        write_pairs(tmp_path / "toy.jsonl"), methods={"caa": {"method": "caa"}},
+        steering={"layers": "scan", "scan_top": 1, "multipliers": [-2, 2]}))
+    runner = Runner(config, tmp_path / "out", progress=False, log=lambda _: None, model=tiny)
+    with runner.run.writer() as writer:
+        chosen = runner.candidate_layers(writer)
+    (scan,) = [r for r in read_records(tmp_path / "out" / "records.jsonl")
+               if r["task"] == "layer-scan"]
+    shifts = {s["layer"]: s["shift"] for s in scan["scan"]["scores"]}
+    assert chosen == scan["chosen_layers"] == [max(shifts, key=lambda k: (shifts[k], -k))]
+    assert scan["scan"]["multiplier"] == 2 and len(shifts) == tiny.n_layers
+    again = Runner(config, tmp_path / "out", progress=False, log=lambda _: None, model=tiny)
+    with again.run.writer() as writer:
+        assert again.candidate_layers(writer) == chosen
+    assert sum(r["task"] == "layer-scan"
+               for r in read_records(tmp_path / "out" / "records.jsonl")) == 1

@@ -88,9 +88,12 @@ def method_config(entry: MethodConfig) -> MethodConfig:
 
 
 class SteeringGrid(_Strict):
-    """Where and how strongly vectors are applied; validation picks layer and multiplier."""
+    """Where and how strongly vectors are applied; validation picks layer and multiplier.
+    ``layers: scan`` takes the ``scan_top`` layers whose CAA vector moves the behaviour most in
+    a layer scan of the training pairs (at the largest multiplier and the norm ratio)."""
 
-    layers: list[int] = Field(min_length=1)
+    layers: list[int] | Literal["scan"] = Field(min_length=1)
+    scan_top: int = Field(default=2, gt=0)
     multipliers: list[float] = Field(min_length=1)
     norm_ratio: float | None = Field(default=None, gt=0)
     positions: Literal["all", "prompt", "generated"] = "all"
@@ -245,7 +248,7 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"conditional.method: no method named {conditional.method!r} "
                                  f"(methods: {sorted(self.methods)})")
             layers = self.methods[conditional.method].layers or self.steering.layers
-            if conditional.condition.layer > min(layers):
+            if layers != "scan" and conditional.condition.layer > min(layers):
                 raise ValueError(
                     f"conditional.condition.layer: {conditional.condition.layer} is above the "
                     f"steered layer {min(layers)}; a condition reads the prompt at or below the "

@@ -38,6 +38,7 @@ from steerlab.experiment.runs import RunDir
 from steerlab.methods import TrainingRun, get_method
 from steerlab.methods.lora import SUMMARY_FILE, load_lora, train_lora
 from steerlab.methods.prompting import kshot, max_shots, prompted, system_prompt
+from steerlab.methods.scan import SCAN_TASK, scan_layers
 from steerlab.model.handle import ModelHandle, load_model
 from steerlab.records import Record, RecordWriter, record_key
 from steerlab.steering.conditions import Condition, fit_condition
@@ -119,6 +120,25 @@ class Runner:
 
     # ---- records ----------------------------------------------------------------------------
 
+    def candidate_layers(self, writer: RecordWriter) -> list[int]:
+        """The steering grid's layers; with ``layers: scan``, the best of a layer scan of the
+        training pairs, scanned once and kept as a record (a rerun reads it back)."""
+        steering = self.config.steering
+        if steering.layers != "scan":
+            return steering.layers
+        known = writer.get(record_key({"task": SCAN_TASK}))
+        if known is None:
+            self.log("scanning every layer of the training pairs")
+            scan = scan_layers(self.model, self.data.train,
+                               multiplier=max(steering.multipliers, key=lambda m: (abs(m), m)),
+                               norm_ratio=steering.norm_ratio, seed=self.config.seed,
+                               batch_size=self.config.batch_size, progress=self.progress)
+            known = {"task": SCAN_TASK, "chosen_layers": scan.best(steering.scan_top),
+                     "scan": scan.to_dict()}
+            writer.write(known)
+        self.log(f"layers from the scan: {known['chosen_layers']}")
+        return known["chosen_layers"]
+
     def _note(self, writer: RecordWriter, record: Record) -> None:
         """Write a descriptive record (experiment, arm) once; a rerun keeps the first."""
         if writer.get(record_key(record)) is None:
@@ -193,7 +213,7 @@ class Runner:
 
     def methods(self, writer: RecordWriter) -> None:
         for name, method in self.config.methods.items():
-            layers = method.layers or self.config.steering.layers
+            layers = method.layers or self.candidate_layers(writer)
             self._note(writer, {"task": ARM_TASK, "arm": name, "kind": "method",
                                 "method": method.model_dump(),
                                 "trainable_parameters": self.model.d_model})

@@ -23,6 +23,9 @@ from steerlab.model.scoring import score_settings
 from steerlab.steering.setting import SteeringSetting
 from steerlab.steering.vectors import SteeringVector
 
+SCAN_TASK = "layer-scan"
+"""The record task of a run's layer scan (``layers: scan`` in a run config)."""
+
 
 @dataclass(frozen=True)
 class LayerScore:
