@@ -1,13 +1,12 @@
 import pytest
 import torch
-from tiny import tiny_model
+from tiny import plain_logprob, tiny_model
 
 from steerlab.data.files import PreferencePair
 from steerlab.methods.bipo import trainer
 from steerlab.methods.bipo.trainer import _FastEngine, _NaiveEngine, train_bipo, train_dpo
 from steerlab.methods.pairs import encode_pairs
 from steerlab.methods.training import TrainingDiverged, TrainingHistory, bipo_loss
-from steerlab.model.encoding import encode
 from steerlab.steering.vectors import SteeringVector
 
 PAIRS = [
@@ -22,15 +21,7 @@ LAYER = 1
 
 def reference_logprob(model, prompt, completion, delta):
     """Straightforward: one unpadded full forward pass, vector added by a plain hook."""
-    (seq,) = encode(model, [prompt], [completion])
-    hook = model.layers[LAYER].register_forward_hook(
-        lambda m, a, out: (out[0] + delta, *out[1:]) if isinstance(out, tuple) else out + delta)
-    try:
-        logits = model.model(torch.tensor([seq.ids])).logits[0]
-    finally:
-        hook.remove()
-    logp = torch.log_softmax(logits, -1)
-    return sum(logp[t - 1, seq.ids[t]] for t in range(seq.prompt_len, len(seq.ids)))
+    return plain_logprob(model, LAYER, prompt, completion, lambda h: h + delta)
 
 
 def reference_loss(model, pairs, v, sign, beta):

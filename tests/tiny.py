@@ -24,6 +24,7 @@ from transformers import (
 
 from steerlab.data.files import PreferencePair
 from steerlab.model.capture import capture_layer_outputs
+from steerlab.model.encoding import encode
 from steerlab.model.handle import ModelHandle, wrap_model
 from steerlab.steering.conditions import Condition
 from steerlab.steering.vectors import SteeringVector, meta_for
@@ -223,3 +224,17 @@ def fixed_condition(model, layer=1, threshold=0.0, comparison="greater", seed=3)
     """A condition with a random direction (thresholds beyond ±1 always or never hold)."""
     direction = torch.randn(model.d_model, generator=torch.Generator().manual_seed(seed))
     return Condition(layer, direction, meta_for(model, "test-condition"), threshold, comparison)
+
+
+def plain_logprob(model, layer, prompt, completion, edit):
+    """Straightforward: log p(completion | prompt) summed over its tokens, from one unpadded
+    full forward pass with ``edit`` applied to ``layer``'s output by a plain hook."""
+    (seq,) = encode(model, [prompt], [completion])
+    hook = model.layers[layer].register_forward_hook(
+        lambda m, a, out: (edit(out[0]), *out[1:]) if isinstance(out, tuple) else edit(out))
+    try:
+        logits = model.model(torch.tensor([seq.ids])).logits[0]
+    finally:
+        hook.remove()
+    logp = torch.log_softmax(logits, -1)
+    return sum(logp[t - 1, seq.ids[t]] for t in range(seq.prompt_len, len(seq.ids)))

@@ -1,4 +1,5 @@
-"""BiPO's and DPO's hyper-parameters, with their defaults (stated here once)."""
+"""The hyper-parameters of vector training with a loss (BiPO, DPO, and the objectives built on
+the same loop), with their defaults (stated here once)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from pydantic import Field
 from steerlab.methods.registry import MethodConfig
 
 
-class BiPOConfig(MethodConfig):
-    """Hyper-parameters of BiPO and DPO training (one layer per run)."""
+class OptimiserSettings(MethodConfig):
+    """What every loss-trained vector shares: the optimiser, the passes, early stopping, the
+    final rescaling and the engine."""
 
-    beta: float = Field(0.1, gt=0)
-    """Inverse temperature of the preference loss."""
     lr: float = Field(5e-4, gt=0)
     """AdamW learning rate."""
     batch_size: int = Field(8, gt=0)
@@ -28,3 +28,10 @@ class BiPOConfig(MethodConfig):
     """Rescale the result to this fraction of the layer's mean residual norm."""
     engine: Literal["fast", "naive"] = "fast"
     """``fast`` caches the layers below once; ``naive`` runs full passes (the reference)."""
+
+
+class BiPOConfig(OptimiserSettings):
+    """Hyper-parameters of BiPO and DPO training (one layer per run)."""
+
+    beta: float = Field(0.1, gt=0)
+    """Inverse temperature of the preference loss."""

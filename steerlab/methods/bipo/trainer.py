@@ -19,15 +19,16 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
 from steerlab.data.files import PreferencePair
 from steerlab.evaluation.likelihood import Sweep, evaluate_ab
-from steerlab.methods.bipo.config import BiPOConfig
+from steerlab.methods.bipo.config import BiPOConfig, OptimiserSettings
 from steerlab.methods.pairs import EncodedPair, encode_pairs, pair_rows, shuffled_batches
 from steerlab.methods.training import (
     Callback,
@@ -46,6 +47,12 @@ from steerlab.steering.vectors import SteeringVector, data_hash, meta_for
 
 Direction = Literal["bi", "forward"]
 Engine = Literal["fast", "naive"]
+Edit = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+"""What a step does to layer L's output: a vector added to it, or a function of it."""
+
+
+def _edited(hidden: torch.Tensor, edit: Edit) -> torch.Tensor:
+    return hidden + edit.to(hidden.dtype) if isinstance(edit, torch.Tensor) else edit(hidden)
 
 
 def _left_pad(tensors: Sequence[torch.Tensor], width: int, model: ModelHandle) -> torch.Tensor:
@@ -69,24 +76,26 @@ class _Engine:
         return 0
 
     def logprobs(
-        self, items: Sequence[EncodedPair], delta: torch.Tensor
+        self, items: Sequence[EncodedPair], edit: Edit
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed completion log-probabilities: chosen and rejected with layer L's output
+        edited, then chosen and rejected unedited (the reference)."""
         raise NotImplementedError
 
 
 class _NaiveEngine(_Engine):
-    """Full forward passes of both sequences of each pair, with a hook adding ``delta`` at
-    layer L; the reference recomputed every time. The straightforward path, for comparison."""
+    """Full forward passes of both sequences of each pair, with a hook editing layer L's output;
+    the reference recomputed every time. The straightforward path, for comparison."""
 
-    def logprobs(self, items, delta):
+    def logprobs(self, items, edit):
         rows = pair_rows(self.model, items, packed=False)
         with torch.no_grad():
             ref = rows.scores(window_logits(self.model, rows.inputs, rows.keep))
 
-        def add(module, args, output):
-            return with_hidden(output, layer_hidden(output) + delta.to(layer_hidden(output).dtype))
+        def apply(module, args, output):
+            return with_hidden(output, _edited(layer_hidden(output), edit))
 
-        hook = self.model.layers[self.layer].register_forward_hook(add)
+        hook = self.model.layers[self.layer].register_forward_hook(apply)
         try:
             policy = rows.scores(window_logits(self.model, rows.inputs, rows.keep))
         finally:
@@ -135,11 +144,11 @@ class _FastEngine(_Engine):
                                 dim=1)
         return bool(torch.allclose(packed, plain.cpu(), atol=1e-3, rtol=1e-4))
 
-    def logprobs(self, items, delta):
+    def logprobs(self, items, edit):
         rows = pair_rows(self.model, items, self.packed)
         cached = _left_pad(rows.hidden_rows(items, self.packed), rows.width, self.model)
         with upper_stack(self.model.layers, self.layer) as injection:
-            injection.value = cached + delta.to(cached.dtype)
+            injection.value = _edited(cached, edit)
             policy = rows.scores(window_logits(self.model, rows.inputs, rows.keep))
         ref = torch.tensor([e.ref for e in items], device=cached.device, dtype=policy[0].dtype)
         return (*policy, ref[:, 0], ref[:, 1])
@@ -148,6 +157,42 @@ class _FastEngine(_Engine):
 def estimate_cache_bytes(seqs_tokens: int, d_model: int) -> int:
     """Bytes the fast engine keeps: one float32 layer output per token of every sequence."""
     return seqs_tokens * d_model * 4
+
+
+class Objective(Protocol):
+    """A training loss on a chunk of pairs for the vector at layer L, from the engine's
+    log-probabilities (BiPO's, RePS's, one-shot's)."""
+
+    def loss(self, engine: _Engine, chunk: Sequence[EncodedPair], vector: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss to descend, and what to log with it (e.g. the direction drawn)."""
+        ...
+
+    def validation_loss(self, engine: _Engine, chunk: Sequence[EncodedPair],
+                        vector: torch.Tensor) -> float:
+        """The loss on held-out pairs, without the random draws of training."""
+        ...
+
+
+@dataclass(frozen=True)
+class BiPOObjective:
+    """BiPO's loss (the module docstring) with Δ drawn per batch; DPO fixes Δ = +1."""
+
+    direction: Direction
+    beta: float
+
+    def signs(self) -> tuple[float, ...]:
+        return (1.0,) if self.direction == "forward" else (1.0, -1.0)
+
+    def loss(self, engine, chunk, vector, generator):
+        sign = (1.0 if self.direction == "forward"
+                else float(torch.randint(2, (1,), generator=generator)) * 2 - 1)
+        pc, pr, rc, rr = engine.logprobs(chunk, sign * vector)
+        return bipo_loss(pc, pr, rc, rr, sign, self.beta), {"direction": sign}
+
+    def validation_loss(self, engine, chunk, vector):
+        return sum(bipo_loss(*engine.logprobs(chunk, sign * vector), sign, self.beta).item()
+                   for sign in self.signs()) / len(self.signs())
 
 
 def train_bipo(
@@ -179,18 +224,46 @@ def train_bipo(
     """
     settings = BiPOConfig.model_validate({**(config.model_dump() if config else {}),
                                           **hyperparameters})
-    beta, lr, batch_size, epochs = settings.beta, settings.lr, settings.batch_size, settings.epochs
+    if direction not in ("bi", "forward"):
+        raise ValueError(f"direction must be 'bi' or 'forward', got {direction!r}")
+    return train_objective(
+        model, pairs, layer, BiPOObjective(direction, settings.beta),
+        "bipo" if direction == "bi" else "dpo", settings, seed=seed, val_pairs=val_pairs,
+        max_cache_bytes=max_cache_bytes, checkpoint=checkpoint, callbacks=callbacks,
+        progress=progress, history=history,
+        hyperparams={"beta": settings.beta, "direction": direction})
+
+
+def train_objective(
+    model: ModelHandle,
+    pairs: Sequence[PreferencePair],
+    layer: int,
+    objective: Objective,
+    method: str,
+    settings: OptimiserSettings,
+    *,
+    seed: int = 0,
+    val_pairs: Sequence[PreferencePair] | None = None,
+    max_cache_bytes: int = 4 << 30,
+    checkpoint: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+    history: TrainingHistory | None = None,
+    hyperparams: dict[str, Any] | None = None,
+) -> SteeringVector:
+    """The training loop every objective shares (see :func:`train_bipo` for what each
+    argument does): AdamW on the vector alone from zero, the engine's cached layers,
+    validation, early stopping, checkpoints, logs. ``settings`` gives lr, batch_size, epochs,
+    weight_decay, patience, norm_ratio and engine; ``hyperparams`` joins them in the metadata."""
+    lr, batch_size, epochs = settings.lr, settings.batch_size, settings.epochs
     weight_decay, patience, norm_ratio = (settings.weight_decay, settings.patience,
                                           settings.norm_ratio)
     engine: Engine = settings.engine
     if not pairs:
-        raise ValueError("train_bipo needs at least one preference pair")
-    if direction not in ("bi", "forward"):
-        raise ValueError(f"direction must be 'bi' or 'forward', got {direction!r}")
+        raise ValueError(f"{method} needs at least one preference pair")
     if not 0 <= layer < model.n_layers:
         raise ValueError(f"layer {layer} out of range: the model has {model.n_layers} layers")
     history = history if history is not None else TrainingHistory()
-    method = "bipo" if direction == "bi" else "dpo"
 
     items = encode_pairs(model, pairs)
     tokens = sum(len(e.chosen.ids) + len(e.rejected.ids) for e in items)
@@ -222,8 +295,8 @@ def train_bipo(
             v = v * (norm_ratio * residual_norm / v.norm().clamp_min(1e-12))
         meta = meta_for(
             model, method,
-            hyperparams={"beta": beta, "lr": lr, "batch_size": batch_size, "epochs": epochs,
-                         "weight_decay": weight_decay, "direction": direction, "seed": seed,
+            hyperparams={**(hyperparams or {}), "lr": lr, "batch_size": batch_size,
+                         "epochs": epochs, "weight_decay": weight_decay, "seed": seed,
                          "norm_ratio": norm_ratio, "patience": patience},
             data_hash=data_hash(list(pairs)), n_examples=len(pairs),
             residual_norms={layer: residual_norm}, extra={"epoch": epoch},
@@ -240,17 +313,15 @@ def train_bipo(
         started = time.perf_counter()
         with bar(len(epoch_batches), f"{method} epoch {epoch}/{epochs}", progress) as advance:
             for number, chunk in enumerate(epoch_batches):
-                sign = (1.0 if direction == "forward"
-                        else float(torch.randint(2, (1,), generator=generator)) * 2 - 1)
-                pc, pr, rc, rr = runner.logprobs(chunk, sign * vector)
+                objective_loss, logged = objective.loss(runner, chunk, vector, generator)
                 loss = descend(
-                    optimizer, bipo_loss(pc, pr, rc, rr, sign, beta), method,
+                    optimizer, objective_loss, method,
                     f"step {step + 1} (epoch {epoch}, batch {number + 1} of {len(epoch_batches)}; "
                     f"pairs {[e.pair_id for e in chunk]})",
                 )
                 step += 1
                 record = {"step": step, "epoch": epoch, "batch": number + 1, "loss": loss,
-                          "direction": sign, "norm": float(vector.detach().norm())}
+                          **logged, "norm": float(vector.detach().norm())}
                 history.steps.append(record)
                 losses.append(record["loss"])
                 advance(f"loss {record['loss']:.4f}  |v| {record['norm']:.3g}")
@@ -261,7 +332,7 @@ def train_bipo(
                                    "norm": float(vector.detach().norm()),
                                    "seconds": time.perf_counter() - started}
         if val_pairs:
-            summary.update(_validate(model, val_pairs, current, direction, beta, batch_size))
+            summary.update(_validate(model, val_pairs, current, objective, batch_size))
         history.epochs.append(summary)
         for callback in callbacks:
             callback(summary)
@@ -299,23 +370,19 @@ def _validate(
     model: ModelHandle,
     val_pairs: Sequence[PreferencePair],
     vector: SteeringVector,
-    direction: Direction,
-    beta: float,
+    objective: Objective,
     batch_size: int,
 ) -> dict[str, float]:
-    """Validation loss (mean over the directions trained) and behaviour scores at ×±1."""
+    """Validation loss (the objective's, without random draws) and behaviour scores at ×±1."""
     items = encode_pairs(model, val_pairs)
     (layer,) = vector.layers
     v = vector.directions[layer]
-    signs = (1.0,) if direction == "forward" else (1.0, -1.0)
     naive = _NaiveEngine(model, layer)
     total, count = 0.0, 0
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        for sign in signs:
-            pc, pr, rc, rr = naive.logprobs(chunk, sign * v)
-            total += bipo_loss(pc, pr, rc, rr, sign, beta).item() * len(chunk)
-            count += len(chunk)
+        total += objective.validation_loss(naive, chunk, v) * len(chunk)
+        count += len(chunk)
     records = evaluate_ab(model, val_pairs, Sweep(SteeringSetting(vector), [-1.0, 1.0]),
                           batch_size=batch_size, progress=False)
     score = {m: [r["score"] for r in records if r["multiplier"] == m] for m in (-1.0, 1.0)}
@@ -332,4 +399,5 @@ def train_dpo(model: ModelHandle, pairs: Sequence[PreferencePair], layer: int,
     return train_bipo(model, pairs, layer, direction="forward", **kwargs)
 
 
-__all__ = ["Direction", "Engine", "estimate_cache_bytes", "train_bipo", "train_dpo"]
+__all__ = ["BiPOObjective", "Direction", "Edit", "Engine", "Objective", "OptimiserSettings",
+           "estimate_cache_bytes", "train_bipo", "train_dpo", "train_objective"]
