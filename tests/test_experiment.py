@@ -272,6 +272,22 @@ def test_report_is_built_from_records_alone(toy_run):
     assert "## Sample efficiency" in text and "LoRA:" in text and "best baseline" in text
 
 
+def test_leaderboard_ranks_methods_with_their_training_cost(toy_run):
+    from steerlab.experiment.report import leaderboard_section
+
+    _, out, _ = toy_run
+    records = read_records(out / "records.jsonl")
+    costs = {r["arm"]: r for r in records if r["task"] == "training"}
+    assert set(costs) == {"caa", "bipo"}  # one each: a resumed run loads, it does not add
+    assert all(c["seconds"] > 0 and c["token_layers"] > 0 for c in costs.values())
+    head = headline(records)
+    lines = leaderboard_section(records, head)
+    rows = [line for line in lines if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    ranked = sorted(["caa", "bipo"], key=lambda a: (-head.row(a).test.estimate, a))
+    assert [row.split("|")[2].strip() for row in rows] == ranked
+    assert f"{costs['bipo']['token_layers']:,}" in "\n".join(lines)
+
+
 def test_cli_run_checks_the_config_and_reports_errors_with_their_place(tmp_path):
     from typer.testing import CliRunner
 

@@ -33,6 +33,8 @@ EXPERIMENT_TASK = "experiment"
 """The record that names an experiment's validation and test datasets."""
 COMPUTE_TASK = "compute"
 """Records of one stage's wall time and token-layers, one per stage per invocation."""
+TRAINING_TASK = "training"
+"""The record of what training one method's vectors cost (wall time, token-layers)."""
 BASE = "unsteered"
 BASELINE_KINDS = ("prompting", "lora")
 LIKELIHOOD_TASKS = ("mc", "ab")

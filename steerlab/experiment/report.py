@@ -16,6 +16,8 @@ import yaml
 
 from steerlab.analysis.comparison import (
     BASE,
+    TRAINING_TASK,
+    Headline,
     arm_kinds,
     experiment_record,
     headline,
@@ -159,6 +161,33 @@ def compute_section(records: list[dict], n_layers: int | None) -> list[str]:
     return lines
 
 
+def leaderboard_section(records: list[dict], head: Headline) -> list[str]:
+    """The trained methods ranked by test accuracy, beside the best baseline, with what
+    training each one cost (from its training record)."""
+    cost = {r["arm"]: r for r in records if r.get("task") == TRAINING_TASK}
+    methods = sorted((r for r in head.rows if r.arm in cost),
+                     key=lambda r: (-r.test.estimate, r.arm))
+    if len(methods) < 2:
+        return []
+    rows = [[str(rank), r.arm, cost[r.arm]["method"], _setting(r.selection),
+             f"{r.test.estimate:.3f} [{r.test.lower:.3f}, {r.test.upper:.3f}]",
+             _advantage_cell(r.versus_base), _advantage_cell(r.versus_best_baseline),
+             f"{cost[r.arm]['seconds']:.0f}", f"{cost[r.arm]['token_layers']:,}"]
+            for rank, r in enumerate(methods, 1)]
+    if head.best_baseline is not None:
+        best = head.row(head.best_baseline)
+        rows.append(["-", best.arm, best.kind, _setting(best.selection),
+                     f"{best.test.estimate:.3f} [{best.test.lower:.3f}, {best.test.upper:.3f}]",
+                     _advantage_cell(best.versus_base), "-", "-", "-"])
+    return ["## Method leaderboard (test set)", "",
+            "Each method at its validation-selected setting; training cost is the wall time and "
+            "token-layers of training its vectors at every candidate layer (the first "
+            "invocation's).", "",
+            *markdown_table(["rank", "arm", "method", "setting", "test acc. [90%]",
+                             "vs unsteered", f"vs best baseline ({head.best_baseline or '-'})",
+                             "training (s)", "training token-layers"], rows), ""]
+
+
 def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, Path]:
     """Write ``report.md`` and the self-contained ``report.html`` of a `steerlab run` into
     ``run_dir``, from its records alone; return both paths."""
@@ -198,6 +227,7 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
           _advantage_cell(r.versus_base),
           _advantage_cell(r.versus_best_baseline)] for r in head.rows],
     )
+    lines += leaderboard_section(records, head)
     if "lora" in arm_info and "trainable_parameters" in arm_info["lora"]:
         lora = arm_info["lora"]
         vector_size = next((arm_info[r.arm]["trainable_parameters"] for r in steered

@@ -22,6 +22,7 @@ from steerlab.analysis.comparison import (
     BASE,
     COMPUTE_TASK,
     EXPERIMENT_TASK,
+    TRAINING_TASK,
     Selection,
     select,
 )
@@ -217,7 +218,14 @@ class Runner:
             self._note(writer, {"task": ARM_TASK, "arm": name, "kind": "method",
                                 "method": method.model_dump(),
                                 "trainable_parameters": self.model.d_model})
+            count, started = self.counter.count, time.perf_counter()
             self.vectors[name] = self._train(name, method, self.model, layers, self.data.train)
+            if writer.get(record_key({"task": TRAINING_TASK, "arm": name})) is None:
+                # the first invocation trains; a resumed one loads the kept vectors
+                writer.write({"task": TRAINING_TASK, "arm": name, "method": method.method,
+                              "trained_layers": list(layers),
+                              "seconds": time.perf_counter() - started,
+                              "token_layers": self.counter.count - count})
             self.selected[name] = self._select_and_test(writer, self.model, name,
                                                         self.vectors[name])
 
