@@ -33,6 +33,7 @@ from steerlab.methods.pairs import EncodedPair, encode_pairs, pair_rows, shuffle
 from steerlab.methods.training import (
     Callback,
     TrainingHistory,
+    TrainingRun,
     bipo_loss,
     descend,
 )
@@ -226,12 +227,13 @@ def train_bipo(
                                           **hyperparameters})
     if direction not in ("bi", "forward"):
         raise ValueError(f"direction must be 'bi' or 'forward', got {direction!r}")
-    return train_objective(
-        model, pairs, layer, BiPOObjective(direction, settings.beta),
-        "bipo" if direction == "bi" else "dpo", settings, seed=seed, val_pairs=val_pairs,
-        max_cache_bytes=max_cache_bytes, checkpoint=checkpoint, callbacks=callbacks,
-        progress=progress, history=history,
-        hyperparams={"beta": settings.beta, "direction": direction})
+    run = TrainingRun(val_pairs=val_pairs, seed=seed,
+                      checkpoint=Path(checkpoint) if checkpoint is not None else None,
+                      history=history, callbacks=callbacks, progress=progress)
+    return train_objective(model, pairs, layer, BiPOObjective(direction, settings.beta),
+                           "bipo" if direction == "bi" else "dpo", settings, run,
+                           max_cache_bytes=max_cache_bytes,
+                           hyperparams={"beta": settings.beta, "direction": direction})
 
 
 def train_objective(
@@ -241,20 +243,17 @@ def train_objective(
     objective: Objective,
     method: str,
     settings: OptimiserSettings,
+    run: TrainingRun,
     *,
-    seed: int = 0,
-    val_pairs: Sequence[PreferencePair] | None = None,
     max_cache_bytes: int = 4 << 30,
-    checkpoint: str | Path | None = None,
-    callbacks: Sequence[Callback] = (),
-    progress: bool = True,
-    history: TrainingHistory | None = None,
     hyperparams: dict[str, Any] | None = None,
 ) -> SteeringVector:
-    """The training loop every objective shares (see :func:`train_bipo` for what each
-    argument does): AdamW on the vector alone from zero, the engine's cached layers,
-    validation, early stopping, checkpoints, logs. ``settings`` gives lr, batch_size, epochs,
+    """The training loop every objective shares (see :func:`train_bipo` for what the run's
+    fields do): AdamW on the vector alone from zero, the engine's cached layers, validation,
+    early stopping, checkpoints, logs. ``settings`` gives lr, batch_size, epochs,
     weight_decay, patience, norm_ratio and engine; ``hyperparams`` joins them in the metadata."""
+    seed, val_pairs, checkpoint, callbacks, progress, history = (
+        run.seed, run.val_pairs, run.checkpoint, run.callbacks, run.progress, run.history)
     lr, batch_size, epochs = settings.lr, settings.batch_size, settings.epochs
     weight_decay, patience, norm_ratio = (settings.weight_decay, settings.patience,
                                           settings.norm_ratio)
@@ -306,7 +305,6 @@ def train_objective(
     best: tuple[float, SteeringVector] | None = None
     stale = 0
     step = 0
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
     for epoch in range(1, epochs + 1):
         epoch_batches = shuffled_batches(items, batch_size, rng)
         losses = []

@@ -73,12 +73,9 @@ def train_one_shot(model: ModelHandle, pairs: Sequence[PreferencePair], layer: i
                                              **hyperparameters})
     if settings.example >= len(pairs):
         raise ValueError(f"example {settings.example} is beyond the {len(pairs)} pairs given")
-    run = run or TrainingRun()
     one = [pairs[settings.example]]
     return train_objective(model, one, layer, OneShotObjective(settings.mode), "one-shot",
-                           settings, seed=run.seed, val_pairs=run.val_pairs,
-                           checkpoint=run.checkpoint, callbacks=run.callbacks,
-                           progress=run.progress, history=run.history,
+                           settings, run or TrainingRun(),
                            hyperparams={"mode": settings.mode, "example": settings.example,
                                         "example_id": one[0].id})
 

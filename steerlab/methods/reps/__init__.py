@@ -96,11 +96,8 @@ def train_reps(model: ModelHandle, pairs: Sequence[PreferencePair], layer: int,
     """A RePS vector at ``layer`` (``hyperparameters``: :class:`RePSConfig`'s fields)."""
     settings = RePSConfig.model_validate({**(config.model_dump() if config else {}),
                                           **hyperparameters})
-    run = run or TrainingRun()
     return train_objective(model, pairs, layer, RePSObjective(tuple(settings.factors)), "reps",
-                           settings, seed=run.seed, val_pairs=run.val_pairs,
-                           checkpoint=run.checkpoint, callbacks=run.callbacks,
-                           progress=run.progress, history=run.history,
+                           settings, run or TrainingRun(),
                            hyperparams={"factors": settings.factors,
                                         "objective": "RePS (reference-free, bi-directional)"})
 
