@@ -100,8 +100,10 @@ class SteeringGrid(_Strict):
 
     def setting(self, vector: SteeringVector, layers: list[int] | None = None,
                 condition: Condition | None = None) -> SteeringSetting:
-        """``vector`` at this grid's norm ratio and positions (each sweep sets the multiplier)."""
-        return SteeringSetting(vector, layers=layers, norm_ratio=self.norm_ratio,
+        """``vector`` at this grid's norm ratio and positions (each sweep sets the multiplier);
+        a vector acting on attention heads is already scaled by its method and keeps its size."""
+        norm_ratio = self.norm_ratio if vector.meta.site == "residual" else None
+        return SteeringSetting(vector, layers=layers, norm_ratio=norm_ratio,
                                positions=self.positions, condition=condition)
 
 

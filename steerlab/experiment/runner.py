@@ -191,6 +191,10 @@ class Runner:
         paths = {layer: folder / f"{name}{tag}-L{layer}.safetensors" for layer in layers}
         missing = [layer for layer, path in paths.items() if not path.exists()]
         spec, config = get_method(method.method), method_config(method)
+        if spec.picks_layers:
+            raise ValueError(f"methods.{name}: {spec.name} chooses its own heads across layers; "
+                             "steerlab run does not select such vectors yet (train it with "
+                             "steerlab train and evaluate it with steerlab eval)")
         # Validation pairs are for early stopping: handed over only with a patience to use.
         val_pairs = self.data.val_pairs if getattr(config, "patience", None) else None
         for group in [missing] if spec.multi_layer and missing else [[layer] for layer in missing]:

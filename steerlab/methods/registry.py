@@ -46,6 +46,9 @@ class VectorMethod:
     multi_layer: bool = False
     """Whether one call trains every layer asked for (CAA reads them all in one pass);
     otherwise the method trains one layer per call."""
+    picks_layers: bool = False
+    """Whether the method chooses where to act among the layers given (ITI's heads), so its
+    vector is one whole, not one per layer."""
 
     def defaults(self) -> dict[str, Any]:
         """The config's fields and their defaults (what ``steerlab methods`` lists)."""

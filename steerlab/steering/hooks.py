@@ -27,8 +27,10 @@ from torch.utils.hooks import RemovableHandle
 from transformers.cache_utils import Cache
 
 from steerlab.model.capture import layer_hidden, with_hidden
+from steerlab.model.heads import attention_projections
 
 Positions = Literal["all", "prompt", "generated"]
+Site = Literal["residual", "attention"]
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
 
 
@@ -204,6 +206,9 @@ class Edits:
     positions: Positions = "all"
     condition: RowCondition | None = None
     rotations: Rotations = field(default_factory=dict)
+    site: Site = "residual"
+    """``residual``: the decoder layer's output; ``attention``: the input of its attention
+    output projection (the heads' outputs, see :mod:`steerlab.model.heads`)."""
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
@@ -214,7 +219,7 @@ class Edits:
         nothing)."""
         return Edits({layer: v for layer, v in self.additions.items() if bool(v.any())},
                      _nonzero(self.ablations), self.positions, self.condition,
-                     _nonzero(self.rotations))
+                     _nonzero(self.rotations), self.site)
 
     def layers(self) -> set[int]:
         """The layers these edits change."""
@@ -225,7 +230,9 @@ class Edits:
         the condition reads before it decides."""
         if self.condition is None:
             return
-        below = sorted(layer for layer in self.layers() if layer < self.condition.layer)
+        # an edit inside the condition's own layer (the attention site) precedes its read too
+        below = sorted(layer for layer in self.layers() if layer < self.condition.layer
+                       or (layer == self.condition.layer and self.site != "residual"))
         if below:
             raise ValueError(
                 f"a conditional edit at layer {below[0]} would change the prompt its condition "
@@ -278,20 +285,29 @@ class Steering:
         if any(g.positions != "all" or g.condition is not None for g in self.edits):
             self._tracker = _PositionTracker(model)
             self._hooks.extend(self._tracker.handles)
-        edited = {layer for group in self.edits for layer in group.layers()}
-        read = {self.edits[g].condition.layer for g in self._conditional}
-        for layer in sorted(edited | read):
-            self._hooks.append(layers[layer].register_forward_hook(self._hook_for(layer)))
+        edited = {(layer, group.site) for group in self.edits for layer in group.layers()}
+        read = {(self.edits[g].condition.layer, "residual") for g in self._conditional}
+        projections = (attention_projections(layers)
+                       if any(site == "attention" for _, site in edited) else [])
+        for layer, site in sorted(edited | read):
+            edit = self._editor(layer, site)
+            if site == "residual":
+                self._hooks.append(layers[layer].register_forward_hook(
+                    lambda module, args, output, edit=edit: with_hidden(
+                        output, edit(layer_hidden(output)))))
+            else:
+                self._hooks.append(projections[layer].register_forward_pre_hook(
+                    lambda module, args, edit=edit: (edit(args[0]), *args[1:])))
 
-    def _hook_for(self, layer: int):
-        """The hook of one layer: decide the conditions read here, then edit (see the class)."""
+    def _editor(self, layer: int, site: Site):
+        """What the hook at one layer and site does to its tensor: decide the conditions read
+        there (the residual site), then edit (see the class)."""
         deciding = [slot for slot, g in enumerate(self._conditional)
-                    if self.edits[g].condition.layer == layer]
-        ablations = [(d, s, g) for g, group in enumerate(self.edits)
-                     for d, s in group.ablations.get(layer, [])]
-        rotations = [(d, a, g) for g, group in enumerate(self.edits)
-                     for d, a in group.rotations.get(layer, [])]
-        additions = [(group.additions[layer], g) for g, group in enumerate(self.edits)
+                    if site == "residual" and self.edits[g].condition.layer == layer]
+        mine = [(g, group) for g, group in enumerate(self.edits) if group.site == site]
+        ablations = [(d, s, g) for g, group in mine for d, s in group.ablations.get(layer, [])]
+        rotations = [(d, a, g) for g, group in mine for d, a in group.rotations.get(layer, [])]
+        additions = [(group.additions[layer], g) for g, group in mine
                      if layer in group.additions]
         positions = {self.edits[g].positions
                      for *_, g in [*ablations, *rotations, *additions]} - {"all"}
@@ -304,8 +320,7 @@ class Steering:
                 cast[key] = tensor.to(dtype=hidden.dtype, device=hidden.device)
             return cast[key]
 
-        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
-            hidden = layer_hidden(output)
+        def edit(hidden: torch.Tensor) -> torch.Tensor:
             if deciding and self._tracker is not None and self._tracker.fresh:
                 mask = _row_mask(self._tracker.attention_mask)
                 for slot in deciding:
@@ -324,9 +339,9 @@ class Steering:
             for index, (vector, g) in enumerate(additions):
                 step = edited + like(("add", index), vector, hidden)
                 edited = self._where(g, keep, step, edited)
-            return with_hidden(output, edited)
+            return edited
 
-        return hook
+        return edit
 
     def _where(self, g: int, keep: Mapping[str, torch.Tensor], edited: torch.Tensor,
                unedited: torch.Tensor) -> torch.Tensor:

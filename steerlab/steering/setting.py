@@ -77,6 +77,9 @@ class SteeringSetting:
         if self.intervention == "angular" and not -180 <= self.multiplier <= 180:
             raise ValueError(f"an angular multiplier is an angle in degrees within [-180, 180], "
                              f"got {self.multiplier:g}")
+        if self.vector.meta.site != "residual" and self.norm_ratio is not None:
+            raise ValueError("norm_ratio scales to the residual norm; this vector acts on the "
+                             f"{self.vector.meta.site} site")
         if self.intervention != "add" and self.norm_ratio is not None:
             raise ValueError(f"norm_ratio scales an added vector; {self.intervention} uses only "
                              "its direction")
@@ -201,13 +204,14 @@ class Composition:
     def edits(self) -> list[Edits]:
         """The settings as edit groups: those sharing positions and condition summed into one
         group; unconditional groups first, then conditional ones, each in order of appearance."""
-        groups: dict[tuple[str, str | None], list[SteeringSetting]] = {}
+        groups: dict[tuple[str, str | None, str], list[SteeringSetting]] = {}
         for setting in sorted(self.parts, key=lambda s: s.condition is not None):
-            key = (setting.positions, setting.condition.id if setting.condition else None)
+            key = (setting.positions, setting.condition.id if setting.condition else None,
+                   setting.vector.meta.site)
             groups.setdefault(key, []).append(setting)
         return [Edits(_summed_additions(members), _ordered(members, SteeringSetting.ablations),
                       members[0].positions, members[0].condition,
-                      _ordered(members, SteeringSetting.rotations))
+                      _ordered(members, SteeringSetting.rotations), members[0].vector.meta.site)
                 for members in groups.values()]
 
     def apply(self, model: ModelHandle | nn.Module) -> Steering:

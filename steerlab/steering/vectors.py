@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -80,6 +80,9 @@ class VectorMeta(BaseModel):
     n_examples: int | None = None
     residual_norms: dict[int, float] = Field(default_factory=dict)
     """Mean L2 norm of each layer's output on a calibration set, used by ``norm_ratio``."""
+    site: Literal["residual", "attention"] = "residual"
+    """Where the directions act: each layer's output, or the heads' outputs at the input of its
+    attention output projection (inference-time intervention)."""
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     steerlab_version: str = __version__
     extra: dict[str, Any] = Field(default_factory=dict)
@@ -342,6 +345,9 @@ class SteeringVector:
         """
         from gguf import GGUFWriter
 
+        if self.meta.site != "residual":
+            raise ValueError(f"llama.cpp control vectors add to layer outputs; this vector acts "
+                             f"on the {self.meta.site} site and cannot be exported")
         additions = self.additions(multiplier, layers, norm_ratio)
         beyond = [layer for layer in additions
                   if self.meta.n_layers is not None and layer >= self.meta.n_layers]
