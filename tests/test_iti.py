@@ -129,3 +129,25 @@ steering: {{layers: [1], multipliers: [1]}}
                     log=lambda _: None, model=tiny)
     with runner.run.writer() as writer, pytest.raises(ValueError, match="chooses its own heads"):
         runner.methods(writer)
+
+
+def test_a_served_request_steers_with_an_attention_site_vector(tiny):
+    import openai
+
+    from steerlab.model.generation import generate_tokens
+    from steerlab.serve.app import create_app, serving
+    from steerlab.serve.schema import ServeSettings
+
+    vector = head_vector(tiny, 2, 1, seed=4)
+    app = create_app(tiny, {"heads": vector}, ServeSettings(max_tokens=6, max_multiplier=20))
+    with serving(app) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(
+            model="tiny-llama", messages=[{"role": "user", "content": "Tell me a story."}],
+            max_tokens=6, temperature=0, extra_body={"steering": [{"vector": "heads",
+                                                                  "multiplier": 15}]})
+    text = tiny.format_messages([{"role": "user", "content": "Tell me a story."}])
+    with SteeringSetting(vector, 15.0).apply(tiny):
+        tokens = generate_tokens(tiny, [text], 6, format_prompts=False, progress=False)[0]
+    assert reply.choices[0].message.content == tiny.tokenizer.decode(tokens,
+                                                                     skip_special_tokens=True)
