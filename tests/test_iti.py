@@ -107,11 +107,12 @@ def test_iti_keeps_the_heads_whose_probes_read_best_and_shifts_them_by_their_spr
                                    atol=1e-4, rtol=1e-4)
 
 
-def test_iti_trains_from_the_cli_and_run_configs_refuse_it_clearly(model_dir, tmp_path, tiny):
+def test_iti_trains_from_the_cli_and_in_a_run_as_one_whole_vector(model_dir, tmp_path, tiny):
     from tiny import invoke, write_jsonl
 
     from steerlab.experiment.config import parse_config
     from steerlab.experiment.runner import Runner
+    from steerlab.records import read_records
 
     data = write_jsonl(tmp_path / "p.jsonl", [p.__dict__ for p in [*PAIRS, *MORE]])
     out = tmp_path / "iti.safetensors"
@@ -122,13 +123,20 @@ def test_iti_trains_from_the_cli_and_run_configs_refuse_it_clearly(model_dir, tm
     text = f"""name: t
 model: tiny
 data: {{train: {{dataset: {data}}}, val_size: 4, test: {{dataset: {data}}}}}
-methods: {{iti: {{method: iti}}}}
-steering: {{layers: [1], multipliers: [1]}}
+methods: {{iti: {{method: iti, top_k: 3}}}}
+steering: {{layers: [1, 2, 3], multipliers: [-2, 2]}}
 """
     runner = Runner(parse_config(text, check_data=False), tmp_path / "run", progress=False,
                     log=lambda _: None, model=tiny)
-    with runner.run.writer() as writer, pytest.raises(ValueError, match="chooses its own heads"):
+    with runner.run.writer() as writer:
         runner.methods(writer)
+    vector = runner.selected["iti"]
+    assert (tmp_path / "run" / "vectors" / "iti.safetensors").exists()
+    assert len(vector.meta.extra["iti"]["heads"]) == 3
+    swept = [r for r in read_records(tmp_path / "run" / "records.jsonl")
+             if r.get("arm") == "iti" and r.get("task") == "ab"]
+    assert {tuple(r["layers"]) for r in swept} == {tuple(vector.layers)}
+    assert {r["multiplier"] for r in swept} == {-2.0, 2.0}
 
 
 def test_a_served_request_steers_with_an_attention_site_vector(tiny):

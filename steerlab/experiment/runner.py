@@ -160,8 +160,8 @@ class Runner:
 
     def _sweeps(self, vectors: dict[int, SteeringVector]) -> list[Sweep]:
         steering = self.config.steering
-        return [Sweep(steering.setting(vector, [layer]), steering.multipliers)
-                for layer, vector in sorted(vectors.items())]
+        return [Sweep(steering.setting(vector, vector.layers), steering.multipliers)
+                for _, vector in sorted(vectors.items())]
 
     def _select_and_test(self, writer: RecordWriter, model: ModelHandle, arm: str,
                          vectors: dict[int, SteeringVector]) -> SteeringVector:
@@ -170,31 +170,40 @@ class Runner:
         layer (steerability needs the slope), multiple-choice ones only at the chosen one."""
         val = self._evaluate(writer, model, arm, self._sweeps(vectors), "val")
         choice = self.choices[arm] = select(val, arm, self.data.val_label)
-        (layer,) = choice.layers or [min(vectors)]
-        vector = vectors[layer]
+        vector = next((v for v in vectors.values() if v.layers == choice.layers),
+                      vectors[min(vectors)])
         steering = self.config.steering
         multipliers = (steering.multipliers if isinstance(self.data.test[0], PreferencePair)
                        else [choice.multiplier])
-        self._evaluate(writer, model, arm, [Sweep(steering.setting(vector, [layer]), multipliers)],
-                       "test")
-        self.log(f"{arm}: layer {layer}, multiplier {choice.multiplier:g} chosen on validation "
-                 f"(accuracy {choice.accuracy:.3f} of {choice.tried} settings)")
+        self._evaluate(writer, model, arm,
+                       [Sweep(steering.setting(vector, vector.layers), multipliers)], "test")
+        where = ", ".join(map(str, vector.layers))
+        self.log(f"{arm}: layer{'s' * (len(vector.layers) > 1)} {where}, multiplier "
+                 f"{choice.multiplier:g} chosen on validation (accuracy {choice.accuracy:.3f} "
+                 f"of {choice.tried} settings)")
         return vector
 
     # ---- vectors ----------------------------------------------------------------------------
 
     def _train(self, name: str, method: Method, model: ModelHandle, layers: Sequence[int],
                pairs: Sequence[PreferencePair], tag: str = "") -> dict[int, SteeringVector]:
-        """The method's vector at each layer, trained once and kept under ``vectors/``."""
-
+        """The method's vector at each layer, trained once and kept under ``vectors/``; a method
+        that picks where to act among the layers (ITI) gives one whole vector, under the lowest
+        layer it acts on."""
         folder = self.run.path / "vectors"
-        paths = {layer: folder / f"{name}{tag}-L{layer}.safetensors" for layer in layers}
-        missing = [layer for layer, path in paths.items() if not path.exists()]
         spec, config = get_method(method.method), method_config(method)
         if spec.picks_layers:
-            raise ValueError(f"methods.{name}: {spec.name} chooses its own heads across layers; "
-                             "steerlab run does not select such vectors yet (train it with "
-                             "steerlab train and evaluate it with steerlab eval)")
+            path = folder / f"{name}{tag}.safetensors"
+            if not path.exists():
+                self.log(f"training {name}{tag} ({method.method}) among layers "
+                         f"{', '.join(map(str, layers))}")
+                run = TrainingRun(seed=self.config.seed, batch_size=self.config.batch_size,
+                                  progress=self.progress)
+                spec.train(model, pairs, list(layers), config, run).save(path)
+            vector = SteeringVector.load(path)
+            return {min(vector.layers): vector}
+        paths = {layer: folder / f"{name}{tag}-L{layer}.safetensors" for layer in layers}
+        missing = [layer for layer, path in paths.items() if not path.exists()]
         # Validation pairs are for early stopping: handed over only with a patience to use.
         val_pairs = self.data.val_pairs if getattr(config, "patience", None) else None
         for group in [missing] if spec.multi_layer and missing else [[layer] for layer in missing]:
@@ -319,10 +328,10 @@ class Runner:
             return
         combos = self.config.combinations
         for name in combos.vector_on_lora:
-            arm, (layer,) = f"{name}+lora", self.selected[name].layers
+            arm, layers = f"{name}+lora", self.selected[name].layers
             self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "combination",
                                 "method": name, "trained_on": "lora"})
-            vectors = self._train(name, self.config.methods[name], adapted, [layer],
+            vectors = self._train(name, self.config.methods[name], adapted, layers,
                                   self.data.train, tag="-on-lora")
             self._select_and_test(writer, adapted, arm, vectors)
         for name in combos.transfer_to_lora:
@@ -337,7 +346,7 @@ class Runner:
             return
         method = self.config.methods[spec.method]
         choice = self._choice(writer, spec.method)
-        (layer,) = choice.layers
+        layers = choice.layers
         steering = self.config.steering
         for seed in spec.seeds:
             for size, subset in nested_subsets(self.data.train,
@@ -346,11 +355,11 @@ class Runner:
                 arm = f"{spec.method}-n{size}-seed{seed}"
                 self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "subset",
                                     "method": spec.method, "size": size, "seed": seed})
-                (vector,) = self._train(spec.method, method, self.model, [layer], subset,
+                (vector,) = self._train(spec.method, method, self.model, layers, subset,
                                         tag=f"-n{size}-seed{seed}").values()
                 self._evaluate(writer, self.model, arm,
-                               [Sweep(steering.setting(vector, [layer]), [choice.multiplier])],
-                               "test")
+                               [Sweep(steering.setting(vector, vector.layers),
+                                      [choice.multiplier])], "test")
 
     def reliability(self, writer: RecordWriter) -> None:
         """Steerability needs A/B records over the multipliers: multiple-choice test sets are
