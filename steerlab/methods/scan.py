@@ -16,7 +16,7 @@ import torch
 
 from steerlab.data.files import PreferencePair, split
 from steerlab.methods.contrast import contrast_meta, read_contrast
-from steerlab.methods.probe import fit_logistic
+from steerlab.methods.probe import fit_probe
 from steerlab.model.encoding import encode
 from steerlab.model.handle import ModelHandle
 from steerlab.model.scoring import score_settings
@@ -118,14 +118,9 @@ def scan_layers(
     scores = []
     for layer in layers:
         chosen, rejected = contrast.chosen[layer], contrast.rejected[layer]
-        features = torch.cat([chosen[:n_fit], rejected[:n_fit]]).numpy()
-        labels = torch.cat([torch.ones(n_fit), torch.zeros(n_fit)]).numpy()
-        w, b = fit_logistic(features, labels, l2)
-        held_features = torch.cat([chosen[n_fit:], rejected[n_fit:]]).double().numpy()
-        predicted = held_features @ w + b > 0
-        accuracy = float((predicted == (torch.arange(2 * n_held) < n_held).numpy()).mean())
-        scores.append(LayerScore(layer, accuracy, _separation(chosen[n_fit:], rejected[n_fit:],
-                                                              directions[layer]),
+        probe = fit_probe(chosen, rejected, range(n_fit), range(n_fit, n_fit + n_held), l2)
+        separation = _separation(chosen[n_fit:], rejected[n_fit:], directions[layer])
+        scores.append(LayerScore(layer, probe.held_out_accuracy, separation,
                                  shifts[layer] - base))
     return LayerScan(scores, multiplier, norm_ratio, n_fit, n_held, base,
                      time.perf_counter() - started)

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from pydantic import Field
 
 from steerlab.data.files import PreferencePair, split
-from steerlab.methods.probe import fit_logistic
+from steerlab.methods.probe import fit_probe
 from steerlab.methods.registry import MethodConfig, VectorMethod
 from steerlab.methods.training import TrainingRun
 from steerlab.model.encoding import TokenSequence, batches, encode
@@ -87,16 +86,11 @@ def train_iti(model: ModelHandle, pairs: Sequence[PreferencePair], layers: Seque
                          f"{n_heads} heads")
     size = width // n_heads
     scored = []
-    labels_fit = np.r_[np.ones(len(fit)), np.zeros(len(fit))]
-    labels_held = np.r_[np.ones(len(held)), np.zeros(len(held))].astype(bool)
     for layer in layers:
         for head in range(n_heads):
             part = slice(head * size, (head + 1) * size)
-            c, r = chosen[layer][:, part], rejected[layer][:, part]
-            w, b = fit_logistic(torch.cat([c[fit], r[fit]]).numpy(), labels_fit, l2)
-            held_x = torch.cat([c[held], r[held]]).double().numpy()
-            accuracy = float(np.mean((held_x @ w + b > 0) == labels_held))
-            scored.append((accuracy, layer, head))
+            probe = fit_probe(chosen[layer][:, part], rejected[layer][:, part], fit, held, l2)
+            scored.append((probe.held_out_accuracy, layer, head))
     kept = sorted(scored, key=lambda s: (-s[0], s[1], s[2]))[:top_k]
     directions: dict[int, torch.Tensor] = {}
     report = []

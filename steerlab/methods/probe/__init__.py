@@ -10,6 +10,7 @@ with it (``meta.extra["probe"]``), so a layer where nothing is linearly readable
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from pydantic import Field
 from scipy.optimize import minimize
 
 from steerlab.data.files import PreferencePair, split
-from steerlab.methods.contrast import Contrast, contrast_meta, oriented, read_contrast
+from steerlab.methods.contrast import contrast_meta, oriented, read_contrast
 from steerlab.methods.registry import MethodConfig, VectorMethod
 from steerlab.methods.training import TrainingRun
 from steerlab.model.handle import ModelHandle
@@ -52,15 +53,36 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float) -> tuple[n
     return result.x[:-1] / scale, float(result.x[-1])
 
 
-def _accuracy(features: torch.Tensor, labels: np.ndarray, w: np.ndarray, b: float) -> float:
-    predicted = (features.double().numpy() @ w + b) > 0
-    return float(np.mean(predicted == labels.astype(bool)))
+@dataclass(frozen=True)
+class ProbeFit:
+    """A logistic probe telling a pair's chosen side (1) from its rejected side (0)."""
+
+    weights: np.ndarray
+    bias: float
+    train_accuracy: float
+    held_out_accuracy: float | None
+    """None when no pair was held out."""
 
 
-def _rows(contrast: Contrast, layer: int, index: Sequence[int]) -> tuple[torch.Tensor, np.ndarray]:
-    rows = list(index)
-    features = torch.cat([contrast.chosen[layer][rows], contrast.rejected[layer][rows]])
-    return features, np.r_[np.ones(len(rows)), np.zeros(len(rows))]
+def _labelled(chosen: torch.Tensor, rejected: torch.Tensor,
+              rows: Sequence[int]) -> tuple[torch.Tensor, np.ndarray]:
+    rows = list(rows)
+    return (torch.cat([chosen[rows], rejected[rows]]),
+            np.r_[np.ones(len(rows)), np.zeros(len(rows))])
+
+
+def fit_probe(chosen: torch.Tensor, rejected: torch.Tensor, fit: Sequence[int],
+              held: Sequence[int], l2: float) -> ProbeFit:
+    """Fit a probe on the ``fit`` pairs' rows of ``chosen`` and ``rejected`` (N, D) and score
+    it on the ``held`` pairs (the share of rows it classifies right)."""
+
+    def accuracy(rows: Sequence[int]) -> float:
+        features, labels = _labelled(chosen, rejected, rows)
+        return float(np.mean((features.double().numpy() @ w + b > 0) == labels.astype(bool)))
+
+    features, labels = _labelled(chosen, rejected, fit)
+    w, b = fit_logistic(features.numpy(), labels, l2)
+    return ProbeFit(w, b, accuracy(fit), accuracy(held) if len(held) else None)
 
 
 def train_probe(model: ModelHandle, pairs: Sequence[PreferencePair], layers: int | Sequence[int],
@@ -75,12 +97,11 @@ def train_probe(model: ModelHandle, pairs: Sequence[PreferencePair], layers: int
     contrast = read_contrast(model, pairs, layers, batch_size, progress, "probe activations")
     directions, report = {}, {}
     for layer in layers:
-        features, labels = _rows(contrast, layer, fit)
-        w, b = fit_logistic(features.numpy(), labels, l2)
-        directions[layer] = oriented(torch.from_numpy(w), contrast, layer)
-        entry = {"train_accuracy": _accuracy(features, labels, w, b)}
-        if held:
-            entry["held_out_accuracy"] = _accuracy(*_rows(contrast, layer, held), w, b)
+        probe = fit_probe(contrast.chosen[layer], contrast.rejected[layer], fit, held, l2)
+        directions[layer] = oriented(torch.from_numpy(probe.weights), contrast, layer)
+        entry = {"train_accuracy": probe.train_accuracy}
+        if probe.held_out_accuracy is not None:
+            entry["held_out_accuracy"] = probe.held_out_accuracy
         report[str(layer)] = entry
     meta = contrast_meta(model, "probe", pairs, contrast, l2=l2, holdout=holdout, seed=seed,
                          direction="logistic-regression weights, chosen = 1")
@@ -99,4 +120,4 @@ METHODS = (
                  ProbeConfig, _train, multi_layer=True),
 )
 
-__all__ = ["METHODS", "ProbeConfig", "fit_logistic", "train_probe"]
+__all__ = ["METHODS", "ProbeConfig", "ProbeFit", "fit_logistic", "fit_probe", "train_probe"]
