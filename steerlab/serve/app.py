@@ -249,12 +249,8 @@ class ChatService:
                              term.positions, term.intervention, term.condition))
             applied.append({**term.echo(), "layers": sorted(setting.placed()),
                             "vector_id": setting.vector.id})
+        # each term was checked on its own in _setting; together they only add up
         steering = Composition(tuple(settings)) if settings else None
-        if steering is not None:
-            try:
-                steering.check()
-            except ValueError as err:
-                raise RequestError(f"steering: {err}", "steering") from err
         return PreparedRequest(prompt_ids, decoding, steering, tuple(keys), applied)
 
     def _max_tokens(self, request: ChatRequest, prompt_tokens: int) -> int:
