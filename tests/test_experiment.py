@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from steerlab.analysis.comparison import BASE, headline, select
-from steerlab.experiment.config import ConfigError, load_config, parse_config
+from steerlab.experiment.config import ConfigError, load_config, method_config, parse_config
 from steerlab.experiment.runner import Runner, load_experiment_data
 from steerlab.records import read_records
 
@@ -408,3 +408,24 @@ def test_layers_scan_trains_at_the_layers_a_scan_picks_and_reruns_read_it_back(t
         assert again.candidate_layers(writer) == chosen
     assert sum(r["task"] == "layer-scan"
                for r in read_records(tmp_path / "out" / "records.jsonl")) == 1
+
+
+def test_a_method_entry_sweeps_its_own_multipliers(tmp_path, tiny):
+    """ITI's α lives on another scale than a residual vector's multiplier: an entry's own
+    ``multipliers`` replace the grid's for that method alone, in validation and on test."""
+    config = parse_config(config_text(
+        write_pairs(tmp_path / "toy.jsonl"),
+        methods={"caa": {"method": "caa"}, "wide": {"method": "caa", "multipliers": [-8, 8, 16]}},
+        steering={"layers": [1], "multipliers": [-2, 2]}))
+    assert config.methods["wide"].multipliers == [-8, 8, 16]
+    assert "multipliers" not in method_config(config.methods["wide"]).model_dump()
+    runner = Runner(config, tmp_path / "out", progress=False, log=lambda _: None, model=tiny)
+    with runner.run.writer() as writer:
+        runner.methods(writer)
+    records = read_records(tmp_path / "out" / "records.jsonl")
+    swept = {arm: {r["multiplier"] for r in records if r.get("arm") == arm and "multiplier" in r}
+             for arm in ("caa", "wide")}
+    assert swept == {"caa": {-2, 2}, "wide": {-8, 8, 16}}  # A/B test sets: every multiplier
+    with pytest.raises(ConfigError, match="methods.wide.multipliers: List should have at least"):
+        parse_config(config_text(write_pairs(tmp_path / "toy.jsonl"),
+                                 methods={"wide": {"method": "caa", "multipliers": []}}))

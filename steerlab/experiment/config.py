@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FiniteFloat,
     ValidationError,
     create_model,
     field_validator,
@@ -68,11 +69,13 @@ class Data(_Strict):
 
 
 def _entry(spec: VectorMethod) -> type[MethodConfig]:
-    """A run config's entry for one registered method: its name, the layers it trains (default:
-    the steering grid's), and the method's own config fields (defaults from there)."""
+    """A run config's entry for one registered method: its name, the layers it trains and the
+    multipliers it is swept at (default: the steering grid's; ITI's α lives on another scale than
+    a residual vector's multiplier), and the method's own config fields (defaults from there)."""
     return create_model(f"{spec.config.__name__}Entry", __base__=spec.config,
                         __doc__=f"{spec.description} (``method: {spec.name}``).",
-                        method=(Literal[spec.name], ...), layers=(list[int] | None, None))
+                        method=(Literal[spec.name], ...), layers=(list[int] | None, None),
+                        multipliers=(list[FiniteFloat] | None, Field(default=None, min_length=1)))
 
 
 Method = Annotated[Union[tuple(_entry(spec) for spec in methods().values())],  # noqa: UP007
@@ -82,9 +85,11 @@ Method = Annotated[Union[tuple(_entry(spec) for spec in methods().values())],  #
 
 
 def method_config(entry: MethodConfig) -> MethodConfig:
-    """The method's own config from a ``methods:`` entry (its name and layers taken out)."""
+    """The method's own config from a ``methods:`` entry (its name, layers and multipliers taken
+    out)."""
     spec = get_method(entry.method)  # type: ignore[attr-defined]
-    return spec.config.model_validate(entry.model_dump(exclude={"method", "layers"}))
+    return spec.config.model_validate(
+        entry.model_dump(exclude={"method", "layers", "multipliers"}))
 
 
 class SteeringGrid(_Strict):

@@ -158,22 +158,27 @@ class Runner:
             self.choices[arm] = select(writer.records(), arm, self.data.val_label)
         return self.choices[arm]
 
-    def _sweeps(self, vectors: dict[int, SteeringVector]) -> list[Sweep]:
+    def _multipliers(self, name: str) -> list[float]:
+        """The multipliers the vectors of the method entry ``name`` are swept at: the entry's
+        own, else the grid's."""
+        return self.config.methods[name].multipliers or self.config.steering.multipliers
+
+    def _sweeps(self, vectors: dict[int, SteeringVector], multipliers: list[float]) -> list[Sweep]:
         steering = self.config.steering
-        return [Sweep(steering.setting(vector, vector.layers), steering.multipliers)
+        return [Sweep(steering.setting(vector, vector.layers), multipliers)
                 for _, vector in sorted(vectors.items())]
 
     def _select_and_test(self, writer: RecordWriter, model: ModelHandle, arm: str,
-                         vectors: dict[int, SteeringVector]) -> SteeringVector:
+                         vectors: dict[int, SteeringVector], grid: list[float]) -> SteeringVector:
         """Validation sweep over layers × multipliers, then test at the chosen setting; returns
         the chosen layer's vector. A/B test sets are swept at every multiplier of the chosen
         layer (steerability needs the slope), multiple-choice ones only at the chosen one."""
-        val = self._evaluate(writer, model, arm, self._sweeps(vectors), "val")
+        val = self._evaluate(writer, model, arm, self._sweeps(vectors, grid), "val")
         choice = self.choices[arm] = select(val, arm, self.data.val_label)
         vector = next((v for v in vectors.values() if v.layers == choice.layers),
                       vectors[min(vectors)])
         steering = self.config.steering
-        multipliers = (steering.multipliers if isinstance(self.data.test[0], PreferencePair)
+        multipliers = (grid if isinstance(self.data.test[0], PreferencePair)
                        else [choice.multiplier])
         self._evaluate(writer, model, arm,
                        [Sweep(steering.setting(vector, vector.layers), multipliers)], "test")
@@ -240,7 +245,7 @@ class Runner:
                               "seconds": time.perf_counter() - started,
                               "token_layers": self.counter.count - count})
             self.selected[name] = self._select_and_test(writer, self.model, name,
-                                                        self.vectors[name])
+                                                        self.vectors[name], self._multipliers(name))
 
     def conditional(self, writer: RecordWriter) -> None:
         """The arm ``<method>|cond``: the method's selected vector and multiplier, applied only
@@ -333,12 +338,13 @@ class Runner:
                                 "method": name, "trained_on": "lora"})
             vectors = self._train(name, self.config.methods[name], adapted, layers,
                                   self.data.train, tag="-on-lora")
-            self._select_and_test(writer, adapted, arm, vectors)
+            self._select_and_test(writer, adapted, arm, vectors, self._multipliers(name))
         for name in combos.transfer_to_lora:
             arm, vector = f"{name}-transfer-lora", self.selected[name]
             self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "combination",
                                 "method": name, "trained_on": "base"})
-            self._select_and_test(writer, adapted, arm, {vector.layers[0]: vector})
+            self._select_and_test(writer, adapted, arm, {vector.layers[0]: vector},
+                                  self._multipliers(name))
 
     def sample_efficiency(self, writer: RecordWriter) -> None:
         spec = self.config.evaluations.sample_efficiency
@@ -371,7 +377,7 @@ class Runner:
             if name in self.conditions:
                 continue
             evaluate(self.model, self.data.test_pairs,
-                     [Sweep(steering.setting(vector, vector.layers), steering.multipliers)],
+                     [Sweep(steering.setting(vector, vector.layers), self._multipliers(name))],
                      dataset=f"{self.data.test_label}:pairs", writer=writer,
                      batch_size=self.config.batch_size, progress=self.progress, arm=name)
 
