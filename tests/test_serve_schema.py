@@ -3,7 +3,7 @@ the vector and condition by name, the same defaults."""
 
 import dataclasses
 
-from steerlab.serve.schema import SteeringTerm
+from steerlab.steering.terms import SteeringTerm
 from steerlab.steering.setting import SteeringSetting
 
 

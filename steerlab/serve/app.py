@@ -3,7 +3,7 @@ vectors and conditions.
 
 ``POST /v1/chat/completions`` takes OpenAI's chat request (streaming included) plus one extra
 field, ``steering``: a list of steering settings as JSON
-(:class:`~steerlab.serve.schema.SteeringTerm`) applied together (none by default).
+(:class:`~steerlab.steering.terms.SteeringTerm`) applied together (none by default).
 ``GET /v1/models`` lists the model, its vectors and conditions, and the allowed multiplier
 range. Bad requests get OpenAI's error shape with 400 (naming the field and value), 401 for a
 missing or wrong API key, 404 for another model, 429 when the queue is full. All model work runs

@@ -8,17 +8,15 @@ from typing import Annotated, Any, Literal
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
     StrictInt,
 )
 
-from steerlab.steering.hooks import Positions
-from steerlab.steering.setting import Intervention
+from steerlab.steering.terms import JsonBody as _Body
+from steerlab.steering.terms import Number, SteeringTerm, Text
 
 
 class ServeSettings(BaseModel):
@@ -51,32 +49,8 @@ class ServeSettings(BaseModel):
 # ---- request bodies ---------------------------------------------------------------------------
 
 
-def _not_bool(value: Any) -> Any:
-    """JSON's true/false are not numbers (pydantic would read ``true`` as 1)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a number, got a boolean")
-    return value
-
-
-def _utf8(value: str) -> str:
-    """Text the tokenizer can read: a lone surrogate (``"\\ud800"`` in JSON) is not UTF-8."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ValueError(f"text is not valid Unicode ({err.reason} at character "
-                         f"{err.start})") from None
-    return value
-
-
-Number = Annotated[float, BeforeValidator(_not_bool)]
-"""A finite JSON number (the body config refuses NaN and infinities)."""
-Text = Annotated[str, AfterValidator(_utf8)]
 Seed = Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)]
 """What torch's generator takes: a 64-bit seed."""
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TextPart(_Body):
@@ -97,30 +71,6 @@ class ChatMessage(_Body):
         return (
             self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
         )
-
-
-class SteeringTerm(_Body):
-    """The JSON form of a :class:`~steerlab.steering.setting.SteeringSetting`, its vector and
-    condition named among those the server loaded: ``multiplier`` × the vector at its (or
-    chosen) layers, or with ``intervention: "ablate"`` its direction projected out with that
-    strength; with a ``condition`` only when the prompt meets it."""
-
-    vector: Text
-    multiplier: Number = 1.0
-    layers: list[StrictInt] | None = Field(None, min_length=1)
-    norm_ratio: Number | None = Field(None, gt=0)
-    positions: Positions = "all"
-    intervention: Intervention = "add"
-    condition: Text | None = None
-
-    def echo(self) -> dict[str, Any]:
-        """The term as the reply's ``steering`` echoes it (intervention and condition only when
-        given, so a plain term echoes as it always has)."""
-        fields = self.model_dump()
-        for key, default in (("intervention", "add"), ("condition", None)):
-            if fields[key] == default:
-                del fields[key]
-        return fields
 
 
 class StreamOptions(_Body):
