@@ -1,14 +1,15 @@
-"""Benchmark: load on `steerlab serve` (the default model) at a few client concurrency levels.
+"""Benchmark: load on `steerlab serve` (the default model) per engine, mix and concurrency.
 
-Starts `steerlab serve` as a subprocess on 127.0.0.1 (a free port) with one random steering
-vector, then for each concurrency level sends a fixed number of streamed chat completions with
-the official openai client from that many threads and stops. Two request mixes: every request
-with the same steering ("shared": the server may batch them) and four settings in turn
-("mixed": -4, 0, 4, none, so batches only form within a setting). Per level: requests per
-second, latency p50/p95 (request sent → last chunk), time to first token p50, generated tokens
-per second. Greedy decoding, `max_tokens` fixed. Loopback only; bounded; saves
-bench/results/serve_load.json.
-Run: .venv/bin/python bench/serve_load.py [n_requests] [max_tokens]
+For each engine (transformers, and vLLM where installed) starts `steerlab serve --engine E` as
+a subprocess on 127.0.0.1 (a free port) with one random steering vector, then for each
+concurrency level sends a fixed number of streamed chat completions with the official openai
+client from that many threads. Request mixes: no steering ("unsteered"), every request with the
+same steering ("one": the transformers server may batch them), and 3 or 8 settings in turn
+("mixed3": -4, 4, none; "mixed8": eight multipliers, so the transformers server batches only
+within a setting). Per level: requests per second, latency p50/p95 (request sent → last chunk),
+time to first token p50, generated tokens per second. Greedy decoding, `max_tokens` fixed.
+Loopback only; bounded; saves bench/results/serve_load.json.
+Run: .venv/bin/python bench/serve_load.py [n_requests] [max_tokens] [engine ...]
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from steerlab.model.handle import load_model
 from steerlab.serve.app import serve_process
 from steerlab.steering.vectors import SteeringVector, meta_for
 
-LEVELS = (1, 4, 8)
-MIXES = {"shared": [4.0], "mixed": [-4.0, 0.0, 4.0, None]}
+LEVELS = (1, 4, 8, 16)
+MIXES = {"unsteered": [None], "one": [4.0], "mixed3": [-4.0, 4.0, None],
+         "mixed8": [-4.0, -3.0, -2.0, -1.0, 1.0, 2.0, 3.0, 4.0]}
+ENGINES = ("transformers", "vllm")
 QUESTIONS = [
     "Explain how a bicycle stays upright.",
     "Write a short poem about autumn.",
@@ -103,7 +106,8 @@ def level(
     }
 
 
-def main(n: int = 32, max_tokens: int = 32, model: str = DEFAULT_MODEL) -> dict:
+def main(n: int = 32, max_tokens: int = 32, engines: tuple[str, ...] = ENGINES,
+         model: str = DEFAULT_MODEL) -> dict:
     handle = load_model(model)
     torch.manual_seed(0)
     layer = handle.n_layers // 2
@@ -115,19 +119,23 @@ def main(n: int = 32, max_tokens: int = 32, model: str = DEFAULT_MODEL) -> dict:
     del handle
     with tempfile.TemporaryDirectory() as tmp:
         path = vector.save(Path(tmp) / "v.safetensors")
-        args = ["--model", model, "--vector", f"v={path}", "--max-tokens", "256"]
-        with serve_process(args, {"STEERLAB_API_KEY": ""}) as base_url:
-            client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
-            one_request(client, model, 0, None, 4)  # warm-up
-            rows = []
-            for mix, multipliers in MIXES.items():
-                for concurrency in LEVELS:
-                    row = {
-                        "mix": mix,
-                        **level(client, model, concurrency, multipliers, n, max_tokens),
-                    }
-                    print(json.dumps(row))
-                    rows.append(row)
+        rows = []
+        for engine in engines:
+            args = ["--model", model, "--vector", f"v={path}", "--max-tokens", "256",
+                    "--engine", engine, "--max-batch-size", "16"]
+            with serve_process(args, {"STEERLAB_API_KEY": ""}, timeout=900) as base_url:
+                client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0,
+                                       timeout=600)
+                one_request(client, model, 0, None, 4)  # warm-up
+                for mix, multipliers in MIXES.items():
+                    for concurrency in LEVELS:
+                        row = {
+                            "engine": engine,
+                            "mix": mix,
+                            **level(client, model, concurrency, multipliers, n, max_tokens),
+                        }
+                        print(json.dumps(row), flush=True)
+                        rows.append(row)
     result = {
         "model": model,
         "max_tokens": max_tokens,
@@ -145,4 +153,5 @@ def main(n: int = 32, max_tokens: int = 32, model: str = DEFAULT_MODEL) -> dict:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:3]))
+    numbers = [int(a) for a in sys.argv[1:3]]
+    main(*numbers, *([tuple(sys.argv[3:])] if sys.argv[3:] else []))

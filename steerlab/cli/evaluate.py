@@ -14,6 +14,7 @@ from rich.table import Table
 from steerlab.cli.app import app, console
 from steerlab.cli.inputs import (
     fail,
+    load_engine,
     load_handle,
     load_records,
     load_scored_items,
@@ -23,6 +24,7 @@ from steerlab.cli.inputs import (
 from steerlab.cli.options import (
     AblateOpt,
     BatchOpt,
+    EngineOpt,
     InterventionOpt,
     LayersOpt,
     LimitOpt,
@@ -311,9 +313,11 @@ def run_config(
     check: Annotated[bool, typer.Option(
         "--check",
         help="Validate the config and its data, print what would run, and stop.")] = False,
+    engine: EngineOpt = "transformers",  # type: ignore[assignment]
 ) -> None:
     """Run an experiment: every arm on validation and test into a run directory (stage one),
-    then the report from its records (stage two, as `steerlab analyze`)."""
+    then the report from its records (stage two, as `steerlab analyze`). --engine vllm
+    generates the open-ended answers through vLLM."""
     from steerlab.experiment.config import ConfigError, load_config
 
     try:
@@ -330,7 +334,9 @@ def run_config(
         return
     run_dir = out or Path("runs") / experiment.name
     try:
-        run = run_experiment(experiment, run_dir, log=console.print)
+        generator = (load_engine(experiment.model, engine)
+                     if experiment.evaluations.open_ended else None)
+        run = run_experiment(experiment, run_dir, log=console.print, engine=generator)
     except KeyboardInterrupt:
         fail(f"interrupted: the records so far are in {run_dir}; run the same command to resume")
     except (ValueError, FileNotFoundError) as err:

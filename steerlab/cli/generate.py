@@ -14,6 +14,7 @@ from steerlab.cli.app import app, console
 from steerlab.cli.inputs import (
     fail,
     load_condition,
+    load_engine,
     load_handle,
     load_named_conditions,
     load_named_vectors,
@@ -21,6 +22,7 @@ from steerlab.cli.inputs import (
 )
 from steerlab.cli.options import (
     AblateOpt,
+    EngineOpt,
     InterventionOpt,
     LayersOpt,
     ModelOpt,
@@ -144,13 +146,15 @@ def serve(
     served_model_name: Annotated[Optional[str], typer.Option(
         help="Model id clients send and /v1/models lists (default: a built-in or hub name as "
         "given, a local model by its directory or file name, never its path).")] = None,
+    engine: EngineOpt = "transformers",  # type: ignore[assignment]
 ) -> None:
     """Serve the model over an OpenAI-compatible API (chat completions, streaming) with steering.
 
     Each request picks vectors and multipliers with an extra body field, e.g. with the openai
     client: extra_body={"steering": [{"vector": "refusal", "multiplier": 4}]}; none by default.
     A term may also set layers, norm_ratio, positions, "intervention": "ablate" (project the
-    direction out with strength multiplier) and "condition": a --condition name.
+    direction out with strength multiplier) and "condition": a --condition name. With --engine
+    vllm every request joins one continuous batch, whatever its steering (no conditions).
     """
     import os
 
@@ -169,13 +173,17 @@ def serve(
     if key is None and host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key "
                       f"(set ${api_key_env})")
+    if engine == "vllm" and conditions:
+        fail("--condition is not available with --engine vllm")
     handle = load_handle(model)
+    generator = load_engine(model, engine, max_context)
     console.print(f"serving {settings.model_name or served_name(model)} on http://{host}:{port}/v1 "
                   f"with vectors: {', '.join(vectors) or 'none'}; "
                   f"conditions: {', '.join(conditions) or 'none'}; "
                   f"API key {'required' if key else 'not required'}")
     try:
-        run_server(handle, vectors, settings, host=host, port=port, conditions=conditions)
+        run_server(handle, vectors, settings, host=host, port=port, conditions=conditions,
+                   engine=generator)
     except ValueError as err:
         fail(str(err))
 

@@ -29,6 +29,19 @@ def load_handle(model: str):
         fail(str(err))
 
 
+def load_engine(model: str, engine: str, max_model_len: int | None = None):
+    """The vLLM engine for ``model`` when ``engine`` is "vllm" (None for transformers), or exit
+    saying how to install it."""
+    if engine != "vllm":
+        return None
+    try:
+        from steerlab.engine.vllm_engine import VllmEngine
+    except ImportError as err:
+        fail(f"--engine vllm needs vLLM: pip install -e .\\[vllm] ({err})")
+    with console.status(f"starting vLLM on {model}"):
+        return VllmEngine(model, max_model_len=max_model_len)
+
+
 def load_records(spec: str, split: Optional[str], limit: Optional[int] = None,
                  seed: int = 0) -> list:
     """Records of a registered dataset or file (``name:split`` also names the split), or exit

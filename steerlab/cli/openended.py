@@ -11,13 +11,14 @@ import typer
 from rich.table import Table
 
 from steerlab.cli.app import app, blind_app, console
-from steerlab.cli.inputs import fail, load_handle, other_arms, read_record_file
+from steerlab.cli.inputs import fail, load_engine, load_handle, other_arms, read_record_file
 from steerlab.cli.options import (
     AblateOpt,
     ArmsOpt,
     BaseOpt,
     BatchOpt,
     DatasetsOpt,
+    EngineOpt,
     InterventionOpt,
     LayersOpt,
     ModelOpt,
@@ -60,10 +61,12 @@ def generate_eval(
     seed: Annotated[int, typer.Option(
         help="Sampling seed; batch b uses seed + b, the same for every arm.")] = 0,
     batch_size: BatchOpt = 8,
+    engine: EngineOpt = "transformers",  # type: ignore[assignment]
 ) -> None:
     """Answer questions unsteered and steered (one arm per multiplier), one record each.
 
-    The records feed `steerlab judge`, `steerlab blind export` and `steerlab refusal`.
+    The records feed `steerlab judge`, `steerlab blind export` and `steerlab refusal`. With
+    --engine vllm every arm of a batch is generated together (the records say so).
     """
     from steerlab.data.files import DataError, split
     from steerlab.data.registry import DatasetUnavailable
@@ -92,12 +95,13 @@ def generate_eval(
         arms = steering_arms(setting, parse_floats(multipliers))
     except ValueError as err:
         fail(str(err))
+    generator = load_engine(model, engine)
     with RecordWriter(out) as writer:
         for spec, questions in sets.items():
             generate_answers(
                 handle, questions, arms, dataset=spec, max_new_tokens=max_new_tokens,
                 batch_size=batch_size, seed=seed, do_sample=sample, temperature=temperature,
-                writer=writer,
+                writer=writer, engine=generator,
             )
             console.print(f"{spec}: {len(questions)} questions × {len(arms)} arms "
                           f"({', '.join(a.label for a in arms)})")

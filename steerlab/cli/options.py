@@ -110,6 +110,16 @@ FormatOpt = Annotated[OutputFormat, typer.Option(
     "--format", help="table (readable) or json (for scripts).")]
 
 
+class Engine(str, Enum):
+    transformers = "transformers"
+    vllm = "vllm"
+
+
+EngineOpt = Annotated[Engine, typer.Option(
+    help="Generate with transformers, or with vLLM (pip install -e .\\[vllm]), which batches "
+    "requests with different steering into one forward pass.")]
+
+
 RecordsArg = Annotated[Path, typer.Argument(
     help="Generation records (.jsonl) from `steerlab generate-eval`.")]
 

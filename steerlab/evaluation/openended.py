@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from steerlab.data.files import DataError, OpenQuestion, as_prompts, question_from_row, split_rows
 from steerlab.data.registry import DATASETS, DatasetUnavailable, load_dataset
@@ -22,6 +23,9 @@ from steerlab.model.handle import ModelHandle
 from steerlab.progress import track
 from steerlab.records import Record, RecordWriter, record_key
 from steerlab.steering.setting import STEERED, SteeringSetting
+
+if TYPE_CHECKING:
+    from steerlab.engine.vllm_engine import VllmEngine
 
 TASK = "generation"
 BASE_ARM = "unsteered"
@@ -117,6 +121,7 @@ def generate_answers(
     temperature: float = 1.0,
     writer: RecordWriter | None = None,
     progress: bool = True,
+    engine: VllmEngine | None = None,
 ) -> list[Record]:
     """Answer every question under every arm; one record per question × arm.
 
@@ -125,7 +130,9 @@ def generate_answers(
     ``seed`` + the batch number (both recorded), the same for every arm: arms then differ only
     by their steering. Greedy decoding ignores the seed. With a ``writer`` on a file that holds
     some of these records already, a batch whose records are all there is not generated again
-    (the run resumes); the records it returns are then those on file.
+    (the run resumes); the records it returns are then those on file. With a vLLM ``engine``
+    (the records say ``"engine": "vllm"``) a batch's arms are generated together, each request
+    with its arm's steering; a sampled request is seeded with the same number.
     """
     labels = [arm.label for arm in arms]
     if not arms or len(set(labels)) != len(labels):
@@ -141,6 +148,7 @@ def generate_answers(
         "temperature": temperature if do_sample else None,
         "seed": seed,
         "batch_size": batch_size,
+        **({"engine": "vllm"} if engine is not None else {}),
     }
     prompts = [model.format_prompt(q.question) for q in questions]
     records: list[Record] = []
@@ -148,6 +156,7 @@ def generate_answers(
     for batch, start in enumerate(track(starts, len(starts), f"generating {len(arms)} arm(s)",
                                         progress)):
         chunk = slice(start, start + batch_size)
+        pending = []
         for arm in arms:
             setting = {**common, **arm.describe(), "batch": batch}
             done = [
@@ -156,15 +165,19 @@ def generate_answers(
             ]
             if all(r is not None for r in done):  # resumed: this batch of this arm is on file
                 records.extend(r for r in done if r is not None)
-                continue
-            with arm.steering(model):  # the whole batch, so its answers are an uninterrupted run's
-                answers = generate(
-                    model, prompts[chunk], max_new_tokens, batch_size=batch_size,
-                    do_sample=do_sample, temperature=temperature, seed=seed + batch,
-                    format_prompts=False, progress=False,
-                )
+            else:
+                pending.append((arm, setting, done))
+        decoding = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                        temperature=temperature, seed=seed + batch)
+        if engine is not None:
+            answers = iter(_engine_answers(engine, model, prompts[chunk],
+                                           [a for a, *_ in pending], **decoding))
+        else:  # one arm at a time, each written before the next starts
+            answers = (_answers(model, prompts[chunk], arm, batch_size, **decoding)
+                       for arm, *_ in pending)
+        for (arm, setting, done), arm_answers in zip(pending, answers):
             for question, prompt, answer, previous in zip(questions[chunk], prompts[chunk],
-                                                          answers, done):
+                                                          arm_answers, done):
                 record = {
                     **setting,
                     "item_id": question.id,
@@ -179,3 +192,29 @@ def generate_answers(
                 if writer is not None and previous is None:
                     writer.write(record)
     return records
+
+
+def _answers(model: ModelHandle, prompts: list[str], arm: Arm, batch_size: int, *,
+             max_new_tokens: int, do_sample: bool, temperature: float, seed: int) -> list[str]:
+    """One arm's answers to formatted prompts through transformers (the whole batch under the
+    arm's steering, so its answers are an uninterrupted run's)."""
+    with arm.steering(model):
+        return generate(model, prompts, max_new_tokens, batch_size=batch_size,
+                        do_sample=do_sample, temperature=temperature, seed=seed,
+                        format_prompts=False, progress=False)
+
+
+def _engine_answers(engine: VllmEngine, model: ModelHandle, prompts: list[str],
+                    arms: Sequence[Arm], *, max_new_tokens: int, do_sample: bool,
+                    temperature: float, seed: int) -> list[list[str]]:
+    """Every arm's answers to formatted prompts, all submitted to the vLLM engine at once."""
+    if not arms:
+        return []
+    rows = [model.encode_prompt(p) for p in prompts]
+    results = engine.generate(rows * len(arms), [a.setting for a in arms for _ in rows],
+                              max_tokens=max_new_tokens,
+                              temperature=temperature if do_sample else 0.0,
+                              seed=seed if do_sample else None)
+    texts = [model.tokenizer.decode(r.token_ids, skip_special_tokens=True).strip()
+             for r in results]
+    return [texts[i * len(rows):(i + 1) * len(rows)] for i in range(len(arms))]

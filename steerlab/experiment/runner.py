@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steerlab.analysis.comparison import (
     ARM_TASK,
@@ -46,6 +46,9 @@ from steerlab.steering.conditions import Condition, fit_condition
 from steerlab.steering.vectors import SteeringVector
 
 Items = list[MCItem] | list[PreferencePair]
+
+if TYPE_CHECKING:
+    from steerlab.engine.vllm_engine import VllmEngine
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,11 @@ class Runner:
     """Runs one config into one run directory (see the module docstring)."""
 
     def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True,
-                 log: Callable[[str], None] = print, model: ModelHandle | None = None) -> None:
+                 log: Callable[[str], None] = print, model: ModelHandle | None = None,
+                 engine: VllmEngine | None = None) -> None:
         self.config = config
+        self.engine = engine
+        """Where the open-ended stage generates: vLLM, or (None) transformers."""
         _check_same_config(Path(run_dir), config)
         self.run = RunDir.open(run_dir, "run", config.model_dump())
         self.progress = progress
@@ -426,7 +432,7 @@ class Runner:
         answers = generate_answers(self.model, questions, arms, dataset=label,
                                    max_new_tokens=spec.max_new_tokens,
                                    batch_size=self.config.batch_size, seed=self.config.seed,
-                                   writer=writer, progress=self.progress)
+                                   writer=writer, progress=self.progress, engine=self.engine)
         judged = {(r["arm"], r["judge"]) for r in writer.records()
                   if r.get("task") == VERDICT_TASK and r.get("dataset") == label}
         judge = JUDGES[spec.judge]()

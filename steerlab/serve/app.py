@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,6 +57,10 @@ from steerlab.serve.worker import (
 from steerlab.steering.conditions import Condition
 from steerlab.steering.setting import Composition, SteeringSetting
 from steerlab.steering.vectors import SteeringVector
+
+if TYPE_CHECKING:
+    from steerlab.engine.vllm_engine import VllmEngine
+    from steerlab.serve.vllm_worker import VllmGenerationWorker
 
 DEFAULT_HOST = "127.0.0.1"
 API_KEY_ENV = "STEERLAB_API_KEY"
@@ -353,14 +357,26 @@ def create_app(
     vectors: Mapping[str, SteeringVector] | None = None,
     settings: ServeSettings | None = None,
     conditions: Mapping[str, Condition] | None = None,
+    engine: VllmEngine | None = None,
 ) -> FastAPI:
     """The server as an ASGI app; its generation worker starts and stops with the app.
-    Requests may steer with ``vectors`` and gate their steering on ``conditions`` (by name)."""
+    Requests may steer with ``vectors`` and gate their steering on ``conditions`` (by name).
+    With a vLLM ``engine`` (on the same model) every request joins its continuous batch
+    (conditions are refused there); ``model`` still checks and tokenises requests."""
     settings = settings or ServeSettings()
+    if engine is not None and conditions:
+        raise ValueError("conditions are not available on the vLLM engine")
     service = ChatService(model, vectors or {}, settings, conditions)
-    worker = GenerationWorker(
-        model, settings.max_batch_size, settings.max_pending, settings.batch_wait_ms / 1000
-    )
+    worker: GenerationWorker | VllmGenerationWorker
+    if engine is not None:
+        # imported here: this module must load where vLLM is not installed
+        from steerlab.serve.vllm_worker import VllmGenerationWorker
+
+        worker = VllmGenerationWorker(engine, model, settings.max_pending)
+    else:
+        worker = GenerationWorker(
+            model, settings.max_batch_size, settings.max_pending, settings.batch_wait_ms / 1000
+        )
 
     # Prompts are formatted and tokenised here, off the event loop (a long one takes seconds),
     # one at a time (a fast tokenizer is not to be shared between threads).
@@ -502,11 +518,12 @@ def serve(
     port: int = 8000,
     log_level: str = "info",
     conditions: Mapping[str, Condition] | None = None,
+    engine: VllmEngine | None = None,
 ) -> None:
     """Run the server with uvicorn until interrupted (loopback only unless ``host`` says else)."""
     import uvicorn
 
-    app = create_app(model, vectors, settings, conditions)
+    app = create_app(model, vectors, settings, conditions, engine)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

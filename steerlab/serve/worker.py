@@ -73,7 +73,7 @@ class GenerationJob:
         self.cancelled = True
 
 
-class _Row:
+class RowStream:
     """Turns a job's tokens into text deltas; ends it at EOS, a stop string or its token limit."""
 
     def __init__(self, job: GenerationJob, model: ModelHandle) -> None:
@@ -142,7 +142,7 @@ def sendable_length(text: str, stops: Sequence[str]) -> int:
 class _Feed(StoppingCriteria):
     """Hands each step's new tokens to the rows; a finished row stops there, the rest go on."""
 
-    def __init__(self, rows: Sequence[_Row]) -> None:
+    def __init__(self, rows: Sequence[RowStream]) -> None:
         self.rows = rows
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
@@ -252,7 +252,7 @@ class GenerationWorker:
         """Generate one batch of jobs sharing a batch key, under the first job's steering."""
         self.batches += 1
         self.jobs += len(batch)
-        rows = [_Row(job, self.model) for job in batch]
+        rows = [RowStream(job, self.model) for job in batch]
         first = batch[0]
         try:
             with first.steering.apply(self.model) if first.steering else nullcontext():

@@ -167,6 +167,12 @@ Rotations = dict[int, list[tuple[torch.Tensor, float]]]
 """Per layer, the directions to turn its output toward: (unit direction, angle in degrees)."""
 
 
+def project_out(hidden: torch.Tensor, unit: torch.Tensor, strength: float) -> torch.Tensor:
+    """``hidden`` (…, D) less ``strength`` × its component along ``unit`` (directional ablation:
+    1 removes the component, 2 reflects it)."""
+    return hidden - (strength * (hidden @ unit)).unsqueeze(-1) * unit
+
+
 def rotate_toward(hidden: torch.Tensor, unit: torch.Tensor, degrees: float) -> torch.Tensor:
     """Each vector of ``hidden`` (…, D) turned toward ``unit`` by ``degrees`` in the plane the
     two span, its norm kept (angular steering, Vu & Nguyen 2025): the angle φ to ``unit``
@@ -331,7 +337,7 @@ class Steering:
             edited = hidden
             for index, (direction, strength, g) in enumerate(ablations):
                 unit = like(("ablate", index), direction, hidden)
-                step = edited - (strength * (edited @ unit)).unsqueeze(-1) * unit
+                step = project_out(edited, unit, strength)
                 edited = self._where(g, keep, step, edited)
             for index, (direction, degrees, g) in enumerate(rotations):
                 step = rotate_toward(edited, like(("rotate", index), direction, hidden), degrees)

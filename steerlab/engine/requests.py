@@ -1,0 +1,129 @@
+"""The steering a generation request carries to an engine: a JSON list of
+:class:`~steerlab.steering.terms.SteeringTerm` (the server's ``steering`` field) under the
+request's ``extra_args`` key :data:`STEERING_KEY`, its vectors named by id among those the
+engine loaded or by the path of a vector file the engine's workers can read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from steerlab.steering.hooks import Edits, check_layers
+from steerlab.steering.setting import Composition, SteeringSetting
+from steerlab.steering.terms import SteeringTerm
+from steerlab.steering.vectors import SteeringVector
+
+STEERING_KEY = "steering"
+"""The key of ``SamplingParams.extra_args`` (``vllm_xargs`` in an OpenAI request's body) whose
+value is the JSON list of steering terms."""
+
+VECTORS_ENV = "STEERLAB_VLLM_VECTORS"
+"""Vector files (separated by ``os.pathsep``) an engine's processes load at start, so that
+requests to a plain ``vllm serve`` can name them by id."""
+
+_TERMS = TypeAdapter(list[SteeringTerm])
+
+
+class SteeringRequestError(ValueError):
+    """A request's steering that cannot apply, said by term and field."""
+
+
+def encode_steering(composition: Composition | None) -> str | None:
+    """A composition as the JSON terms a request carries (its vectors by id: the engine must
+    have loaded them), or None for no steering."""
+    if composition is None or not composition.parts:
+        return None
+    terms = []
+    for part in composition.parts:
+        if part.condition is not None:
+            raise SteeringRequestError("conditional steering is not available on the vLLM engine "
+                                       "(a condition decides from a whole prompt's activations)")
+        terms.append(SteeringTerm(vector=part.vector.id, multiplier=part.multiplier,
+                                  layers=part.layers, norm_ratio=part.norm_ratio,
+                                  positions=part.positions, intervention=part.intervention))
+    return json.dumps([t.model_dump(exclude_defaults=True) for t in terms])
+
+
+def parse_steering(text: object) -> list[SteeringTerm]:
+    """The terms of a request's steering value (a JSON string, or the decoded list)."""
+    try:
+        raw = json.loads(text) if isinstance(text, str) else text
+        return _TERMS.validate_python(raw)
+    except json.JSONDecodeError as err:
+        raise SteeringRequestError(f"{STEERING_KEY}: not JSON ({err})") from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise SteeringRequestError(f"{STEERING_KEY}[{where}]: {first['msg']}") from None
+
+
+VectorSource = Callable[[str], SteeringVector]
+"""Finds a term's vector by its ``vector`` field (an id or a path); KeyError when unknown."""
+
+
+def resolve_steering(terms: Sequence[SteeringTerm], vectors: VectorSource,
+                     n_layers: int | None = None) -> list[Edits]:
+    """The terms as the edit groups one request applies (:meth:`Composition.edits`), each term
+    checked against the model's layers (``n_layers``; None: the layers of the model each vector
+    was made for, where its file says)."""
+    settings = []
+    for index, term in enumerate(terms):
+        where = f"{STEERING_KEY}[{index}]"
+        if term.condition is not None:
+            raise SteeringRequestError(f"{where}.condition: conditional steering is not available "
+                                       "on the vLLM engine")
+        try:
+            vector = vectors(term.vector)
+        except KeyError:
+            raise SteeringRequestError(f"{where}.vector: no vector {term.vector!r} is loaded and "
+                                       "no vector file is at that path") from None
+        except (OSError, ValueError) as err:
+            raise SteeringRequestError(f"{where}.vector: {err}") from None
+        try:
+            setting = SteeringSetting(vector, term.multiplier, term.layers, term.norm_ratio,
+                                      term.positions, term.intervention)
+            edits = Composition((setting,)).edits()
+            layers = n_layers if n_layers is not None else vector.meta.n_layers
+            if layers is not None:
+                check_layers([layer for group in edits for layer in group.layers()], layers)
+        except ValueError as err:
+            raise SteeringRequestError(f"{where}: {err}") from None
+        settings.append(setting)
+    return Composition(tuple(settings)).edits() if settings else []
+
+
+class VectorStore:
+    """The vectors an engine process holds, by id, and vector files read once by path."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, SteeringVector] = {}
+        self._by_path: dict[Path, SteeringVector] = {}
+
+    def add(self, vector: SteeringVector) -> str:
+        self.by_id[vector.id] = vector
+        return vector.id
+
+    def load(self, path: str | Path) -> str:
+        """Read a vector file and hold it under its id."""
+        return self.add(SteeringVector.load(path))
+
+    def __call__(self, name: str) -> SteeringVector:
+        if name in self.by_id:
+            return self.by_id[name]
+        path = Path(name).expanduser().resolve()
+        if path not in self._by_path:
+            if not path.is_file():
+                raise KeyError(name)
+            self._by_path[path] = SteeringVector.load(path)
+        return self._by_path[path]
+
+
+def preloaded_vectors(store: VectorStore) -> None:
+    """Load the files :data:`VECTORS_ENV` lists into ``store``."""
+    for path in filter(None, os.environ.get(VECTORS_ENV, "").split(os.pathsep)):
+        store.load(path)

@@ -1,0 +1,322 @@
+"""The vLLM engine: each request's steering in a continuously batched pass equals the
+transformers path's (tokens and log-probabilities), whatever else shares the pass.
+
+Skipped, with the reason printed, where vLLM is not installed (``pip install -e .[vllm]``;
+``make test`` installs it). One engine on a tiny model serves the module, in a process of its
+own.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+with warnings.catch_warnings():  # vLLM's and torch's own deprecations, met while vLLM imports
+    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", FutureWarning)
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e .[vllm])")
+    import vllm.v1.worker.cpu_worker  # noqa: F401
+
+from tiny import COMMON, byte_tokenizer, random_vector  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
+from vllm import SamplingParams  # noqa: E402
+from vllm.exceptions import VLLMValidationError  # noqa: E402
+
+from steerlab.engine.requests import STEERING_KEY  # noqa: E402
+from steerlab.engine.vllm_worker import check_config  # noqa: E402
+from steerlab.model.handle import load_model  # noqa: E402
+from steerlab.steering.setting import Composition, SteeringSetting  # noqa: E402
+from steerlab.steering.vectors import SteeringVector, meta_for  # noqa: E402
+
+PROMPTS = ["Hi", "Tell me a long story about a fox", "Why?", "Name three colours please",
+           "A prompt long enough to be scheduled in several chunks: " + "lorem ipsum " * 12]
+NEW = 10
+
+# Deprecations vLLM and torch raise inside vLLM's own code (the suite turns steerlab's into
+# errors): torch.distributed.reduce_op, torch.jit in inductor's import.
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning:vllm"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:torch")]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny random llama (head size 64, which vLLM's CPU attention takes) read by both
+    engines from one folder."""
+    monkey = pytest.MonkeyPatch()
+    # The engine in its own process, as `steerlab serve --engine vllm` runs it: vLLM's CPU
+    # worker binds its process's threads, which must not be this one's.
+    monkey.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    monkey.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    from steerlab.engine.vllm_engine import VllmEngine
+
+    folder = tmp_path_factory.mktemp("tiny-vllm")
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=256, **COMMON)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    hf = load_model(str(folder))
+    engine = VllmEngine(str(folder), max_model_len=512, max_num_seqs=8,
+                        max_num_batched_tokens=64, kv_cache_bytes=32 << 20)
+    yield hf, engine
+    engine.close()
+    monkey.undo()
+
+
+def encoded(hf) -> list[list[int]]:
+    return [hf.encode_prompt(hf.format_prompt(p)) for p in PROMPTS]
+
+
+@torch.no_grad()
+def transformers_greedy(hf, rows, setting, new: int = NEW) -> list[tuple[list[int], list[float]]]:
+    """Each prompt alone through transformers' generate, steered by steerlab's hooks: the new
+    tokens and each one's log-probability."""
+    out = []
+    for row in rows:
+        steering = Composition((setting,)).apply(hf) if setting is not None else None
+        try:
+            result = hf.model.generate(torch.tensor([row]), max_new_tokens=new, do_sample=False,
+                                       output_scores=True, return_dict_in_generate=True,
+                                       pad_token_id=hf.tokenizer.pad_token_id, eos_token_id=None)
+        finally:
+            if steering is not None:
+                steering.remove()
+        tokens = result.sequences[0, len(row):].tolist()
+        logprobs = [torch.log_softmax(score[0].float(), -1)[t].item()
+                    for score, t in zip(result.scores, tokens)]
+        out.append((tokens, logprobs))
+    return out
+
+
+def vllm_greedy(engine, rows, steer) -> list[tuple[list[int], list[float]]]:
+    results = engine.generate(rows, steer, max_tokens=NEW, ignore_eos=True)
+    return [(r.token_ids, r.logprobs) for r in results]
+
+
+def attention_vector(hf, layers=(1, 2), seed: int = 5) -> SteeringVector:
+    """A vector on the heads' outputs (the site ITI edits), as ITI's method would save one."""
+    generator = torch.Generator().manual_seed(seed)
+    directions = {layer: 2 * torch.randn(hf.d_model, generator=generator) for layer in layers}
+    meta = meta_for(hf, "random").model_copy(update={"site": "attention"})
+    return SteeringVector(directions, meta)
+
+
+def settings(hf) -> dict[str, SteeringSetting | Composition]:
+    vector = random_vector(hf, [1, 2], seed=1)
+    return {
+        "add": SteeringSetting(vector, 8.0),
+        "norm-ratio": SteeringSetting(vector, 4.0, norm_ratio=2.0),
+        "generated": SteeringSetting(vector, 8.0, positions="generated"),
+        "prompt": SteeringSetting(vector, 8.0, positions="prompt"),
+        "ablate": SteeringSetting(vector, 1.0, intervention="ablate"),
+        "angular": SteeringSetting(vector, 60.0, intervention="angular"),
+        "composition": Composition((SteeringSetting(random_vector(hf, [3], seed=3), 1.0,
+                                                    intervention="ablate"),
+                                    SteeringSetting(random_vector(hf, [0], seed=2), -6.0),
+                                    SteeringSetting(vector, 6.0, positions="generated"))),
+        "attention": SteeringSetting(attention_vector(hf), 3.0),
+    }
+
+
+@pytest.mark.parametrize("name", ["add", "norm-ratio", "generated", "prompt", "ablate",
+                                  "angular", "composition", "attention"])
+def test_each_setting_equals_the_transformers_path(models, name):
+    hf, engine = models
+    steer = settings(hf)[name]
+    rows = encoded(hf)
+    setting = steer if isinstance(steer, SteeringSetting) else None
+    if setting is not None:
+        expected = transformers_greedy(hf, rows, setting)
+    else:  # a composition: applied by the same hooks as one setting
+        with steer.apply(hf):
+            expected = transformers_greedy(hf, rows, None)
+    got = vllm_greedy(engine, rows, steer)
+    for (want_tokens, want_lp), (tokens, lp) in zip(expected, got):
+        n = len(want_tokens)  # transformers may end at the end-of-sequence token
+        assert tokens[:n] == want_tokens
+        assert lp[:n] == pytest.approx(want_lp, abs=1e-4)
+    unsteered = vllm_greedy(engine, rows, None)
+    assert any(g != u for g, u in zip(got, unsteered))  # the setting did change something
+
+
+def test_a_mixed_batch_equals_each_request_alone(models):
+    hf, engine = models
+    rows = encoded(hf)
+    steers = [None, *settings(hf).values()]
+    batch = [(rows[i % len(rows)], steers[i % len(steers)]) for i in range(12)]
+    together = engine.generate([r for r, _ in batch], [s for _, s in batch], max_tokens=NEW,
+                               ignore_eos=True)
+    for (row, steer), mixed in zip(batch, together):
+        (alone,) = engine.generate([row], steer, max_tokens=NEW, ignore_eos=True)
+        assert mixed.token_ids == alone.token_ids
+        assert mixed.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
+
+
+def test_multiplier_zero_is_vllms_own_output(models):
+    hf, engine = models
+    rows = encoded(hf)
+    zero = SteeringSetting(random_vector(hf, [1, 2], seed=1), 0.0)
+    assert vllm_greedy(engine, rows, zero) == vllm_greedy(engine, rows, None)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("not json", "steering: not JSON"),
+    (json.dumps([{"vector": "no-such-vector"}]), "steering[0].vector: no vector 'no-such-vector'"),
+    (json.dumps([{"vector": "V", "layers": [9]}]), "steering[0]: layer 9 out of range"),
+    (json.dumps([{"vector": "V", "multiplier": "x"}]), "steering[0.multiplier]"),
+    (json.dumps([{"vector": "V", "condition": "c"}]), "steering[0].condition: conditional"),
+])
+def test_bad_steering_is_refused_before_it_is_scheduled(models, value, message):
+    hf, engine = models
+    vector = random_vector(hf, [1], seed=4)
+    engine.load(Composition((SteeringSetting(vector),)))
+    value = value.replace('"V"', json.dumps(vector.id))
+    params = SamplingParams(max_tokens=2, extra_args={STEERING_KEY: value})
+    pattern = message.replace("[", r"\[").replace("]", r"\]")
+    with pytest.raises(VLLMValidationError, match=pattern):  # vLLM's check, through the plugin
+        engine.llm.generate([{"prompt_token_ids": encoded(hf)[0]}], params, use_tqdm=False)
+    assert len(engine.generate(encoded(hf)[:1], None, max_tokens=2, ignore_eos=True)[0]
+               .token_ids) == 2  # the engine still serves
+
+
+def test_a_vector_file_can_be_named_by_path(models, tmp_path):
+    hf, engine = models
+    vector = random_vector(hf, [2], seed=7)
+    vector.save(tmp_path / "v.safetensors")
+    params = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True, logprobs=0,
+                            extra_args={STEERING_KEY: json.dumps(
+                                [{"vector": str(tmp_path / "v.safetensors"), "multiplier": 8}])})
+    (by_path,) = engine.llm.generate([{"prompt_token_ids": encoded(hf)[1]}], params,
+                                     use_tqdm=False)
+    (by_id,) = engine.generate(encoded(hf)[1:2], SteeringSetting(vector, 8.0), max_tokens=NEW,
+                               ignore_eos=True)
+    assert list(by_path.outputs[0].token_ids) == by_id.token_ids
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"cache_config": SimpleNamespace(enable_prefix_caching=True)}, "prefix caching off"),
+    ({"compilation_config": SimpleNamespace(mode=3)}, "--enforce-eager"),
+    ({"speculative_config": object()}, "speculative decoding"),
+])
+def test_engine_settings_that_would_steer_wrongly_are_refused(models, change, message):
+    _, engine = models
+    config = engine.llm.llm_engine.vllm_config
+    check_config(config)  # the engine's own settings pass
+    fields = {name: getattr(config, name)
+              for name in ("cache_config", "compilation_config", "speculative_config")}
+    with pytest.raises(ValueError, match=message):
+        check_config(SimpleNamespace(**{**fields, **change}))
+
+
+def test_open_ended_answers_through_vllm_equal_the_transformers_ones(models):
+    from steerlab.data.files import OpenQuestion
+    from steerlab.evaluation.openended import generate_answers, steering_arms
+
+    hf, engine = models
+    questions = [OpenQuestion(p, f"q{i}") for i, p in enumerate(PROMPTS)]
+    arms = steering_arms(SteeringSetting(random_vector(hf, [1, 2], seed=1)), [-8.0, 8.0])
+    plain = generate_answers(hf, questions, arms, max_new_tokens=8, batch_size=2,
+                             progress=False)
+    through = generate_answers(hf, questions, arms, max_new_tokens=8, batch_size=2,
+                               progress=False, engine=engine)
+    key = lambda r: (r["arm"], r["item_id"])  # noqa: E731
+    assert ({key(r): r["answer"] for r in through} == {key(r): r["answer"] for r in plain})
+    assert len({r["answer"] for r in through}) > len(questions)  # the arms answer differently
+    assert all(r["engine"] == "vllm" for r in through)
+
+
+def test_the_server_on_vllm_answers_concurrent_mixed_requests_as_the_transformers_one(models):
+    """``steerlab serve --engine vllm``: the same API, every request with its own steering in
+    one continuous batch; each reply (text, finish reason, usage) equals the transformers
+    server's, streamed or not, and a bad term is a 400 naming its field."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    from steerlab.serve.app import create_app, serving
+    from steerlab.serve.schema import ServeSettings
+
+    hf, engine = models
+    vectors = {"a": random_vector(hf, [1, 2], seed=1), "b": random_vector(hf, [2], seed=2)}
+    settings = ServeSettings(max_tokens=12, max_multiplier=8, max_context=512)
+    asks = [(prompt, steering) for prompt in PROMPTS[:4] for steering in (
+        None, [{"vector": "a", "multiplier": 8}], [{"vector": "b", "multiplier": -8}],
+        [{"vector": "a", "multiplier": 1, "intervention": "ablate"},
+         {"vector": "b", "multiplier": 6, "positions": "generated"}])]
+
+    def replies(app, parallel: int, stream: bool = False) -> list:
+        with serving(app) as url:
+            client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+
+            def ask(item):
+                prompt, steering = item
+                reply = client.chat.completions.create(
+                    model="x", messages=[{"role": "user", "content": prompt}], temperature=0,
+                    extra_body={"steering": steering} if steering else None, stream=stream,
+                    stop=["\n\n"])
+                if stream:
+                    return "".join(chunk.choices[0].delta.content or "" for chunk in reply
+                                   if chunk.choices)
+                choice = reply.choices[0]
+                return choice.message.content, choice.finish_reason, reply.usage.completion_tokens
+
+            with ThreadPoolExecutor(parallel) as pool:
+                got = list(pool.map(ask, asks))
+            if not stream:
+                with pytest.raises(openai.BadRequestError, match=r"steering\[0\]\.multiplier"):
+                    ask(("Hi", [{"vector": "a", "multiplier": 99}]))
+            return got
+
+    settings = settings.model_copy(update={"model_name": "x"})
+    plain = replies(create_app(hf, vectors, settings), 1)
+    assert replies(create_app(hf, vectors, settings, engine=engine), 8) == plain
+    assert (replies(create_app(hf, vectors, settings, engine=engine), 8, stream=True)
+            == [text for text, *_ in plain])
+    assert len(set(plain)) > len(PROMPTS[:4])  # the steering changed replies
+
+
+@pytest.mark.integration
+def test_the_default_model_answers_alike_on_both_engines():
+    """The issue's check: 20 questions, greedy, under unsteered, one CAA vector ×4 at 5% norm,
+    the same on generated positions only, and its ablation: at least 19 of 20 answers identical
+    on each, and where one differs, the first differing token's log-probability agrees to 1e-3
+    on both engines (numerics, not steering)."""
+    from steerlab.data.registry import load_dataset
+    from steerlab.engine.vllm_engine import VllmEngine
+    from steerlab.methods.registry import train_vector
+    from steerlab.model.generation import generate_batch
+
+    hf = load_model("smollm2-135m-instruct")
+    vector = train_vector(hf, load_dataset("refusal", "train")[:40], "caa", [10])
+    rows = [hf.encode_prompt(hf.format_prompt(q.question))
+            for q in load_dataset("truthfulqa-open")[:20]]
+    cases = {"unsteered": None, "x4": SteeringSetting(vector, 4.0, norm_ratio=0.05),
+             "generated": SteeringSetting(vector, 4.0, norm_ratio=0.05, positions="generated"),
+             "ablate": SteeringSetting(vector, 1.0, intervention="ablate")}
+    expected = {}
+    for name, setting in cases.items():
+        steering = setting.apply(hf) if setting is not None else None
+        try:
+            expected[name] = generate_batch(hf, rows, 32)
+        finally:
+            if steering is not None:
+                steering.remove()
+    engine = VllmEngine("smollm2-135m-instruct", max_model_len=1024, max_num_seqs=32,
+                        kv_cache_bytes=256 << 20)
+    try:
+        for name, setting in cases.items():
+            got = engine.generate(rows, setting, max_tokens=32, logprobs=5)
+            differing = [i for i, (want, g) in enumerate(zip(expected[name], got))
+                         if g.token_ids != want]
+            assert len(differing) <= 1, (name, differing)
+            for i in differing:
+                first = next(k for k, (a, b) in enumerate(zip(expected[name][i], got[i].token_ids))
+                             if a != b)
+                (tokens, logprobs), = transformers_greedy(hf, [rows[i]], setting, first + 1)
+                assert abs(logprobs[first] - got[i].logprobs[first]) < 1e-3, (name, i, first)
+    finally:
+        engine.close()
