@@ -3,8 +3,8 @@ the vector and condition by name, the same defaults."""
 
 import dataclasses
 
-from steerlab.steering.terms import SteeringTerm
 from steerlab.steering.setting import SteeringSetting
+from steerlab.steering.terms import SteeringTerm
 
 
 def test_steering_term_mirrors_the_steering_setting():
