@@ -279,6 +279,20 @@ def test_the_server_on_vllm_answers_concurrent_mixed_requests_as_the_transformer
     assert len(set(plain)) > len(PROMPTS[:4])  # the steering changed replies
 
 
+def test_steerlab_generate_on_vllm_prints_what_transformers_prints(models, tmp_path):
+    from tiny import invoke
+
+    hf, engine = models
+    folder = engine.llm.llm_engine.model_config.model
+    path = random_vector(hf, [1, 2], seed=1).save(tmp_path / "v.safetensors")
+    args = ("generate", "Tell me about foxes", "--model", folder, "--vector", str(path),
+            "--multiplier", "8", "--max-new-tokens", "8")
+    plain, on_vllm = invoke(*args), invoke(*args, "--engine", "vllm")
+    assert plain.exit_code == on_vllm.exit_code == 0, on_vllm.output
+    assert "unsteered" in plain.output and "steered ×8" in plain.output
+    assert on_vllm.output.splitlines()[-4:] == plain.output.splitlines()[-4:]
+
+
 @pytest.mark.integration
 def test_the_default_model_answers_alike_on_both_engines():
     """The issue's check: 20 questions, greedy, under unsteered, one CAA vector ×4 at 5% norm,

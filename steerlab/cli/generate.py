@@ -52,6 +52,7 @@ def generate(
     compare: Annotated[bool, typer.Option(help="Also print the unsteered reply.")] = True,
     condition: Annotated[Optional[Path], typer.Option(
         help="Steer only if the prompt meets this condition (from `steerlab condition`).")] = None,
+    engine: EngineOpt = "transformers",  # type: ignore[assignment]
 ) -> None:
     """Generate a reply (greedy), steered when a vector is given."""
     from contextlib import AbstractContextManager, nullcontext
@@ -68,23 +69,35 @@ def generate(
         holds = gate.applies(handle, [prompt], progress=False)[0]
         verdict = "holds: steering" if holds else "does not hold: unsteered"
         console.print(f"condition {gate.id} {verdict}", highlight=False)
-    if steering is not None and compare:
-        console.print("[bold]unsteered[/bold]")
-        console.print(run_generate(handle, [prompt], max_new_tokens, progress=False)[0])
-    context: AbstractContextManager = nullcontext()
+    if gate is not None and engine == "vllm":
+        fail("--condition is not available with --engine vllm")
+    setting = None
     if steering is not None:
         try:
             setting = SteeringSetting(steering, multiplier, parse_layers(layers, handle.n_layers),
                                       norm_ratio, positions,  # type: ignore[arg-type]
                                       intervention_of(intervention, ablate), gate)
-            context = setting.apply(handle)
+            setting.apply(handle).remove()  # checked against the model before any generation
         except ValueError as err:
             fail(str(err))
-        if compare:
-            label = STEERED[intervention_of(intervention, ablate)]
-            console.print(f"[bold]{label} ×{multiplier:g}[/bold]")
-    with context:
-        console.print(run_generate(handle, [prompt], max_new_tokens, progress=False)[0])
+    settings = [None, setting] if setting is not None and compare else [setting]
+    generator = load_engine(model, engine)
+    if generator is not None:  # every reply in one batch
+        ids = handle.encode_prompt(handle.format_prompt(prompt))
+        replies = [handle.tokenizer.decode(r.token_ids, skip_special_tokens=True).strip()
+                   for r in generator.generate([ids] * len(settings), settings,
+                                               max_tokens=max_new_tokens)]
+    else:
+        replies = []
+        for each in settings:
+            context: AbstractContextManager = each.apply(handle) if each else nullcontext()
+            with context:
+                replies.append(run_generate(handle, [prompt], max_new_tokens, progress=False)[0])
+    for each, reply in zip(settings, replies):
+        if len(settings) > 1:
+            label = f"{STEERED[each.intervention]} ×{multiplier:g}" if each else "unsteered"
+            console.print(f"[bold]{label}[/bold]")
+        console.print(reply)
 
 
 @app.command()
