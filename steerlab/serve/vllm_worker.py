@@ -10,7 +10,6 @@ stop string, or whose client has gone, is aborted in vLLM at once.
 
 from __future__ import annotations
 
-import threading
 from itertools import count
 from typing import Any
 
@@ -19,41 +18,28 @@ from vllm.sampling_params import RequestOutputKind
 
 from steerlab.engine.vllm_engine import VllmEngine
 from steerlab.model.handle import ModelHandle
-from steerlab.serve.worker import GenerationJob, QueueFull, RowStream
+from steerlab.serve.worker import GenerationJob, QueueFull, RowStream, WorkerThread
 
 
-class VllmGenerationWorker:
+class VllmGenerationWorker(WorkerThread):
     """One thread stepping ``engine`` with every submitted job; the interface of
     :class:`~steerlab.serve.worker.GenerationWorker` (``batches`` counts engine steps)."""
 
+    thread_name = "steerlab-vllm"
+
     def __init__(self, engine: VllmEngine, model: ModelHandle, max_pending: int = 256) -> None:
+        super().__init__()
         self.engine, self.model, self.max_pending = engine, model, max_pending
         self.batches = 0
         self.jobs = 0
         self._incoming: list[GenerationJob] = []
         self._rows: dict[str, RowStream] = {}
-        self._ready = threading.Condition()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
         self._ids = count()
 
-    def start(self) -> VllmGenerationWorker:
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="steerlab-vllm", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """End the thread; running and queued jobs hear that the server is shutting down."""
-        with self._ready:
-            self._stopping = True
-            self._ready.notify()
-        if self._thread is not None:
-            self._thread.join()
-        for job in [*self._incoming, *(row.job for row in self._rows.values())]:
-            job.emit(("error", "the server is shutting down"))
-        self._incoming.clear()
-        self._rows.clear()
+    def _take_unfinished(self) -> list[GenerationJob]:
+        taken = [*self._incoming, *(row.job for row in self._rows.values())]
+        self._incoming, self._rows = [], {}
+        return taken
 
     def submit(self, job: GenerationJob) -> None:
         with self._ready:

@@ -163,7 +163,44 @@ class QueueFull(RuntimeError):
     """The worker already holds its maximum of waiting jobs."""
 
 
-class GenerationWorker:
+class WorkerThread:
+    """The one thread a generation worker runs on: ``start`` it, ``stop`` it (the jobs still
+    waiting or running then hear that the server is shutting down). Subclasses give ``_run``
+    (watching ``_stopping`` under ``_ready``) and ``_take_unfinished``."""
+
+    thread_name = "steerlab-generation"
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> WorkerThread:
+        """Start the thread (jobs submitted before wait for it)."""
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Let the thread finish its step, end it, and fail every job left."""
+        with self._ready:
+            self._stopping = True
+            self._ready.notify()
+        if self._thread is not None:
+            self._thread.join()
+        for job in self._take_unfinished():
+            job.emit(("error", "the server is shutting down"))
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _take_unfinished(self) -> list[GenerationJob]:
+        """The jobs not yet answered, forgotten."""
+        raise NotImplementedError
+
+
+class GenerationWorker(WorkerThread):
     """The thread that runs every generation on ``model``, one batch at a time.
 
     ``submit`` queues a job (raising :class:`QueueFull` beyond ``max_pending`` waiting jobs);
@@ -182,6 +219,7 @@ class GenerationWorker:
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        super().__init__()
         self.model = model
         self.max_batch_size = max_batch_size
         self.max_pending = max_pending
@@ -189,27 +227,10 @@ class GenerationWorker:
         self.batches = 0
         self.jobs = 0
         self._pending: list[GenerationJob] = []
-        self._ready = threading.Condition()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> GenerationWorker:
-        """Start the thread (jobs submitted before wait for it)."""
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="steerlab-generation", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Finish the running batch, fail the queued jobs, and end the thread."""
-        with self._ready:
-            self._stopping = True
-            self._ready.notify()
-        if self._thread is not None:
-            self._thread.join()
-        for job in self._pending:
-            job.emit(("error", "the server is shutting down"))
-        self._pending.clear()
+    def _take_unfinished(self) -> list[GenerationJob]:
+        taken, self._pending = self._pending, []
+        return taken
 
     def submit(self, job: GenerationJob) -> None:
         """Queue a job; its events arrive through its ``emit`` callback."""
