@@ -429,3 +429,27 @@ def test_a_method_entry_sweeps_its_own_multipliers(tmp_path, tiny):
     with pytest.raises(ConfigError, match="methods.wide.multipliers: List should have at least"):
         parse_config(config_text(write_pairs(tmp_path / "toy.jsonl"),
                                  methods={"wide": {"method": "caa", "multipliers": []}}))
+
+
+def test_leaderboard_shows_the_side_effects_of_each_chosen_setting(toy_run):
+    """The issue's leaderboard lists side effects per method: the perplexity and capability
+    change measured at the setting validation chose, and nothing for a setting not measured."""
+    from steerlab.evaluation.side_effects import SideEffect
+    from steerlab.experiment.report import leaderboard_section
+
+    _, out, _ = toy_run
+    records = read_records(out / "records.jsonl")
+    head = headline(records)
+    chosen = head.row("caa").selection
+    effects = [
+        SideEffect("perplexity", "text", chosen.vector_id, chosen.multiplier, 4, 10.0, 12.0,
+                   0.2, 0.1, 0.3, ""),
+        SideEffect("accuracy", "quiz", chosen.vector_id, chosen.multiplier, 4, 0.5, 0.25,
+                   -0.25, -0.5, 0.0, ""),
+        SideEffect("perplexity", "text", chosen.vector_id, chosen.multiplier + 1, 4, 10.0, 30.0,
+                   2.0, 1.0, 3.0, ""),  # another multiplier: not the chosen setting
+    ]
+    lines = leaderboard_section(records, head, effects)
+    row = {line.split("|")[2].strip(): line for line in lines if line.startswith("| ")}
+    assert "| +20% | -0.250 |" in row["caa"] and "+200%" not in row["caa"]
+    assert "| - | - |" in row["bipo"]

@@ -7,6 +7,7 @@ verdicts from :mod:`steerlab.analysis.comparison`, every other section from
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -26,6 +27,7 @@ from steerlab.analysis.comparison import (
 )
 from steerlab.analysis.run_analysis import analyze, sections
 from steerlab.analysis.tables import markdown_table
+from steerlab.evaluation.side_effects import SideEffect
 from steerlab.experiment.compute import naive_token_layers
 
 matplotlib.use("Agg")
@@ -161,10 +163,20 @@ def compute_section(records: list[dict], n_layers: int | None) -> list[str]:
     return lines
 
 
-def leaderboard_section(records: list[dict], head: Headline) -> list[str]:
-    """The trained methods ranked by test accuracy, beside the best baseline, with what
-    training each one cost (from its training record)."""
+def leaderboard_section(records: list[dict], head: Headline,
+                        effects: Sequence[SideEffect] = ()) -> list[str]:
+    """The trained methods ranked by test accuracy, beside the best baseline, with the side
+    effects of each one's chosen setting (perplexity and capability change, where measured)
+    and what training it cost (from its training record)."""
     cost = {r["arm"]: r for r in records if r.get("task") == TRAINING_TASK}
+
+    def effect(row: Any, metric: str) -> str:
+        chosen = row.selection
+        found = [e for e in effects if e.metric == metric and e.setting == chosen.vector_id
+                 and e.multiplier == chosen.multiplier]
+        return ", ".join(f"{e.change:+.0%}" if metric == "perplexity" else f"{e.change:+.3f}"
+                         for e in found) or "-"
+
     methods = sorted((r for r in head.rows if r.arm in cost),
                      key=lambda r: (-r.test.estimate, r.arm))
     if len(methods) < 2:
@@ -172,20 +184,23 @@ def leaderboard_section(records: list[dict], head: Headline) -> list[str]:
     rows = [[str(rank), r.arm, cost[r.arm]["method"], _setting(r.selection),
              f"{r.test.estimate:.3f} [{r.test.lower:.3f}, {r.test.upper:.3f}]",
              _advantage_cell(r.versus_base), _advantage_cell(r.versus_best_baseline),
+             effect(r, "perplexity"), effect(r, "accuracy"),
              f"{cost[r.arm]['seconds']:.0f}", f"{cost[r.arm]['token_layers']:,}"]
             for rank, r in enumerate(methods, 1)]
     if head.best_baseline is not None:
         best = head.row(head.best_baseline)
         rows.append(["-", best.arm, best.kind, _setting(best.selection),
                      f"{best.test.estimate:.3f} [{best.test.lower:.3f}, {best.test.upper:.3f}]",
-                     _advantage_cell(best.versus_base), "-", "-", "-"])
+                     _advantage_cell(best.versus_base), "-", "-", "-", "-", "-"])
     return ["## Method leaderboard (test set)", "",
-            "Each method at its validation-selected setting; training cost is the wall time and "
-            "token-layers of training its vectors at every candidate layer (the first "
-            "invocation's).", "",
+            "Each method at its validation-selected setting; side effects at that setting "
+            "(perplexity: held-out text's perplexity ratio − 1; capability: accuracy change, one "
+            "figure per capability set); training cost is the wall time and token-layers of "
+            "training its vectors at every candidate layer (the first invocation's).", "",
             *markdown_table(["rank", "arm", "method", "setting", "test acc. [90%]",
                              "vs unsteered", f"vs best baseline ({head.best_baseline or '-'})",
-                             "training (s)", "training token-layers"], rows), ""]
+                             "perplexity", "capability", "training (s)",
+                             "training token-layers"], rows), ""]
 
 
 def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, Path]:
@@ -227,7 +242,9 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
           _advantage_cell(r.versus_base),
           _advantage_cell(r.versus_best_baseline)] for r in head.rows],
     )
-    lines += leaderboard_section(records, head)
+    found = analyze([r for r in records
+                     if r.get("dataset") != head.val_dataset])  # validation only selects
+    lines += leaderboard_section(records, head, found.side_effects)
     if "lora" in arm_info and "trainable_parameters" in arm_info["lora"]:
         lora = arm_info["lora"]
         vector_size = next((arm_info[r.arm]["trainable_parameters"] for r in steered
@@ -261,9 +278,7 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
     labels = {r.selection.vector_id: r.arm for r in head.rows if r.kind == "method"}
     labels |= {f"{r.selection.vector_id} if {arm_info[r.arm]['condition']['id']}": r.arm
                for r in head.rows if r.kind == "conditional"}
-    held_out = [r for r in records
-                if r.get("dataset") != head.val_dataset]  # validation only selects
-    lines += sections(analyze(held_out), out, sweep=False, labels=labels)
+    lines += sections(found, out, sweep=False, labels=labels)
     lines += compute_section(records, info.get("n_layers"))
     config = next((r for r in records if r.get("task") == "experiment"), {})
     lines += ["## Config and versions", "", "```yaml",
