@@ -96,11 +96,7 @@ class VllmGenerationWorker(WorkerThread):
         row = self._rows.get(output.request_id)
         if row is None:
             return
-        done = False
-        for token in output.outputs[0].token_ids:
-            if row.feed(token):
-                done = True
-                break
+        done = any(row.feed(token) for token in output.outputs[0].token_ids)  # stops at the end
         if output.finished or done:
             if not output.finished:
                 llm.abort_request([output.request_id])
