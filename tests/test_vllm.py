@@ -229,6 +229,39 @@ def test_open_ended_answers_through_vllm_equal_the_transformers_ones(models):
     assert all(r["engine"] == "vllm" for r in through)
 
 
+@pytest.mark.parametrize("name", ["add", "norm-ratio", "prompt", "ablate", "composition",
+                                  "attention"])
+def test_likelihood_scores_through_vllm_equal_the_transformers_ones(models, name):
+    """Multiple-choice and A/B records scored from vLLM's prompt log-probabilities: every
+    choice's log-probability equals the transformers path's, at each multiplier."""
+    from steerlab.data.files import MCItem, PreferencePair
+    from steerlab.evaluation.likelihood import Sweep, evaluate
+
+    hf, engine = models
+    steer = settings(hf)[name]
+    if isinstance(steer, Composition):  # the last part swept, the others held
+        *held, swept = steer.parts
+        sweep = Sweep(swept, [0.0, 1.0, 2.0], Composition(tuple(held)))
+    else:
+        sweep = Sweep(steer, [0.0, 1.0, 2.0])
+    mc = [MCItem(p, ("yes", "no, never", "a longer answer of several tokens"), 0, f"m{i}")
+          for i, p in enumerate(PROMPTS)]
+    ab = [PreferencePair(p, "(A", "(B", f"p{i}") for i, p in enumerate(PROMPTS)]
+    for items in (mc, ab):
+        plain = evaluate(hf, items, [Sweep(), sweep], progress=False)
+        through = evaluate(hf, items, [Sweep(), sweep], progress=False, engine=engine)
+        assert [r["item_id"] for r in through] == [r["item_id"] for r in plain]
+        for want, got in zip(plain, through):
+            assert got["engine"] == "vllm"
+            assert got["multiplier"] == want["multiplier"]
+            # sums over up to 40 tokens: float32 summation order shows at 1e-7 of the sum
+            assert got["logprobs"] == pytest.approx(want["logprobs"], rel=1e-6, abs=1e-4)
+            assert got["n_tokens"] == want["n_tokens"]
+        steered = [lp for r in through if r["multiplier"] == 2.0 for lp in r["logprobs"]]
+        unsteered = [lp for r in through if r["vector_id"] is None for lp in r["logprobs"]]
+        assert steered != pytest.approx(unsteered, abs=1e-3)  # the setting changed the scores
+
+
 def test_the_server_on_vllm_answers_concurrent_mixed_requests_as_the_transformers_one(models):
     """``steerlab serve --engine vllm``: the same API, every request with its own steering in
     one continuous batch; each reply (text, finish reason, usage) equals the transformers
@@ -291,6 +324,29 @@ def test_steerlab_generate_on_vllm_prints_what_transformers_prints(models, tmp_p
     assert plain.exit_code == on_vllm.exit_code == 0, on_vllm.output
     assert "unsteered" in plain.output and "steered ×8" in plain.output
     assert on_vllm.output.splitlines()[-4:] == plain.output.splitlines()[-4:]
+
+
+def test_steerlab_eval_on_vllm_writes_the_transformers_scores(models, tmp_path):
+    from tiny import invoke
+
+    hf, engine = models
+    folder = engine.llm.llm_engine.model_config.model
+    path = random_vector(hf, [1, 2], seed=1).save(tmp_path / "v.safetensors")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "chosen": " yes", "rejected": " no"}) + "\n"
+                            for p in PROMPTS))
+    scored = {}
+    for engine_name in ("transformers", "vllm"):
+        out = tmp_path / f"{engine_name}.jsonl"
+        result = invoke("eval", "--data", str(data), "--out", str(out), "--model", folder,
+                        "--vector", str(path), "--multipliers", "0,8", "--engine", engine_name)
+        assert result.exit_code == 0, result.output
+        scored[engine_name] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(scored["vllm"]) == len(scored["transformers"]) == 2 * len(PROMPTS)
+    for want, got in zip(scored["transformers"], scored["vllm"]):
+        assert (got["item_id"], got["multiplier"]) == (want["item_id"], want["multiplier"])
+        assert got["logprobs"] == pytest.approx(want["logprobs"], abs=1e-4)
+        assert got.get("engine") == "vllm" and "engine" not in want
 
 
 @pytest.mark.integration

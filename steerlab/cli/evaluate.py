@@ -57,10 +57,13 @@ def evaluate(
     split: Annotated[Optional[str], typer.Option(
         help="Use only this split (bundled sets: train/test).")] = None,
     batch_size: BatchOpt = 8,
+    engine: EngineOpt = "transformers",  # type: ignore[assignment]
 ) -> None:
     """Score multiple-choice or A/B items by likelihood, per multiplier; print a table.
 
     Rerun on the same --out, it resumes: items whose records are there are not scored again.
+    --engine vllm scores from vLLM's prompt log-probabilities, every multiplier together (the
+    records say so); transformers, the default, was faster on CPU (BENCHMARKS.md).
     """
     from steerlab.evaluation.likelihood import Sweep, evaluate
     from steerlab.records import RecordWriter, summarize
@@ -79,9 +82,10 @@ def evaluate(
         sweep.check()
     except ValueError as err:
         fail(str(err))
+    scorer = load_engine(model, engine)
     with RecordWriter(out) as writer:
         records = evaluate(handle, items, [sweep], dataset=str(data), writer=writer,
-                           batch_size=batch_size)
+                           batch_size=batch_size, engine=scorer)
     print_summary(summarize(records))
     console.print(f"{len(records)} records in {out}")
 
@@ -113,10 +117,12 @@ def sweep(
     norm_ratio: NormRatioOpt = None,
     limit: LimitOpt = None,
     batch_size: BatchOpt = 8,
+    engine: EngineOpt = "transformers",  # type: ignore[assignment]
 ) -> None:
     """Evaluate every vector × layer × multiplier on each dataset, into a run directory.
 
-    At each layer the layers below run once per batch and only those above once per multiplier.
+    At each layer the layers below run once per batch and only those above once per multiplier
+    (transformers); --engine vllm scores every multiplier in one continuous batch instead.
     """
     from steerlab.evaluation.likelihood import evaluate, grid
     from steerlab.experiment.runs import RunDir
@@ -127,6 +133,7 @@ def sweep(
     sweeps = grid(vectors, parse_floats(multipliers), parse_ints(layers) if layers else None,
                   norm_ratio)
     handle = load_handle(model)
+    scorer = load_engine(model, engine)
     run = RunDir.open(out, "sweep", {"data": data, "vectors": [str(v) for v in vector],
                                      "model": model, "multipliers": multipliers, "layers": layers,
                                      "norm_ratio": norm_ratio, "n": limit})
@@ -136,7 +143,7 @@ def sweep(
             run.keep_vector(steering)
         for spec, items in sets.items():
             records += evaluate(handle, items, sweeps, dataset=spec, writer=writer,
-                                batch_size=batch_size)
+                                batch_size=batch_size, engine=scorer)
     print_summary(summarize(records))
     console.print(f"{len(records)} records in {run.records_path}; "
                   f"`steerlab analyze {out}` builds the tables")

@@ -116,8 +116,8 @@ class Engine(str, Enum):
 
 
 EngineOpt = Annotated[Engine, typer.Option(
-    help="Generate with transformers, or with vLLM (pip install -e .\\[vllm]), which batches "
-    "requests with different steering into one forward pass.")]
+    help="Run the model with transformers, or with vLLM (pip install -e .\\[vllm]), which "
+    "batches requests with different steering into one forward pass.")]
 
 
 RecordsArg = Annotated[Path, typer.Argument(

@@ -22,7 +22,9 @@ from vllm.inputs import TokensPrompt
 from steerlab.engine.requests import STEERING_KEY, encode_steering
 from steerlab.engine.vllm_plugin import FRONT_VECTORS, SteeringCheck
 from steerlab.model.catalog import DEFAULT_MODEL
+from steerlab.model.encoding import TokenSequence
 from steerlab.model.handle import resolve_spec
+from steerlab.model.scoring import CompletionScore
 from steerlab.steering.setting import Composition, SteeringSetting
 
 WORKER = "steerlab.engine.vllm_worker.SteeringWorker"
@@ -52,13 +54,13 @@ class VllmEngine:
     """A vLLM engine for ``model`` (a steerlab model name, a model folder or a .gguf file).
 
     ``kv_cache_bytes`` bounds the cache (vLLM's CPU backend would otherwise take most of the
-    machine's memory); ``max_num_seqs`` is how many requests share a forward pass. Other
-    keyword arguments go to :class:`vllm.LLM` unchanged.
+    machine's memory; None leaves the size to vLLM, as on a GPU); ``max_num_seqs`` is how many
+    requests share a forward pass. Other keyword arguments go to :class:`vllm.LLM` unchanged.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, dtype: str = "float32",
                  max_model_len: int | None = None, max_num_seqs: int = 64,
-                 kv_cache_bytes: int = 1 << 30, seed: int = 0, **engine_args: Any) -> None:
+                 kv_cache_bytes: int | None = 1 << 30, seed: int = 0, **engine_args: Any) -> None:
         self.llm = LLM(model=str(resolve_spec(model)), dtype=dtype, enforce_eager=True,
                        enable_prefix_caching=False, worker_cls=WORKER,
                        max_model_len=max_model_len, max_num_seqs=max_num_seqs,
@@ -96,19 +98,44 @@ class VllmEngine:
                  **decoding: Any) -> list[Generation]:
         """Each prompt's continuation (greedy unless ``temperature`` > 0), all submitted at once;
         ``steer`` is one steering for every prompt or one per prompt."""
-        steers = list(steer) if isinstance(steer, (list, tuple)) else [steer] * len(prompts)
-        if len(steers) != len(prompts):
-            raise ValueError(f"{len(steers)} steerings for {len(prompts)} prompts")
+        steers = _per_request(steer, len(prompts))
         requests = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompts]
         outputs = self.llm.generate(requests, [self.sampling(s, **decoding) for s in steers],
                                     use_tqdm=False)
         eos = self.tokenizer.eos_token_id
         return [_generation(output.outputs[0], eos) for output in outputs]
 
+    def score(self, seqs: Sequence[TokenSequence], steer: Steer | Sequence[Steer] = None,
+              progress: bool = False) -> list[CompletionScore]:
+        """Each sequence's completion log-probability (its tokens after ``prompt_len``) from
+        vLLM's prompt log-probabilities, all sequences submitted at once; ``steer`` is one
+        steering for every sequence or one per sequence, applied as in the transformers path's
+        scoring (the whole sequence counts as prompt)."""
+        steers = _per_request(steer, len(seqs))
+        scored = [i for i, seq in enumerate(seqs) if seq.n_completion > 0]
+        requests = [TokensPrompt(prompt_token_ids=list(seqs[i].ids)) for i in scored]
+        params = [self.sampling(steers[i], max_tokens=1, logprobs=None, prompt_logprobs=0)
+                  for i in scored]
+        outputs = self.llm.generate(requests, params, use_tqdm=progress)
+        scores = [CompletionScore(0.0, 0)] * len(seqs)
+        for i, output in zip(scored, outputs):
+            seq, found = seqs[i], output.prompt_logprobs
+            total = sum(found[t][seq.ids[t]].logprob for t in range(seq.prompt_len, len(seq.ids)))
+            scores[i] = CompletionScore(total, seq.n_completion)
+        return scores
+
     def close(self) -> None:
         """Stop the engine and drop its vector files."""
         self.llm.llm_engine.engine_core.shutdown()
         self._files.cleanup()
+
+
+def _per_request(steer: Steer | Sequence[Steer], count: int) -> list[Steer]:
+    """One steering per request: ``steer`` repeated, or the list given (of that length)."""
+    steers = list(steer) if isinstance(steer, (list, tuple)) else [steer] * count
+    if len(steers) != count:
+        raise ValueError(f"{len(steers)} steerings for {count} requests")
+    return steers
 
 
 def _generation(completion: Any, eos: int | None) -> Generation:

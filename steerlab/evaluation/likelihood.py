@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 from steerlab.data.files import MCItem, PreferencePair
 from steerlab.model.encoding import encode
@@ -21,6 +22,9 @@ from steerlab.records import Record, RecordWriter, record_key
 from steerlab.steering.hooks import Positions
 from steerlab.steering.setting import Composition, SteeringSetting
 from steerlab.steering.vectors import SteeringVector
+
+if TYPE_CHECKING:
+    from steerlab.engine.vllm_engine import VllmEngine
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,12 @@ class Sweep:
             return [(0.0, nullcontext)]
         self.composition(1.0).fit(model)  # before any pass: a layer the model lacks, a d_model
         return [(m, partial(self.composition(m).apply, model)) for m in self.multipliers]
+
+    def steers(self) -> list[Composition | None]:
+        """What each multiplier applies, for an engine that takes steering per request."""
+        if self.setting is None:
+            return [None]
+        return [self.composition(m) for m in self.multipliers]
 
     def shared_layers(self) -> int:
         """How many bottom layers no setting changes or reads: the lowest steered layer, or
@@ -132,6 +142,7 @@ def _evaluate(
     progress: bool,
     arm: str | None = None,
     chunk_size: int = CHUNK,
+    engine: VllmEngine | None = None,
 ) -> list[Record]:
     """Score every choice of every item at each setting; one record per item × setting.
 
@@ -140,10 +151,12 @@ def _evaluate(
     these records, complete chunks are not scored again (the run resumes) and their records are
     returned as they were written. A chunk is always scored whole, so its batches — and every
     number — are those of an uninterrupted run. ``arm`` labels the records of one experiment arm
-    (a baseline, a method), so arms that share a setting keep apart.
+    (a baseline, a method), so arms that share a setting keep apart. With a vLLM ``engine``
+    (the records say ``"engine": "vllm"``) a chunk's sequences under every multiplier are
+    scored together from vLLM's prompt log-probabilities.
     """
     common = {"task": task, "dataset": dataset, "model": model.name, **sweep.describe(),
-              **({"arm": arm} if arm else {})}
+              **({"arm": arm} if arm else {}), **({"engine": "vllm"} if engine else {})}
     settings = sweep.settings(model)
 
     def key(index: int, multiplier: float) -> str:
@@ -161,9 +174,15 @@ def _evaluate(
         offsets = [0]
         for i in chunk:
             offsets.append(offsets[-1] + len(choices[i]))
-        scored = score_settings(model, seqs, [make for _, make in settings], sweep.shared_layers(),
-                                batch_size, progress, f"scoring {len(settings)} setting(s)",
-                                share_prefix=sweep.shares_prefix())
+        if engine is not None:
+            steers = sweep.steers()
+            flat = engine.score(seqs * len(steers), [s for s in steers for _ in seqs], progress)
+            scored = [flat[k * len(seqs):(k + 1) * len(seqs)] for k in range(len(steers))]
+        else:
+            scored = score_settings(model, seqs, [make for _, make in settings],
+                                    sweep.shared_layers(), batch_size, progress,
+                                    f"scoring {len(settings)} setting(s)",
+                                    share_prefix=sweep.shares_prefix())
         for (multiplier, _), flat in zip(settings, scored):
             offset = 0
             for index in chunk:
@@ -195,6 +214,7 @@ def evaluate_mc(
     batch_size: int = 8,
     progress: bool = True,
     arm: str | None = None,
+    engine: VllmEngine | None = None,
 ) -> list[Record]:
     """Multiple-choice accuracy by likelihood: the choice with the highest summed log-probability
     (``correct``) and with the highest per-token log-probability (``correct_norm``)."""
@@ -217,7 +237,7 @@ def evaluate_mc(
 
     return _evaluate(
         "mc", build, model, [i.question for i in items], [i.choices for i in items],
-        _item_ids(items), sweep, dataset, writer, batch_size, progress, arm,
+        _item_ids(items), sweep, dataset, writer, batch_size, progress, arm, engine=engine,
     )
 
 
@@ -231,6 +251,7 @@ def evaluate_ab(
     batch_size: int = 8,
     progress: bool = True,
     arm: str | None = None,
+    engine: VllmEngine | None = None,
 ) -> list[Record]:
     """A/B behaviour: the probability of the behaviour-matching answer (``chosen``), normalised
     over the offered answers. ``score`` is that probability; ``correct`` says it is the larger."""
@@ -249,7 +270,7 @@ def evaluate_ab(
 
     return _evaluate(
         "ab", build, model, [p.prompt for p in pairs], [(p.chosen, p.rejected) for p in pairs],
-        _item_ids(pairs), sweep, dataset, writer, batch_size, progress, arm,
+        _item_ids(pairs), sweep, dataset, writer, batch_size, progress, arm, engine=engine,
     )
 
 
@@ -305,6 +326,7 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = True,
     arm: str | None = None,
+    engine: VllmEngine | None = None,
 ) -> list[Record]:
     """Evaluate items under every sweep: multiple choice for :class:`MCItem`, A/B for pairs."""
     if not items:
@@ -314,5 +336,5 @@ def evaluate(
         record
         for sweep in sweeps
         for record in task(model, items, sweep, dataset=dataset, writer=writer,  # type: ignore[arg-type]
-                           batch_size=batch_size, progress=progress, arm=arm)
+                           batch_size=batch_size, progress=progress, arm=arm, engine=engine)
     ]
