@@ -8,13 +8,16 @@ same steering ("one": the transformers server may batch them), and 3 or 8 settin
 ("mixed3": -4, 4, none; "mixed8": eight multipliers, so the transformers server batches only
 within a setting). Per level: requests per second, latency p50/p95 (request sent → last chunk),
 time to first token p50, generated tokens per second. Greedy decoding, `max_tokens` fixed.
-Loopback only; bounded; saves bench/results/serve_load.json.
+Loopback only; bounded; saves bench/results/serve_load.json. vLLM's CPU backend binds its
+model's threads as ``VLLM_CPU_OMP_THREADS_BIND`` says (recorded with the figures; when set,
+the file is serve_load-bind-<value>.json).
 Run: .venv/bin/python bench/serve_load.py [n_requests] [max_tokens] [engine ...]
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -145,9 +148,12 @@ def main(n: int = 32, max_tokens: int = 32, engines: tuple[str, ...] = ENGINES,
         "mixes": {k: [str(m) for m in v] for k, v in MIXES.items()},
         "rows": rows,
         "machine": f"{machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "vllm_cpu_threads": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto (vLLM's default: "
+                                           "one core per worker kept for its scheduler)"),
         "note": "client and server share the machine; figures are contended by whatever else runs",
     }
-    save("serve_load", result)
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    save("serve_load" + (f"-bind-{bind}" if bind else ""), result)
     print(json.dumps(result, indent=2))
     return result
 
