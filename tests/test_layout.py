@@ -3,6 +3,7 @@ rename inside steerlab must not leave a benchmark that fails only when someone r
 
 import ast
 import importlib
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,12 @@ SCRIPTS = sorted([*ROOT.glob("bench/*.py"), *ROOT.glob("tools/*.py")])
 def test_script_imports_resolve(script):
     for node in ast.walk(ast.parse(script.read_text())):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("steerlab"):
-            module = importlib.import_module(node.module)
+            if node.module.startswith("steerlab.engine.vllm_"):
+                pytest.importorskip("vllm", reason="vLLM is not installed")
+            with warnings.catch_warnings():  # vLLM's and torch's own, raised as vLLM imports
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                module = importlib.import_module(node.module)
             missing = [a.name for a in node.names if not hasattr(module, a.name)
                        and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
             assert not missing, f"{script.name}:{node.lineno}: {node.module} has no {missing}"
