@@ -9,7 +9,9 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any, TextIO
 
 Record = dict[str, Any]
@@ -103,6 +105,68 @@ def read_records(path: str | Path) -> list[Record]:
     return records
 
 
+ONE_ANSWER = 0.9
+"""A setting whose predictions are at least this share one answer measures an answer preference,
+not the behaviour or knowledge the items ask about."""
+
+
+@dataclass(frozen=True)
+class AnswerBias:
+    """How one setting's likelihood records lean on one answer, for items that all offer the
+    same answer labels (A/B letters, Yes/No): the answer predicted most often, its share, and the
+    accuracy once the setting's constant preference for each label is removed."""
+
+    top: str
+    share: float
+    debiased: float
+
+    @property
+    def one_answer(self) -> bool:
+        """Whether the predictions are (nearly) all one answer (``share`` ≥ :data:`ONE_ANSWER`)."""
+        return self.share >= ONE_ANSWER
+
+    def describe(self) -> str:
+        """The table cell: the answer and its share, flagged when it is (nearly) all of them."""
+        return f"{self.top.strip()!r} {self.share:.0%}" + (" ⚠" if self.one_answer else "")
+
+
+def bias_cells(row: Record) -> tuple[str, str]:
+    """A summary row's answer-bias table cells: top answer and share, debiased accuracy."""
+    bias = row.get("answer_bias")
+    return (bias.describe(), f"{bias.debiased:.3f}") if bias is not None else ("-", "-")
+
+
+def debiased_predictions(scores: Sequence[Sequence[float]],
+                         labels: Sequence[Sequence[str]]) -> list[int]:
+    """Each item's choice once a constant preference per label is removed: every label's median
+    advantage over its item's mean score is subtracted before the argmax (a tie goes to the label
+    that sorts last). With two labels: the first label wherever its margin exceeds the median
+    margin, the rule of `steerlab data inspect`'s label check."""
+    advantage: dict[str, list[float]] = defaultdict(list)
+    for row, names in zip(scores, labels):
+        mean = sum(row) / len(row)
+        for score, name in zip(row, names):
+            advantage[name].append(score - mean)
+    offset = {name: median(values) for name, values in advantage.items()}
+    return [max(range(len(row)), key=lambda i: (row[i] - offset[names[i]], names[i]))
+            for row, names in zip(scores, labels)]
+
+
+def answer_bias(records: Sequence[Record]) -> AnswerBias | None:
+    """The answer bias of one setting's likelihood records (``choices``, ``logprobs``,
+    ``prediction``, ``answer``); None when items offer different answers (free-text choices),
+    where a constant preference has no label to attach to."""
+    scored = [r for r in records if r.get("choices") and r.get("logprobs") is not None
+              and r.get("prediction") is not None]
+    if not scored or len({frozenset(r["choices"]) for r in scored}) != 1:
+        return None
+    picked = [r["choices"][r["prediction"]] for r in scored]
+    top = max(sorted(set(picked)), key=picked.count)
+    fair = debiased_predictions([r["logprobs"] for r in scored], [r["choices"] for r in scored])
+    right = sum(choice == r["answer"] for choice, r in zip(fair, scored))
+    return AnswerBias(top, picked.count(top) / len(picked), right / len(scored))
+
+
 def _group_key(record: Record) -> tuple:
     return tuple(json.dumps(record.get(k)) for k in GROUP_KEYS)
 
@@ -114,6 +178,8 @@ def summarize(records: Iterable[Record],
 
     Each row holds ``n`` and, for each metric present, its mean and standard error.
     ``score`` is the behaviour probability for A/B tasks and correctness for multiple choice.
+    Likelihood settings whose items share answer labels also hold ``answer_bias``
+    (:func:`answer_bias`).
     """
     groups: dict[tuple, list[Record]] = defaultdict(list)
     for record in records:
@@ -130,6 +196,9 @@ def summarize(records: Iterable[Record],
             var = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
             row[metric] = mean
             row[f"{metric}_se"] = math.sqrt(var / len(values))
+        bias = answer_bias(members)
+        if bias is not None:
+            row["answer_bias"] = bias
         rows.append(row)
     rows.sort(key=lambda r: (r["task"], r["dataset"] or "", r["arm"] or "", str(r["vector_id"]),
                              r["multiplier"]))

@@ -105,6 +105,22 @@ def next_token_model(transitions: dict[str, str], seed: int = 0) -> ModelHandle:
     return model
 
 
+def one_letter_model(letter: str = "A", seed: int = 0) -> ModelHandle:
+    """A tiny llama that prefers ``letter`` as the next token whatever it reads (then every
+    other token alike): the residual stream's first coordinate is 5 for every token and no layer
+    writes it, so after the final norm it is always positive, and only ``letter``'s row of the
+    head reads it. Built like a small model answering every A/B item with one letter."""
+    model = tiny_model("llama", seed=seed)
+    with torch.no_grad():
+        model.model.get_input_embeddings().weight[:, 0] = 5.0
+        for layer in model.layers:
+            layer.self_attn.o_proj.weight[0] = 0.0
+            layer.mlp.down_proj.weight[0] = 0.0
+        model.model.lm_head.weight.zero_()
+        model.model.lm_head.weight[model.tokenizer.convert_tokens_to_ids(letter), 0] = 4.0
+    return model
+
+
 # ---- helpers the tests share -------------------------------------------------------------------
 
 PROMPTS = ["Hi", "Tell me a long story about a fox", "Why?", "Name three colours please"]

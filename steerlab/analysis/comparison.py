@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from steerlab.records import Record
+from steerlab.records import ONE_ANSWER, AnswerBias, Record, answer_bias
 from steerlab.stats import (
     DetectableEffect,
     PairedAdvantage,
@@ -101,6 +101,12 @@ class ArmResult:
     test: Proportion
     versus_base: PairedAdvantage | None
     versus_best_baseline: PairedAdvantage | None
+    bias: AnswerBias | None = None
+    """How the test predictions lean on one answer (items with shared answer labels)."""
+
+    def one_answer(self) -> bool:
+        """Whether the arm predicts (nearly) one answer on every test item."""
+        return self.bias is not None and self.bias.one_answer
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,19 @@ class Headline:
 
     def row(self, arm: str) -> ArmResult:
         return next(r for r in self.rows if r.arm == arm)
+
+    def uninformative(self) -> str:
+        """A warning when every arm predicts (nearly) one answer on the test set: its accuracies
+        then measure an answer preference and cannot tell the arms apart ("" otherwise)."""
+        if not self.rows or not all(r.one_answer() for r in self.rows):
+            return ""
+        tops = sorted({repr(r.bias.top.strip()) for r in self.rows if r.bias is not None})
+        return (f"**Every arm predicts one answer on ≥ {ONE_ANSWER:.0%} of the test items** "
+                f"({', '.join(tops)}): their accuracies measure that preference, not the "
+                "behaviour, so this comparison is uninformative whatever the intervals say. "
+                "Debiased accuracies (each arm's constant preference per answer removed): "
+                + ", ".join(f"{r.arm} {r.bias.debiased:.3f}" for r in self.rows
+                            if r.bias is not None) + ".")
 
 
 def arm_kinds(records: Iterable[Record]) -> dict[str, str]:
@@ -160,16 +179,23 @@ def headline(records: Sequence[Record], level: float = 0.9) -> Headline:
         rows.append(ArmResult(
             arm, kinds[arm], selections[arm],
             wilson_interval(sum(outcomes), len(outcomes), level=level),
-            contrast(arm, BASE), contrast(arm, best),
+            contrast(arm, BASE), contrast(arm, best), answer_bias(tested[arm]),
         ))
     n_test = len(tested[BASE]) if BASE in tested else max(len(t) for t in tested.values())
     return Headline(val, test, rows, best, minimum_detectable_effect(n_test))
 
 
-def verdict(row: ArmResult, other: str, advantage: PairedAdvantage | None, n: int) -> str:
-    """One sentence: does the arm beat ``other`` on this test set, in words."""
+def verdict(row: ArmResult, other: ArmResult, advantage: PairedAdvantage | None, n: int) -> str:
+    """One sentence: does the arm beat ``other`` on this test set, in words; when both predict
+    (nearly) one answer on every item, that the comparison is uninformative."""
     if advantage is None:
         return ""
+    if row.one_answer() and other.one_answer():
+        return (f"{row.arm} against {other.arm}: uninformative — both predict one answer on "
+                f"≥ {ONE_ANSWER:.0%} of the {n} test items ({row.arm} {row.bias.describe()}, "
+                f"{other.arm} {other.bias.describe()}), so the accuracies compare answer "
+                f"preferences (advantage {advantage.mean:+.3f}; debiased accuracies "
+                f"{row.bias.debiased:.3f} and {other.bias.debiased:.3f}).")
     if advantage.lower > 0:
         word = "beats"
     elif advantage.upper < 0:
@@ -177,7 +203,7 @@ def verdict(row: ArmResult, other: str, advantage: PairedAdvantage | None, n: in
     else:
         word = ("does not detectably beat" if advantage.mean >= 0
                 else "does not detectably differ from")
-    return (f"{row.arm} {word} {other} at this sample size "
+    return (f"{row.arm} {word} {other.arm} at this sample size "
             f"(n = {n}: advantage {advantage.mean:+.3f}, "
             f"{advantage.level:.0%} interval [{advantage.lower:+.3f}, {advantage.upper:+.3f}], "
             f"P(> 0) = {advantage.prob_positive:.2f}).")

@@ -13,6 +13,7 @@ from typing import Any
 import matplotlib
 
 from steerlab.analysis.tables import markdown_table
+from steerlab.records import ONE_ANSWER, answer_bias, bias_cells
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -56,25 +57,28 @@ def describe_trend(rows: list[dict], task: str) -> str:
     )
 
 
-def describe_answer_bias(records: list[dict], threshold: float = 0.9) -> str:
+ONE_ANSWER_NOTE = [f"⚠: the setting predicts one answer on ≥ {ONE_ANSWER:.0%} of items, so its "
+                   "accuracy measures that preference; debiased acc. removes the setting's "
+                   "constant preference for each answer label (as `steerlab data inspect` does).",
+                   ""]
+"""The line under every likelihood table that carries the answer-bias columns."""
+
+
+def describe_answer_bias(records: list[dict]) -> str:
     """Warn when an A/B evaluation's unsteered predictions are (nearly) always the same answer.
 
     Then the behaviour score measures a preference for a letter, not the behaviour: the
     'matching chosen' rate sits at the dataset's letter balance whatever the steering does.
     """
-    picked = [r["choices"][r["prediction"]] for r in records
-              if r["task"] == "ab" and r["multiplier"] == 0]
-    if not picked:
+    bias = answer_bias([r for r in records if r["task"] == "ab" and r["multiplier"] == 0])
+    if bias is None or not bias.one_answer:
         return ""
-    common = max(set(picked), key=picked.count)
-    share = picked.count(common) / len(picked)
-    if share < threshold:
-        return ""
+    n = sum(r["task"] == "ab" and r["multiplier"] == 0 for r in records)
     return (
-        f"**Answer bias:** unsteered, the model picks {common!r} on {share:.0%} of the "
-        f"{len(picked)} A/B items whatever their content, so the A/B score here mostly measures "
-        "a letter preference. Judge the behaviour by the generations (or a larger model), not "
-        "by this score."
+        f"**Answer bias:** unsteered, the model picks {bias.top!r} on {bias.share:.0%} of the "
+        f"{n} A/B items whatever their content, so the A/B score here mostly measures "
+        f"a letter preference (with that preference removed: {bias.debiased:.3f} matching). "
+        "Judge the behaviour by the generations (or a larger model), not by this score."
     )
 
 
@@ -108,11 +112,12 @@ def sweep_table(rows: list[dict]) -> list[str]:
     """The summary rows of a likelihood sweep as a Markdown table."""
     return markdown_table(
         ["task", "dataset", "vector", "layers", "multiplier", "n", "score ± se",
-         "matching/correct"],
+         "matching/correct", "top answer", "debiased acc."],
         [[r["task"], str(r["dataset"]), str(r["vector_id"]), str(r["layers"]),
           f"{r['multiplier']:g}", str(r["n"]), f"{r['score']:.3f} ± {r['score_se']:.3f}",
-          f"{r['correct']:.3f}"] for r in rows],
-    )
+          f"{r['correct']:.3f}", *bias_cells(r)] for r in rows],
+    ) + (ONE_ANSWER_NOTE if any(r.get("answer_bias") and r["answer_bias"].one_answer
+                                for r in rows) else [])
 
 
 def write_report(

@@ -91,16 +91,25 @@ def evaluate(
 
 
 def print_summary(rows: list[dict]) -> None:
-    """A table with one row per setting: n, score ± standard error, accuracy."""
+    """A table with one row per setting: n, score ± standard error, accuracy, and the answer
+    the setting predicts most (flagged when it is nearly all) with the accuracy once the
+    setting's preference for each answer is removed."""
+    from steerlab.analysis.report import ONE_ANSWER_NOTE
+    from steerlab.records import bias_cells
+
     table = Table()
-    for column in ("task", "dataset", "layers", "multiplier", "n", "score", "accuracy"):
+    for column in ("task", "dataset", "layers", "multiplier", "n", "score", "accuracy",
+                   "top answer", "debiased acc."):
         table.add_column(column, justify="right" if column in ("multiplier", "n") else "left")
     for row in rows:
         table.add_row(
             row["task"], str(row["dataset"]), str(row["layers"] or "-"), f"{row['multiplier']:g}",
             str(row["n"]), f"{row['score']:.3f} ± {row['score_se']:.3f}", f"{row['correct']:.3f}",
+            *bias_cells(row),
         )
     console.print(table)
+    if any(row.get("answer_bias") and row["answer_bias"].one_answer for row in rows):
+        console.print(ONE_ANSWER_NOTE[0])
 
 
 @app.command()

@@ -15,7 +15,6 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from statistics import median
 from typing import TYPE_CHECKING, Any, Literal
 
 from scipy.stats import binomtest, chisquare
@@ -24,6 +23,7 @@ from steerlab.data.files import MCItem, PreferencePair
 from steerlab.data.registry import Item, Row, dataset_info
 from steerlab.evaluation.likelihood import evaluate_ab, evaluate_mc
 from steerlab.model.encoding import encode
+from steerlab.records import debiased_predictions
 
 if TYPE_CHECKING:
     from steerlab.model.handle import ModelHandle
@@ -327,21 +327,14 @@ def _fits(model: ModelHandle, record: Item) -> bool:
 
 def _calibrated_agreement(results: Sequence[dict[str, Any]]) -> tuple[int, bool]:
     """Agreement once a fixed preference for one answer label is removed, for items that all
-    offer the same two labels (A/B, Yes/No): the model "prefers" the first label where its
-    score margin for it is above the median margin. Returns (agreement, whether it applied)."""
+    offer the same two labels (A/B, Yes/No): :func:`~steerlab.records.debiased_predictions`
+    (the first label where its margin is above the median margin). Returns (agreement, whether
+    it applied)."""
     labels = {frozenset(r["choices"]) for r in results}
     if len(labels) != 1 or not all(_ANSWER.match(c) for c in next(iter(labels))):
         return 0, False
-    first = min(next(iter(labels)))
-    margins = [
-        (lp[0] - lp[1]) if choices[0] == first else (lp[1] - lp[0])
-        for lp, choices in ((r["logprobs"], r["choices"]) for r in results)
-    ]
-    middle = median(margins)
-    agree = sum(
-        (margin > middle) == (r["choices"][0] == first) for margin, r in zip(margins, results)
-    )
-    return agree, True
+    fair = debiased_predictions([r["logprobs"] for r in results], [r["choices"] for r in results])
+    return sum(choice == 0 for choice in fair), True
 
 
 def _label_message(

@@ -18,6 +18,7 @@ import yaml
 from steerlab.analysis.comparison import (
     BASE,
     TRAINING_TASK,
+    ArmResult,
     Headline,
     arm_kinds,
     experiment_record,
@@ -25,10 +26,12 @@ from steerlab.analysis.comparison import (
     sample_efficiency,
     verdict,
 )
+from steerlab.analysis.report import ONE_ANSWER_NOTE
 from steerlab.analysis.run_analysis import analyze, sections
 from steerlab.analysis.tables import markdown_table
 from steerlab.evaluation.side_effects import SideEffect
 from steerlab.experiment.compute import naive_token_layers
+from steerlab.records import bias_cells
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -76,6 +79,13 @@ def _setting(selection: Any) -> str:
     if selection.vector_id is None:
         return "-"
     return f"layer {','.join(map(str, selection.layers))}, ×{selection.multiplier:g}"
+
+
+def _accuracy_cell(row: ArmResult) -> str:
+    """Test accuracy with its interval, flagged with the answer when the arm predicts (nearly)
+    one answer on every item."""
+    cell = f"{row.test.estimate:.3f} [{row.test.lower:.3f}, {row.test.upper:.3f}]"
+    return cell + (f" {row.bias.describe()}" if row.one_answer() and row.bias else "")
 
 
 def sample_efficiency_plot(points: list, reference: float | None, path: Path) -> Path:
@@ -181,16 +191,14 @@ def leaderboard_section(records: list[dict], head: Headline,
                      key=lambda r: (-r.test.estimate, r.arm))
     if len(methods) < 2:
         return []
-    rows = [[str(rank), r.arm, cost[r.arm]["method"], _setting(r.selection),
-             f"{r.test.estimate:.3f} [{r.test.lower:.3f}, {r.test.upper:.3f}]",
+    rows = [[str(rank), r.arm, cost[r.arm]["method"], _setting(r.selection), _accuracy_cell(r),
              _advantage_cell(r.versus_base), _advantage_cell(r.versus_best_baseline),
              effect(r, "perplexity"), effect(r, "accuracy"),
              f"{cost[r.arm]['seconds']:.0f}", f"{cost[r.arm]['token_layers']:,}"]
             for rank, r in enumerate(methods, 1)]
     if head.best_baseline is not None:
         best = head.row(head.best_baseline)
-        rows.append(["-", best.arm, best.kind, _setting(best.selection),
-                     f"{best.test.estimate:.3f} [{best.test.lower:.3f}, {best.test.upper:.3f}]",
+        rows.append(["-", best.arm, best.kind, _setting(best.selection), _accuracy_cell(best),
                      _advantage_cell(best.versus_base), "-", "-", "-", "-", "-"])
     return ["## Method leaderboard (test set)", "",
             "Each method at its validation-selected setting; side effects at that setting "
@@ -220,12 +228,14 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
              "intervals are 90% (Wilson for accuracies, Dirichlet posterior for paired "
              "advantages).", ""]
     lines += ["## Verdicts", ""]
+    if head.uninformative():
+        lines += [head.uninformative(), ""]
     steered = [r for r in head.rows if kinds[r.arm] in ("method", "combination", "conditional")]
     for row in steered:
         for other, advantage in ((BASE, row.versus_base),
                                  (head.best_baseline, row.versus_best_baseline)):
             if other is not None and advantage is not None:
-                lines.append(f"- {verdict(row, other, advantage, n_test)}")
+                lines.append(f"- {verdict(row, head.row(other), advantage, n_test)}")
     if head.best_baseline is not None:
         best = head.row(head.best_baseline)
         lines.append(f"- The best baseline by validation accuracy is **{head.best_baseline}** "
@@ -233,15 +243,17 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
     lines += [f"- {head.detectable}: differences smaller than that are not reliably seen with "
               "this test set.", ""]
     lines += ["## Headline (test set)", ""]
+    if head.uninformative():
+        lines += [head.uninformative(), ""]
     lines += markdown_table(
         ["arm", "kind", "setting (chosen on validation)", "validation acc.", "test acc.",
          "90% interval", "vs unsteered: advantage [90%], P(>0)",
-         f"vs best baseline ({head.best_baseline or '-'})"],
+         f"vs best baseline ({head.best_baseline or '-'})", "top answer", "debiased acc."],
         [[r.arm, r.kind, _setting(r.selection), f"{r.selection.accuracy:.3f}",
           f"{r.test.estimate:.3f}", f"[{r.test.lower:.3f}, {r.test.upper:.3f}]",
-          _advantage_cell(r.versus_base),
-          _advantage_cell(r.versus_best_baseline)] for r in head.rows],
-    )
+          _advantage_cell(r.versus_base), _advantage_cell(r.versus_best_baseline),
+          *(bias_cells({"answer_bias": r.bias}))] for r in head.rows],
+    ) + (ONE_ANSWER_NOTE if any(r.one_answer() for r in head.rows) else [])
     found = analyze([r for r in records
                      if r.get("dataset") != head.val_dataset])  # validation only selects
     lines += leaderboard_section(records, head, found.side_effects)
