@@ -3,10 +3,10 @@ rename inside steerlab must not leave a benchmark that fails only when someone r
 
 import ast
 import importlib
-import warnings
 from pathlib import Path
 
 import pytest
+from tiny import quiet_import
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted([*ROOT.glob("bench/*.py"), *ROOT.glob("tools/*.py")])
@@ -18,10 +18,7 @@ def test_script_imports_resolve(script):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("steerlab"):
             if node.module.startswith("steerlab.engine.vllm_"):
                 pytest.importorskip("vllm", reason="vLLM is not installed")
-            with warnings.catch_warnings():  # vLLM's and torch's own, raised as vLLM imports
-                warnings.simplefilter("ignore", DeprecationWarning)
-                warnings.simplefilter("ignore", FutureWarning)
-                module = importlib.import_module(node.module)
+            module = quiet_import(node.module)
             missing = [a.name for a in node.names if not hasattr(module, a.name)
                        and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
             assert not missing, f"{script.name}:{node.lineno}: {node.module} has no {missing}"

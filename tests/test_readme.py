@@ -2,13 +2,12 @@
 examples is one the CLI has, and every `steerlab.<name>` it mentions resolves. (A rename that
 leaves the README behind fails here, not in a reader's terminal.)"""
 
-import importlib
 import re
 import shlex
 from pathlib import Path
 
 import pytest
-from tiny import invoke
+from tiny import invoke, quiet_import
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 GROUPS = {"vector", "data", "blind", "baseline", "lora"}
@@ -53,7 +52,7 @@ def test_python_names_in_the_readme_resolve():
         parts = name.split(".")
         for cut in range(len(parts), 0, -1):
             try:
-                target = importlib.import_module(".".join(parts[:cut]))
+                target = quiet_import(".".join(parts[:cut]))
                 break
             except ImportError:
                 continue

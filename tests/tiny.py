@@ -175,6 +175,18 @@ def added_hooks(model: ModelHandle, before) -> list[int]:
     return [now - then for now, then in zip(hook_counts(model)[0], before[0])]
 
 
+def quiet_import(name: str):
+    """Import a module with the deprecation warnings third-party imports raise ignored (vLLM and
+    lm-eval trip torch's; the suite turns warnings into errors)."""
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return importlib.import_module(name)
+
+
 def invoke(*args):
     """Run the ``steerlab`` CLI in process; the click result."""
     from typer.testing import CliRunner

@@ -9,7 +9,7 @@ from importlib import import_module
 
 from steerlab.cli.app import USER_ERRORS, app
 
-COMMAND_GROUPS = ("train", "evaluate", "generate", "vectors", "data", "openended")
+COMMAND_GROUPS = ("train", "evaluate", "generate", "vectors", "data", "openended", "harness")
 """The modules that register commands, in the order ``steerlab --help`` lists them."""
 
 for _group in COMMAND_GROUPS:

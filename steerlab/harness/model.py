@@ -1,0 +1,65 @@
+"""The ``steerlab`` model type of lm-evaluation-harness: its Hugging Face model class, loaded
+through steerlab (built-in names, dequantised GGUF, local folders) and steered by one steering
+setting during every forward pass it makes, for scoring and for generation alike."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from steerlab.model.catalog import DEFAULT_MODEL
+from steerlab.model.handle import load_model
+from steerlab.steering.setting import Composition, SteeringSetting
+from steerlab.steering.vectors import SteeringVector
+
+
+def _layers(text: str | int | None) -> list[int] | None:
+    """``"10,14"`` (lm-eval passes ``model_args`` values as strings, or a lone number as int)."""
+    if text is None or text == "":
+        return None
+    return [int(part) for part in str(text).replace(";", ",").split(",") if part.strip()]
+
+
+@register_model("steerlab")
+class SteerlabLM(HFLM):
+    """lm-eval's ``HFLM`` over a steerlab model, steered by ``vector`` (a steerlab vector file)
+    at ``multiplier`` on ``layers`` (comma-separated; default the vector's), with ``norm_ratio``,
+    ``positions`` and ``intervention`` as everywhere in steerlab; no ``vector``: unsteered.
+    ``device`` as lm-eval gives it (a CUDA device where there is none means the CPU, as in
+    lm-eval's own Hugging Face model). Other arguments (``batch_size``, ``max_length``, ...) are
+    ``HFLM``'s."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, vector: str | None = None,
+                 multiplier: float = 1.0, layers: str | int | None = None,
+                 norm_ratio: float | None = None, positions: str = "all",
+                 intervention: str = "add", device: str | None = None,
+                 **kwargs: Any) -> None:
+        if device and device.startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"  # lm-eval's default is cuda:0; its own HF model falls back alike
+        self.handle = load_model(model, device=device)
+        super().__init__(pretrained=self.handle.model, tokenizer=self.handle.tokenizer,
+                         **kwargs)
+        self.steering = None if vector is None else Composition((SteeringSetting(
+            SteeringVector.load(vector), float(multiplier), _layers(layers),
+            None if norm_ratio in (None, "") else float(norm_ratio),
+            positions, intervention),))  # type: ignore[arg-type]
+        if self.steering is not None:
+            self.steering.fit(self.handle)  # a layer the model lacks, a d_model: now, not later
+
+    def _steered(self):
+        """The context every forward pass runs in: the setting applied, or nothing."""
+        return self.steering.apply(self.handle) if self.steering is not None else nullcontext()
+
+    def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
+        with self._steered():
+            return super()._model_call(inps, attn_mask, labels)
+
+    def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str],
+                        **generation_kwargs: Any) -> torch.Tensor:
+        with self._steered():
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)

@@ -1,0 +1,93 @@
+"""lm-evaluation-harness's ``steerlab`` model type: its per-request log-likelihoods equal
+steerlab's own scoring of the same tokens, steered and unsteered, and `steerlab lm-eval` runs
+steerlab's offline tasks.
+
+Skipped, with the reason printed, where lm-eval is not installed (``pip install -e .[harness]``;
+``make test`` installs it).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed "
+                    "(pip install -e .[harness])")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+from tiny import invoke, random_vector, tiny_model  # noqa: E402
+
+from steerlab.harness.model import SteerlabLM  # noqa: E402
+from steerlab.model.encoding import TokenSequence  # noqa: E402
+from steerlab.model.scoring import score_sequences  # noqa: E402
+from steerlab.steering.setting import Composition, SteeringSetting  # noqa: E402
+from steerlab.steering.vectors import SteeringVector  # noqa: E402
+
+REQUESTS = [("Question: why is the sky blue?\nAnswer:", " Because air scatters blue light."),
+            ("Question: why is the sky blue?\nAnswer:", " No idea"),
+            ("The capital of France is", " Paris"),
+            ("A much longer context that runs on for a while before it asks: yes or no?", " yes")]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny random llama and its byte tokenizer in a folder, as lm-eval users name models."""
+    path = tmp_path_factory.mktemp("tiny-harness")
+    tiny = tiny_model("llama")
+    tiny.model.save_pretrained(path)
+    tiny.tokenizer.save_pretrained(path)
+    random_vector(tiny, [1, 2], seed=1).save(path / "v.safetensors")
+    return path
+
+
+@pytest.mark.parametrize("args", [
+    {},
+    {"multiplier": "4", "layers": "1,2"},
+    {"multiplier": "2", "norm_ratio": "0.5"},
+    {"multiplier": "1", "intervention": "ablate", "layers": "2"},
+], ids=["unsteered", "add", "norm-ratio", "ablate"])
+def test_harness_loglikelihoods_equal_steerlabs_scoring(folder, args):
+    steered = {"vector": str(folder / "v.safetensors"), **args} if args else {}
+    lm = SteerlabLM(model=str(folder), batch_size=2, **steered)
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(REQUESTS)]
+    harness = [logprob for logprob, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+    seqs = []
+    for context, continuation in REQUESTS:
+        head, tail = lm._encode_pair(context, continuation)  # lm-eval's own split into tokens
+        seqs.append(TokenSequence(tuple(head + tail), len(head)))
+    setting = (Composition((SteeringSetting(
+        SteeringVector.load(steered["vector"]), float(args["multiplier"]),
+        [int(x) for x in args["layers"].split(",")] if "layers" in args else None,
+        float(args["norm_ratio"]) if "norm_ratio" in args else None,
+        intervention=args.get("intervention", "add")),)) if args else None)
+    if setting is None:
+        ours = score_sequences(lm.handle, seqs, progress=False)
+    else:
+        with setting.apply(lm.handle):
+            ours = score_sequences(lm.handle, seqs, progress=False)
+    assert harness == pytest.approx([s.logprob for s in ours], abs=1e-4)
+    if args:  # the steering changed the scores
+        plain = [p for p, _ in SteerlabLM(model=str(folder), batch_size=2)
+                 .loglikelihood(requests, disable_tqdm=True)]
+        assert harness != pytest.approx(plain, abs=1e-3)
+
+
+def test_a_layer_the_model_lacks_is_refused_when_the_model_loads(folder):
+    with pytest.raises(ValueError, match=r"no direction for layers \[9\]"):
+        SteerlabLM(model=str(folder), vector=str(folder / "v.safetensors"), layers="9")
+
+
+def test_steerlab_lm_eval_runs_an_offline_task(folder, tmp_path):
+    out = tmp_path / "results"
+    result = invoke("lm-eval", "--model", "steerlab", "--model_args",
+                    f"model={folder},vector={folder / 'v.safetensors'},multiplier=4",
+                    "--tasks", "steerlab_piqa", "--limit", "3", "--output_path", str(out),
+                    "--log_samples")
+    assert result.exit_code == 0, result.output
+    written = next(out.rglob("results_*.json"))
+    results = json.loads(written.read_text())["results"]["steerlab_piqa"]
+    assert 0 <= results["acc,none"] <= 1
+    samples = [json.loads(line) for line in next(out.rglob("samples_steerlab_piqa_*.jsonl"))
+               .read_text().splitlines()]
+    assert len(samples) == 3
