@@ -91,3 +91,27 @@ def test_steerlab_lm_eval_runs_an_offline_task(folder, tmp_path):
     samples = [json.loads(line) for line in next(out.rglob("samples_steerlab_piqa_*.jsonl"))
                .read_text().splitlines()]
     assert len(samples) == 3
+
+
+def test_side_effects_through_the_harness_appear_in_analyze_with_paired_intervals(folder,
+                                                                                   tmp_path):
+    from steerlab.records import read_records
+
+    run = tmp_path / "run"
+    result = invoke("side-effects", "--model", str(folder), "--vector", folder / "v.safetensors",
+                    "--multipliers", "4", "--harness", "steerlab_piqa,steerlab_wikitext",
+                    "--n", "6", "--out", run)
+    assert result.exit_code == 0, result.output
+    records = read_records(run / "records.jsonl")
+    assert {r["dataset"] for r in records} == {"harness:steerlab_piqa", "harness:steerlab_wikitext"}
+    piqa = [r for r in records if r["task"] == "mc"]
+    assert sorted(r["multiplier"] for r in piqa) == [0.0] * 6 + [4.0] * 6
+    assert all(len(r["logprobs"]) == 2 and r["answer"] in (0, 1) for r in piqa)
+    assert len({r["item_id"] for r in piqa}) == 6  # the same documents at both multipliers
+    texts = [r for r in records if r["task"] == "perplexity"]
+    assert len(texts) == 12 and all(r["n_tokens"] > 0 and r["logprob"] < 0 for r in texts)
+    analysis = invoke("analyze", run)
+    assert analysis.exit_code == 0, analysis.output
+    page = (run / "analysis.md").read_text()
+    assert "harness:steerlab_piqa" in page and "harness:steerlab_wikitext" in page
+    assert "P(gain > 0)" in page  # the paired contrast against multiplier 0

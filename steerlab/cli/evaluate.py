@@ -249,9 +249,17 @@ def side_effects(
     limit: Annotated[int, typer.Option(
         "--n", help="Items, texts or prompts per set: a seeded sample.")] = 100,
     max_tokens: Annotated[int, typer.Option(help="Tokens per perplexity text.")] = 128,
+    harness: Annotated[Optional[str], typer.Option(
+        help="lm-evaluation-harness tasks, comma-separated (steerlab_mmlu, steerlab_piqa, "
+        "steerlab_truthfulqa_mc1, steerlab_wikitext, ...), each on its first --n documents; "
+        "alone, they replace the default sets (pip install -e .\\[harness]).")] = None,
     batch_size: BatchOpt = 8,
 ) -> None:
-    """Capability accuracy, perplexity and KL to the unsteered model: steered against unsteered."""
+    """Capability accuracy, perplexity and KL to the unsteered model: steered against unsteered.
+
+    With --harness, lm-eval runs the tasks with the steered model at every multiplier and its
+    per-sample log becomes records like the others' (dataset harness:<task>), compared pairwise.
+    """
     from steerlab.data.files import as_prompts
     from steerlab.evaluation.likelihood import Sweep
     from steerlab.evaluation.side_effects import (
@@ -262,8 +270,17 @@ def side_effects(
     from steerlab.experiment.runs import RunDir
     from steerlab.steering.setting import SteeringSetting
 
-    capability, text = capability or ["general-knowledge"], text or ["wikitext2:test"]
-    kl_prompts = kl_prompts or ["general-knowledge"]
+    own = not harness or capability or text or kl_prompts  # --harness alone: its tasks only
+    capability = capability or (["general-knowledge"] if own else [])
+    text = text or (["wikitext2:test"] if own else [])
+    kl_prompts = kl_prompts or (["general-knowledge"] if own else [])
+    harness_tasks = [t.strip() for t in (harness or "").split(",") if t.strip()]
+    if harness_tasks:
+        try:
+            from steerlab.harness.model import SteerlabLM
+            from steerlab.harness.records import harness_records
+        except ImportError as err:
+            fail(f"--harness needs lm-evaluation-harness: pip install -e .\\[harness] ({err})")
     steering = load_vector(vector)
     capability_sets = {spec: load_scored_items(spec, None, limit) for spec in capability}
     texts = {spec: passages(load_texts(spec), limit) for spec in text}
@@ -272,7 +289,9 @@ def side_effects(
     run = RunDir.open(out, "side-effects", {"vector": str(vector), "model": model,
                                             "multipliers": multipliers, "layers": layers,
                                             "norm_ratio": norm_ratio, "capability": capability,
-                                            "text": text, "kl_prompts": kl_prompts, "n": limit})
+                                            "text": text, "kl_prompts": kl_prompts, "n": limit,
+                                            **({"harness": harness_tasks} if harness_tasks
+                                               else {})})
     run.keep_vector(steering)
     setting = SteeringSetting(steering, layers=parse_ints(layers) if layers else None,
                               norm_ratio=norm_ratio)
@@ -281,6 +300,9 @@ def side_effects(
         records = side_effect_records(handle, sweep, capability=capability_sets, texts=texts,
                                       prompts=prompts, max_tokens=max_tokens, writer=writer,
                                       batch_size=batch_size)
+        if harness_tasks:
+            lm = SteerlabLM(handle, batch_size=batch_size)
+            records += harness_records(lm, sweep, harness_tasks, limit=limit, writer=writer)
     print_side_effects(side_effects_table(records))
     console.print(f"records in {run.records_path}")
 

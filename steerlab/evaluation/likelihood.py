@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -60,6 +60,13 @@ class Sweep:
             return [(0.0, nullcontext)]
         self.composition(1.0).fit(model)  # before any pass: a layer the model lacks, a d_model
         return [(m, partial(self.composition(m).apply, model)) for m in self.multipliers]
+
+    def with_baseline(self) -> Sweep:
+        """This sweep with multiplier 0 first, where it lacks it: side effects are measured
+        against the setting's own multiplier-0 records of the same items."""
+        if 0.0 in [float(m) for m in self.multipliers]:
+            return self
+        return replace(self, multipliers=[0.0, *self.multipliers])
 
     def steers(self) -> list[Composition | None]:
         """What each multiplier applies, for an engine that takes steering per request."""

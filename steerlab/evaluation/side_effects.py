@@ -21,7 +21,7 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -125,8 +125,7 @@ def side_effect_records(
 ) -> list[Record]:
     """All three measurements for one sweep, each dataset by name; multiplier 0 (the
     baseline every comparison needs) is added to the sweep when missing."""
-    if 0.0 not in [float(m) for m in sweep.multipliers]:
-        sweep = replace(sweep, multipliers=[0.0, *sweep.multipliers])
+    sweep = sweep.with_baseline()
     options = {"writer": writer, "batch_size": batch_size, "progress": progress}
     records: list[Record] = []
     for name, items in (capability or {}).items():

@@ -12,7 +12,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from steerlab.model.catalog import DEFAULT_MODEL
-from steerlab.model.handle import load_model
+from steerlab.model.handle import ModelHandle, load_model
 from steerlab.steering.setting import Composition, SteeringSetting
 from steerlab.steering.vectors import SteeringVector
 
@@ -26,29 +26,37 @@ def _layers(text: str | int | None) -> list[int] | None:
 
 @register_model("steerlab")
 class SteerlabLM(HFLM):
-    """lm-eval's ``HFLM`` over a steerlab model, steered by ``vector`` (a steerlab vector file)
+    """lm-eval's ``HFLM`` over a steerlab model (a name, folder or file; or a loaded handle),
+    steered by ``vector`` (a steerlab vector file)
     at ``multiplier`` on ``layers`` (comma-separated; default the vector's), with ``norm_ratio``,
     ``positions`` and ``intervention`` as everywhere in steerlab; no ``vector``: unsteered.
     ``device`` as lm-eval gives it (a CUDA device where there is none means the CPU, as in
     lm-eval's own Hugging Face model). Other arguments (``batch_size``, ``max_length``, ...) are
     ``HFLM``'s."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, vector: str | None = None,
+    def __init__(self, model: str | ModelHandle = DEFAULT_MODEL, vector: str | None = None,
                  multiplier: float = 1.0, layers: str | int | None = None,
                  norm_ratio: float | None = None, positions: str = "all",
                  intervention: str = "add", device: str | None = None,
                  **kwargs: Any) -> None:
         if device and device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"  # lm-eval's default is cuda:0; its own HF model falls back alike
-        self.handle = load_model(model, device=device)
+        self.handle = model if isinstance(model, ModelHandle) else load_model(model, device=device)
         super().__init__(pretrained=self.handle.model, tokenizer=self.handle.tokenizer,
                          **kwargs)
-        self.steering = None if vector is None else Composition((SteeringSetting(
-            SteeringVector.load(vector), float(multiplier), _layers(layers),
-            None if norm_ratio in (None, "") else float(norm_ratio),
-            positions, intervention),))  # type: ignore[arg-type]
-        if self.steering is not None:
-            self.steering.fit(self.handle)  # a layer the model lacks, a d_model: now, not later
+        self.steering: Composition | None = None
+        if vector is not None:
+            self.steer(Composition((SteeringSetting(
+                SteeringVector.load(vector), float(multiplier), _layers(layers),
+                None if norm_ratio in (None, "") else float(norm_ratio),
+                positions, intervention),)))  # type: ignore[arg-type]
+
+    def steer(self, steering: Composition | None) -> None:
+        """Steer every later forward pass with ``steering`` (None: unsteered), checked against
+        the model now (a layer it lacks, another d_model) rather than at the first pass."""
+        if steering is not None:
+            steering.fit(self.handle)
+        self.steering = steering
 
     def _steered(self):
         """The context every forward pass runs in: the setting applied, or nothing."""
