@@ -16,7 +16,7 @@ pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed "
                     "(pip install -e .[harness])")
 
 from lm_eval.api.instance import Instance  # noqa: E402
-from tiny import invoke, random_vector, tiny_model  # noqa: E402
+from tiny import fixed_condition, invoke, random_vector, tiny_model  # noqa: E402
 
 from steerlab.harness.model import SteerlabLM  # noqa: E402
 from steerlab.model.encoding import TokenSequence  # noqa: E402
@@ -71,6 +71,54 @@ def test_harness_loglikelihoods_equal_steerlabs_scoring(folder, args):
         plain = [p for p, _ in SteerlabLM(model=str(folder), batch_size=2)
                  .loglikelihood(requests, disable_tqdm=True)]
         assert harness != pytest.approx(plain, abs=1e-3)
+
+
+def harness_scores(lm) -> list[float]:
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(REQUESTS)]
+    return [logprob for logprob, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+
+
+def test_a_composition_with_a_condition_from_a_steering_file_scores_as_steerlab(folder, tmp_path):
+    """Several settings at once, one of them gated by a condition on the prompt, given to the
+    harness as one JSON file."""
+    lm = SteerlabLM(model=str(folder), batch_size=2)
+    second = random_vector(lm.handle, [3], seed=2)
+    second.save(tmp_path / "second.safetensors")
+    condition = fixed_condition(lm.handle, layer=1, threshold=0.0)
+    condition.save(tmp_path / "gate.safetensors")
+    (tmp_path / "steering.json").write_text(json.dumps([
+        {"vector": str(folder / "v.safetensors"), "multiplier": 3, "layers": [1]},
+        {"vector": "second.safetensors", "multiplier": -4, "condition": "gate.safetensors"},
+        {"vector": str(folder / "v.safetensors"), "multiplier": 1, "intervention": "ablate",
+         "layers": [2]},
+    ]))
+    steered = SteerlabLM(model=str(folder), batch_size=2,
+                         steering=str(tmp_path / "steering.json"))
+    composition = Composition((
+        SteeringSetting(SteeringVector.load(folder / "v.safetensors"), 3.0, [1]),
+        SteeringSetting(second, -4.0, condition=condition),
+        SteeringSetting(SteeringVector.load(folder / "v.safetensors"), 1.0, [2],
+                        intervention="ablate")))
+    seqs = [TokenSequence(tuple(head + tail), len(head))
+            for head, tail in (lm._encode_pair(*pair) for pair in REQUESTS)]
+    with composition.apply(lm.handle):
+        ours = [s.logprob for s in score_sequences(lm.handle, seqs, progress=False)]
+    assert harness_scores(steered) == pytest.approx(ours, abs=1e-4)
+    assert harness_scores(steered) != pytest.approx(harness_scores(lm), abs=1e-3)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "not a readable JSON file"),
+    ("[]", "expected a non-empty JSON list"),
+    ('[{"vector": "v.safetensors", "multiplier": "x"}]', r"\[0\]\.multiplier"),
+    ('[{"vector": "missing.safetensors"}]', r"\[0\]: .*missing"),
+])
+def test_a_bad_steering_file_names_the_file_term_and_field(folder, tmp_path, content, message):
+    path = tmp_path / "steering.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as found:
+        SteerlabLM(model=str(folder), steering=str(path))
+    assert str(path) in str(found.value)
 
 
 def test_a_layer_the_model_lacks_is_refused_when_the_model_loads(folder):

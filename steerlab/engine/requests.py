@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from steerlab.steering.hooks import Edits, check_layers
-from steerlab.steering.setting import Composition, SteeringSetting
+from steerlab.steering.setting import Composition
 from steerlab.steering.terms import SteeringTerm
 from steerlab.steering.vectors import SteeringVector
 
@@ -85,8 +85,7 @@ def resolve_steering(terms: Sequence[SteeringTerm], vectors: VectorSource,
         except (OSError, ValueError) as err:
             raise SteeringRequestError(f"{where}.vector: {err}") from None
         try:
-            setting = SteeringSetting(vector, term.multiplier, term.layers, term.norm_ratio,
-                                      term.positions, term.intervention)
+            setting = term.setting(vector)
             edits = Composition((setting,)).edits()
             layers = n_layers if n_layers is not None else vector.meta.n_layers
             if layers is not None:

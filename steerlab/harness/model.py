@@ -14,6 +14,7 @@ from lm_eval.models.huggingface import HFLM
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.handle import ModelHandle, load_model
 from steerlab.steering.setting import Composition, SteeringSetting
+from steerlab.steering.terms import load_composition
 from steerlab.steering.vectors import SteeringVector
 
 
@@ -29,7 +30,9 @@ class SteerlabLM(HFLM):
     """lm-eval's ``HFLM`` over a steerlab model (a name, folder or file; or a loaded handle),
     steered by ``vector`` (a steerlab vector file)
     at ``multiplier`` on ``layers`` (comma-separated; default the vector's), with ``norm_ratio``,
-    ``positions`` and ``intervention`` as everywhere in steerlab; no ``vector``: unsteered.
+    ``positions`` and ``intervention`` as everywhere in steerlab; or by ``steering``, a JSON
+    file of several settings applied together, conditions included
+    (:func:`~steerlab.steering.terms.load_composition`); neither: unsteered.
     ``device`` as lm-eval gives it (a CUDA device where there is none means the CPU, as in
     lm-eval's own Hugging Face model). Other arguments (``batch_size``, ``max_length``, ...) are
     ``HFLM``'s."""
@@ -37,15 +40,19 @@ class SteerlabLM(HFLM):
     def __init__(self, model: str | ModelHandle = DEFAULT_MODEL, vector: str | None = None,
                  multiplier: float = 1.0, layers: str | int | None = None,
                  norm_ratio: float | None = None, positions: str = "all",
-                 intervention: str = "add", device: str | None = None,
-                 **kwargs: Any) -> None:
+                 intervention: str = "add", steering: str | None = None,
+                 device: str | None = None, **kwargs: Any) -> None:
         if device and device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"  # lm-eval's default is cuda:0; its own HF model falls back alike
         self.handle = model if isinstance(model, ModelHandle) else load_model(model, device=device)
         super().__init__(pretrained=self.handle.model, tokenizer=self.handle.tokenizer,
                          **kwargs)
         self.steering: Composition | None = None
-        if vector is not None:
+        if steering is not None:
+            if vector is not None:
+                raise ValueError("give either vector=... or steering=<file>, not both")
+            self.steer(load_composition(steering))
+        elif vector is not None:
             self.steer(Composition((SteeringSetting(
                 SteeringVector.load(vector), float(multiplier), _layers(layers),
                 None if norm_ratio in (None, "") else float(norm_ratio),

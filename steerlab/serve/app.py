@@ -321,8 +321,7 @@ class ChatService:
         if term.condition is not None:
             condition = _loaded(self.conditions, term.condition, "condition", where)
         try:
-            setting = SteeringSetting(vector, term.multiplier, term.layers, term.norm_ratio,
-                                      term.positions, term.intervention, condition)
+            setting = term.setting(vector, condition)
             Composition((setting,)).check()
         except ValueError as err:
             raise RequestError(f"{where}: {err}", where) from err

@@ -4,12 +4,24 @@ bodies (strict JSON types, finite numbers, valid Unicode)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+)
 
+from steerlab.steering.conditions import Condition
 from steerlab.steering.hooks import Positions
-from steerlab.steering.setting import Intervention
+from steerlab.steering.setting import Composition, Intervention, SteeringSetting
+from steerlab.steering.vectors import SteeringVector
 
 
 def _not_bool(value: Any) -> Any:
@@ -54,6 +66,12 @@ class SteeringTerm(JsonBody):
     intervention: Intervention = "add"
     condition: Text | None = None
 
+    def setting(self, vector: SteeringVector,
+                condition: Condition | None = None) -> SteeringSetting:
+        """The setting this term names, given the vector (and condition) its names resolve to."""
+        return SteeringSetting(vector, self.multiplier, self.layers, self.norm_ratio,
+                               self.positions, self.intervention, condition)
+
     def echo(self) -> dict[str, Any]:
         """The term as the reply's ``steering`` echoes it (intervention and condition only when
         given, so a plain term echoes as it always has)."""
@@ -62,3 +80,33 @@ class SteeringTerm(JsonBody):
             if fields[key] == default:
                 del fields[key]
         return fields
+
+
+def load_composition(path: str | Path) -> Composition:
+    """Settings applied together, from a JSON file holding a list of :class:`SteeringTerm`
+    objects whose ``vector`` and ``condition`` are files (relative to the file's folder). Errors
+    name the file, the term and the field."""
+    path = Path(path)
+    try:
+        terms = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(terms, list) or not terms:
+        raise ValueError(f"{path}: expected a non-empty JSON list of steering terms")
+    settings = []
+    for index, raw in enumerate(terms):
+        where = f"{path}[{index}]"
+        try:
+            term = SteeringTerm.model_validate(raw)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"{where}.{field}: {first['msg']}") from None
+        try:
+            vector = SteeringVector.load(path.parent / term.vector)
+            condition = (Condition.load(path.parent / term.condition)
+                         if term.condition is not None else None)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from None
+        settings.append(term.setting(vector, condition))
+    return Composition(tuple(settings))
