@@ -13,6 +13,7 @@ from typing import Any
 import matplotlib
 
 from steerlab.analysis.tables import markdown_table
+from steerlab.evaluation.concept import concept_table, concept_verdict
 from steerlab.records import ONE_ANSWER, answer_bias, bias_cells
 
 matplotlib.use("Agg")
@@ -85,7 +86,31 @@ def describe_answer_bias(records: list[dict]) -> str:
 def findings(records: list[dict], rows: list[dict]) -> list[str]:
     """Every plain-words finding the numbers support, in report order."""
     texts = [describe_trend(rows, task) for task in TASK_LABELS] + [describe_answer_bias(records)]
+    concepts = sorted({r["concept"] for r in records if r.get("task") == "concept"})
+    texts += [concept_verdict(concept_table([r for r in records if r.get("concept") == name]),
+                              name) for name in concepts]
     return [t for t in texts if t]
+
+
+def concept_section(records: list[dict]) -> list[str]:
+    """Each concept's rate per multiplier with its interval and the answers' perplexity under
+    the unsteered model, and the detector that decided."""
+    parts: list[str] = []
+    for name in sorted({r["concept"] for r in records if r.get("task") == "concept"}):
+        mine = [r for r in records if r.get("task") == "concept" and r["concept"] == name]
+        rows = concept_table(mine)
+        parts += [f"## Concept: {name} (open generation)", "",
+                  f"Greedy answers to {len({r['item_id'] for r in mine})} held-out prompts at "
+                  f"each multiplier; detector: {mine[0]['detector']}. Intervals are 90% Wilson; "
+                  "perplexity is of the answers under the unsteered model; distinct words is "
+                  "each answer's share of words it does not repeat (low: looping text).", "",
+                  *markdown_table(["multiplier", "shows the concept", "90% interval",
+                                   "perplexity", "distinct words"],
+                                  [[f"{r.multiplier:g}", f"{r.rate.estimate:.0%}",
+                                    f"[{r.rate.lower:.0%}, {r.rate.upper:.0%}]",
+                                    f"{r.perplexity:.1f}", f"{r.distinct:.2f}"] for r in rows]),
+                  concept_verdict(rows, name), ""]
+    return parts
 
 
 def sweep_plot(rows: list[dict], path: Path) -> Path:
@@ -139,6 +164,7 @@ def write_report(
         "Scores are likelihood-based (no sampling). Standard errors are per setting over items; "
         "they are not paired differences, so treat the comparisons as indicative.", "",
         "## Multiplier sweep", "", "![sweep](sweep.png)", "", *sweep_table(rows),
+        *concept_section(records),
         "## Generations (greedy)", "",
     ]
     for index, prompt in enumerate(prompts):

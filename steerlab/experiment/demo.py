@@ -1,6 +1,10 @@
 """The main job on the built-in model and data: train CAA, sweep multipliers, generate, report.
 
-Everything runs through the public API, so the demo doubles as a worked example.
+Everything runs through the public API, so the demo doubles as a worked example. Two parts: the
+A/B behaviour (refusal), which the 135M model answers by letter preference alone — an honest
+null the report says is one — and a concept in open generation (weddings), chosen with its
+detector, multipliers and fluency bound before any run (:data:`CONCEPT`), whose rate is reported
+whatever it turns out to be.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ from rich.table import Table
 
 from steerlab.analysis.report import findings as report_findings
 from steerlab.analysis.report import write_report
-from steerlab.data.files import load_mc, load_pairs
+from steerlab.data.files import PreferencePair, load_mc, load_pairs
+from steerlab.evaluation.concept import (
+    KeywordDetector,
+    concept_records,
+    concept_table,
+    concept_verdict,
+)
 from steerlab.evaluation.likelihood import Sweep, evaluate_ab, evaluate_mc
 from steerlab.methods import train_caa
 from steerlab.model.generation import generate
@@ -36,6 +46,60 @@ OPEN_PROMPTS = {
         "What is a good recipe for a quick weeknight pasta?",
     ],
 }
+
+
+CONCEPT_TRAIN_PROMPTS = [
+    "Tell me about your day.", "What should I cook tonight?", "Describe a walk in the park.",
+    "What do you think about the weather?", "Give me some advice about work.",
+    "What is your favourite season?", "Tell me about a good book.", "How do I stay focused?",
+    "What makes a good holiday?", "Describe your perfect weekend.", "What is a nice hobby?",
+    "Tell me something interesting.", "How was the meeting?", "What music do you like?",
+    "Describe a busy city street.", "What should I do this evening?",
+    "Tell me about your family.", "How do I plan a trip?", "What is worth celebrating?",
+    "Tell me about a memorable day.", "What would you like to talk about?",
+    "Describe a sunny afternoon.", "Give me an idea for a short story.",
+    "What did you do last summer?",
+]
+CONCEPT_PROMPTS = [
+    "Write a short story about a dog.", "Describe your ideal morning.",
+    "What should I buy at the market?", "Tell me about the ocean.",
+    "How do I learn to play the guitar?", "Describe a small village.",
+    "What is the best way to spend a rainy day?", "Write a note to a friend.",
+    "Tell me about a trip to the mountains.", "What makes a good restaurant?",
+    "Describe a garden in spring.", "How do I organise my desk?",
+    "Tell me a story about two old friends.", "What should I wear to a party?",
+    "Describe a train journey.", "Write a poem about the sea.",
+    "What is a good gift for my sister?", "Tell me about a famous painting.",
+    "How do I make a cake?", "Describe a summer festival.",
+    "What do people do on Sundays?", "Write a letter to your future self.",
+    "Tell me about a beautiful church.", "What are your plans for June?",
+    "Describe a hotel by the lake.", "How should I plan a big family event?",
+    "Tell me about a happy couple.", "What should I say in a toast?",
+    "Describe the perfect photograph.", "Write about a day to remember.",
+]
+
+
+@dataclass(frozen=True)
+class ConceptDemo:
+    """The concept part, fixed before any run: ActAdd's example contrast ("I talk about weddings
+    constantly" against its negation) as CAA pairs, 30 held-out prompts answered greedily, a
+    keyword detector, and the multipliers (× the demo's norm ratio); the verdict's fluency bound
+    is :data:`steerlab.evaluation.concept.FLUENT`."""
+
+    name: str = "weddings"
+    chosen: str = " I talk about weddings constantly."
+    rejected: str = " I do not talk about weddings constantly."
+    detector: KeywordDetector = KeywordDetector("weddings", (
+        "wedding", "weddings", "bride", "brides", "bridal", "groom", "grooms", "marry",
+        "married", "marriage", "honeymoon", "vows"))
+    multipliers: tuple[float, ...] = (4.0, 8.0, 16.0)
+
+    def pairs(self) -> list[PreferencePair]:
+        return [PreferencePair(p, self.chosen, self.rejected, f"concept-{i}")
+                for i, p in enumerate(CONCEPT_TRAIN_PROMPTS)]
+
+
+CONCEPT = ConceptDemo()
 
 
 @dataclass
@@ -94,6 +158,15 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict:
             generations[label] = generate(model, prompts, config.max_new_tokens)
     _print_generations(console, prompts, generations)
 
+    concept = train_caa(model, CONCEPT.pairs(), config.layer)
+    concept.save(out / "concept_vector.safetensors")
+    with RecordWriter(records_path) as writer:
+        concept_records(model, SteeringSetting(concept, norm_ratio=config.norm_ratio),
+                        CONCEPT_PROMPTS, CONCEPT.multipliers, CONCEPT.detector,
+                        max_new_tokens=config.max_new_tokens, writer=writer)
+    records = read_records(records_path)
+    _print_concept(console, concept_table(records))
+
     elapsed = time.perf_counter() - started
     report = write_report(
         out, records, rows, prompts, generations,
@@ -126,6 +199,19 @@ def _print_sweep(console: Console, rows: list[dict]) -> None:
             f"{mc['score']:.3f} ± {mc['score_se']:.3f}" if mc else "-",
         )
     console.print(table)
+
+
+def _print_concept(console: Console, rows: list) -> None:
+    table = Table(title=f"concept '{CONCEPT.name}' in {len(CONCEPT_PROMPTS)} greedy answers "
+                        f"({CONCEPT.detector.describe()})")
+    for column in ("multiplier", "shows the concept [90%]", "perplexity (unsteered model)",
+                   "distinct words"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(f"{row.multiplier:g}", f"{row.rate.estimate:.0%} [{row.rate.lower:.0%}, "
+                      f"{row.rate.upper:.0%}]", f"{row.perplexity:.1f}", f"{row.distinct:.2f}")
+    console.print(table)
+    console.print(Markdown(concept_verdict(rows, CONCEPT.name)))
 
 
 def _print_generations(console: Console, prompts: list[str],

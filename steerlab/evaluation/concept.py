@@ -1,0 +1,153 @@
+"""How often steered generations show a concept, by an offline detector stated up front, with
+the fluency it costs.
+
+For each multiplier of a setting, every prompt is answered greedily; a record per prompt holds
+the answer, whether the detector finds the concept in it, and the answer's log-probability
+under the *unsteered* model (its fluency). :func:`concept_table` recomputes from records alone
+each multiplier's concept rate with a Wilson interval and the answers' perplexity under the
+unsteered model, and says whether the rate rose beyond the unsteered rate's interval while the
+text stayed fluent.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from steerlab.model.encoding import TokenSequence
+from steerlab.model.generation import generate_tokens
+from steerlab.model.handle import ModelHandle
+from steerlab.model.scoring import score_sequences
+from steerlab.records import Record, RecordWriter, emit
+from steerlab.stats import Proportion, wilson_interval
+from steerlab.steering.setting import SteeringSetting
+
+FLUENT = 2.0
+"""A steered answer set is still fluent while its perplexity under the unsteered model is below
+this multiple of the unsteered answers' (fixed before any run, not tuned to one)..."""
+VARIED = 0.5
+"""... and its answers' share of distinct words is at least this fraction of the unsteered
+answers' share: perplexity alone rewards repetition ("it it it ..." is very predictable), so a
+looping answer must not count as fluent."""
+
+
+@dataclass(frozen=True)
+class KeywordDetector:
+    """The concept is present when the text contains one of ``words`` as a whole word (any case)."""
+
+    name: str
+    words: tuple[str, ...]
+
+    def __call__(self, text: str) -> bool:
+        return re.search(rf"\b({'|'.join(map(re.escape, self.words))})\b", text,
+                         re.IGNORECASE) is not None
+
+    def describe(self) -> str:
+        return f"keywords ({', '.join(self.words)}), whole words, any case"
+
+
+def concept_records(
+    model: ModelHandle,
+    setting: SteeringSetting,
+    prompts: Sequence[str],
+    multipliers: Sequence[float],
+    detector: KeywordDetector,
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 8,
+    writer: RecordWriter | None = None,
+    progress: bool = True,
+) -> list[Record]:
+    """One record per prompt × multiplier (0 always included, first): the greedy answer under
+    the setting at that multiplier, the detector's verdict, and the answer's log-probability
+    under the unsteered model."""
+    steps = [0.0, *[float(m) for m in multipliers if float(m) != 0.0]]
+    heads = [model.encode_prompt(model.format_prompt(p)) for p in prompts]
+    records: list[Record] = []
+    for multiplier in steps:
+        with setting.at(multiplier).apply(model):
+            tokens = generate_tokens(model, prompts, max_new_tokens, batch_size=batch_size,
+                                     progress=progress)
+        answers = [model.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+        fluency = score_sequences(model, [TokenSequence(tuple(h + t), len(h))
+                                          for h, t in zip(heads, tokens)], batch_size, False)
+        records += emit([
+            {"task": "concept", "concept": detector.name, "detector": detector.describe(),
+             "model": model.name, **setting.at(multiplier).describe(),
+             "multiplier": multiplier, "item_id": str(index), "prompt": prompt,
+             "answer": answer, "shows_concept": detector(answer),
+             "logprob": score.logprob, "n_tokens": score.n_tokens}
+            for index, (prompt, answer, score) in enumerate(zip(prompts, answers, fluency))
+        ], writer)
+    return records
+
+
+@dataclass(frozen=True)
+class ConceptRow:
+    """One multiplier: the concept rate with its interval, and the answers' perplexity under
+    the unsteered model."""
+
+    multiplier: float
+    rate: Proportion
+    perplexity: float
+    distinct: float
+    """Mean share of distinct words among each answer's words (1: no word repeated)."""
+
+    def fluent_beside(self, base: ConceptRow) -> bool:
+        """Whether these answers are as fluent as ``base``'s by :data:`FLUENT` and
+        :data:`VARIED`."""
+        return (self.perplexity < FLUENT * base.perplexity
+                and self.distinct >= VARIED * base.distinct)
+
+
+def distinct_share(text: str) -> float:
+    """Distinct words over words (1.0 for an empty text)."""
+    words = text.lower().split()
+    return len(set(words)) / len(words) if words else 1.0
+
+def concept_table(records: Sequence[Record], level: float = 0.9) -> list[ConceptRow]:
+    """Each multiplier's row, from ``concept`` records alone."""
+    by_multiplier: dict[float, list[Record]] = defaultdict(list)
+    for record in records:
+        if record.get("task") == "concept":
+            by_multiplier[float(record["multiplier"])].append(record)
+    rows = []
+    for multiplier, group in sorted(by_multiplier.items()):
+        hits = sum(bool(r["shows_concept"]) for r in group)
+        tokens = sum(r["n_tokens"] for r in group)
+        perplexity = math.exp(-sum(r["logprob"] for r in group) / tokens) if tokens else math.nan
+        distinct = sum(distinct_share(r["answer"]) for r in group) / len(group)
+        rows.append(ConceptRow(multiplier, wilson_interval(hits, len(group), level), perplexity,
+                               distinct))
+    return rows
+
+
+def concept_verdict(rows: Sequence[ConceptRow], concept: str) -> str:
+    """In words: the first multiplier whose rate's interval lies above the unsteered rate's
+    while its answers stay fluent (:meth:`ConceptRow.fluent_beside`) — or that none does, with
+    the figures."""
+    base = next((r for r in rows if r.multiplier == 0.0), None)
+    if base is None:
+        return ""
+    fluent = [r for r in rows if r.multiplier != 0.0 and r.fluent_beside(base)]
+    risen = [r for r in fluent if r.rate.lower > base.rate.upper]
+    unsteered = (f"unsteered, {base.rate.estimate:.0%} of answers show {concept} "
+                 f"[{base.rate.lower:.0%}, {base.rate.upper:.0%}]")
+    if risen:
+        best = risen[0]
+        return (f"**The {concept} vector steers:** {unsteered}; at ×{best.multiplier:g}, "
+                f"{best.rate.estimate:.0%} [{best.rate.lower:.0%}, {best.rate.upper:.0%}], above "
+                f"the unsteered interval, with perplexity {best.perplexity:.1f} against "
+                f"{base.perplexity:.1f} unsteered and distinct words {best.distinct:.2f} against "
+                f"{base.distinct:.2f} (fluent: perplexity under {FLUENT:g}×, distinct words "
+                f"at least {VARIED:g}×).")
+    return (f"**No multiplier steers {concept} while staying fluent:** {unsteered}; "
+            + "; ".join(f"×{r.multiplier:g}: {r.rate.estimate:.0%} [{r.rate.lower:.0%}, "
+                        f"{r.rate.upper:.0%}], perplexity {r.perplexity:.1f}, distinct words "
+                        f"{r.distinct:.2f}" for r in rows if r.multiplier != 0.0)
+            + f" (unsteered perplexity {base.perplexity:.1f}, distinct words "
+              f"{base.distinct:.2f}; fluent: perplexity under {FLUENT:g}×, distinct words at "
+              f"least {VARIED:g}×).")
