@@ -78,3 +78,104 @@ def test_concept_records_on_a_tiny_model():
                                                                abs=1e-4)
     section = "\n".join(concept_section(found))
     assert "## Concept: x (open generation)" in section and "| 8 |" in section
+
+
+# ---- AxBench's protocol -------------------------------------------------------------------------
+
+def test_judge_prompts_ask_for_each_rating_on_the_0_to_2_scale():
+    from steerlab.evaluation.judges.concept import ConceptJudge
+
+    judge = ConceptJudge(base_url="http://127.0.0.1:9/v1", model="m")
+    asked = judge.prompts("weddings", "Plan my weekend.", "Go to a wedding!")
+    assert set(asked) == {"concept", "instruction", "fluency"}
+    assert "Concept: weddings" in asked["concept"] and "Go to a wedding!" in asked["concept"]
+    assert "Plan my weekend." in asked["instruction"] and "Plan my" not in asked["fluency"]
+    assert all("0 = " in p and "2 = " in p and "number only" in p for p in asked.values())
+
+
+def test_harmonic_mean_and_unreadable_ratings():
+    from steerlab.evaluation.judges.concept import ConceptScores, harmonic_mean
+
+    assert harmonic_mean([2, 2, 2]) == 2.0 and harmonic_mean([2, 0, 2]) == 0.0
+    assert harmonic_mean([1, 2, 2]) == pytest.approx(1.5)
+    assert ConceptScores({"concept": 2, "instruction": None, "fluency": 2}, {}).score is None
+
+
+def judged(arm, factor, scores):
+    return [{"task": "concept-judged", "concept": "c", "arm": arm, "multiplier": factor,
+             "item_id": str(i), "score": s, "concept_rating": 1, "instruction_rating": 1,
+             "fluency_rating": 1} for i, s in enumerate(scores)]
+
+
+def test_the_factor_is_chosen_on_one_half_and_reported_on_the_other():
+    from steerlab.evaluation.concept import concept_result, selects
+
+    n = 40
+    select = [selects(str(i)) for i in range(n)]
+    assert 10 < sum(select) < 30  # a fair coin per instruction
+    # factor 2 is best on the selecting half only; factor 4 best on the reporting half
+    two = [1.5 if s else 0.5 for s in select]
+    four = [1.0 if s else 1.8 for s in select]
+    records = (judged("steered", 2.0, two) + judged("steered", 4.0, four)
+               + judged("prompting", 0.0, [1.0] * n))
+    (result,) = concept_result(records)
+    assert result.factor == 2.0  # chosen without looking at the reporting half
+    assert result.steered.mean == pytest.approx(0.5) and result.prompting.mean == 1.0
+    assert result.difference.mean == pytest.approx(-0.5)
+    assert result.steered.n == n - sum(select)
+    tied = concept_result(judged("steered", 8.0, [1.0] * n) + judged("steered", 1.0, [1.0] * n))
+    assert tied[0].factor == 1.0  # a tie goes to the smaller factor
+
+
+@pytest.fixture(scope="module")
+def judge_says(tmp_path_factory):
+    """Local `steerlab serve` judges: one replies "2" to everything, one replies noise."""
+    from tiny import next_token_model
+
+    from steerlab.serve.app import create_app, serving
+    from steerlab.serve.schema import ServeSettings
+
+    settings = ServeSettings(max_context=1024, max_tokens=16)
+    with serving(create_app(next_token_model({">": "2", "2": "<eos>"}), {}, settings)) as two, \
+            serving(create_app(tiny_model("llama", seed=4), {}, settings)) as noise:
+        yield {"2": two, "noise": noise}
+
+
+@pytest.mark.parametrize("judge", ["2", "noise"])
+def test_steerlab_concept_end_to_end_against_a_local_judge(judge_says, judge, tmp_path,
+                                                           monkeypatch):
+    import json
+
+    from tiny import invoke
+
+    folder = tmp_path / "model"
+    tiny = tiny_model("llama")
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    random_vector(tiny, [1, 2], seed=1).save(tmp_path / "v.safetensors")
+    data = tmp_path / "instructions.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"\n\nHuman: Tell me about topic {i}."
+                                                  "\n\nAssistant: Sure.", "chosen": " a",
+                                        "rejected": " b"}) + "\n" for i in range(8)))
+    monkeypatch.setenv("STEERLAB_JUDGE_BASE_URL", judge_says[judge])
+    monkeypatch.setenv("STEERLAB_JUDGE_MODEL", "tiny-llama")
+    run = tmp_path / "run"
+    result = invoke("concept", "--concept", "weddings", "--vector", tmp_path / "v.safetensors",
+                    "--model", folder, "--factors", "2,8", "--instructions", data, "--n", "8",
+                    "--max-new-tokens", "4", "--out", run)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 8 * 3  # two factors and the prompting baseline
+    assert {r["instruction"] for r in records} == {f"Tell me about topic {i}." for i in range(8)}
+    assert sum("weddings" in r["instruction"] for r in records) == 0
+    if judge == "2":
+        assert all(r["score"] == 2.0 for r in records)
+        assert "factor chosen on half the instructions: ×2" in result.output
+    else:
+        assert any(r["score"] is None for r in records)  # unreadable: kept, with the reply
+        assert all(set(r["replies"]) == {"concept", "instruction", "fluency"} for r in records)
+    analysis = invoke("analyze", run)
+    assert analysis.exit_code == 0, analysis.output
+    page = (run / "analysis.md").read_text()
+    assert "## Concept steering, AxBench's protocol: weddings" in page
+    assert (run / "concept-0.png").exists()

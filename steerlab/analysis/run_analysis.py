@@ -26,8 +26,9 @@ from steerlab.analysis.reliability import (
     plot_steerability,
     steerability,
 )
-from steerlab.analysis.report import sweep_plot, sweep_table
+from steerlab.analysis.report import concept_judged_section, sweep_plot, sweep_table
 from steerlab.analysis.tables import markdown_table
+from steerlab.evaluation.concept import ConceptResult, concept_result
 from steerlab.evaluation.judges.verdicts import (
     HeadToHead,
     RatingSummary,
@@ -50,6 +51,7 @@ class Analysis:
     head_to_head: list[HeadToHead] = field(default_factory=list)
     ratings: list[RatingSummary] = field(default_factory=list)
     refusals: list[RefusalRate] = field(default_factory=list)
+    concepts: list[ConceptResult] = field(default_factory=list)
 
 
 def _swept(records: list[Record]) -> list[Record]:
@@ -78,6 +80,7 @@ def analyze(records: list[Record]) -> Analysis:
         head_to_head=summarize_head_to_head(records),
         ratings=summarize_ratings(records),
         refusals=summarize_refusals(records),
+        concepts=concept_result(records),
     )
 
 
@@ -159,4 +162,6 @@ def sections(found: Analysis, out: Path, sweep: bool = True,
               f"{r.attack_success:.3f}" if r.attack_success is not None else "-"]
              for r in found.refusals],
         )
+    for index, result in enumerate(found.concepts):
+        parts += concept_judged_section(result, out / f"concept-{index}.png")
     return parts

@@ -11,7 +11,16 @@ import typer
 from rich.table import Table
 
 from steerlab.cli.app import app, blind_app, console
-from steerlab.cli.inputs import fail, load_engine, load_handle, other_arms, read_record_file
+from steerlab.cli.inputs import (
+    fail,
+    load_engine,
+    load_handle,
+    load_records,
+    load_training_pairs,
+    load_vector,
+    other_arms,
+    read_record_file,
+)
 from steerlab.cli.options import (
     AblateOpt,
     ArmsOpt,
@@ -318,3 +327,86 @@ def refusal(
             f"{row.attack_success:.3f} [{attack[0]:.3f}, {attack[1]:.3f}]" if attack else "-",
         )
     console.print(table)
+
+
+@app.command()
+def concept(
+    concept_text: Annotated[str, typer.Option(
+        "--concept", help="The concept, in words (e.g. 'weddings and marriage ceremonies').")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Run directory: records, vectors, command log.")],
+    vector: Annotated[Optional[Path], typer.Option(
+        "--vector", "-v", help="Steering vector file (or train one with --train).")] = None,
+    train: Annotated[Optional[str], typer.Option(
+        help="Pairs to train the concept's vector on (name, name:split or file).")] = None,
+    method: Annotated[str, typer.Option(help="Method for --train (`steerlab methods`).")] = "caa",
+    layer: Annotated[int, typer.Option(help="Layer for --train.")] = 14,
+    model: ModelOpt = DEFAULT_MODEL,
+    factors: Annotated[str, typer.Option(
+        help="Steering factors (multipliers), comma-separated.")] = "1,2,4,8",
+    layers: LayersOpt = None,
+    norm_ratio: NormRatioOpt = None,
+    instructions: Annotated[str, typer.Option(
+        help="Instructions: a dataset's prompts (an HH-RLHF dialogue gives its first human "
+        "turn).")] = "hh-rlhf-harmless:test",
+    n: Annotated[int, typer.Option("--n", help="Instructions: a seeded sample.")] = 40,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 64,
+    concurrency: Annotated[int, typer.Option(help="Judge requests in flight at once.",
+                                             min=1)] = 1,
+    batch_size: BatchOpt = 8,
+) -> None:
+    """AxBench's concept-steering protocol: steered answers at each factor and a prompting
+    baseline, rated 0-2 by an LLM judge for concept, instruction and fluency (the harmonic mean
+    is the score); the factor is chosen on half the instructions, the other half reported.
+
+    The judge is any OpenAI-compatible endpoint: $STEERLAB_JUDGE_BASE_URL, $STEERLAB_JUDGE_MODEL
+    (and $STEERLAB_JUDGE_API_KEY), as `steerlab judge --judge llm`. A 135M judge cannot follow
+    the rubric: use a capable model for figures worth reporting.
+    """
+    from steerlab.data.files import as_prompts, first_human_turn
+    from steerlab.evaluation.concept import concept_result, judged_concept_records
+    from steerlab.evaluation.judges.concept import ConceptJudge
+    from steerlab.evaluation.judges.protocol import JudgeError
+    from steerlab.experiment.runs import RunDir
+    from steerlab.steering.setting import SteeringSetting
+
+    if (vector is None) == (train is None):
+        fail("give a vector (--vector) or pairs to train one on (--train), not both")
+    prompts = [first_human_turn(p) for p in as_prompts(load_records(instructions, None, n))]
+    try:
+        judge = ConceptJudge(concurrency=concurrency)
+    except ValueError as err:
+        fail(str(err))
+    handle = load_handle(model)
+    if vector is not None:
+        steering = load_vector(vector)
+    else:
+        from steerlab.methods import train_vector
+
+        steering = train_vector(handle, load_training_pairs(train, None), method, layer)
+    run = RunDir.open(out, "concept", {"concept": concept_text, "vector": str(vector),
+                                       "train": train, "method": method, "layer": layer,
+                                       "model": model, "factors": factors, "layers": layers,
+                                       "norm_ratio": norm_ratio, "instructions": instructions,
+                                       "n": n})
+    run.keep_vector(steering)
+    setting = SteeringSetting(steering, layers=parse_layers(layers, handle.n_layers),
+                              norm_ratio=norm_ratio)
+    try:
+        with run.writer() as writer:
+            records = judged_concept_records(handle, concept_text, setting, prompts,
+                                             parse_floats(factors), judge,
+                                             max_new_tokens=max_new_tokens,
+                                             batch_size=batch_size, writer=writer)
+    except JudgeError as err:
+        fail(str(err))
+    for result in concept_result(records):
+        chosen = "none" if result.factor is None else f"×{result.factor:g}"
+        console.print(f"{result.concept}: factor chosen on half the instructions: {chosen}; "
+                      f"the other half: steered "
+                      f"{result.steered.cell('.3f') if result.steered else '-'}, prompting "
+                      f"{result.prompting.cell('.3f') if result.prompting else '-'} (score 0-2, "
+                      "90% intervals)")
+    unreadable = sum(r["score"] is None for r in records)
+    console.print(f"{len(records)} records in {run.records_path} ({unreadable} with an "
+                  f"unreadable judge reply); `steerlab analyze {out}` shows the factor curve")

@@ -267,6 +267,13 @@ def as_prompts(items: Sequence[MCItem | PreferencePair | OpenQuestion | str]) ->
             else item.question for item in items]
 
 
+def first_human_turn(dialogue: str) -> str:
+    """The first ``Human:`` turn of an HH-RLHF dialogue (the whole text when it has none): an
+    instruction a user opened with."""
+    _, found, rest = dialogue.partition("Human:")
+    return (rest.split("\n\nAssistant:")[0] if found else dialogue).strip()
+
+
 AB_KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
 PAIR_KEYS = ("prompt", "chosen", "rejected")
 

@@ -1,5 +1,6 @@
-"""How often steered generations show a concept, by an offline detector stated up front, with
-the fluency it costs.
+"""How often steered generations show a concept: by an offline detector stated up front, with
+the fluency it costs; or by AxBench's protocol, an LLM judge's three ratings with the factor
+chosen on half the instructions and the other half reported beside a prompting baseline.
 
 For each multiplier of a setting, every prompt is answered greedily; a record per prompt holds
 the answer, whether the detector finds the concept in it, and the answer's log-probability
@@ -11,18 +12,20 @@ text stayed fluent.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from steerlab.evaluation.judges.concept import ASPECTS, ConceptJudge
 from steerlab.model.encoding import TokenSequence
-from steerlab.model.generation import generate_tokens
+from steerlab.model.generation import generate, generate_tokens
 from steerlab.model.handle import ModelHandle
 from steerlab.model.scoring import score_sequences
 from steerlab.records import Record, RecordWriter, emit
-from steerlab.stats import Proportion, wilson_interval
+from steerlab.stats import MeanEstimate, Proportion, mean_interval, wilson_interval
 from steerlab.steering.setting import SteeringSetting
 
 FLUENT = 2.0
@@ -151,3 +154,132 @@ def concept_verdict(rows: Sequence[ConceptRow], concept: str) -> str:
             + f" (unsteered perplexity {base.perplexity:.1f}, distinct words "
               f"{base.distinct:.2f}; fluent: perplexity under {FLUENT:g}×, distinct words at "
               f"least {VARIED:g}×).")
+
+
+# ---- AxBench's protocol: an LLM judge's three ratings, the factor chosen on held-out instructions
+
+JUDGED_TASK = "concept-judged"
+PROMPTING_TEMPLATE = ("{instruction}\n\nIn your answer, weave in this concept throughout: "
+                      "{concept}.")
+"""The prompting baseline: the instruction itself asks for the concept (steerlab's wording of
+AxBench's prompt)."""
+
+
+def selects(item_id: str, seed: int = 0) -> bool:
+    """Whether an instruction is in the half that chooses the factor (a fair coin per item,
+    seeded); the other half reports."""
+    digest = hashlib.sha256(f"{seed}/{item_id}".encode()).digest()
+    return digest[0] % 2 == 0
+
+
+def judged_concept_records(
+    model: ModelHandle,
+    concept: str,
+    setting: SteeringSetting,
+    instructions: Sequence[str],
+    factors: Sequence[float],
+    judge: ConceptJudge,
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    writer: RecordWriter | None = None,
+    progress: bool = True,
+) -> list[Record]:
+    """Every instruction answered greedily with ``setting`` at each factor (arm ``steered``) and,
+    unsteered, by the instruction asking for the concept (arm ``prompting``); each answer rated
+    by ``judge``. One record per instruction × arm × factor, written once all are judged."""
+    answers: list[tuple[str, float, dict, list[str]]] = []
+    for factor in factors:
+        with setting.at(factor).apply(model):
+            answers.append(("steered", float(factor), setting.at(factor).describe(),
+                            generate(model, instructions, max_new_tokens, batch_size=batch_size,
+                                     progress=progress)))
+    asked = [PROMPTING_TEMPLATE.format(instruction=i, concept=concept) for i in instructions]
+    answers.append(("prompting", 0.0, {"vector_id": None},
+                    generate(model, asked, max_new_tokens, batch_size=batch_size,
+                             progress=progress)))
+    judged = judge.score(concept, [(instruction, answer) for *_, texts in answers
+                                   for instruction, answer in zip(instructions, texts)])
+    rows = [(arm, factor, fields, index, instruction, answer)
+            for arm, factor, fields, texts in answers
+            for index, (instruction, answer) in enumerate(zip(instructions, texts))]
+    records = [
+        {"task": JUDGED_TASK, "concept": concept, "model": model.name, "arm": arm, **fields,
+         "multiplier": factor, "item_id": str(index), "instruction": instruction,
+         "answer": answer, **{f"{aspect}_rating": rating
+                              for aspect, rating in found.ratings.items()},
+         "score": found.score, "replies": found.replies, "judge_model": judge.model}
+        for (arm, factor, fields, index, instruction, answer), found in zip(rows, judged)
+    ]
+    return emit(records, writer)
+
+
+@dataclass(frozen=True)
+class FactorRow:
+    """One arm at one factor on one half of the instructions: the mean score (readable
+    answers), each rating's mean, and how many answers were unreadable."""
+
+    arm: str
+    factor: float
+    half: str
+    n: int
+    unreadable: int
+    score: float
+    ratings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ConceptResult:
+    """The factor chosen on the selecting half, and the reporting half's scores with intervals:
+    the steered arm at that factor, the prompting baseline, and their paired difference."""
+
+    concept: str
+    rows: list[FactorRow]
+    factor: float | None
+    steered: MeanEstimate | None
+    prompting: MeanEstimate | None
+    difference: MeanEstimate | None
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def concept_result(records: Sequence[Record], seed: int = 0, level: float = 0.9
+                   ) -> list[ConceptResult]:
+    """Each concept's factor table per half, the factor chosen on the selecting half (best
+    mean score; ties to the smaller factor), and the reporting half, from records alone."""
+    results = []
+    judged = [r for r in records if r.get("task") == JUDGED_TASK]
+    for concept in sorted({r["concept"] for r in judged}):
+        mine = [r for r in judged if r["concept"] == concept]
+        groups: dict[tuple[str, float, str], list[Record]] = defaultdict(list)
+        for r in mine:
+            half = "select" if selects(r["item_id"], seed) else "report"
+            groups[(r["arm"], float(r["multiplier"]), half)].append(r)
+        rows = [FactorRow(arm, factor, half, len(group),
+                          sum(r["score"] is None for r in group),
+                          _mean([r["score"] for r in group if r["score"] is not None]),
+                          {aspect: _mean([r[f"{aspect}_rating"] for r in group
+                                          if r[f"{aspect}_rating"] is not None])
+                           for aspect in ASPECTS})
+                for (arm, factor, half), group in sorted(groups.items())]
+        candidates = [r for r in rows if r.arm == "steered" and r.half == "select"
+                      and not math.isnan(r.score)]
+        factor = (min(candidates, key=lambda r: (-r.score, abs(r.factor))).factor
+                  if candidates else None)
+
+        def reported(arm: str, at: float) -> dict[str, float]:
+            return {r["item_id"]: r["score"] for r in mine if r["arm"] == arm
+                    and float(r["multiplier"]) == at and r["score"] is not None
+                    and not selects(r["item_id"], seed)}
+
+        steered = reported("steered", factor) if factor is not None else {}
+        prompting = reported("prompting", 0.0)
+        both = sorted(set(steered) & set(prompting))
+        results.append(ConceptResult(
+            concept, rows, factor,
+            mean_interval(list(steered.values()), level) if steered else None,
+            mean_interval(list(prompting.values()), level) if prompting else None,
+            mean_interval([steered[i] - prompting[i] for i in both], level) if both else None))
+    return results
