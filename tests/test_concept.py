@@ -179,3 +179,45 @@ def test_steerlab_concept_end_to_end_against_a_local_judge(judge_says, judge, tm
     page = (run / "analysis.md").read_text()
     assert "## Concept steering, AxBench's protocol: weddings" in page
     assert (run / "concept-0.png").exists()
+
+
+def test_a_run_evaluates_each_methods_concept_steering(judge_says, tmp_path, monkeypatch):
+    import json
+
+    import yaml
+    from test_experiment import write_pairs
+
+    from steerlab.experiment.config import parse_config
+    from steerlab.experiment.report import experiment_report
+    from steerlab.experiment.runner import Runner
+    from steerlab.records import read_records
+
+    monkeypatch.setenv("STEERLAB_JUDGE_BASE_URL", judge_says["2"])
+    monkeypatch.setenv("STEERLAB_JUDGE_MODEL", "tiny-llama")
+    data = write_pairs(tmp_path / "toy.jsonl")
+    instructions = tmp_path / "instructions.jsonl"
+    instructions.write_text("".join(json.dumps({"prompt": f"Human: Describe place {i}.",
+                                                "chosen": " a", "rejected": " b"}) + "\n"
+                                    for i in range(6)))
+    config = parse_config(yaml.safe_dump({
+        "name": "concept", "model": "tiny", "batch_size": 4,
+        "data": {"train": {"dataset": str(data), "split": "train"}, "val_size": 8,
+                 "test": {"dataset": str(data), "split": "test"}},
+        "methods": {"caa": {"method": "caa"}, "pca": {"method": "pca"}},
+        "steering": {"layers": [1], "multipliers": [-2, 2]},
+        "evaluations": {"reliability": False, "concept": {
+            "concept": "weddings", "instructions": {"dataset": str(instructions)},
+            "factors": [1, 4], "max_new_tokens": 3}},
+    }))
+    tiny = tiny_model("llama")
+    Runner(config, tmp_path / "out", progress=False, log=lambda _: None, model=tiny)()
+    records = read_records(tmp_path / "out" / "records.jsonl")
+    judged = [r for r in records if r["task"] == "concept-judged"]
+    assert sorted({r["arm"] for r in judged}) == ["caa", "pca", "prompting"]
+    assert len(judged) == 6 * (2 * 2 + 1) and all(r["score"] == 2.0 for r in judged)
+    Runner(config, tmp_path / "out", progress=False, log=lambda _: None, model=tiny)()
+    assert len([r for r in read_records(tmp_path / "out" / "records.jsonl")
+                if r["task"] == "concept-judged"]) == len(judged)  # a rerun judges nothing again
+    markdown, _ = experiment_report(tmp_path / "out", records)
+    text = markdown.read_text()
+    assert "AxBench's protocol: weddings, caa" in text and "weddings, pca" in text

@@ -210,7 +210,7 @@ def test_rerun_resumes_without_new_records(toy_run):
     after = (out / "records.jsonl").read_text()
     assert after.startswith(before)
     added = [json.loads(line) for line in after[len(before):].splitlines()]
-    assert {r["task"] for r in added} == {"compute"} and len(added) == 10  # one per stage
+    assert {r["task"] for r in added} == {"compute"} and len(added) == 11  # one per stage
     assert sum(r["token_layers"] for r in added) == 0  # nothing was computed again
 
 

@@ -13,7 +13,12 @@ from typing import Any
 import matplotlib
 
 from steerlab.analysis.tables import markdown_table
-from steerlab.evaluation.concept import ConceptResult, concept_table, concept_verdict
+from steerlab.evaluation.concept import (
+    PROMPTING,
+    ConceptResult,
+    concept_table,
+    concept_verdict,
+)
 from steerlab.evaluation.judges.concept import ASPECTS
 from steerlab.records import ONE_ANSWER, answer_bias, bias_cells
 
@@ -183,27 +188,27 @@ def concept_judged_section(result: ConceptResult, plot: Path) -> list[str]:
     """AxBench's protocol for one concept: the factor curve on both halves of the instructions
     (``plot``), the factor chosen on the selecting half, and the reporting half's scores beside
     the prompting baseline with 90% intervals."""
-    steered = [r for r in result.rows if r.arm == "steered"]
+    steered = [r for r in result.rows if r.arm == result.arm]
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for half in ("select", "report"):
         mine = [r for r in steered if r.half == half]
         ax.plot([r.factor for r in mine], [r.score for r in mine], marker="o",
-                label=f"steered ({half} half)")
-    for row in (r for r in result.rows if r.arm == "prompting"):
+                label=f"{result.arm} ({half} half)")
+    for row in (r for r in result.rows if r.arm == PROMPTING):
         ax.axhline(row.score, ls=":" if row.half == "select" else "--", color="grey",
                    label=f"prompting ({row.half} half)")
     ax.set_xlabel("steering factor")
     ax.set_ylabel("score (harmonic mean, 0-2)")
-    ax.set_title(result.concept)
+    ax.set_title(f"{result.concept}: {result.arm}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(plot, dpi=120)
     plt.close(fig)
-    lines = [f"## Concept steering, AxBench's protocol: {result.concept}", "",
+    lines = [f"## Concept steering, AxBench's protocol: {result.concept}, {result.arm}", "",
              f"![factor curve]({plot.name})", "",
              *markdown_table(["arm", "factor", "half", "n", "unreadable", "score",
                               *[f"{a} (0-2)" for a in ASPECTS]],
-                             [[r.arm, f"{r.factor:g}" if r.arm == "steered" else "-", r.half,
+                             [[r.arm, f"{r.factor:g}" if r.arm == result.arm else "-", r.half,
                                str(r.n), str(r.unreadable), f"{r.score:.3f}",
                                *[f"{r.ratings[a]:.2f}" for a in ASPECTS]]
                               for r in result.rows])]
@@ -212,6 +217,6 @@ def concept_judged_section(result: ConceptResult, plot: Path) -> list[str]:
                 ""]
     cell = lambda m: m.cell(".3f") if m is not None else "-"  # noqa: E731
     return [*lines, f"Factor chosen on the selecting half: **×{result.factor:g}**. Reporting "
-            f"half (90% intervals): steered {cell(result.steered)}; prompting "
-            f"{cell(result.prompting)}; steered − prompting "
+            f"half (90% intervals): {result.arm} {cell(result.steered)}; prompting "
+            f"{cell(result.prompting)}; {result.arm} − prompting "
             f"{result.difference.cell('+.3f') if result.difference else '-'}.", ""]

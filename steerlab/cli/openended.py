@@ -394,7 +394,7 @@ def concept(
                               norm_ratio=norm_ratio)
     try:
         with run.writer() as writer:
-            records = judged_concept_records(handle, concept_text, setting, prompts,
+            records = judged_concept_records(handle, concept_text, {"steered": setting}, prompts,
                                              parse_floats(factors), judge,
                                              max_new_tokens=max_new_tokens,
                                              batch_size=batch_size, writer=writer)
@@ -402,7 +402,8 @@ def concept(
         fail(str(err))
     for result in concept_result(records):
         chosen = "none" if result.factor is None else f"×{result.factor:g}"
-        console.print(f"{result.concept}: factor chosen on half the instructions: {chosen}; "
+        console.print(f"{result.concept}, {result.arm}: factor chosen on half the "
+                      f"instructions: {chosen}; "
                       f"the other half: steered "
                       f"{result.steered.cell('.3f') if result.steered else '-'}, prompting "
                       f"{result.prompting.cell('.3f') if result.prompting else '-'} (score 0-2, "

@@ -16,7 +16,7 @@ import hashlib
 import math
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from steerlab.evaluation.judges.concept import ASPECTS, ConceptJudge
@@ -159,6 +159,7 @@ def concept_verdict(rows: Sequence[ConceptRow], concept: str) -> str:
 # ---- AxBench's protocol: an LLM judge's three ratings, the factor chosen on held-out instructions
 
 JUDGED_TASK = "concept-judged"
+PROMPTING = "prompting"
 PROMPTING_TEMPLATE = ("{instruction}\n\nIn your answer, weave in this concept throughout: "
                       "{concept}.")
 """The prompting baseline: the instruction itself asks for the concept (steerlab's wording of
@@ -175,7 +176,7 @@ def selects(item_id: str, seed: int = 0) -> bool:
 def judged_concept_records(
     model: ModelHandle,
     concept: str,
-    setting: SteeringSetting,
+    arms: Mapping[str, SteeringSetting],
     instructions: Sequence[str],
     factors: Sequence[float],
     judge: ConceptJudge,
@@ -185,24 +186,26 @@ def judged_concept_records(
     writer: RecordWriter | None = None,
     progress: bool = True,
 ) -> list[Record]:
-    """Every instruction answered greedily with ``setting`` at each factor (arm ``steered``) and,
-    unsteered, by the instruction asking for the concept (arm ``prompting``); each answer rated
-    by ``judge``. One record per instruction × arm × factor, written once all are judged."""
+    """Every instruction answered greedily with each arm's setting at each factor and, unsteered,
+    by the instruction asking for the concept (arm ``prompting``); each answer rated by
+    ``judge``. One record per instruction × arm × factor, written once all are judged."""
+    if PROMPTING in arms:
+        raise ValueError(f"{PROMPTING!r} names the prompting baseline; call the arm otherwise")
     answers: list[tuple[str, float, dict, list[str]]] = []
-    for factor in factors:
-        with setting.at(factor).apply(model):
-            answers.append(("steered", float(factor), setting.at(factor).describe(),
-                            generate(model, instructions, max_new_tokens, batch_size=batch_size,
-                                     progress=progress)))
+    for arm, setting in arms.items():
+        for factor in factors:
+            with setting.at(factor).apply(model):
+                answers.append((arm, float(factor), setting.at(factor).describe(),
+                                generate(model, instructions, max_new_tokens,
+                                         batch_size=batch_size, progress=progress)))
     asked = [PROMPTING_TEMPLATE.format(instruction=i, concept=concept) for i in instructions]
-    answers.append(("prompting", 0.0, {"vector_id": None},
+    answers.append((PROMPTING, 0.0, {"vector_id": None},
                     generate(model, asked, max_new_tokens, batch_size=batch_size,
                              progress=progress)))
-    judged = judge.score(concept, [(instruction, answer) for *_, texts in answers
-                                   for instruction, answer in zip(instructions, texts)])
     rows = [(arm, factor, fields, index, instruction, answer)
             for arm, factor, fields, texts in answers
             for index, (instruction, answer) in enumerate(zip(instructions, texts))]
+    judged = judge.score(concept, [(instruction, answer) for *_, instruction, answer in rows])
     records = [
         {"task": JUDGED_TASK, "concept": concept, "model": model.name, "arm": arm, **fields,
          "multiplier": factor, "item_id": str(index), "instruction": instruction,
@@ -234,6 +237,7 @@ class ConceptResult:
     the steered arm at that factor, the prompting baseline, and their paired difference."""
 
     concept: str
+    arm: str
     rows: list[FactorRow]
     factor: float | None
     steered: MeanEstimate | None
@@ -247,8 +251,9 @@ def _mean(values: Sequence[float]) -> float:
 
 def concept_result(records: Sequence[Record], seed: int = 0, level: float = 0.9
                    ) -> list[ConceptResult]:
-    """Each concept's factor table per half, the factor chosen on the selecting half (best
-    mean score; ties to the smaller factor), and the reporting half, from records alone."""
+    """For each concept and steered arm: the factor table per half (the prompting baseline's
+    rows too), the factor chosen on the selecting half (best mean score; ties to the smaller
+    factor), and the reporting half, from records alone."""
     results = []
     judged = [r for r in records if r.get("task") == JUDGED_TASK]
     for concept in sorted({r["concept"] for r in judged}):
@@ -264,22 +269,24 @@ def concept_result(records: Sequence[Record], seed: int = 0, level: float = 0.9
                                           if r[f"{aspect}_rating"] is not None])
                            for aspect in ASPECTS})
                 for (arm, factor, half), group in sorted(groups.items())]
-        candidates = [r for r in rows if r.arm == "steered" and r.half == "select"
-                      and not math.isnan(r.score)]
-        factor = (min(candidates, key=lambda r: (-r.score, abs(r.factor))).factor
-                  if candidates else None)
 
         def reported(arm: str, at: float) -> dict[str, float]:
             return {r["item_id"]: r["score"] for r in mine if r["arm"] == arm
                     and float(r["multiplier"]) == at and r["score"] is not None
                     and not selects(r["item_id"], seed)}
 
-        steered = reported("steered", factor) if factor is not None else {}
-        prompting = reported("prompting", 0.0)
-        both = sorted(set(steered) & set(prompting))
-        results.append(ConceptResult(
-            concept, rows, factor,
-            mean_interval(list(steered.values()), level) if steered else None,
-            mean_interval(list(prompting.values()), level) if prompting else None,
-            mean_interval([steered[i] - prompting[i] for i in both], level) if both else None))
+        prompting = reported(PROMPTING, 0.0)
+        for arm in sorted({r.arm for r in rows} - {PROMPTING}):
+            candidates = [r for r in rows if r.arm == arm and r.half == "select"
+                          and not math.isnan(r.score)]
+            factor = (min(candidates, key=lambda r: (-r.score, abs(r.factor))).factor
+                      if candidates else None)
+            steered = reported(arm, factor) if factor is not None else {}
+            both = sorted(set(steered) & set(prompting))
+            results.append(ConceptResult(
+                concept, arm, [r for r in rows if r.arm in (arm, PROMPTING)], factor,
+                mean_interval(list(steered.values()), level) if steered else None,
+                mean_interval(list(prompting.values()), level) if prompting else None,
+                mean_interval([steered[i] - prompting[i] for i in both], level)
+                if both else None))
     return results

@@ -203,6 +203,19 @@ class OpenEnded(_Strict):
     max_new_tokens: int = Field(default=48, gt=0)
 
 
+class ConceptEvaluation(_Strict):
+    """AxBench's protocol for each method's vector at its selected layers: steered answers to
+    instructions at each factor beside a prompting baseline, rated by an LLM judge
+    ($STEERLAB_JUDGE_BASE_URL, $STEERLAB_JUDGE_MODEL), the factor chosen on half the
+    instructions (see `steerlab concept`)."""
+
+    concept: str = Field(min_length=1)
+    instructions: DataSpec = DataSpec(dataset="hh-rlhf-harmless", split="test", limit=40)
+    factors: list[float] = Field(default=[1.0, 2.0, 4.0, 8.0], min_length=1)
+    max_new_tokens: int = Field(default=64, gt=0)
+    concurrency: int = Field(default=1, gt=0)
+
+
 class SampleEfficiency(_Strict):
     """A method trained on nested subsets of the training pairs, tested at its selection."""
 
@@ -217,6 +230,7 @@ class Evaluations(_Strict):
     reliability: bool = True
     side_effects: SideEffects | None = None
     open_ended: OpenEnded | None = None
+    concept: ConceptEvaluation | None = None
     sample_efficiency: SampleEfficiency | None = None
 
 
@@ -279,6 +293,8 @@ class ExperimentConfig(_Strict):
                       if getattr(side, k)}
         if self.evaluations.open_ended:
             found["evaluations.open_ended.questions"] = self.evaluations.open_ended.questions
+        if self.evaluations.concept:
+            found["evaluations.concept.instructions"] = self.evaluations.concept.instructions
         if self.conditional:
             condition = self.conditional.condition
             found |= {f"conditional.condition.{k}": getattr(condition, k)

@@ -26,9 +26,17 @@ from steerlab.analysis.comparison import (
     Selection,
     select,
 )
-from steerlab.data.files import MCItem, PreferencePair, nested_subsets
+from steerlab.data.files import (
+    MCItem,
+    PreferencePair,
+    as_prompts,
+    first_human_turn,
+    nested_subsets,
+)
 from steerlab.data.files import split as seeded_split
 from steerlab.data.registry import dataset_info, lettered, load_dataset, mc_to_pairs
+from steerlab.evaluation.concept import JUDGED_TASK, judged_concept_records
+from steerlab.evaluation.judges.concept import ConceptJudge
 from steerlab.evaluation.judges.verdicts import JUDGES, VERDICT_TASK, judge_head_to_head
 from steerlab.evaluation.likelihood import Sweep, evaluate
 from steerlab.evaluation.openended import Arm, generate_answers, load_prompts, load_questions
@@ -441,6 +449,24 @@ class Runner:
                 judge_head_to_head(answers, judge, arm.label, BASE, seed=self.config.seed,
                                    writer=writer)
 
+    def concept(self, writer: RecordWriter) -> None:
+        spec = self.config.evaluations.concept
+        if spec is None or not self.selected:
+            return
+        if any(r.get("task") == JUDGED_TASK and r.get("concept") == spec.concept
+               for r in writer.records()):
+            return  # judged in an earlier invocation: records are written once all are judged
+        instructions = [first_human_turn(p) for p in as_prompts(
+            spec.instructions.load(self.config.seed))]
+        steering = self.config.steering
+        arms = {name: steering.setting(vector, vector.layers, self.conditions.get(name))
+                for name, vector in self.selected.items()}
+        judged_concept_records(self.model, spec.concept, arms, instructions, spec.factors,
+                               ConceptJudge(concurrency=spec.concurrency, progress=self.progress),
+                               max_new_tokens=spec.max_new_tokens,
+                               batch_size=self.config.batch_size, writer=writer,
+                               progress=self.progress)
+
     # ---- the whole run ----------------------------------------------------------------------
 
     def __call__(self) -> RunDir:
@@ -459,6 +485,7 @@ class Runner:
                 ("lora", self.lora), ("combinations", self.combinations),
                 ("sample efficiency", self.sample_efficiency), ("reliability", self.reliability),
                 ("side effects", self.side_effects), ("open-ended", self.open_ended),
+                ("concept", self.concept),
             ]
             for stage, work in stages:
                 self._timed(writer, stage, work)
