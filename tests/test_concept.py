@@ -142,17 +142,14 @@ def judge_says(tmp_path_factory):
 
 
 @pytest.mark.parametrize("judge", ["2", "noise"])
-def test_steerlab_concept_end_to_end_against_a_local_judge(judge_says, judge, tmp_path,
-                                                           monkeypatch):
+def test_steerlab_concept_end_to_end_against_a_local_judge(judge_says, judge, model_dir,
+                                                           tmp_path, monkeypatch):
     import json
 
     from tiny import invoke
 
-    folder = tmp_path / "model"
-    tiny = tiny_model("llama")
-    tiny.model.save_pretrained(folder)
-    tiny.tokenizer.save_pretrained(folder)
-    random_vector(tiny, [1, 2], seed=1).save(tmp_path / "v.safetensors")
+    folder = model_dir
+    random_vector(tiny_model("llama"), [1, 2], seed=1).save(tmp_path / "v.safetensors")
     data = tmp_path / "instructions.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"\n\nHuman: Tell me about topic {i}."
                                                   "\n\nAssistant: Sure.", "chosen": " a",

@@ -9,6 +9,7 @@ Skipped, with the reason printed, where lm-eval is not installed (``pip install 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -31,14 +32,16 @@ REQUESTS = [("Question: why is the sky blue?\nAnswer:", " Because air scatters b
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """A tiny random llama and its byte tokenizer in a folder, as lm-eval users name models."""
-    path = tmp_path_factory.mktemp("tiny-harness")
-    tiny = tiny_model("llama")
-    tiny.model.save_pretrained(path)
-    tiny.tokenizer.save_pretrained(path)
-    random_vector(tiny, [1, 2], seed=1).save(path / "v.safetensors")
-    return path
+def folder(model_dir):
+    """The tiny llama's folder, as lm-eval users name models."""
+    return Path(model_dir)
+
+
+@pytest.fixture(scope="module")
+def vector(tmp_path_factory):
+    """A random vector for the tiny llama, in a file."""
+    path = tmp_path_factory.mktemp("harness") / "v.safetensors"
+    return random_vector(tiny_model("llama"), [1, 2], seed=1).save(path)
 
 
 @pytest.mark.parametrize("args", [
@@ -47,8 +50,8 @@ def folder(tmp_path_factory):
     {"multiplier": "2", "norm_ratio": "0.5"},
     {"multiplier": "1", "intervention": "ablate", "layers": "2"},
 ], ids=["unsteered", "add", "norm-ratio", "ablate"])
-def test_harness_loglikelihoods_equal_steerlabs_scoring(folder, args):
-    steered = {"vector": str(folder / "v.safetensors"), **args} if args else {}
+def test_harness_loglikelihoods_equal_steerlabs_scoring(folder, vector, args):
+    steered = {"vector": str(vector), **args} if args else {}
     lm = SteerlabLM(model=str(folder), batch_size=2, **steered)
     requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(REQUESTS)]
     harness = [logprob for logprob, _ in lm.loglikelihood(requests, disable_tqdm=True)]
@@ -78,7 +81,8 @@ def harness_scores(lm) -> list[float]:
     return [logprob for logprob, _ in lm.loglikelihood(requests, disable_tqdm=True)]
 
 
-def test_a_composition_with_a_condition_from_a_steering_file_scores_as_steerlab(folder, tmp_path):
+def test_a_composition_with_a_condition_from_a_steering_file_scores_as_steerlab(folder, vector,
+                                                                              tmp_path):
     """Several settings at once, one of them gated by a condition on the prompt, given to the
     harness as one JSON file."""
     lm = SteerlabLM(model=str(folder), batch_size=2)
@@ -87,17 +91,17 @@ def test_a_composition_with_a_condition_from_a_steering_file_scores_as_steerlab(
     condition = fixed_condition(lm.handle, layer=1, threshold=0.0)
     condition.save(tmp_path / "gate.safetensors")
     (tmp_path / "steering.json").write_text(json.dumps([
-        {"vector": str(folder / "v.safetensors"), "multiplier": 3, "layers": [1]},
+        {"vector": str(vector), "multiplier": 3, "layers": [1]},
         {"vector": "second.safetensors", "multiplier": -4, "condition": "gate.safetensors"},
-        {"vector": str(folder / "v.safetensors"), "multiplier": 1, "intervention": "ablate",
+        {"vector": str(vector), "multiplier": 1, "intervention": "ablate",
          "layers": [2]},
     ]))
     steered = SteerlabLM(model=str(folder), batch_size=2,
                          steering=str(tmp_path / "steering.json"))
     composition = Composition((
-        SteeringSetting(SteeringVector.load(folder / "v.safetensors"), 3.0, [1]),
+        SteeringSetting(SteeringVector.load(vector), 3.0, [1]),
         SteeringSetting(second, -4.0, condition=condition),
-        SteeringSetting(SteeringVector.load(folder / "v.safetensors"), 1.0, [2],
+        SteeringSetting(SteeringVector.load(vector), 1.0, [2],
                         intervention="ablate")))
     seqs = [TokenSequence(tuple(head + tail), len(head))
             for head, tail in (lm._encode_pair(*pair) for pair in REQUESTS)]
@@ -121,15 +125,15 @@ def test_a_bad_steering_file_names_the_file_term_and_field(folder, tmp_path, con
     assert str(path) in str(found.value)
 
 
-def test_a_layer_the_model_lacks_is_refused_when_the_model_loads(folder):
+def test_a_layer_the_model_lacks_is_refused_when_the_model_loads(folder, vector):
     with pytest.raises(ValueError, match=r"no direction for layers \[9\]"):
-        SteerlabLM(model=str(folder), vector=str(folder / "v.safetensors"), layers="9")
+        SteerlabLM(model=str(folder), vector=str(vector), layers="9")
 
 
-def test_steerlab_lm_eval_runs_an_offline_task(folder, tmp_path):
+def test_steerlab_lm_eval_runs_an_offline_task(folder, vector, tmp_path):
     out = tmp_path / "results"
     result = invoke("lm-eval", "--model", "steerlab", "--model_args",
-                    f"model={folder},vector={folder / 'v.safetensors'},multiplier=4",
+                    f"model={folder},vector={vector},multiplier=4",
                     "--tasks", "steerlab_piqa", "--limit", "3", "--output_path", str(out),
                     "--log_samples")
     assert result.exit_code == 0, result.output
@@ -141,12 +145,12 @@ def test_steerlab_lm_eval_runs_an_offline_task(folder, tmp_path):
     assert len(samples) == 3
 
 
-def test_side_effects_through_the_harness_appear_in_analyze_with_paired_intervals(folder,
+def test_side_effects_through_the_harness_appear_in_analyze_with_paired_intervals(folder, vector,
                                                                                    tmp_path):
     from steerlab.records import read_records
 
     run = tmp_path / "run"
-    result = invoke("side-effects", "--model", str(folder), "--vector", folder / "v.safetensors",
+    result = invoke("side-effects", "--model", str(folder), "--vector", vector,
                     "--multipliers", "4", "--harness", "steerlab_piqa,steerlab_wikitext",
                     "--n", "6", "--out", run)
     assert result.exit_code == 0, result.output
