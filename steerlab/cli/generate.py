@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, get_type_hints
 
 import typer
 from rich.table import Table
@@ -160,6 +161,8 @@ def serve(
         help="Model id clients send and /v1/models lists (default: a built-in or hub name as "
         "given, a local model by its directory or file name, never its path).")] = None,
     engine: EngineOpt = "transformers",  # type: ignore[assignment]
+    web: Annotated[bool, typer.Option(
+        help="Also serve the web interface (playground) at /web/.")] = False,
 ) -> None:
     """Serve the model over an OpenAI-compatible API (chat completions, streaming) with steering.
 
@@ -182,6 +185,7 @@ def serve(
         model_name=served_model_name, max_multiplier=max_multiplier, max_tokens=max_tokens,
         max_context=max_context, api_key=key, max_batch_size=max_batch_size,
         batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s,
+        web=web,
     )
     if key is None and host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key "
@@ -194,11 +198,29 @@ def serve(
                   f"with vectors: {', '.join(vectors) or 'none'}; "
                   f"conditions: {', '.join(conditions) or 'none'}; "
                   f"API key {'required' if key else 'not required'}")
+    if web:
+        console.print(f"web interface: http://{host}:{port}/web/"
+                      + (f"?key=<${api_key_env}> (once; a cookie keeps it)" if key else ""))
     try:
         run_server(handle, vectors, settings, host=host, port=port, conditions=conditions,
                    engine=generator)
     except ValueError as err:
         fail(str(err))
+
+
+def _web(**options: Any) -> None:
+    serve(**options, web=True)
+
+
+_web.__doc__ = """The web interface (steering playground) over `steerlab serve`'s API: the same
+options, model, vectors, limits and key; open http://127.0.0.1:8000/web/ (with a key: once with
+?key=<key>)."""
+_hints = get_type_hints(serve, include_extras=True)  # serve's options, help text included
+_web.__signature__ = inspect.signature(serve).replace(  # type: ignore[attr-defined]
+    parameters=[p.replace(annotation=_hints[p.name])
+                for p in inspect.signature(serve).parameters.values() if p.name != "web"])
+_web.__annotations__ = {k: v for k, v in _hints.items() if k not in ("web", "return")}
+app.command("web")(_web)
 
 
 @app.command()

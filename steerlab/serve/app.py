@@ -29,12 +29,15 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -66,28 +69,65 @@ DEFAULT_HOST = "127.0.0.1"
 API_KEY_ENV = "STEERLAB_API_KEY"
 
 
+KEY_COOKIE = "steerlab_key"
+"""The cookie a browser holds the API key in, set by opening a page with ``?key=<key>``."""
+WEB = Path(__file__).parent / "web"
+"""The web interface's files (HTML, JavaScript, CSS; nothing loaded from elsewhere)."""
+
+
+def _given_key(scope: Scope) -> tuple[str | None, str]:
+    """The key a request carries and where: the ``Authorization`` header, the cookie, or the
+    query (``?key=``), in that order."""
+    headers = dict(scope["headers"])
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    if auth.lower().startswith("bearer "):
+        return auth[7:], "header"
+    cookie = SimpleCookie()
+    with suppress(CookieError):
+        cookie.load(headers.get(b"cookie", b"").decode("latin-1"))
+    if KEY_COOKIE in cookie:
+        return cookie[KEY_COOKIE].value, "cookie"
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("key")
+    return (query[0], "query") if query else (None, "")
+
+
 class _RequireKey:
-    """ASGI middleware: every HTTP request needs ``Authorization: Bearer <key>``, before anything
-    else about it is read (so a client without the key learns nothing from the body checks)."""
+    """ASGI middleware: every HTTP request needs the key (``Authorization: Bearer <key>``, or
+    from a browser the cookie a ``?key=`` visit sets), before anything else about it is read (so
+    a client without the key learns nothing from the body checks)."""
 
     def __init__(self, app: ASGIApp, key: str) -> None:
         self.app, self.key = app, key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            headers = dict(scope["headers"])
-            auth = headers.get(b"authorization", b"").decode("latin-1")
-            given = auth[7:] if auth.lower().startswith("bearer ") else None
+            given, source = _given_key(scope)
             if given is None or not hmac.compare_digest(given.encode(), self.key.encode()):
                 message = (
-                    "missing API key: send the header 'Authorization: Bearer <key>'"
+                    "missing API key: send the header 'Authorization: Bearer <key>' (a browser: "
+                    "open the page with ?key=<key> once)"
                     if given is None
                     else "incorrect API key"
                 )
                 error = RequestError(message, code="invalid_api_key", status=401)
                 await error.response()(scope, receive, send)
                 return
+            if source == "query":  # remembered, so later pages and API calls carry it
+                send = _with_cookie(send, f"{KEY_COOKIE}={given}; HttpOnly; SameSite=Strict; "
+                                          "Path=/")
         await self.app(scope, receive, send)
+
+
+def _with_cookie(send: Send, cookie: str) -> Send:
+    """``send`` with a ``Set-Cookie`` header added to the response's start."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []),
+                                              (b"set-cookie", cookie.encode("latin-1"))]}
+        await send(message)
+
+    return sending
 
 
 class _BodyLimits:
@@ -408,6 +448,13 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(request: Any, exc: HTTPException) -> JSONResponse:
         return RequestError(str(exc.detail), status=exc.status_code).response()
+
+    if settings.web:
+        @app.get("/web", include_in_schema=False)
+        async def web_root() -> RedirectResponse:
+            return RedirectResponse("/web/")
+
+        app.mount("/web", StaticFiles(directory=WEB, html=True), name="web")
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

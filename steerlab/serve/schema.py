@@ -34,7 +34,10 @@ class ServeSettings(BaseModel):
     max_context: int | None = Field(None, ge=1)
     """Prompt + generated tokens allowed (default: the model's maximum positions)."""
     api_key: str | None = None
-    """When set, every request needs ``Authorization: Bearer <api_key>``."""
+    """When set, every request needs ``Authorization: Bearer <api_key>`` (a browser: open a
+    page once with ``?key=<api_key>``, which sets a same-site cookie)."""
+    web: bool = False
+    """Serve the web interface under ``/web/`` too."""
     max_batch_size: int = Field(8, ge=1)
     batch_wait_ms: float = Field(20.0, ge=0)
     """How long a request waits for others with its settings to share its batch."""
