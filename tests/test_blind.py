@@ -68,7 +68,7 @@ def test_ties_and_second_answers(tmp_path):
         (lambda rows: rows[0].update(pair_id="p9999"),
          r"sheet.csv:2: field 'pair_id' is 'p9999', not a pair of the key"),
         (lambda rows: rows[3].update(pair_id=rows[2]["pair_id"]),
-         r"sheet.csv:5: pair p\d+ is rated twice \(first on line 4\)"),
+         r"sheet.csv:5: pair p\d+ is rated twice \(first at \S*sheet.csv:4\)"),
         (lambda rows: rows.pop(), r"sheet.csv: 1 pair\(s\) not rated, e.g. p\d+"),
     ],
 )
@@ -82,3 +82,34 @@ def test_bad_rows_name_file_line_and_field(tmp_path, edit, message):
     write_sheet(sheet, rows)
     with pytest.raises(DataError, match=message):
         import_ratings(sheet, key)
+
+
+def test_raters_agreement_is_cohens_kappa_over_the_pairs_both_rated(tmp_path):
+    from steerlab.analysis.run_analysis import write_analysis
+    from steerlab.evaluation.judges.blind import rated_records, read_key
+    from steerlab.evaluation.judges.verdicts import cohens_kappa, rater_agreement
+
+    records = generation_records([f"steered {i}" for i in range(8)],
+                                 [f"plain {i}" for i in range(8)])
+    export_blind(records, "steered+4", tmp_path / "sheet.csv", tmp_path / "key.json", seed=1)
+    key = read_key(tmp_path / "key.json")
+    ids = sorted(key["pairs"])
+    alice = ["1", "1", "2", "tie", "1", "2", "2", "1"]
+    bob = ["1", "2", "2", "tie", "1", "1"]  # bob rated six of the eight
+    rated = {name: rated_records(((f"{name}:{i}", {"pair_id": p, "preferred": c})
+                                  for i, (p, c) in enumerate(zip(ids, choices))),
+                                 key, "key.json", name, complete=False)
+             for name, choices in (("alice", alice), ("bob", bob))}
+    (found,) = rater_agreement(rated["alice"] + rated["bob"])
+    assert found.raters == ("human:alice", "human:bob") and found.n == 6
+    shared = {r["item_id"] for r in rated["bob"]}
+    first = {r["item_id"]: r["verdict"] for r in rated["alice"] if r["item_id"] in shared}
+    second = {r["item_id"]: r["verdict"] for r in rated["bob"]}
+    a, b = [first[i] for i in sorted(shared)], [second[i] for i in sorted(shared)]
+    assert found.observed == pytest.approx(sum(x == y for x, y in zip(a, b)) / 6)
+    chance = sum(a.count(c) * b.count(c) for c in set(a) | set(b)) / 36  # by hand
+    assert found.kappa == pytest.approx((found.observed - chance) / (1 - chance))
+    metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn is not installed")
+    assert cohens_kappa(a, b) == pytest.approx(metrics.cohen_kappa_score(a, b))
+    page = write_analysis(tmp_path, rated["alice"] + rated["bob"]).read_text()
+    assert "Cohen's κ" in page and "human:alice / human:bob" in page

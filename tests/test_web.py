@@ -130,3 +130,119 @@ def test_no_path_outside_the_interface_is_served(path):
     with served() as base:
         root = base.removesuffix("/v1")
         assert status(root + path) == 404
+
+
+# ---- blind rating -------------------------------------------------------------------------------
+
+CHOICES = ["1", "2", "tie", "2", "1", "1"]
+COMMENT = "the second is clearer"
+
+
+@pytest.fixture
+def sheet(tmp_path):
+    from tiny import generation_records
+
+    from steerlab.evaluation.judges.blind import export_blind
+
+    records = generation_records([f"steered answer {i}" for i in range(6)],
+                                 [f"plain answer {i}" for i in range(6)])
+    export_blind(records, "steered+4", tmp_path / "sheet.csv", tmp_path / "key.json", seed=3)
+    return tmp_path / "sheet.csv", tmp_path / "key.json"
+
+
+def rate(driver, choice: str, done: int, comment: str = "") -> None:
+    """Give one verdict with the keyboard (a comment typed first); wait until it is saved."""
+    from selenium.webdriver.common.by import By
+
+    if comment:
+        driver.find_element(By.ID, "comment").send_keys(comment)
+        driver.find_element(By.CSS_SELECTOR, f"[data-choice='{choice}']").click()
+    else:
+        driver.find_element(By.TAG_NAME, "body").send_keys("t" if choice == "tie" else choice)
+    wait(driver, f"return document.body.dataset.done === '{done}'")
+
+
+def test_a_rating_session_resumed_after_closing_the_tab_writes_what_the_csv_path_writes(
+        browser, sheet, tmp_path):
+    import csv
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    from steerlab.evaluation.judges.blind import import_ratings
+    from steerlab.serve.rating import RatingSession, create_rating_app
+
+    sheet_path, key_path = sheet
+    session = RatingSession(sheet_path, key_path, tmp_path / "web", ["alice"])
+    with serving(create_rating_app(session)) as base:
+        link = base.removesuffix("/v1") + f"/web/rate.html?token={session.tokens['alice']}"
+        browser.get(link)
+        wait(browser, "return document.body.dataset.ready === 'true'")
+        assert "0 / 6" in browser.find_element(By.ID, "progress").text
+        page = browser.page_source
+        assert "steered+4" not in page and "unsteered" not in page  # arms hidden
+        rate(browser, CHOICES[0], 1)
+        rate(browser, CHOICES[1], 2, COMMENT)
+        rate(browser, "1", 3)  # a slip, undone with the keyboard
+        browser.find_element(By.TAG_NAME, "body").send_keys("u")
+        wait(browser, "return document.body.dataset.done === '2'")
+        rate(browser, CHOICES[2], 3)
+        first = browser.current_window_handle  # the tab is closed and the link reopened
+        browser.switch_to.new_window("tab")
+        browser.switch_to.window(first)
+        browser.close()
+        browser.switch_to.window(browser.window_handles[0])
+        browser.get(link)
+        wait(browser, "return document.body.dataset.ready === 'true'")
+        assert "3 / 6" in browser.find_element(By.ID, "progress").text
+        for done, choice in enumerate(CHOICES[3:], start=4):
+            rate(browser, choice, done)
+        assert browser.find_element(By.ID, "finished").is_displayed()
+    web = [json.loads(line) for line in
+           session.verdicts_path("alice").read_text().splitlines()]
+    rows = list(csv.DictReader(sheet_path.open()))  # the CSV path: the same choices, by hand
+    for row, choice in zip(rows, CHOICES):
+        row["preferred"] = choice
+        row["comment"] = COMMENT if choice == CHOICES[1] and row is rows[1] else ""
+    filled = tmp_path / "filled.csv"
+    with filled.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, rows[0].keys())
+        writer.writeheader()
+        writer.writerows(rows)
+    assert web == import_ratings(filled, key_path, rater="alice")
+    assert len(web) == 6
+
+
+def test_a_rating_link_checks_what_it_is_sent(sheet, tmp_path):
+    import json
+
+    from steerlab.serve.rating import RatingSession, create_rating_app
+
+    session = RatingSession(*sheet, tmp_path / "web", ["bob"])
+    with serving(create_rating_app(session, api_key=KEY)) as base:
+        root = base.removesuffix("/v1")
+        token = session.tokens["bob"]
+        assert status(root + f"/rating/{token}/state") == 401  # no key
+        assert status(root + f"/web/rate.html?token={token}") == 401
+
+        def post(path: str, body: dict) -> tuple[int, dict]:
+            request = urllib.request.Request(
+                root + path, json.dumps(body).encode(), method="POST",
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return response.status, json.load(response)
+            except urllib.error.HTTPError as err:
+                return err.code, json.load(err)
+
+        code, body = post(f"/rating/{token}/verdict", {"pair_id": "p0001", "preferred": "3"})
+        assert code == 400 and "preferred" in body["error"]["message"]
+        code, body = post(f"/rating/{token}/verdict", {"pair_id": "p9999", "preferred": "1"})
+        assert code == 400 and "p9999" in body["error"]["message"]
+        code, body = post("/rating/not-a-token/verdict", {"pair_id": "p0001", "preferred": "1"})
+        assert code == 404
+        code, body = post(f"/rating/{token}/undo", {})
+        assert code == 409 and "nothing to undo" in body["error"]["message"]
+        assert post(f"/rating/{token}/verdict", {"pair_id": "p0001", "preferred": "1"})[0] == 200
+        code, body = post(f"/rating/{token}/verdict", {"pair_id": "p0001", "preferred": "2"})
+        assert code == 409

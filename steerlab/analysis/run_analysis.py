@@ -30,8 +30,10 @@ from steerlab.analysis.report import concept_judged_section, sweep_plot, sweep_t
 from steerlab.analysis.tables import markdown_table
 from steerlab.evaluation.concept import ConceptResult, concept_result
 from steerlab.evaluation.judges.verdicts import (
+    Agreement,
     HeadToHead,
     RatingSummary,
+    rater_agreement,
     summarize_head_to_head,
     summarize_ratings,
 )
@@ -52,6 +54,7 @@ class Analysis:
     ratings: list[RatingSummary] = field(default_factory=list)
     refusals: list[RefusalRate] = field(default_factory=list)
     concepts: list[ConceptResult] = field(default_factory=list)
+    agreement: list[Agreement] = field(default_factory=list)
 
 
 def _swept(records: list[Record]) -> list[Record]:
@@ -81,6 +84,7 @@ def analyze(records: list[Record]) -> Analysis:
         ratings=summarize_ratings(records),
         refusals=summarize_refusals(records),
         concepts=concept_result(records),
+        agreement=rater_agreement(records),
     )
 
 
@@ -161,6 +165,13 @@ def sections(found: Analysis, out: Path, sweep: bool = True,
               f"[{r.refusals.lower:.3f}, {r.refusals.upper:.3f}]",
               f"{r.attack_success:.3f}" if r.attack_success is not None else "-"]
              for r in found.refusals],
+        )
+    if found.agreement:
+        parts += ["## Agreement between human raters (pairs both rated)", ""]
+        parts += markdown_table(
+            ["dataset", "arm vs base", "raters", "pairs", "same verdict", "Cohen's κ"],
+            [[a.dataset, f"{a.arm} vs {a.base}", " / ".join(a.raters), str(a.n),
+              f"{a.observed:.3f}", f"{a.kappa:.3f}"] for a in found.agreement],
         )
     for index, result in enumerate(found.concepts):
         parts += concept_judged_section(result, out / f"concept-{index}.png")

@@ -292,6 +292,43 @@ def blind_import(
     console.print(f"{len(verdicts)} verdicts appended to {out}")
 
 
+@blind_app.command("web")
+def blind_web(
+    sheet: Annotated[Path, typer.Argument(help="The rating sheet from `steerlab blind export`.")],
+    key: Annotated[Path, typer.Option(help="Its key file (stays on this server).")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Folder for each rater's verdicts (verdicts-<rater>.jsonl, the "
+        "records `blind import` writes), kept as they are given.")],
+    rater: Annotated[list[str], typer.Option(
+        "--rater", help="A rater's name; one link each; repeatable.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8001,
+    api_key_env: Annotated[str, typer.Option(
+        help="Environment variable holding a key every page and call needs; unset: none.")]
+        = "STEERLAB_API_KEY",
+) -> None:
+    """Blind rating in the browser: each rater rates the sheet's pairs one at a time through a
+    link of their own (keys 1 / 2 / T, a comment, undo); closing the tab and reopening the link
+    resumes. Each rater's records are saved at every verdict; `steerlab analyze` on a folder
+    holding them gives win rates and the raters' agreement."""
+    import os
+
+    import uvicorn
+
+    from steerlab.serve.rating import RatingSession, create_rating_app
+
+    try:
+        session = RatingSession(sheet, key, out, rater)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    api_key = os.environ.get(api_key_env) or None
+    for name in rater:
+        console.print(f"{name}: http://{host}:{port}/web/rate.html?token={session.tokens[name]}"
+                      + (f"&key=<${api_key_env}>" if api_key else ""))
+    console.print(f"verdicts in {out}/verdicts-<rater>.jsonl as they are given")
+    uvicorn.run(create_rating_app(session, api_key), host=host, port=port, log_level="warning")
+
+
 @app.command()
 def refusal(
     records: RecordsArg,

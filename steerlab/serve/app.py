@@ -91,7 +91,7 @@ def _given_key(scope: Scope) -> tuple[str | None, str]:
     return (query[0], "query") if query else (None, "")
 
 
-class _RequireKey:
+class RequireKey:
     """ASGI middleware: every HTTP request needs the key (``Authorization: Bearer <key>``, or
     from a browser the cookie a ``?key=`` visit sets), before anything else about it is read (so
     a client without the key learns nothing from the body checks)."""
@@ -435,7 +435,7 @@ def create_app(
     app.add_middleware(_BodyLimits, max_bytes=settings.max_body_bytes,
                        timeout_s=settings.body_timeout_s)
     if settings.api_key:  # added last, so it runs first: no key, no body read
-        app.add_middleware(_RequireKey, key=settings.api_key)
+        app.add_middleware(RequireKey, key=settings.api_key)
 
     @app.exception_handler(RequestError)
     async def refused(request: Any, exc: RequestError) -> JSONResponse:

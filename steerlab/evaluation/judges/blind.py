@@ -68,6 +68,43 @@ def export_blind(
     return len(rows)
 
 
+def read_key(key_path: str | Path) -> dict:
+    """A key file written by :func:`export_blind`."""
+    return json.loads(Path(key_path).read_text(encoding="utf-8"))
+
+
+def rated_records(rows: Iterable[tuple[str, dict]], key: dict, key_path: str | Path,
+                  rater: str, complete: bool = True) -> list[Record]:
+    """Rated sheet rows (each with where it came from, e.g. ``file:line``) checked against the
+    key and unblinded into head-to-head records (judge ``human:<rater>``); every pair at most
+    once, and with ``complete`` every pair exactly once. Errors name the row and field."""
+    pairs: dict[str, dict] = key["pairs"]
+    seen: dict[str, str] = {}
+    records = []
+    for where, row in rows:
+        pair_id = str(row.get("pair_id") or "").strip()
+        if pair_id not in pairs:
+            raise DataError(
+                f"{where}: field 'pair_id' is {pair_id!r}, not a pair of the key {key_path}")
+        if pair_id in seen:
+            raise DataError(f"{where}: pair {pair_id} is rated twice (first at {seen[pair_id]})")
+        seen[pair_id] = where
+        choice = str(row.get("preferred") or "").strip().lower()
+        if choice not in CHOICES:
+            raise DataError(f"{where}: field 'preferred' is {choice!r}; expected 1, 2 or tie")
+        entry = pairs[pair_id]
+        comment = str(row.get("comment") or "").strip()
+        records.append(verdict_record(
+            entry["fields"], f"human:{rater}", key["seed"], entry["arm_first"], CHOICES[choice],
+            {"comment": comment} if comment else {},
+        ))
+    missing = sorted(pairs.keys() - seen.keys())
+    if complete and missing:
+        raise DataError(f"{len(missing)} pair(s) not rated, e.g. {', '.join(missing[:5])}")
+    records.sort(key=lambda r: (r["dataset"], r["item_id"]))
+    return records
+
+
 def import_ratings(
     ratings_path: str | Path,
     key_path: str | Path,
@@ -77,35 +114,13 @@ def import_ratings(
     """Read a filled rating sheet, check it against the key, and unblind it into head-to-head
     records (judge ``human:<rater>``). Every pair must be rated exactly once."""
     ratings_path = Path(ratings_path)
-    key = json.loads(Path(key_path).read_text(encoding="utf-8"))
-    pairs: dict[str, dict] = key["pairs"]
-    seen: dict[str, int] = {}
-    records = []
-    for line, row in read_rows(ratings_path):
-        where = f"{ratings_path}:{line}"
-        pair_id = str(row.get("pair_id") or "").strip()
-        if pair_id not in pairs:
-            raise DataError(
-                f"{where}: field 'pair_id' is {pair_id!r}, not a pair of the key {key_path}")
-        if pair_id in seen:
-            raise DataError(
-                f"{where}: pair {pair_id} is rated twice (first on line {seen[pair_id]})")
-        seen[pair_id] = line
-        choice = str(row.get("preferred") or "").strip().lower()
-        if choice not in CHOICES:
-            raise DataError(f"{where}: field 'preferred' is {choice!r}; expected 1, 2 or tie")
-        entry = pairs[pair_id]
-        comment = str(row.get("comment") or "").strip()
-        record = verdict_record(
-            entry["fields"], f"human:{rater}", key["seed"], entry["arm_first"], CHOICES[choice],
-            {"comment": comment} if comment else {},
-        )
-        records.append(record)
-    missing = sorted(pairs.keys() - seen.keys())
-    if missing:
-        raise DataError(f"{ratings_path}: {len(missing)} pair(s) not rated, "
-                        f"e.g. {', '.join(missing[:5])}")
-    records.sort(key=lambda r: (r["dataset"], r["item_id"]))
+    rows = ((f"{ratings_path}:{line}", row) for line, row in read_rows(ratings_path))
+    try:
+        records = rated_records(rows, read_key(key_path), key_path, rater)
+    except DataError as err:
+        text = str(err)
+        raise DataError(text if text.startswith(str(ratings_path))
+                        else f"{ratings_path}: {text}") from None
     if writer is not None:
         for record in records:
             writer.write(record)

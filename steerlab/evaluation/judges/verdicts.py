@@ -21,6 +21,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import combinations
 
 import torch
 
@@ -371,3 +372,48 @@ JUDGES: dict[str, Callable[..., Judge]] = {
     "llm": LLMJudge,
 }
 """Judges by name (the CLI's ``--judge``); ``llm`` takes options (see :class:`LLMJudge`)."""
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Two human raters' agreement on the pairs both rated (one dataset, arm and base): the
+    share of identical verdicts and Cohen's κ (agreement beyond what their own verdict rates
+    would give by chance; nan when both gave one verdict throughout)."""
+
+    dataset: str
+    arm: str
+    base: str
+    raters: tuple[str, str]
+    n: int
+    observed: float
+    kappa: float
+
+
+def cohens_kappa(first: Sequence[str], second: Sequence[str]) -> float:
+    """Cohen's κ of two raters' labels for the same items."""
+    n = len(first)
+    observed = sum(a == b for a, b in zip(first, second)) / n
+    chance = sum((first.count(c) / n) * (second.count(c) / n) for c in set(first) | set(second))
+    return (observed - chance) / (1 - chance) if chance < 1 else float("nan")
+
+
+def rater_agreement(records: Iterable[Record]) -> list[Agreement]:
+    """Every pair of human raters (judges ``human:<rater>``) over the pairs both rated."""
+    by_rater: dict[tuple[str, str, str], dict[str, dict[str, str]]] = defaultdict(
+        lambda: defaultdict(dict))
+    for record in records:
+        if record.get("task") == VERDICT_TASK and str(record.get("judge")).startswith("human:"):
+            key = (record["dataset"], record["arm"], record["base"])
+            by_rater[key][record["judge"]][record["item_id"]] = record["verdict"]
+    found = []
+    for (dataset, arm, base), raters in sorted(by_rater.items()):
+        for one, other in combinations(sorted(raters), 2):
+            shared = sorted(raters[one].keys() & raters[other].keys())
+            if not shared:
+                continue
+            first = [raters[one][i] for i in shared]
+            second = [raters[other][i] for i in shared]
+            found.append(Agreement(dataset, arm, base, (one, other), len(shared),
+                                   sum(a == b for a, b in zip(first, second)) / len(shared),
+                                   cohens_kappa(first, second)))
+    return found
