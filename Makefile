@@ -43,7 +43,7 @@ browser:
 # Lint and the import contracts first (pyproject.toml: [tool.ruff], [tool.importlinter]; a few
 # seconds), then the suite.
 test: $(STAMP) browser
-	$(VENV)/bin/ruff check --no-cache steerlab tests bench tools
+	$(VENV)/bin/ruff check --no-cache steerlab tests bench tools docs
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 

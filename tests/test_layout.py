@@ -9,7 +9,7 @@ import pytest
 from tiny import quiet_import
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = sorted([*ROOT.glob("bench/*.py"), *ROOT.glob("tools/*.py")])
+SCRIPTS = sorted([*ROOT.glob("bench/*.py"), *ROOT.glob("tools/*.py"), *ROOT.glob("docs/*.py")])
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))

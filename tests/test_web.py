@@ -246,3 +246,63 @@ def test_a_rating_link_checks_what_it_is_sent(sheet, tmp_path):
         assert post(f"/rating/{token}/verdict", {"pair_id": "p0001", "preferred": "1"})[0] == 200
         code, body = post(f"/rating/{token}/verdict", {"pair_id": "p0001", "preferred": "2"})
         assert code == 409
+
+
+# ---- runs ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def runs_folder(tmp_path):
+    """Two run directories (one analysed, one without a report) and a file beside them."""
+    import json
+
+    from tiny import generation_records
+
+    from steerlab.analysis.run_analysis import write_analysis
+
+    root = tmp_path / "runs"
+    done, fresh = root / "analysed", root / "fresh"
+    for run in (done, fresh):
+        run.mkdir(parents=True)
+        (run / "commands.jsonl").write_text(json.dumps({"command": "generate-eval"}) + "\n")
+    records = generation_records(["steered a", "steered b"], ["plain a", "plain b"])
+    (done / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_analysis(done, records)
+    (tmp_path / "secret.txt").write_text("not for the page")
+    return root
+
+
+def test_the_runs_page_lists_runs_opens_a_report_and_shows_an_item_across_arms(browser,
+                                                                              runs_folder):
+    from selenium.webdriver.common.by import By
+
+    model = tiny_model("llama")
+    app = create_app(model, {}, ServeSettings(web=True, runs=str(runs_folder)))
+    with serving(app) as base:
+        browser.get(base.removesuffix("/v1") + "/web/runs.html")
+        wait(browser, "return document.body.dataset.ready === 'true'")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
+        assert sorted(r.get_attribute("data-run") for r in rows) == ["analysed", "fresh"]
+        fresh = browser.find_element(By.CSS_SELECTOR, "tr[data-run='fresh']").text
+        assert "none yet" in fresh
+        browser.find_element(By.CSS_SELECTOR, "tr[data-run='analysed'] button").click()
+        wait(browser, "return document.getElementById('report').src.endsWith('/view/')")
+        browser.switch_to.frame("report")
+        wait(browser, "return document.body && document.body.innerText.includes('Analysis of')")
+        browser.switch_to.default_content()
+        browser.find_element(By.ID, "item-id").send_keys("q1")
+        browser.find_element(By.CSS_SELECTOR, "#item-form button").click()
+        wait(browser, "return document.getElementById('item').dataset.count === '2'")
+        shown = browser.find_element(By.ID, "item").text
+        assert "steered b" in shown and "plain b" in shown and "unsteered" in shown
+
+
+@pytest.mark.parametrize("path", [
+    "/runs/..%2fsecret.txt/view/", "/runs/analysed/view/..%2f..%2fsecret.txt",
+    "/runs/analysed/view/%2e%2e/%2e%2e/secret.txt", "/runs/nope/view/",
+    "/runs/analysed/view/commands.txt"])
+def test_the_runs_api_reads_nothing_outside_a_run_directory(runs_folder, path):
+    model = tiny_model("llama")
+    with serving(create_app(model, {}, ServeSettings(web=True, runs=str(runs_folder)))) as base:
+        root = base.removesuffix("/v1")
+        assert status(root + "/runs/analysed/view/") == 200
+        assert status(root + path) == 404

@@ -161,8 +161,11 @@ def serve(
         help="Model id clients send and /v1/models lists (default: a built-in or hub name as "
         "given, a local model by its directory or file name, never its path).")] = None,
     engine: EngineOpt = "transformers",  # type: ignore[assignment]
+    runs: Annotated[Path, typer.Option(
+        help="With the web interface: the folder of run directories its runs page lists.")]
+        = Path("runs"),
     web: Annotated[bool, typer.Option(
-        help="Also serve the web interface (playground) at /web/.")] = False,
+        help="Also serve the web interface (playground, runs) at /web/.")] = False,
 ) -> None:
     """Serve the model over an OpenAI-compatible API (chat completions, streaming) with steering.
 
@@ -185,7 +188,7 @@ def serve(
         model_name=served_model_name, max_multiplier=max_multiplier, max_tokens=max_tokens,
         max_context=max_context, api_key=key, max_batch_size=max_batch_size,
         batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s,
-        web=web,
+        web=web, runs=str(runs) if web else None,
     )
     if key is None and host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key "

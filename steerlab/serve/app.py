@@ -36,13 +36,20 @@ from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from steerlab.model.catalog import BUILTIN_MODELS
 from steerlab.model.handle import ModelHandle
+from steerlab.serve.runs import SHOWN_FILES, Runs
 from steerlab.serve.schema import (
     ChatRequest,
     RequestError,
@@ -391,6 +398,27 @@ def _chunk(head: dict[str, Any], delta: dict[str, Any], finish: str | None = Non
     return _sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
 
 
+def _runs_routes(app: FastAPI, runs: Runs) -> None:
+    """The runs page's API: the list, each report with its files, one item across arms."""
+
+    @app.get("/runs/list")
+    async def runs_list() -> dict[str, Any]:
+        return {"root": str(runs.root), "runs": runs.listing()}
+
+    @app.get("/runs/{name}/view/", response_class=HTMLResponse)
+    async def run_report(name: str) -> str:
+        return runs.report(name)
+
+    @app.get("/runs/{name}/view/{relative:path}")
+    async def run_file(name: str, relative: str) -> FileResponse:
+        path = runs.file(name, relative)
+        return FileResponse(path, media_type=SHOWN_FILES[path.suffix])
+
+    @app.get("/runs/{name}/item/{item_id}")
+    async def run_item(name: str, item_id: str) -> dict[str, Any]:
+        return {"run": name, "item_id": item_id, "records": runs.item(name, item_id)}
+
+
 def create_app(
     model: ModelHandle,
     vectors: Mapping[str, SteeringVector] | None = None,
@@ -455,6 +483,8 @@ def create_app(
             return RedirectResponse("/web/")
 
         app.mount("/web", StaticFiles(directory=WEB, html=True), name="web")
+        if settings.runs is not None:
+            _runs_routes(app, Runs(settings.runs))
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

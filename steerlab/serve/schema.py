@@ -38,6 +38,8 @@ class ServeSettings(BaseModel):
     page once with ``?key=<api_key>``, which sets a same-site cookie)."""
     web: bool = False
     """Serve the web interface under ``/web/`` too."""
+    runs: str | None = None
+    """With ``web``: the folder of run directories the runs page lists (None: no runs page)."""
     max_batch_size: int = Field(8, ge=1)
     batch_wait_ms: float = Field(20.0, ge=0)
     """How long a request waits for others with its settings to share its batch."""

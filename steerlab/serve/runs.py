@@ -1,0 +1,103 @@
+"""The runs page's data: the run directories under one folder, each one's status from its own
+files, its report, and one item's records across arms. Only files inside a run directory of
+that folder are ever read (a name is one folder level, resolved and checked)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import markdown
+
+from steerlab.records import Record, read_records
+from steerlab.serve.schema import RequestError
+
+RECENT_S = 120.0
+"""A run whose records were written this recently is shown as running."""
+SHOWN_FILES = {".png": "image/png", ".html": "text/html", ".md": "text/markdown",
+               ".json": "application/json", ".jsonl": "application/json"}
+"""The kinds of file of a run directory the page may open."""
+ITEM_FIELDS = ("task", "dataset", "arm", "multiplier", "layers", "vector_id", "prompt",
+               "question", "answer", "choices", "prediction", "correct", "score", "verdict",
+               "judge")
+"""What the item view shows of each record."""
+
+
+class Runs:
+    """The run directories directly under ``root``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+
+    def run(self, name: str) -> Path:
+        """The run directory called ``name``, refused unless it is one directly under the root."""
+        path = (self.root / name).resolve()
+        if "/" in name or "\\" in name or name in ("", ".", "..") or path.parent != self.root \
+                or not path.is_dir():
+            raise RequestError(f"run: no run directory {name!r} under the runs folder", "run",
+                               status=404)
+        return path
+
+    def file(self, name: str, relative: str) -> Path:
+        """A file of the page's kinds inside run ``name``, refused if it is anywhere else."""
+        run = self.run(name)
+        path = (run / relative).resolve()
+        if not path.is_relative_to(run) or not path.is_file() or path.suffix not in SHOWN_FILES:
+            raise RequestError(f"file: no file {relative!r} the page may open in run {name!r}",
+                               "file", status=404)
+        return path
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every run directory (one with records or a command log), newest first."""
+        found = [self.status(path) for path in self.root.iterdir() if path.is_dir()
+                 and ((path / "records.jsonl").exists() or (path / "commands.jsonl").exists())
+                 ] if self.root.is_dir() else []
+        return sorted(found, key=lambda r: -r["modified"])
+
+    def status(self, path: Path) -> dict[str, Any]:
+        """What a run's files say: its last command, how many invocations and records, the
+        stages with their time (a `steerlab run`), its report, and running / resumable /
+        analysed."""
+        commands = path / "commands.jsonl"
+        invocations = ([json.loads(line) for line in commands.read_text(encoding="utf-8")
+                        .splitlines() if line.strip()] if commands.exists() else [])
+        records_path = path / "records.jsonl"
+        records = read_records(records_path) if records_path.exists() else []
+        stages = sorted({r["stage"] for r in records if r.get("task") == "compute"})
+        report = next((name for name in ("report.html", "analysis.md")
+                       if (path / name).exists()), None)
+        modified = records_path.stat().st_mtime if records_path.exists() else 0.0
+        if report and (path / report).stat().st_mtime >= modified:
+            state = "analysed"
+        elif time.time() - modified < RECENT_S:
+            state = "running (records written in the last 2 minutes)"
+        else:
+            state = "resumable (rerun its command; `steerlab analyze` builds the report)"
+        return {"name": path.name, "command": invocations[-1]["command"] if invocations else None,
+                "invocations": len(invocations), "records": len(records), "stages": stages,
+                "report": report, "status": state, "modified": modified}
+
+    def report(self, name: str) -> str:
+        """The run's report as an HTML page: ``report.html`` as written, or ``analysis.md``
+        rendered (its plots are files of the run, opened beside it)."""
+        run = self.run(name)
+        if (run / "report.html").exists():
+            return (run / "report.html").read_text(encoding="utf-8")
+        if (run / "analysis.md").exists():
+            body = markdown.markdown((run / "analysis.md").read_text(encoding="utf-8"),
+                                     extensions=["tables"])
+            return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{run.name}"
+                    "</title><style>body{font-family:system-ui,sans-serif}table{border-collapse:"
+                    "collapse}td,th{border:1px solid #ccd;padding:2px 6px}img{max-width:100%}"
+                    f"</style></head><body>{body}</body></html>")
+        raise RequestError(f"run: {name!r} has no report yet (steerlab analyze {run.name})",
+                           "run", status=404)
+
+    def item(self, name: str, item_id: str) -> list[Record]:
+        """Every record of one item in run ``name`` (all arms, tasks and settings)."""
+        records_path = self.run(name) / "records.jsonl"
+        records = read_records(records_path) if records_path.exists() else []
+        return [{k: r[k] for k in ITEM_FIELDS if k in r} for r in records
+                if str(r.get("item_id")) == item_id]
