@@ -306,3 +306,31 @@ def test_the_runs_api_reads_nothing_outside_a_run_directory(runs_folder, path):
         root = base.removesuffix("/v1")
         assert status(root + "/runs/analysed/view/") == 200
         assert status(root + path) == 404
+
+
+def test_the_sweep_answers_at_each_multiplier_and_zero_is_the_unsteered_reply(browser):
+    with served() as base:
+        browser.get(base.removesuffix("/v1") + "/web/")
+        wait(browser, "return document.body.dataset.ready === 'true'")
+        plain, _ = side_by_side(browser, 0)
+        browser.execute_script("document.getElementById('sweep-multipliers').value = '-8,0,8';")
+        browser.find_element("id", "sweep").click()
+        wait(browser, "return [...document.querySelectorAll('.sweep-reply')]"
+                      ".filter((c) => c.dataset.done === 'true').length === 3")
+        replies = browser.execute_script(
+            "return [...document.querySelectorAll('.sweep-reply')].map((c) => c.textContent)")
+        assert replies[1] == plain and replies[0] != plain and replies[2] != plain
+
+
+def test_the_pages_fit_a_narrow_window(browser):
+    with served() as base:
+        browser.set_window_size(420, 900)
+        try:
+            for page in ("/web/", "/web/runs.html"):
+                browser.get(base.removesuffix("/v1") + page)
+                wait(browser, "return document.body.dataset.ready === 'true'")
+                assert browser.execute_script(
+                    "return document.documentElement.scrollWidth <= "
+                    "document.documentElement.clientWidth + 1"), page
+        finally:
+            browser.set_window_size(900, 1200)
