@@ -398,6 +398,22 @@ def _chunk(head: dict[str, Any], delta: dict[str, Any], finish: str | None = Non
     return _sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
 
 
+def answer_errors_as_openai(app: FastAPI) -> None:
+    """Every refusal, malformed body and HTTP error of ``app`` answered in OpenAI's error shape."""
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Any, exc: RequestError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Any, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(exc).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Any, exc: HTTPException) -> JSONResponse:
+        return RequestError(str(exc.detail), status=exc.status_code).response()
+
+
 def _runs_routes(app: FastAPI, runs: Runs) -> None:
     """The runs page's API: the list, each report with its files, one item across arms."""
 
@@ -465,17 +481,7 @@ def create_app(
     if settings.api_key:  # added last, so it runs first: no key, no body read
         app.add_middleware(RequireKey, key=settings.api_key)
 
-    @app.exception_handler(RequestError)
-    async def refused(request: Any, exc: RequestError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def malformed(request: Any, exc: RequestValidationError) -> JSONResponse:
-        return validation_error(exc).response()
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Any, exc: HTTPException) -> JSONResponse:
-        return RequestError(str(exc.detail), status=exc.status_code).response()
+    answer_errors_as_openai(app)
 
     if settings.web:
         @app.get("/web", include_in_schema=False)

@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from steerlab.data.files import read_rows
 from steerlab.evaluation.judges.blind import rated_records, read_key
-from steerlab.serve.app import WEB, RequireKey
-from steerlab.serve.schema import RequestError, validation_error
+from steerlab.serve.app import WEB, RequireKey, answer_errors_as_openai
+from steerlab.serve.schema import RequestError
 from steerlab.steering.terms import JsonBody, Text
 
 SHOWN = ("pair_id", "question", "answer_1", "answer_2")
@@ -130,13 +128,7 @@ def create_rating_app(session: RatingSession, api_key: str | None = None) -> Fas
     if api_key:
         app.add_middleware(RequireKey, key=api_key)
 
-    @app.exception_handler(RequestError)
-    async def refused(request: Any, exc: RequestError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def malformed(request: Any, exc: RequestValidationError) -> JSONResponse:
-        return validation_error(exc).response()
+    answer_errors_as_openai(app)
 
     @app.get("/rating/{token}/state")
     async def state(token: str) -> dict[str, Any]:
