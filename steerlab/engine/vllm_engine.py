@@ -98,9 +98,8 @@ class VllmEngine:
                  **decoding: Any) -> list[Generation]:
         """Each prompt's continuation (greedy unless ``temperature`` > 0), all submitted at once;
         ``steer`` is one steering for every prompt or one per prompt."""
-        steers = _per_request(steer, len(prompts))
         requests = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompts]
-        outputs = self.llm.generate(requests, [self.sampling(s, **decoding) for s in steers],
+        outputs = self.llm.generate(requests, self._per_request(steer, len(prompts), **decoding),
                                     use_tqdm=False)
         eos = self.tokenizer.eos_token_id
         return [_generation(output.outputs[0], eos) for output in outputs]
@@ -111,12 +110,11 @@ class VllmEngine:
         vLLM's prompt log-probabilities, all sequences submitted at once; ``steer`` is one
         steering for every sequence or one per sequence, applied as in the transformers path's
         scoring (the whole sequence counts as prompt)."""
-        steers = _per_request(steer, len(seqs))
+        params = self._per_request(steer, len(seqs), max_tokens=1, logprobs=None,
+                                   prompt_logprobs=0)
         scored = [i for i, seq in enumerate(seqs) if seq.n_completion > 0]
         requests = [TokensPrompt(prompt_token_ids=list(seqs[i].ids)) for i in scored]
-        params = [self.sampling(steers[i], max_tokens=1, logprobs=None, prompt_logprobs=0)
-                  for i in scored]
-        outputs = self.llm.generate(requests, params, use_tqdm=progress)
+        outputs = self.llm.generate(requests, [params[i] for i in scored], use_tqdm=progress)
         scores = [CompletionScore(0.0, 0)] * len(seqs)
         for i, output in zip(scored, outputs):
             seq, found = seqs[i], output.prompt_logprobs
@@ -124,18 +122,24 @@ class VllmEngine:
             scores[i] = CompletionScore(total, seq.n_completion)
         return scores
 
+    def _per_request(self, steer: Steer | Sequence[Steer], count: int,
+                     **params: Any) -> list[SamplingParams]:
+        """Sampling parameters for ``count`` requests: ``steer`` for all, or one steering per
+        request; requests given the same steering object share one set, built (its vectors
+        loaded, its steering checked) once."""
+        steers = list(steer) if isinstance(steer, (list, tuple)) else [steer] * count
+        if len(steers) != count:
+            raise ValueError(f"{len(steers)} steerings for {count} requests")
+        built: dict[int, SamplingParams] = {}
+        for one in steers:
+            if id(one) not in built:
+                built[id(one)] = self.sampling(one, **params)
+        return [built[id(one)] for one in steers]
+
     def close(self) -> None:
         """Stop the engine and drop its vector files."""
         self.llm.llm_engine.engine_core.shutdown()
         self._files.cleanup()
-
-
-def _per_request(steer: Steer | Sequence[Steer], count: int) -> list[Steer]:
-    """One steering per request: ``steer`` repeated, or the list given (of that length)."""
-    steers = list(steer) if isinstance(steer, (list, tuple)) else [steer] * count
-    if len(steers) != count:
-        raise ValueError(f"{len(steers)} steerings for {count} requests")
-    return steers
 
 
 def _generation(completion: Any, eos: int | None) -> Generation:
