@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,23 @@ ITEM_FIELDS = ("task", "dataset", "arm", "multiplier", "layers", "vector_id", "p
                "question", "answer", "choices", "prediction", "correct", "score", "verdict",
                "judge")
 """What the item view shows of each record."""
+
+
+def _scan(records_path: Path) -> tuple[int, list[str]]:
+    """How many records a file holds and the stages its compute records name, parsing only
+    those lines (a run's records can be many megabytes; the list shows every run)."""
+    count, stages = 0, set()
+    with records_path.open(encoding="utf-8") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            count += 1
+            if '"compute"' in line:
+                with suppress(json.JSONDecodeError):  # a torn last line of a running run
+                    record = json.loads(line)
+                    if record.get("task") == "compute":
+                        stages.add(record["stage"])
+    return count, sorted(stages)
 
 
 class Runs:
@@ -64,8 +82,7 @@ class Runs:
         invocations = ([json.loads(line) for line in commands.read_text(encoding="utf-8")
                         .splitlines() if line.strip()] if commands.exists() else [])
         records_path = path / "records.jsonl"
-        records = read_records(records_path) if records_path.exists() else []
-        stages = sorted({r["stage"] for r in records if r.get("task") == "compute"})
+        count, stages = _scan(records_path) if records_path.exists() else (0, [])
         report = next((name for name in ("report.html", "analysis.md")
                        if (path / name).exists()), None)
         modified = records_path.stat().st_mtime if records_path.exists() else 0.0
@@ -76,7 +93,7 @@ class Runs:
         else:
             state = "resumable (rerun its command; `steerlab analyze` builds the report)"
         return {"name": path.name, "command": invocations[-1]["command"] if invocations else None,
-                "invocations": len(invocations), "records": len(records), "stages": stages,
+                "invocations": len(invocations), "records": count, "stages": stages,
                 "report": report, "status": state, "modified": modified}
 
     def report(self, name: str) -> str:
