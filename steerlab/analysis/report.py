@@ -71,6 +71,12 @@ ONE_ANSWER_NOTE = [f"⚠: the setting predicts one answer on ≥ {ONE_ANSWER:.0%
 """The line under every likelihood table that carries the answer-bias columns."""
 
 
+def one_answer_note(rows: list[dict]) -> list[str]:
+    """:data:`ONE_ANSWER_NOTE` when a summary row's setting predicts (nearly) one answer."""
+    flagged = any(r.get("answer_bias") and r["answer_bias"].one_answer for r in rows)
+    return ONE_ANSWER_NOTE if flagged else []
+
+
 def describe_answer_bias(records: list[dict]) -> str:
     """Warn when an A/B evaluation's unsteered predictions are (nearly) always the same answer.
 
@@ -147,8 +153,7 @@ def sweep_table(rows: list[dict]) -> list[str]:
         [[r["task"], str(r["dataset"]), str(r["vector_id"]), str(r["layers"]),
           f"{r['multiplier']:g}", str(r["n"]), f"{r['score']:.3f} ± {r['score_se']:.3f}",
           f"{r['correct']:.3f}", *bias_cells(r)] for r in rows],
-    ) + (ONE_ANSWER_NOTE if any(r.get("answer_bias") and r["answer_bias"].one_answer
-                                for r in rows) else [])
+    ) + one_answer_note(rows)
 
 
 def write_report(

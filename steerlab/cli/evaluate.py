@@ -94,7 +94,7 @@ def print_summary(rows: list[dict]) -> None:
     """A table with one row per setting: n, score ± standard error, accuracy, and the answer
     the setting predicts most (flagged when it is nearly all) with the accuracy once the
     setting's preference for each answer is removed."""
-    from steerlab.analysis.report import ONE_ANSWER_NOTE
+    from steerlab.analysis.report import one_answer_note
     from steerlab.records import bias_cells
 
     table = Table()
@@ -108,8 +108,8 @@ def print_summary(rows: list[dict]) -> None:
             *bias_cells(row),
         )
     console.print(table)
-    if any(row.get("answer_bias") and row["answer_bias"].one_answer for row in rows):
-        console.print(ONE_ANSWER_NOTE[0])
+    for line in one_answer_note(rows)[:1]:
+        console.print(line)
 
 
 @app.command()
