@@ -334,3 +334,14 @@ def test_the_pages_fit_a_narrow_window(browser):
                     "document.documentElement.clientWidth + 1"), page
         finally:
             browser.set_window_size(900, 1200)
+
+
+def test_a_report_page_embeds_only_its_own_folders_plots(tmp_path):
+    from steerlab.analysis.page import html_page
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "own.png").write_bytes(b"\x89PNG own")
+    (tmp_path / "outside.png").write_bytes(b"\x89PNG outside")
+    page = html_page("![a](own.png) ![b](../outside.png)", run, "r")
+    assert "data:image/png;base64," in page and 'src="../outside.png"' in page

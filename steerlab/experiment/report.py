@@ -26,6 +26,7 @@ from steerlab.analysis.comparison import (
     sample_efficiency,
     verdict,
 )
+from steerlab.analysis.page import html_page
 from steerlab.analysis.report import ONE_ANSWER_NOTE
 from steerlab.analysis.run_analysis import analyze, sections
 from steerlab.analysis.tables import markdown_table
@@ -35,37 +36,6 @@ from steerlab.records import bias_cells
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-
-
-def html_page(markdown_text: str, folder: Path, title: str) -> str:
-    """The Markdown as one self-contained HTML page: tables rendered, PNG plots embedded."""
-    import base64
-    import html
-    import re
-
-    import markdown
-
-    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
-
-    def embed(match: re.Match) -> str:
-        path = folder / html.unescape(match.group(1))
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        return f'src="data:image/png;base64,{data}"'
-
-    body = re.sub(r'src="([^":]+\.png)"', embed, body)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape(title)}"
-            f"</title><style>{PAGE_STYLE}</style></head><body>\n{body}\n</body></html>\n")
-
-
-PAGE_STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;"
-    "color:#1d1d1f;line-height:1.45}h1{border-bottom:2px solid #ddd}h2{margin-top:2rem;"
-    "border-bottom:1px solid #eee}table{border-collapse:collapse;margin:.8rem 0;font-size:.88rem}"
-    "th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}"
-    "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:.8rem;"
-    "overflow-x:auto;font-size:.8rem}"
-)
 
 
 def _advantage_cell(advantage: Any) -> str:

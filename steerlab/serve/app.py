@@ -37,7 +37,6 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
-    FileResponse,
     HTMLResponse,
     JSONResponse,
     RedirectResponse,
@@ -49,7 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from steerlab.model.catalog import BUILTIN_MODELS
 from steerlab.model.handle import ModelHandle
-from steerlab.serve.runs import SHOWN_FILES, Runs
+from steerlab.serve.runs import Runs
 from steerlab.serve.schema import (
     ChatRequest,
     RequestError,
@@ -415,7 +414,7 @@ def answer_errors_as_openai(app: FastAPI) -> None:
 
 
 def _runs_routes(app: FastAPI, runs: Runs) -> None:
-    """The runs page's API: the list, each report with its files, one item across arms."""
+    """The runs page's API: the list, each report, one item across arms."""
 
     @app.get("/runs/list")
     async def runs_list() -> dict[str, Any]:
@@ -424,11 +423,6 @@ def _runs_routes(app: FastAPI, runs: Runs) -> None:
     @app.get("/runs/{name}/view/", response_class=HTMLResponse)
     async def run_report(name: str) -> str:
         return runs.report(name)
-
-    @app.get("/runs/{name}/view/{relative:path}")
-    async def run_file(name: str, relative: str) -> FileResponse:
-        path = runs.file(name, relative)
-        return FileResponse(path, media_type=SHOWN_FILES[path.suffix])
 
     @app.get("/runs/{name}/item/{item_id}")
     async def run_item(name: str, item_id: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The runs page's data: the run directories under one folder, each one's status from its own
 files, its report, and one item's records across arms. Only files inside a run directory of
-that folder are ever read (a name is one folder level, resolved and checked)."""
+that folder are ever read (a name is one folder level, resolved and checked; a report's plots
+are embedded in its page)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,12 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-import markdown
-
+from steerlab.analysis.page import html_page
 from steerlab.records import Record, read_records
 from steerlab.serve.schema import RequestError
 
 RECENT_S = 120.0
 """A run whose records were written this recently is shown as running."""
-SHOWN_FILES = {".png": "image/png", ".html": "text/html", ".md": "text/markdown",
-               ".json": "application/json", ".jsonl": "application/json"}
-"""The kinds of file of a run directory the page may open."""
 ITEM_FIELDS = ("task", "dataset", "arm", "multiplier", "layers", "vector_id", "prompt",
                "question", "answer", "choices", "prediction", "correct", "score", "verdict",
                "judge")
@@ -58,15 +55,6 @@ class Runs:
                                status=404)
         return path
 
-    def file(self, name: str, relative: str) -> Path:
-        """A file of the page's kinds inside run ``name``, refused if it is anywhere else."""
-        run = self.run(name)
-        path = (run / relative).resolve()
-        if not path.is_relative_to(run) or not path.is_file() or path.suffix not in SHOWN_FILES:
-            raise RequestError(f"file: no file {relative!r} the page may open in run {name!r}",
-                               "file", status=404)
-        return path
-
     def listing(self) -> list[dict[str, Any]]:
         """Every run directory (one with records or a command log), newest first."""
         found = [self.status(path) for path in self.root.iterdir() if path.is_dir()
@@ -97,18 +85,13 @@ class Runs:
                 "report": report, "status": state, "modified": modified}
 
     def report(self, name: str) -> str:
-        """The run's report as an HTML page: ``report.html`` as written, or ``analysis.md``
-        rendered (its plots are files of the run, opened beside it)."""
+        """The run's report as one HTML page: ``report.html`` as written, or ``analysis.md``
+        rendered with its plots embedded."""
         run = self.run(name)
         if (run / "report.html").exists():
             return (run / "report.html").read_text(encoding="utf-8")
         if (run / "analysis.md").exists():
-            body = markdown.markdown((run / "analysis.md").read_text(encoding="utf-8"),
-                                     extensions=["tables"])
-            return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{run.name}"
-                    "</title><style>body{font-family:system-ui,sans-serif}table{border-collapse:"
-                    "collapse}td,th{border:1px solid #ccd;padding:2px 6px}img{max-width:100%}"
-                    f"</style></head><body>{body}</body></html>")
+            return html_page((run / "analysis.md").read_text(encoding="utf-8"), run, run.name)
         raise RequestError(f"run: {name!r} has no report yet (steerlab analyze {run.name})",
                            "run", status=404)
 
