@@ -216,6 +216,8 @@ def test_a_rating_session_resumed_after_closing_the_tab_writes_what_the_csv_path
 def test_a_rating_link_checks_what_it_is_sent(sheet, tmp_path):
     import json
 
+    from test_serve_hostile import raw
+
     from steerlab.serve.rating import RatingSession, create_rating_app
 
     session = RatingSession(*sheet, tmp_path / "web", ["bob"])
@@ -226,14 +228,8 @@ def test_a_rating_link_checks_what_it_is_sent(sheet, tmp_path):
         assert status(root + f"/web/rate.html?token={token}") == 401
 
         def post(path: str, body: dict) -> tuple[int, dict]:
-            request = urllib.request.Request(
-                root + path, json.dumps(body).encode(), method="POST",
-                headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    return response.status, json.load(response)
-            except urllib.error.HTTPError as err:
-                return err.code, json.load(err)
+            return raw(root, json.dumps(body).encode(), path,
+                       headers={"Authorization": f"Bearer {KEY}"})
 
         code, body = post(f"/rating/{token}/verdict", {"pair_id": "p0001", "preferred": "3"})
         assert code == 400 and "preferred" in body["error"]["message"]
