@@ -94,10 +94,12 @@ def _read_packed(model: ModelHandle, chosen: Sequence[TokenSequence],
         prompt_start = width - (len(c.ids) + r.n_completion)
         weight[row, prompt_start:] = 1.0
         weight[row, prompt_start:prompt_start + c.prompt_len] = 2.0  # the prompt, once per side
-    norms = {layer: float((outputs[layer].float().norm(dim=-1).cpu() * weight).sum())
-             for layer in layers}
-    return ({layer: outputs[layer][rows, at_chosen].float().cpu() for layer in layers},
-            {layer: outputs[layer][:, -1].float().cpu() for layer in layers},
+    norms, chosen_last = {}, {}
+    for layer in layers:  # each on its layer's device (a model may span several)
+        out = outputs[layer]
+        norms[layer] = float((out.float().norm(dim=-1) * weight.to(out.device)).sum())
+        chosen_last[layer] = out[rows.to(out.device), at_chosen.to(out.device)].float().cpu()
+    return (chosen_last, {layer: outputs[layer][:, -1].float().cpu() for layer in layers},
             norms, int(weight.sum()))
 
 

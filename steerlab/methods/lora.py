@@ -30,7 +30,14 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from steerlab.data.files import PreferencePair
-from steerlab.methods.pairs import EncodedPair, encode_pairs, pair_rows, shuffled_batches
+from steerlab.methods.pairs import (
+    EncodedPair,
+    encode_pairs,
+    pair_rows,
+    references,
+    shuffled_batches,
+    store_references,
+)
 from steerlab.methods.training import TrainingDiverged, bipo_loss, descend
 from steerlab.model.encoding import collate
 from steerlab.model.handle import ModelHandle, find_decoder_layers
@@ -145,8 +152,7 @@ def _dpo_loss(model: ModelHandle, items: Sequence[EncodedPair],
               beta: float) -> tuple[torch.Tensor, int]:
     """DPO (the BiPO loss with direction +1) against the reference scores stored on the items."""
     chosen, rejected = _pair_logprobs(model, items)
-    ref = torch.tensor([item.ref for item in items], device=chosen.device, dtype=chosen.dtype)
-    return bipo_loss(chosen, rejected, ref[:, 0], ref[:, 1], 1.0, beta) * len(items), len(items)
+    return bipo_loss(chosen, rejected, *references(items), 1.0, beta) * len(items), len(items)
 
 
 _LOSSES: dict[str, Loss] = {"sft": _sft_loss, "dpo": _dpo_loss}
@@ -157,9 +163,7 @@ def _store_reference(model: ModelHandle, items: Sequence[EncodedPair], batch_siz
     """The frozen model's scores of both completions, kept on each item (DPO's reference)."""
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        chosen, rejected = _pair_logprobs(model, chunk)
-        for item, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
-            item.ref = (c, r)
+        store_references(chunk, *_pair_logprobs(model, chunk))
 
 
 @torch.no_grad()

@@ -24,7 +24,8 @@ class EncodedPair:
     pair_id: str
     chosen: TokenSequence
     rejected: TokenSequence
-    ref: tuple[float, float] | None = None
+    ref: torch.Tensor | None = None
+    """The reference scores (chosen, rejected), kept where the model computed them."""
     hidden: list[torch.Tensor] = field(default_factory=list)  # layer-L output per model row, (T, D)
 
 
@@ -42,6 +43,21 @@ class PairRows:
         if packed:
             return [e.hidden[0] for e in items]
         return [e.hidden[0] for e in items] + [e.hidden[1] for e in items]
+
+
+def store_references(items: Sequence[EncodedPair], chosen: torch.Tensor,
+                     rejected: torch.Tensor) -> None:
+    """Keep each pair's reference scores (row i of ``chosen`` and ``rejected``) on it, on the
+    device they were computed on: no copy to the host."""
+    scores = torch.stack([chosen.detach(), rejected.detach()], dim=1)
+    for row, item in enumerate(items):
+        item.ref = scores[row]
+
+
+def references(items: Sequence[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stored reference scores of ``items``: (chosen, rejected), one entry per pair."""
+    scores = torch.stack([item.ref for item in items])  # type: ignore[misc]
+    return scores[:, 0], scores[:, 1]
 
 
 def pair_rows(model: ModelHandle, items: Sequence[EncodedPair], packed: bool) -> PairRows:

@@ -49,7 +49,7 @@ def read_layers(
             hidden = outputs[layer].float()
             last[layer][index] = hidden[:, -1].cpu()
             mean[layer][index] = masked_mean(hidden, batch.attention_mask).cpu()
-            norm_sum[layer] += float(hidden.norm(dim=-1)[real].sum())
+            norm_sum[layer] += float(hidden.norm(dim=-1)[real.to(hidden.device)].sum())
     return LayerReadout(last, mean, {layer: norm_sum[layer] / max(n_tokens, 1) for layer in layers})
 
 

@@ -153,6 +153,7 @@ class PairBatch:
         rows = torch.arange(logp.shape[0], device=logp.device)[:, None]
 
         def total(at: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            at, ids, mask = (t.to(logp.device) for t in (at, ids, mask))  # the head's device
             return (logp[rows, at, ids] * mask).sum(dim=-1)
 
         return (total(self.chosen_at, self.chosen_ids, self.chosen_mask),

@@ -83,6 +83,11 @@ class ModelHandle:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def layer_device(self, layer: int) -> torch.device:
+        """The device decoder layer ``layer`` computes on (its output's, where a vector meets
+        it); the input device unless the model is spread over several."""
+        return next(self.layers[layer].parameters()).device
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype

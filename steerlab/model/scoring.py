@@ -39,8 +39,8 @@ def token_logprobs(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """
     first = batch.input_ids.shape[1] - logits.shape[1] + 1  # first column whose token is read
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    picked = logp.gather(-1, batch.input_ids[:, first:, None]).squeeze(-1)
-    return picked * batch.completion_mask()[:, first:]
+    ids, mask = (t[:, first:].to(logp.device) for t in (batch.input_ids, batch.completion_mask()))
+    return logp.gather(-1, ids[..., None]).squeeze(-1) * mask
 
 
 def window_logits(model: ModelHandle, inputs: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
@@ -192,13 +192,22 @@ def score_settings(
             )
         else:
             passes = settings_logits(model, batch.model_inputs(), settings, shared, window)
-        for k, logits in enumerate(passes):
-            summed = token_logprobs(logits, batch).sum(dim=-1)
+        wanted = [(row, token) for row, i in enumerate(index) for token in sorted(needed[i])]
+        picks: torch.Tensor | None = None
+        read = []  # per setting: summed completion scores, then the last tokens' log-probs
+        for logits in passes:
+            if picks is None:
+                picks = torch.tensor(wanted, dtype=torch.long).reshape(-1, 2).to(logits.device)
             final = torch.log_softmax(logits[:, -1].float(), dim=-1)
+            read += [token_logprobs(logits, batch).sum(dim=-1), final[picks[:, 0], picks[:, 1]]]
+        values = torch.cat(read).tolist()  # one copy to the host per batch, not one per row
+        width = len(index) + len(wanted)
+        for k in range(len(settings)):
+            sums, picked = values[k * width : k * width + len(index)], iter(
+                values[k * width + len(index) : (k + 1) * width])
             for row, i in enumerate(index):
-                stem_sum[k][i] = float(summed[row])
-                tokens = sorted(needed[i])
-                last_logp[k][i] = dict(zip(tokens, final[row, tokens].tolist()))
+                stem_sum[k][i] = sums[row]
+                last_logp[k][i] = {token: next(picked) for token in sorted(needed[i])}
     return [
         [
             CompletionScore(0.0, 0)

@@ -363,7 +363,8 @@ class Steering:
             if decision.shape[0] != edited.shape[0]:
                 raise RuntimeError(f"conditional steering decided for {decision.shape[0]} rows "
                                    f"but this pass has {edited.shape[0]}")
-            edited = torch.where(decision.view(-1, 1, 1), edited, unedited)
+            # decided at the condition's layer, which may sit on another device than this one
+            edited = torch.where(decision.to(edited.device).view(-1, 1, 1), edited, unedited)
         if group.positions != "all":
             edited = torch.where(keep[group.positions], edited, unedited)
         return edited
