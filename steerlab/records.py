@@ -81,6 +81,21 @@ def emit(records: list[Record], writer: RecordWriter | None) -> list[Record]:
     return records
 
 
+def placements(records: Iterable[Record]) -> str:
+    """Where the model's records were computed, in words: each device and dtype with how many
+    records it made ("cuda:0, bfloat16 (1200 records)")."""
+    counts: dict[str, int] = defaultdict(int)
+    for record in records:
+        if "device" in record:
+            where = f"{record['device']}, {record.get('dtype')}"
+            if record.get("quantization"):
+                where += f", {record['quantization']} weights"
+            counts[where] += 1
+    if not counts:
+        return "not recorded (records older than steerlab's device and dtype fields)"
+    return "; ".join(f"{where} ({n} records)" for where, n in counts.items())
+
+
 def _drop_torn_tail(path: Path) -> None:
     """Cut the file after its last newline, removing a partly written record."""
     data = path.read_bytes()

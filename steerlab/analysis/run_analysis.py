@@ -39,7 +39,7 @@ from steerlab.evaluation.judges.verdicts import (
 )
 from steerlab.evaluation.refusal import RefusalRate, summarize_refusals
 from steerlab.evaluation.side_effects import SideEffect, capability_records, side_effects_table
-from steerlab.records import Record, summarize
+from steerlab.records import Record, placements, summarize
 
 
 @dataclass
@@ -92,7 +92,8 @@ def write_analysis(run_dir: str | Path, records: list[Record]) -> Path:
     """Write ``analysis.md`` (and its plots) into ``run_dir``; return its path."""
     out = Path(run_dir)
     parts = [f"# Analysis of {out}", "", (f"{len(records)} records; every figure below is "
-             "recomputed from them (`steerlab analyze` again gives the same)."), ""]
+             "recomputed from them (`steerlab analyze` again gives the same). Computed on: "
+             f"{placements(records)}."), ""]
     parts += sections(analyze(records), out)
     path = out / "analysis.md"
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -12,8 +12,15 @@ from rich.table import Table
 
 from steerlab.cli.app import console, data_app
 from steerlab.cli.inputs import fail, load_handle
-from steerlab.cli.options import BatchOpt, FormatOpt, ModelOpt, OutputFormat
+from steerlab.cli.options import (
+    BatchOpt,
+    FormatOpt,
+    ModelOpt,
+    OutputFormat,
+    placement_options,
+)
 from steerlab.model.catalog import DEFAULT_MODEL
+from steerlab.model.placement import Placement
 
 SHOWN = 10
 
@@ -46,6 +53,7 @@ def data_list(output: FormatOpt = OutputFormat.table) -> None:
 
 
 @data_app.command("inspect")
+@placement_options
 def data_inspect(
     name: Annotated[str, typer.Argument(
         help="Dataset name (see `steerlab data list`) or a .jsonl/.csv/.json file.")],
@@ -64,6 +72,7 @@ def data_inspect(
         help="Read from this folder (shared-data layout), file or Hugging Face id.")] = None,
     batch_size: BatchOpt = 8,
     output: FormatOpt = OutputFormat.table,
+    placement: Optional[Placement] = None,
 ) -> None:
     """Show what is in a dataset: a sample, counts, answer balance, duplicates, bad rows (with
     file and line) and a label check that flags agreement far below chance (flipped labels)."""
@@ -72,7 +81,8 @@ def data_inspect(
 
     try:
         kind = dataset_info(name).kind
-        handle = load_handle(model) if label_check and kind in ("mc", "ab", "pairs") else None
+        checks = label_check and kind in ("mc", "ab", "pairs")
+        handle = load_handle(model, placement) if checks else None
         report = inspect_dataset(
             name, split, source=source, model=handle, examples=examples,
             label_sample=label_sample, seed=seed, batch_size=batch_size,

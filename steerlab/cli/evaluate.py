@@ -35,11 +35,14 @@ from steerlab.cli.options import (
     parse_floats,
     parse_ints,
     parse_layers,
+    placement_options,
 )
 from steerlab.model.catalog import DEFAULT_MODEL
+from steerlab.model.placement import Placement
 
 
 @app.command("eval")
+@placement_options
 def evaluate(
     data: Annotated[str, typer.Option(
         "--data", "-d",
@@ -58,6 +61,7 @@ def evaluate(
         help="Use only this split (bundled sets: train/test).")] = None,
     batch_size: BatchOpt = 8,
     engine: EngineOpt = "transformers",  # type: ignore[assignment]
+    placement: Optional[Placement] = None,
 ) -> None:
     """Score multiple-choice or A/B items by likelihood, per multiplier; print a table.
 
@@ -72,7 +76,7 @@ def evaluate(
 
     items = load_scored_items(data, split)
     steering = SteeringVector.load(vector) if vector else None
-    handle = load_handle(model)
+    handle = load_handle(model, placement)
     try:
         setting = SteeringSetting(steering, layers=parse_layers(layers, handle.n_layers),
                                   norm_ratio=norm_ratio,
@@ -82,7 +86,7 @@ def evaluate(
         sweep.check()
     except ValueError as err:
         fail(str(err))
-    scorer = load_engine(model, engine)
+    scorer = load_engine(model, engine, placement=placement)
     with RecordWriter(out) as writer:
         records = evaluate(handle, items, [sweep], dataset=str(data), writer=writer,
                            batch_size=batch_size, engine=scorer)
@@ -113,6 +117,7 @@ def print_summary(rows: list[dict]) -> None:
 
 
 @app.command()
+@placement_options
 def sweep(
     data: Annotated[list[str], typer.Option(
         "--data", "-d", help="Dataset (name, name:split or file); repeatable.")],
@@ -127,6 +132,7 @@ def sweep(
     limit: LimitOpt = None,
     batch_size: BatchOpt = 8,
     engine: EngineOpt = "transformers",  # type: ignore[assignment]
+    placement: Optional[Placement] = None,
 ) -> None:
     """Evaluate every vector × layer × multiplier on each dataset, into a run directory.
 
@@ -141,8 +147,8 @@ def sweep(
     vectors = [load_vector(path) for path in vector]
     sweeps = grid(vectors, parse_floats(multipliers), parse_ints(layers) if layers else None,
                   norm_ratio)
-    handle = load_handle(model)
-    scorer = load_engine(model, engine)
+    handle = load_handle(model, placement)
+    scorer = load_engine(model, engine, placement=placement)
     run = RunDir.open(out, "sweep", {"data": data, "vectors": [str(v) for v in vector],
                                      "model": model, "multipliers": multipliers, "layers": layers,
                                      "norm_ratio": norm_ratio, "n": limit})
@@ -159,6 +165,7 @@ def sweep(
 
 
 @app.command("compose")
+@placement_options
 def compose_grid(
     vector: Annotated[list[Path], typer.Option(
         "--vector", "-v", help="Steering vector file: give two, first then second.")],
@@ -176,6 +183,7 @@ def compose_grid(
     norm_ratio: NormRatioOpt = None,
     limit: LimitOpt = None,
     batch_size: BatchOpt = 8,
+    placement: Optional[Placement] = None,
 ) -> None:
     """Steer with two vectors at once over a grid of both multipliers; score both behaviours.
 
@@ -189,7 +197,7 @@ def compose_grid(
         fail(f"compose takes exactly two --vector options, got {len(vector)}")
     first, second = (load_vector(path) for path in vector)
     sets = {spec: load_scored_items(spec, None, limit) for spec in (data_a, data_b)}
-    handle = load_handle(model)
+    handle = load_handle(model, placement)
     try:
         sweeps = composition_grid(first, second, parse_floats(grid), None,
                                   parse_layers(layers, handle.n_layers), norm_ratio)
@@ -229,6 +237,7 @@ def print_grid(cells: list, names: dict[str, str]) -> None:
 
 
 @app.command("side-effects")
+@placement_options
 def side_effects(
     vector: Annotated[Path, typer.Option("--vector", "-v", help="Steering vector file.")],
     out: RunOpt,
@@ -254,6 +263,7 @@ def side_effects(
         "steerlab_truthfulqa_mc1, steerlab_wikitext, ...), each on its first --n documents; "
         "alone, they replace the default sets (pip install -e .\\[harness]).")] = None,
     batch_size: BatchOpt = 8,
+    placement: Optional[Placement] = None,
 ) -> None:
     """Capability accuracy, perplexity and KL to the unsteered model: steered against unsteered.
 
@@ -280,12 +290,12 @@ def side_effects(
             from steerlab.harness.model import SteerlabLM
             from steerlab.harness.records import harness_records
         except ImportError as err:
-            fail(f"--harness needs lm-evaluation-harness: pip install -e .\\[harness] ({err})")
+            fail(f"--harness needs lm-evaluation-harness: pip install -e .[harness] ({err})")
     steering = load_vector(vector)
     capability_sets = {spec: load_scored_items(spec, None, limit) for spec in capability}
     texts = {spec: passages(load_texts(spec), limit) for spec in text}
     prompts = {spec: as_prompts(load_records(spec, None, limit)) for spec in kl_prompts}
-    handle = load_handle(model)
+    handle = load_handle(model, placement)
     run = RunDir.open(out, "side-effects", {"vector": str(vector), "model": model,
                                             "multipliers": multipliers, "layers": layers,
                                             "norm_ratio": norm_ratio, "capability": capability,
@@ -344,6 +354,7 @@ def analyze(run_dir: Annotated[Path, typer.Argument(
 
 
 @app.command("run")
+@placement_options
 def run_config(
     config: Annotated[Path, typer.Argument(help="An experiment config (YAML); see examples/.")],
     out: Annotated[Optional[Path], typer.Option(
@@ -352,6 +363,7 @@ def run_config(
         "--check",
         help="Validate the config and its data, print what would run, and stop.")] = False,
     engine: EngineOpt = "transformers",  # type: ignore[assignment]
+    placement: Optional[Placement] = None,
 ) -> None:
     """Run an experiment: every arm on validation and test into a run directory (stage one),
     then the report from its records (stage two, as `steerlab analyze`). --engine vllm
@@ -362,17 +374,20 @@ def run_config(
         experiment = load_config(config)
     except ConfigError as err:
         fail(str(err))
+    if placement is not None:  # the options given override the config's model block
+        experiment = experiment.model_copy(
+            update={"model": experiment.model.overridden(placement)})
     from steerlab.experiment.runner import data_summary, run_experiment
 
     sizes = data_summary(experiment)
-    console.print(f"{experiment.name}: model {experiment.model}; "
+    console.print(f"{experiment.name}: model {experiment.model.name}; "
                   + ", ".join(f"{k} {v}" for k, v in sizes.items()))
     if check:
         console.print("config is valid")
         return
     run_dir = out or Path("runs") / experiment.name
     try:
-        generator = (load_engine(experiment.model, engine)
+        generator = (load_engine(experiment.model.name, engine, placement=experiment.model)
                      if experiment.evaluations.open_ended else None)
         run = run_experiment(experiment, run_dir, log=console.print, engine=generator)
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated, Any, Optional, get_type_hints
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -32,11 +32,14 @@ from steerlab.cli.options import (
     intervention_of,
     parse_floats,
     parse_layers,
+    placement_options,
 )
 from steerlab.model.catalog import DEFAULT_MODEL
+from steerlab.model.placement import Placement
 
 
 @app.command()
+@placement_options
 def generate(
     prompt: Annotated[str, typer.Argument(help="The user prompt (the chat template is applied).")],
     model: ModelOpt = DEFAULT_MODEL,
@@ -54,6 +57,7 @@ def generate(
     condition: Annotated[Optional[Path], typer.Option(
         help="Steer only if the prompt meets this condition (from `steerlab condition`).")] = None,
     engine: EngineOpt = "transformers",  # type: ignore[assignment]
+    placement: Optional[Placement] = None,
 ) -> None:
     """Generate a reply (greedy), steered when a vector is given."""
     from contextlib import AbstractContextManager, nullcontext
@@ -65,7 +69,7 @@ def generate(
     gate = load_condition(condition) if condition else None
     if gate is not None and steering is None:
         fail("--condition gates a vector: give --vector too")
-    handle = load_handle(model)
+    handle = load_handle(model, placement)
     if gate is not None:
         holds = gate.applies(handle, [prompt], progress=False)[0]
         verdict = "holds: steering" if holds else "does not hold: unsteered"
@@ -82,7 +86,7 @@ def generate(
         except ValueError as err:
             fail(str(err))
     settings = [None, setting] if setting is not None and compare else [setting]
-    generator = load_engine(model, engine)
+    generator = load_engine(model, engine, placement=placement)
     if generator is not None:  # every reply in one batch
         ids = handle.encode_prompt(handle.format_prompt(prompt))
         replies = [handle.tokenizer.decode(r.token_ids, skip_special_tokens=True).strip()
@@ -102,6 +106,7 @@ def generate(
 
 
 @app.command()
+@placement_options
 def demo(
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Directory for records, vector and report.")] = Path("demo_out"),
@@ -111,11 +116,13 @@ def demo(
     layer: Annotated[Optional[int], typer.Option(
         help="Layer to steer (default: the demo's choice).")] = None,
     multipliers: Annotated[Optional[str], typer.Option(help="Comma-separated multipliers.")] = None,
+    placement: Optional[Placement] = None,
 ) -> None:
     """Train a CAA vector on a bundled behaviour, sweep multipliers, compare generations, report."""
     from steerlab.experiment.demo import DemoConfig, run_demo
 
-    config = DemoConfig(model=model, behaviour=behaviour, out_dir=out)
+    config = DemoConfig(model=model, placement=placement or Placement(), behaviour=behaviour,
+                        out_dir=out)
     if layer is not None:
         config.layer = layer
     if multipliers:
@@ -124,6 +131,7 @@ def demo(
 
 
 @app.command()
+@placement_options
 def serve(
     model: ModelOpt = DEFAULT_MODEL,
     vector: Annotated[Optional[list[str]], typer.Option(
@@ -166,6 +174,7 @@ def serve(
         = Path("runs"),
     web: Annotated[bool, typer.Option(
         help="Also serve the web interface (playground, runs) at /web/.")] = False,
+    placement: Optional[Placement] = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible API (chat completions, streaming) with steering.
 
@@ -195,8 +204,8 @@ def serve(
                       f"(set ${api_key_env})")
     if engine == "vllm" and conditions:
         fail("--condition is not available with --engine vllm")
-    handle = load_handle(model)
-    generator = load_engine(model, engine, max_context)
+    handle = load_handle(model, placement)
+    generator = load_engine(model, engine, max_context, placement=placement)
     console.print(f"serving {settings.model_name or served_name(model)} on http://{host}:{port}/v1 "
                   f"with vectors: {', '.join(vectors) or 'none'}; "
                   f"conditions: {', '.join(conditions) or 'none'}; "
@@ -218,15 +227,14 @@ def _web(**options: Any) -> None:
 _web.__doc__ = """The web interface (steering playground) over `steerlab serve`'s API: the same
 options, model, vectors, limits and key; open http://127.0.0.1:8000/web/ (with a key: once with
 ?key=<key>)."""
-_hints = get_type_hints(serve, include_extras=True)  # serve's options, help text included
 _web.__signature__ = inspect.signature(serve).replace(  # type: ignore[attr-defined]
-    parameters=[p.replace(annotation=_hints[p.name])
-                for p in inspect.signature(serve).parameters.values() if p.name != "web"])
-_web.__annotations__ = {k: v for k, v in _hints.items() if k not in ("web", "return")}
+    parameters=[p for p in inspect.signature(serve).parameters.values() if p.name != "web"])
+_web.__annotations__ = {p.name: p.annotation for p in _web.__signature__.parameters.values()}
 app.command("web")(_web)
 
 
 @app.command()
+@placement_options
 def chat(
     model: ModelOpt = DEFAULT_MODEL,
     vector: Annotated[Optional[list[str]], typer.Option(
@@ -240,13 +248,14 @@ def chat(
     side: Annotated[bool, typer.Option(
         "--side/--no-side",
         help="Show the unsteered reply beside the steered one (toggle with /side).")] = True,
+    placement: Optional[Placement] = None,
 ) -> None:
     """Chat with the model in the terminal, steered; change the vector, multiplier and layers
     between turns (/help lists the commands) and compare with the unsteered reply side by side."""
     from steerlab.serve.chat import ChatError, ChatSession
 
     vectors = load_named_vectors(vector or [])
-    handle = load_handle(model)
+    handle = load_handle(model, placement)
     try:
         session = ChatSession(handle, vectors, multiplier=multiplier,
                               layers=parse_layers(layers, handle.n_layers), norm_ratio=norm_ratio,

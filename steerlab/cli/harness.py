@@ -30,7 +30,7 @@ def lm_eval(ctx: typer.Context) -> None:
         import steerlab.harness.model  # noqa: F401  (registers the steerlab model type)
         from steerlab.harness import TASKS
     except ImportError as err:
-        fail(f"steerlab lm-eval needs lm-evaluation-harness: pip install -e .\\[harness] ({err})")
+        fail(f"steerlab lm-eval needs lm-evaluation-harness: pip install -e .[harness] ({err})")
     args = list(ctx.args)
     if not args or args[0].startswith("-"):
         args.insert(0, "run")  # lm-eval's evaluation command (`ls` and `validate` pass through)

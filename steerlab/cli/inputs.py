@@ -12,34 +12,46 @@ from typing import Any, Optional
 import typer
 
 from steerlab.cli.app import console
+from steerlab.model.placement import Placement
 
 
 def fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
+    """End the command: one line saying what is wrong (shown as written, brackets included)."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=1)
 
 
-def load_handle(model: str):
+def load_handle(model: str, placement: Placement | None = None):
+    """The model, placed as ``placement`` says (default: auto), or exit with the loader's
+    message (a device that is not here: which ones are)."""
     from steerlab.model.handle import ModelLoadError, load_model
 
+    placement = placement or Placement()
     try:
         with console.status(f"loading {model}"):
-            return load_model(model)
+            return load_model(model, **placement.options())
     except ModelLoadError as err:
         fail(str(err))
 
 
-def load_engine(model: str, engine: str, max_model_len: int | None = None):
-    """The vLLM engine for ``model`` when ``engine`` is "vllm" (None for transformers), or exit
-    saying how to install it."""
+def load_engine(model: str, engine: str, max_model_len: int | None = None,
+                placement: Placement | None = None):
+    """The vLLM engine for ``model`` when ``engine`` is "vllm" (None for transformers), in the
+    dtype ``placement`` resolves to (vLLM picks its own device), or exit saying how to install
+    it."""
     if engine != "vllm":
         return None
+    from steerlab.model.placement import resolve
+
+    dtype = str(resolve(placement or Placement()).dtype).removeprefix("torch.")
     try:
         from steerlab.engine.vllm_engine import VllmEngine
     except ImportError as err:
-        fail(f"--engine vllm needs vLLM: pip install -e .\\[vllm] ({err})")
+        fail(f"--engine vllm needs vLLM: pip install -e .[vllm] ({err})")
     with console.status(f"starting vLLM on {model}"):
-        return VllmEngine(model, max_model_len=max_model_len)
+        return VllmEngine(model, dtype=dtype, max_model_len=max_model_len)
 
 
 def load_records(spec: str, split: Optional[str], limit: Optional[int] = None,

@@ -36,11 +36,14 @@ from steerlab.cli.options import (
     intervention_of,
     parse_floats,
     parse_layers,
+    placement_options,
 )
 from steerlab.model.catalog import DEFAULT_MODEL
+from steerlab.model.placement import Placement
 
 
 @app.command("generate-eval")
+@placement_options
 def generate_eval(
     data: Annotated[list[str], typer.Option(
         "--data", "-d", help="Question set (truthfulqa-open, advbench, harmless, another prompts "
@@ -71,6 +74,7 @@ def generate_eval(
         help="Sampling seed; batch b uses seed + b, the same for every arm.")] = 0,
     batch_size: BatchOpt = 8,
     engine: EngineOpt = "transformers",  # type: ignore[assignment]
+    placement: Optional[Placement] = None,
 ) -> None:
     """Answer questions unsteered and steered (one arm per multiplier), one record each.
 
@@ -94,7 +98,7 @@ def generate_eval(
         fail(str(err))
     if limit is not None:
         sets = {spec: split(qs, [min(limit, len(qs))], sample_seed)[0] for spec, qs in sets.items()}
-    handle = load_handle(model)
+    handle = load_handle(model, placement)
     try:
         setting = SteeringSetting(steering, layers=parse_layers(layers, handle.n_layers),
                                   norm_ratio=norm_ratio,
@@ -104,7 +108,7 @@ def generate_eval(
         arms = steering_arms(setting, parse_floats(multipliers))
     except ValueError as err:
         fail(str(err))
-    generator = load_engine(model, engine)
+    generator = load_engine(model, engine, placement=placement)
     with RecordWriter(out) as writer:
         for spec, questions in sets.items():
             generate_answers(
@@ -367,6 +371,7 @@ def refusal(
 
 
 @app.command()
+@placement_options
 def concept(
     concept_text: Annotated[str, typer.Option(
         "--concept", help="The concept, in words (e.g. 'weddings and marriage ceremonies').")],
@@ -391,6 +396,7 @@ def concept(
     concurrency: Annotated[int, typer.Option(help="Judge requests in flight at once.",
                                              min=1)] = 1,
     batch_size: BatchOpt = 8,
+    placement: Optional[Placement] = None,
 ) -> None:
     """AxBench's concept-steering protocol: steered answers at each factor and a prompting
     baseline, rated 0-2 by an LLM judge for concept, instruction and fluency (the harmonic mean
@@ -414,7 +420,7 @@ def concept(
         judge = ConceptJudge(concurrency=concurrency)
     except ValueError as err:
         fail(str(err))
-    handle = load_handle(model)
+    handle = load_handle(model, placement)
     if vector is not None:
         steering = load_vector(vector)
     else:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
+from pydantic import ValidationError
 
 from steerlab.model.catalog import BUILTIN_MODELS
+from steerlab.model.placement import DEVICE_MAPS, Placement
 
 ModelOpt = Annotated[
     str,
@@ -133,3 +138,55 @@ ArmsOpt = Annotated[Optional[list[str]], typer.Option(
 
 DatasetsOpt = Annotated[Optional[list[str]], typer.Option(
     "--dataset", help="Only records of this question set (repeatable; default: all in the file).")]
+
+
+PLACEMENT_PANEL = "Device and precision"
+
+PLACEMENT_OPTIONS: dict[str, Any] = {
+    "device": Annotated[Optional[str], typer.Option(
+        help="auto (CUDA, then MPS, then the CPU; the default), cpu, cuda, cuda:N or mps.",
+        rich_help_panel=PLACEMENT_PANEL)],
+    "dtype": Annotated[Optional[str], typer.Option(
+        help="auto (bfloat16 where the device computes in it, float32 on the CPU; the "
+        "default), float32, bfloat16 or float16. Vectors stay float32 on disk.",
+        rich_help_panel=PLACEMENT_PANEL)],
+    "device_map": Annotated[Optional[str], typer.Option(
+        help=f"Spread the model over every visible GPU with accelerate ({', '.join(DEVICE_MAPS)})"
+        ", instead of --device.", rich_help_panel=PLACEMENT_PANEL)],
+    "quantization": Annotated[Optional[str], typer.Option(
+        help="Load the weights in 8bit or 4bit (bitsandbytes: pip install -e .\\[quantization]).",
+        rich_help_panel=PLACEMENT_PANEL)],
+}
+"""The options that place a model, each also a field of :class:`Placement`."""
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def placement_options(command: Command) -> Command:
+    """Give a command that loads a model ``--device``, ``--dtype``, ``--device-map`` and
+    ``--quantization``: it declares a ``placement`` parameter and receives them there as one
+    checked :class:`Placement` (a bad value ends it naming the option)."""
+    signature = inspect.signature(command, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.name != "placement"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                               default=None) for name, annotation in PLACEMENT_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in PLACEMENT_OPTIONS}
+        return command(*args, placement=placement_of(given), **kwargs)
+
+    run.__signature__ = signature.replace(parameters=[*kept, *added])  # type: ignore[attr-defined]
+    return run  # type: ignore[return-value]
+
+
+def placement_of(given: dict[str, Any]) -> Placement:
+    """The :class:`Placement` of the options given (unset ones stay ``auto``), or a usage error
+    naming the option."""
+    try:
+        return Placement(**{name: value for name, value in given.items() if value is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "device"
+        raise typer.BadParameter(first["msg"].removeprefix("Value error, "),
+                                 param_hint=f"--{field.replace('_', '-')}") from None

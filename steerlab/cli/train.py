@@ -25,9 +25,11 @@ from steerlab.cli.options import (
     NormRatioOpt,
     finite_number,
     parse_ints,
+    placement_options,
     positive_number,
 )
 from steerlab.model.catalog import DEFAULT_MODEL
+from steerlab.model.placement import Placement
 
 
 def _method_config(method: str, given: dict[str, Any], params: list[str]):
@@ -62,6 +64,7 @@ def _method_config(method: str, given: dict[str, Any], params: list[str]):
 
 
 @app.command()
+@placement_options
 def train(
     data: Annotated[str, typer.Option(
         "--data", "-d",
@@ -105,6 +108,7 @@ def train(
     subset_sizes: Annotated[Optional[str], typer.Option(
         help="Train one vector per nested subset size, e.g. 1,2,4,8.")] = None,
     seeds: Annotated[int, typer.Option(help="With --subset-sizes: seeds 0..N-1 per size.")] = 1,
+    placement: Optional[Placement] = None,
 ) -> None:
     """Train a steering vector from preference pairs and save it.
 
@@ -124,7 +128,7 @@ def train(
         fail(f"{method} trains one layer at a time; got --layer {layer}")
     pairs = load_training_pairs(data, split)
     val_pairs = load_training_pairs(val_data, val_split) if val_data else None
-    handle = load_handle(model)
+    handle = load_handle(model, placement)
     outside = [index for index in layers if not 0 <= index < handle.n_layers]
     if outside:
         fail(f"--layer {layer}: layer {outside[0]} is out of range (the model has "
@@ -155,6 +159,7 @@ def train(
 
 
 @app.command()
+@placement_options
 def scan(
     data: Annotated[str, typer.Option(
         "--data", "-d", help="Pairs: dataset name (name:split works) or file.")],
@@ -171,6 +176,7 @@ def scan(
     batch_size: BatchOpt = 8,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Folder for scan.json and scan.png.")] = None,
+    placement: Optional[Placement] = None,
 ) -> None:
     """Score every layer for steering: held-out probe accuracy, CAA separation, behaviour shift.
 
@@ -185,7 +191,7 @@ def scan(
     pairs = load_training_pairs(data, split)
     if limit is not None and limit < len(pairs):
         pairs = seeded_split(pairs, [limit], seed)[0]
-    handle = load_handle(model)
+    handle = load_handle(model, placement)
     result = scan_layers(handle, pairs, multiplier=multiplier, norm_ratio=norm_ratio,
                          holdout=holdout, seed=seed, batch_size=batch_size)
     best = set(result.best(3))
@@ -219,6 +225,7 @@ def list_methods() -> None:
 
 
 @app.command("condition")
+@placement_options
 def condition_fit(
     positive: Annotated[str, typer.Option(
         help="Prompts the condition should hold for: a dataset (advbench, harmless, name:split) "
@@ -234,6 +241,7 @@ def condition_fit(
     limit: LimitOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the samples and the held-out split.")] = 0,
     batch_size: BatchOpt = 8,
+    placement: Optional[Placement] = None,
 ) -> None:
     """Fit a condition for conditional steering (CAST): a direction between the two prompt sets
     at a layer, and the cosine threshold with the best F1 on held-out prompts."""
@@ -241,7 +249,7 @@ def condition_fit(
 
     positives = load_prompt_texts(positive, limit, seed)
     negatives = load_prompt_texts(negative, limit, seed)
-    handle = load_handle(model)
+    handle = load_handle(model, placement)
     try:
         with console.status("fitting the condition"):
             fitted = fit_condition(handle, positives, negatives, layer, holdout, seed, batch_size,
@@ -257,6 +265,7 @@ def condition_fit(
 
 
 @lora_app.command("train")
+@placement_options
 def lora_train(
     data: Annotated[str, typer.Option(
         "--data", "-d",
@@ -290,6 +299,7 @@ def lora_train(
         help="DPO: inverse temperature of the preference loss.")] = 0.1,
     seed: Annotated[int, typer.Option(
         help="Seed of LoRA's initialisation, the batches and the held-out split.")] = 0,
+    placement: Optional[Placement] = None,
 ) -> None:
     """Train a LoRA adapter on preference pairs and keep the lowest-validation-loss one in --out.
 
@@ -307,7 +317,7 @@ def lora_train(
             fail(f"--val-size {held} must leave training pairs out of the {len(pairs)} in {data}")
         val, pairs = seeded_split(pairs, [held, len(pairs) - held], seed)
         console.print(f"validation: {held} pairs held out of {data} (seed {seed})")
-    handle = load_handle(model)
+    handle = load_handle(model, placement)
     try:
         result = train_lora(
             handle, pairs, val, rank=rank, alpha=alpha, lr=lr, batch_size=batch_size,
@@ -328,6 +338,7 @@ def lora_train(
 
 
 @baseline_app.command("shots")
+@placement_options
 def baseline_shots(
     data: Annotated[str, typer.Option(
         "--data", "-d", help="Pairs the shots come from (dataset name, name:split, or file).")],
@@ -342,13 +353,14 @@ def baseline_shots(
     seed: Annotated[int, typer.Option(help="Seed of the nested shot order.")] = 0,
     reserve: Annotated[int, typer.Option(
         help="Tokens kept free beyond the longest item (e.g. new tokens to generate).")] = 0,
+    placement: Optional[Placement] = None,
 ) -> None:
     """Which k-shot prompts fit the model's context, and where the context cuts the list."""
     from steerlab.methods.prompting import max_shots
 
     pairs = load_training_pairs(data, split)
     evaluated = load_records(eval_data, eval_split) if eval_data else pairs
-    handle = load_handle(model)
+    handle = load_handle(model, placement)
     try:
         fit = max_shots(handle, pairs, parse_ints(ks), evaluated, seed=seed, reserve_tokens=reserve)
     except ValueError as err:

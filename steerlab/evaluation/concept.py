@@ -79,7 +79,8 @@ def concept_records(
                                           for h, t in zip(heads, tokens)], batch_size, False)
         records += emit([
             {"task": "concept", "concept": detector.name, "detector": detector.describe(),
-             "model": model.name, **setting.at(multiplier).describe(),
+             "model": model.name, **model.placement,
+             **setting.at(multiplier).describe(),
              "multiplier": multiplier, "item_id": str(index), "prompt": prompt,
              "answer": answer, "shows_concept": detector(answer),
              "logprob": score.logprob, "n_tokens": score.n_tokens}
@@ -207,7 +208,8 @@ def judged_concept_records(
             for index, (instruction, answer) in enumerate(zip(instructions, texts))]
     judged = judge.score(concept, [(instruction, answer) for *_, instruction, answer in rows])
     records = [
-        {"task": JUDGED_TASK, "concept": concept, "model": model.name, "arm": arm, **fields,
+        {"task": JUDGED_TASK, "concept": concept, "model": model.name, **model.placement,
+         "arm": arm, **fields,
          "multiplier": factor, "item_id": str(index), "instruction": instruction,
          "answer": answer, **{f"{aspect}_rating": rating
                               for aspect, rating in found.ratings.items()},

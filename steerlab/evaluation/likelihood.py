@@ -162,7 +162,8 @@ def _evaluate(
     (the records say ``"engine": "vllm"``) a chunk's sequences under every multiplier are
     scored together from vLLM's prompt log-probabilities.
     """
-    common = {"task": task, "dataset": dataset, "model": model.name, **sweep.describe(),
+    common = {"task": task, "dataset": dataset, "model": model.name, **model.placement,
+              **sweep.describe(),
               **({"arm": arm} if arm else {}), **({"engine": "vllm"} if engine else {})}
     settings = sweep.settings(model)
 

@@ -142,7 +142,7 @@ def generate_answers(
     common = {
         "task": TASK,
         "dataset": dataset,
-        "model": model.name,
+        "model": model.name, **model.placement,
         "max_new_tokens": max_new_tokens,
         "do_sample": do_sample,
         "temperature": temperature if do_sample else None,

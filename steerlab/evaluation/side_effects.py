@@ -60,7 +60,8 @@ def perplexity_records(
     settings = sweep.settings(model)
     scored = score_settings(model, seqs, [make for _, make in settings], sweep.shared_layers(),
                             batch_size, progress, f"perplexity, {len(settings)} setting(s)")
-    common = {"task": "perplexity", "dataset": dataset, "model": model.name, **sweep.describe()}
+    common = {"task": "perplexity", "dataset": dataset, "model": model.name, **model.placement,
+              **sweep.describe()}
     records = [
         {**common, "multiplier": float(multiplier), "item_id": f"{dataset}-{index}",
          "logprob": score.logprob, "n_tokens": score.n_tokens}
@@ -95,7 +96,8 @@ def kl_records(
         for k, steered in enumerate(logits):
             steered = torch.log_softmax(steered[:, -1].float(), dim=-1)
             kl[k, index] = (base.exp() * (base - steered)).sum(dim=-1).clamp_min(0).cpu()
-    common = {"task": "kl", "dataset": dataset, "model": model.name, **sweep.describe()}
+    common = {"task": "kl", "dataset": dataset, "model": model.name, **model.placement,
+              **sweep.describe()}
     records = [
         {**common, "multiplier": float(multiplier), "item_id": f"{dataset}-{i}",
          "prompt": model.format_prompt(prompt), "kl": float(kl[k, i])}

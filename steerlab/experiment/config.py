@@ -27,6 +27,7 @@ from steerlab.data.registry import DatasetUnavailable, dataset_info
 from steerlab.data.spec import DataSpec
 from steerlab.methods.registry import MethodConfig, VectorMethod, get_method, methods
 from steerlab.model.catalog import DEFAULT_MODEL
+from steerlab.model.placement import ModelChoice
 from steerlab.steering.setting import SteeringSetting
 
 if TYPE_CHECKING:
@@ -238,7 +239,9 @@ class ExperimentConfig(_Strict):
     """One experiment: everything `steerlab run` needs, nothing it has to guess."""
 
     name: str
-    model: str = DEFAULT_MODEL
+    model: ModelChoice = ModelChoice(name=DEFAULT_MODEL)
+    """The model, by name (``model: smollm2-135m-instruct``) or as a block with where it runs
+    (``model: {name: ..., device: cuda, dtype: bfloat16}``; ``device_map``, ``quantization``)."""
     seed: int = 0
     batch_size: int = Field(default=8, gt=0)
     data: Data
@@ -248,6 +251,11 @@ class ExperimentConfig(_Strict):
     combinations: Combinations = Combinations()
     conditional: Conditional | None = None
     evaluations: Evaluations = Evaluations()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_by_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _names_refer(self) -> ExperimentConfig:

@@ -31,6 +31,7 @@ from steerlab.evaluation.likelihood import Sweep, evaluate_ab, evaluate_mc
 from steerlab.methods import train_caa
 from steerlab.model.generation import generate
 from steerlab.model.handle import DEFAULT_MODEL, load_model
+from steerlab.model.placement import Placement
 from steerlab.records import RecordWriter, read_records, summarize
 from steerlab.steering.setting import SteeringSetting
 
@@ -107,6 +108,8 @@ class DemoConfig:
     """What the demo runs; the defaults are the README's `make demo`."""
 
     model: str = DEFAULT_MODEL
+    placement: Placement = field(default_factory=Placement)
+    """Where the model runs (default: the first accelerator, else the CPU)."""
     behaviour: str = "refusal"
     layer: int = 14
     norm_ratio: float | None = 0.05
@@ -128,7 +131,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict:
 
     console.rule(f"steerlab demo: CAA on '{config.behaviour}' with {config.model}")
     with console.status(f"loading {config.model}"):
-        model = load_model(config.model)
+        model = load_model(config.model, **config.placement.options())
     console.print(f"model: {model.n_layers} layers, d_model {model.d_model}")
 
     train = load_pairs(config.behaviour, split="train")

@@ -32,7 +32,7 @@ from steerlab.analysis.run_analysis import analyze, sections
 from steerlab.analysis.tables import markdown_table
 from steerlab.evaluation.side_effects import SideEffect
 from steerlab.experiment.compute import naive_token_layers
-from steerlab.records import bias_cells
+from steerlab.records import bias_cells, placements
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -196,7 +196,7 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
              f"setting and the best baseline; test set **{head.test_dataset}** ({info['test_n']} "
              f"items) reports. Training pairs: {info['train_n']}. Accuracy is by model likelihood; "
              "intervals are 90% (Wilson for accuracies, Dirichlet posterior for paired "
-             "advantages).", ""]
+             f"advantages). Computed on: {placements(records)}.", ""]
     lines += ["## Verdicts", ""]
     if head.uninformative():
         lines += [head.uninformative(), ""]

@@ -128,8 +128,9 @@ class Runner:
     @property
     def model(self) -> ModelHandle:
         if self._model is None:
-            self.log(f"loading {self.config.model}")
-            self._model = load_model(self.config.model)
+            choice = self.config.model
+            self.log(f"loading {choice.name}")
+            self._model = load_model(choice.name, **choice.options())
         self.counter.watch(self._model.layers)
         return self._model
 
@@ -474,7 +475,7 @@ class Runner:
         started = time.perf_counter()
         with self.run.writer() as writer:
             self._note(writer, {"task": EXPERIMENT_TASK, "name": self.config.name,
-                                "model": self.config.model, "val": self.data.val_label,
+                                "model": self.config.model.name, "val": self.data.val_label,
                                 "test": self.data.test_label,
                                 "val_n": len(self.data.val), "test_n": len(self.data.test),
                                 "train_n": len(self.data.train), "n_layers": self.model.n_layers,

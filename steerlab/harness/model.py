@@ -34,17 +34,24 @@ class SteerlabLM(HFLM):
     file of several settings applied together, conditions included
     (:func:`~steerlab.steering.terms.load_composition`); neither: unsteered.
     ``device`` as lm-eval gives it (a CUDA device where there is none means the CPU, as in
-    lm-eval's own Hugging Face model). Other arguments (``batch_size``, ``max_length``, ...) are
-    ``HFLM``'s."""
+    lm-eval's own Hugging Face model); ``dtype``, ``device_map`` and ``quantization`` as
+    everywhere in steerlab (:class:`~steerlab.model.placement.Placement`). Other arguments
+    (``batch_size``, ``max_length``, ...) are ``HFLM``'s."""
 
     def __init__(self, model: str | ModelHandle = DEFAULT_MODEL, vector: str | None = None,
                  multiplier: float = 1.0, layers: str | int | None = None,
                  norm_ratio: float | None = None, positions: str = "all",
                  intervention: str = "add", steering: str | None = None,
-                 device: str | None = None, **kwargs: Any) -> None:
+                 device: str | None = None, dtype: str | None = None,
+                 device_map: str | None = None, quantization: str | None = None,
+                 **kwargs: Any) -> None:
         if device and device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"  # lm-eval's default is cuda:0; its own HF model falls back alike
-        self.handle = model if isinstance(model, ModelHandle) else load_model(model, device=device)
+        if device_map:
+            device = None  # the map places the layers
+        self.handle = model if isinstance(model, ModelHandle) else load_model(
+            model, device=device or "auto", dtype=dtype or "auto", device_map=device_map or None,
+            quantization=quantization or None)  # type: ignore[arg-type]
         super().__init__(pretrained=self.handle.model, tokenizer=self.handle.tokenizer,
                          **kwargs)
         self.steering: Composition | None = None

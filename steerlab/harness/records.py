@@ -66,7 +66,8 @@ def harness_records(
         out = simple_evaluate(model=lm, tasks=list(tasks), limit=limit, num_fewshot=num_fewshot,
                               task_manager=manager, log_samples=True, bootstrap_iters=0)
         for task, samples in out["samples"].items():
-            common = {"dataset": f"{PREFIX}{task}", "model": lm.handle.name, **sweep.describe(),
+            common = {"dataset": f"{PREFIX}{task}", "model": lm.handle.name,
+                      **lm.handle.placement, **sweep.describe(),
                       "multiplier": float(multiplier)}
             records += emit([_record(common, sample, lm) for sample in samples], writer)
     return records

@@ -258,6 +258,7 @@ class ChatService:
             },
             "max_tokens": self.settings.max_tokens,
             "context": self.context,
+            "placement": self.model.placement,
         }
 
     def prepare(self, request: ChatRequest) -> PreparedRequest:
