@@ -100,3 +100,25 @@ def test_rank_1_lora_on_real_model_counts_and_steers(smol, refusal_vector):
             assert torch.equal(adapted.model(**ids).logits, unsteered)
         with refusal_vector.apply(adapted, 4.0, norm_ratio=0.05):
             assert not torch.allclose(adapted.model(**ids).logits, unsteered)
+
+
+def test_default_model_evaluates_and_trains_in_bfloat16(smol):
+    """In bf16 the A/B scores stay near float32's, records say bfloat16, and the fast BiPO
+    engine still packs chosen and rejected (its old 1e-3 check on summed scores failed in any
+    half precision, so bf16 training ran unpacked, slower than the naive engine)."""
+    from steerlab.methods import TrainingHistory, train_bipo
+
+    half = load_model("smollm2-135m-instruct", dtype="bfloat16")
+    items = load_pairs(bundled_path("refusal"), split="test")[:20]
+    full_records = evaluate_ab(smol, items, progress=False)
+    half_records = evaluate_ab(half, items, progress=False)
+    assert {r["dtype"] for r in half_records} == {"bfloat16"}
+    gaps = [abs(a["score"] - b["score"]) for a, b in zip(full_records, half_records)]
+    assert max(gaps) < 0.1, gaps
+    agree = sum(a["prediction"] == b["prediction"] for a, b in zip(full_records, half_records))
+    assert agree >= 18
+    history = TrainingHistory()
+    train = load_pairs(bundled_path("refusal"), split="train")[:8]
+    vector = train_bipo(half, train, 14, epochs=1, batch_size=4, progress=False,
+                        history=history)
+    assert history.packed and vector.directions[14].dtype == torch.float32
