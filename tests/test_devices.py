@@ -9,15 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 from devices import DEVICES, DeviceSlip, as_cpu, device_context, place, virtual_device
-from tiny import PAIRS, PROMPTS, make_vector, tiny_model
+from tiny import PAIRS, PROMPTS, make_vector, tiny_model, train_shortly
 
 from steerlab.evaluation.likelihood import Sweep, evaluate_ab
 from steerlab.evaluation.side_effects import kl_records, perplexity_records
-from steerlab.methods import methods, train_vector
+from steerlab.methods import methods
 from steerlab.methods.lora import train_lora
 from steerlab.methods.prompting import kshot, prompted
 from steerlab.methods.scan import scan_layers
-from steerlab.methods.training import TrainingRun
 from steerlab.model.generation import generate_tokens
 from steerlab.steering.conditions import train_condition
 from steerlab.steering.setting import Composition, SteeringSetting
@@ -40,29 +39,14 @@ def device(request):
         yield name, model
 
 
-TRAINING = {"bipo": {"epochs": 2, "batch_size": 2}, "dpo": {"epochs": 1, "batch_size": 2},
-            "reps": {"epochs": 1, "batch_size": 2}, "one-shot": {"epochs": 2},
-            "iti": {"top_k": 3}, "mean-centring": {"corpus_size": 4, "max_tokens": 16}}
-"""Short settings for the loss-trained methods (their defaults train for minutes)."""
-
-
-def _train(model, name: str, engine: str | None = None):
-    config = dict(TRAINING.get(name, {}))
-    if engine is not None:
-        config["engine"] = engine
-    spec = methods()[name]
-    layers = [1, 2] if spec.multi_layer else [1]
-    return train_vector(model, PAIRS, name, layers, config, TrainingRun(progress=False))
-
-
 @pytest.mark.parametrize("name", sorted(methods()))
 def test_every_method_trains_on_each_device_as_on_the_cpu(device, name):
     where, model = device
     engines = ["fast", "naive"] if "engine" in methods()[name].config.model_fields else [None]
     for engine in engines:
-        vector = _train(model, name, engine)
+        vector = train_shortly(model, name, engine)
         with device_context("cpu"):
-            expected = _train(tiny_model("llama"), name, engine)
+            expected = train_shortly(tiny_model("llama"), name, engine)
         for layer, direction in expected.directions.items():
             got = vector.directions[layer]
             assert got.device.type == "cpu" and got.dtype == torch.float32
@@ -173,10 +157,10 @@ def test_a_planted_cpu_tensor_in_a_trainer_fails_on_this_machine(monkeypatch):
     with virtual_device():
         model = tiny_model("llama")
         place(model, "virtual")
-        _train(model, "bipo")  # clean: trains
+        train_shortly(model, "bipo")  # clean: trains
         monkeypatch.setattr(trainer, "torch", _DevicelessZeros())
         with pytest.raises(DeviceSlip, match="a tensor on the CPU .* met tensors on the model"):
-            _train(model, "bipo")
+            train_shortly(model, "bipo")
 
 
 def test_an_attention_site_vector_and_a_scan_on_each_device_equal_the_cpu(device):
@@ -185,7 +169,7 @@ def test_an_attention_site_vector_and_a_scan_on_each_device_equal_the_cpu(device
     where, model = device
     cpu = tiny_model("llama")
     with device_context("cpu"):
-        iti = _train(cpu, "iti")
+        iti = train_shortly(cpu, "iti")
         with SteeringSetting(iti, 4.0).apply(cpu):
             expected = generate_tokens(cpu, PROMPTS, 6, progress=False)
         scan_expected = scan_layers(cpu, PAIRS * 4, progress=False)

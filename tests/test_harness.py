@@ -167,3 +167,15 @@ def test_side_effects_through_the_harness_appear_in_analyze_with_paired_interval
     page = (run / "analysis.md").read_text()
     assert "harness:steerlab_piqa" in page and "harness:steerlab_wikitext" in page
     assert "P(gain > 0)" in page  # the paired contrast against multiplier 0
+
+
+def test_model_args_place_the_model_as_everywhere_in_steerlab(folder):
+    """lm-eval's model_args take steerlab's dtype (and device map, quantisation); lm-eval's
+    default CUDA device means the CPU where there is none."""
+    import torch
+
+    lm = SteerlabLM(model=str(folder), batch_size=2, dtype="bfloat16", device="cuda:0")
+    assert lm.handle.dtype == torch.bfloat16 and lm.handle.placement["dtype"] == "bfloat16"
+    records = [logprob for logprob, _ in lm.loglikelihood(
+        [Instance("loglikelihood", {}, REQUESTS[0], 0)], disable_tqdm=True)]
+    assert len(records) == 1 and records[0] < 0

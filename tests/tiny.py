@@ -132,6 +132,24 @@ PAIRS = [
 ]
 
 
+SHORT_TRAINING = {"bipo": {"epochs": 2, "batch_size": 2}, "dpo": {"epochs": 1, "batch_size": 2},
+                  "reps": {"epochs": 1, "batch_size": 2}, "one-shot": {"epochs": 2},
+                  "iti": {"top_k": 3}, "mean-centring": {"corpus_size": 4, "max_tokens": 16}}
+"""Settings that train each method in moments on a tiny model (the loss-trained methods'
+defaults take minutes); the others train as they are."""
+
+
+def train_shortly(model: ModelHandle, name: str, engine: str | None = None) -> SteeringVector:
+    """``name``'s vector on :data:`PAIRS` with :data:`SHORT_TRAINING` (layers 1 and 2 for a
+    method that trains several at once, else layer 1); ``engine`` for the loss-trained ones."""
+    from steerlab.methods import methods, train_vector
+    from steerlab.methods.training import TrainingRun
+
+    config = {**SHORT_TRAINING.get(name, {}), **({"engine": engine} if engine else {})}
+    layers = [1, 2] if methods()[name].multi_layer else [1]
+    return train_vector(model, PAIRS, name, layers, config, TrainingRun(progress=False))
+
+
 def make_vector(model: ModelHandle, layers=(1,), scale: float = 3.0,
                 seed: int = 1) -> SteeringVector:
     """A seeded random vector of norm about ``scale`` × sqrt(d_model) at ``layers``."""
