@@ -99,7 +99,7 @@ def test_a_body_over_the_limit_gets_413_declared_or_streamed(url):
     assert_openai_error(status, reply, 413, f"limit of {LIMIT} bytes")
     # Without a Content-Length (chunked), counted as it arrives.
     with socket.create_connection(("127.0.0.1", int(url.split(":")[2].split("/")[0]))) as sock:
-        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
                 b"\r\nTransfer-Encoding: chunked\r\n\r\n")
         sock.sendall(head)
         for start in range(0, len(huge), 16384):
@@ -116,7 +116,7 @@ def test_a_body_never_sent_gets_408_and_frees_the_connection(url):
     port = int(url.split(":")[2].split("/")[0])
     start = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
@@ -165,7 +165,7 @@ def test_departed_clients_are_dropped_before_their_batch_runs(app, url, monkeypa
     for _ in range(5):  # sampled requests: each would run alone
         with socket.create_connection(("127.0.0.1", port)) as sock:
             request = body(temperature=1.0, max_tokens=200)
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                          b"application/json\r\nContent-Length: %d\r\n\r\n%s"
                          % (len(request), request))
             time.sleep(0.05)

@@ -1,5 +1,9 @@
 """A Markdown report as one self-contained HTML page (tables rendered, plots embedded): the form
-`steerlab run` writes its report in and the web interface shows any run's report in."""
+`steerlab run` writes its report in and the web interface shows any run's report in.
+
+Reports quote data (answer texts, dataset paths, vector and run names), so the Markdown is
+rendered with raw HTML off: a ``<script>`` or ``<img onerror=…>`` in a benchmark's text shows
+as text, and links keep only safe schemes (markdown-it's CommonMark renderer)."""
 
 from __future__ import annotations
 
@@ -8,13 +12,13 @@ import html
 import re
 from pathlib import Path
 
-import markdown
+from markdown_it import MarkdownIt
 
 
 def html_page(markdown_text: str, folder: Path, title: str) -> str:
     """The Markdown as one self-contained HTML page: tables rendered, the PNG plots it shows
     from ``folder`` embedded (an image path leading elsewhere is left as written, unread)."""
-    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+    body = _RENDERER.render(markdown_text)
 
     def embed(match: re.Match) -> str:
         path = (folder / html.unescape(match.group(1))).resolve()
@@ -28,6 +32,8 @@ def html_page(markdown_text: str, folder: Path, title: str) -> str:
             f"<title>{html.escape(title)}"
             f"</title><style>{PAGE_STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
+
+_RENDERER = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 PAGE_STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;"

@@ -23,6 +23,7 @@ from steerlab.cli.inputs import (
 )
 from steerlab.cli.options import (
     AblateOpt,
+    AllowedHostsOpt,
     EngineOpt,
     InterventionOpt,
     LayersOpt,
@@ -174,6 +175,7 @@ def serve(
         = Path("runs"),
     web: Annotated[bool, typer.Option(
         help="Also serve the web interface (playground, runs) at /web/.")] = False,
+    allowed_host: AllowedHostsOpt = None,
     placement: Optional[Placement] = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible API (chat completions, streaming) with steering.
@@ -197,7 +199,7 @@ def serve(
         model_name=served_model_name, max_multiplier=max_multiplier, max_tokens=max_tokens,
         max_context=max_context, api_key=key, max_batch_size=max_batch_size,
         batch_wait_ms=batch_wait_ms, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s,
-        web=web, runs=str(runs) if web else None,
+        web=web, runs=str(runs) if web else None, host=host, allowed_hosts=allowed_host or [],
     )
     if key is None and host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/yellow] listening on {host} without an API key "

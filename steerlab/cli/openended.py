@@ -23,6 +23,7 @@ from steerlab.cli.inputs import (
 )
 from steerlab.cli.options import (
     AblateOpt,
+    AllowedHostsOpt,
     ArmsOpt,
     BaseOpt,
     BatchOpt,
@@ -310,6 +311,7 @@ def blind_web(
     api_key_env: Annotated[str, typer.Option(
         help="Environment variable holding a key every page and call needs; unset: none.")]
         = "STEERLAB_API_KEY",
+    allowed_host: AllowedHostsOpt = None,
 ) -> None:
     """Blind rating in the browser: each rater rates the sheet's pairs one at a time through a
     link of their own (keys 1 / 2 / T, a comment, undo); closing the tab and reopening the link
@@ -330,7 +332,8 @@ def blind_web(
         console.print(f"{name}: http://{host}:{port}/web/rate.html?token={session.tokens[name]}"
                       + (f"&key=<${api_key_env}>" if api_key else ""))
     console.print(f"verdicts in {out}/verdicts-<rater>.jsonl as they are given")
-    uvicorn.run(create_rating_app(session, api_key), host=host, port=port, log_level="warning")
+    uvicorn.run(create_rating_app(session, api_key, host, allowed_host or []), host=host,
+                port=port, log_level="warning")
 
 
 @app.command()

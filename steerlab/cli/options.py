@@ -125,6 +125,11 @@ EngineOpt = Annotated[Engine, typer.Option(
     "batches requests with different steering into one forward pass.")]
 
 
+AllowedHostsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--allowed-host", help="A name the server is reached by, beside the address it listens on "
+    "(a Host header naming anything else is refused: DNS rebinding); repeatable.")]
+
+
 RecordsArg = Annotated[Path, typer.Argument(
     help="Generation records (.jsonl) from `steerlab generate-eval`.")]
 

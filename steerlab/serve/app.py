@@ -14,7 +14,6 @@ touches another's.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import os
 import socket
@@ -29,10 +28,8 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,10 +41,10 @@ from fastapi.responses import (
 )
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from steerlab.model.catalog import BUILTIN_MODELS
 from steerlab.model.handle import ModelHandle
+from steerlab.serve.guards import REPORT_POLICY, allowed_hosts, guard
 from steerlab.serve.runs import Runs
 from steerlab.serve.schema import (
     ChatRequest,
@@ -75,108 +72,8 @@ DEFAULT_HOST = "127.0.0.1"
 API_KEY_ENV = "STEERLAB_API_KEY"
 
 
-KEY_COOKIE = "steerlab_key"
-"""The cookie a browser holds the API key in, set by opening a page with ``?key=<key>``."""
 WEB = Path(__file__).parent / "web"
 """The web interface's files (HTML, JavaScript, CSS; nothing loaded from elsewhere)."""
-
-
-def _given_key(scope: Scope) -> tuple[str | None, str]:
-    """The key a request carries and where: the ``Authorization`` header, the cookie, or the
-    query (``?key=``), in that order."""
-    headers = dict(scope["headers"])
-    auth = headers.get(b"authorization", b"").decode("latin-1")
-    if auth.lower().startswith("bearer "):
-        return auth[7:], "header"
-    cookie = SimpleCookie()
-    with suppress(CookieError):
-        cookie.load(headers.get(b"cookie", b"").decode("latin-1"))
-    if KEY_COOKIE in cookie:
-        return cookie[KEY_COOKIE].value, "cookie"
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("key")
-    return (query[0], "query") if query else (None, "")
-
-
-class RequireKey:
-    """ASGI middleware: every HTTP request needs the key (``Authorization: Bearer <key>``, or
-    from a browser the cookie a ``?key=`` visit sets), before anything else about it is read (so
-    a client without the key learns nothing from the body checks)."""
-
-    def __init__(self, app: ASGIApp, key: str) -> None:
-        self.app, self.key = app, key
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            given, source = _given_key(scope)
-            if given is None or not hmac.compare_digest(given.encode(), self.key.encode()):
-                message = (
-                    "missing API key: send the header 'Authorization: Bearer <key>' (a browser: "
-                    "open the page with ?key=<key> once)"
-                    if given is None
-                    else "incorrect API key"
-                )
-                error = RequestError(message, code="invalid_api_key", status=401)
-                await error.response()(scope, receive, send)
-                return
-            if source == "query":  # remembered, so later pages and API calls carry it
-                send = _with_cookie(send, f"{KEY_COOKIE}={given}; HttpOnly; SameSite=Strict; "
-                                          "Path=/")
-        await self.app(scope, receive, send)
-
-
-def _with_cookie(send: Send, cookie: str) -> Send:
-    """``send`` with a ``Set-Cookie`` header added to the response's start."""
-
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []),
-                                              (b"set-cookie", cookie.encode("latin-1"))]}
-        await send(message)
-
-    return sending
-
-
-class _BodyLimits:
-    """ASGI middleware: a body over ``max_bytes`` is refused with 413 (from its Content-Length
-    before anything is read, else as soon as the bytes received pass the limit), and a body
-    not complete within ``timeout_s`` with 408, so neither a huge nor a stalled upload holds
-    the server. Once the body is in, later reads (a disconnect) pass through untimed."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
-        self.too_large = f"request body over this server's limit of {max_bytes} bytes"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > self.max_bytes:
-            refusal = (RequestError(self.too_large, status=413) if declared.isdigit()
-                       else RequestError("invalid Content-Length header"))
-            await refusal.response()(scope, receive, send)
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
-        received, complete = 0, False
-
-        async def limited() -> Message:
-            nonlocal received, complete
-            if complete:
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
-            except TimeoutError:
-                raise HTTPException(408, f"request body not received within "
-                                         f"{self.timeout_s:g} s") from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                complete = not message.get("more_body", False)
-                if received > self.max_bytes:
-                    raise HTTPException(413, self.too_large)
-            return message
-
-        await self.app(scope, limited, send)
 
 
 # ---- the request as work for the worker ---------------------------------------------------------
@@ -422,12 +319,14 @@ def _runs_routes(app: FastAPI, runs: Runs) -> None:
         return {"root": str(runs.root), "runs": runs.listing()}
 
     @app.get("/runs/{name}/view/", response_class=HTMLResponse)
-    async def run_report(name: str) -> str:
-        return runs.report(name)
+    async def run_report(name: str) -> HTMLResponse:
+        return HTMLResponse(runs.report(name), headers={
+            "content-security-policy": REPORT_POLICY, "x-frame-options": "SAMEORIGIN"})
 
     @app.get("/runs/{name}/item/{item_id}")
     async def run_item(name: str, item_id: str) -> dict[str, Any]:
-        return {"run": name, "item_id": item_id, "records": runs.item(name, item_id)}
+        records, unreadable = runs.item(name, item_id)
+        return {"run": name, "item_id": item_id, "records": records, "unreadable": unreadable}
 
 
 def create_app(
@@ -471,10 +370,9 @@ def create_app(
 
     app = FastAPI(title="steerlab", lifespan=lifespan)
     app.state.service, app.state.worker = service, worker
-    app.add_middleware(_BodyLimits, max_bytes=settings.max_body_bytes,
-                       timeout_s=settings.body_timeout_s)
-    if settings.api_key:  # added last, so it runs first: no key, no body read
-        app.add_middleware(RequireKey, key=settings.api_key)
+    hosts, any_ip = allowed_hosts(settings.host, settings.allowed_hosts)
+    guard(app, key=settings.api_key, hosts=hosts, any_ip=any_ip,
+          max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s)
 
     answer_errors_as_openai(app)
 
@@ -597,9 +495,11 @@ def serve(
     conditions: Mapping[str, Condition] | None = None,
     engine: VllmEngine | None = None,
 ) -> None:
-    """Run the server with uvicorn until interrupted (loopback only unless ``host`` says else)."""
+    """Run the server with uvicorn until interrupted (loopback only unless ``host`` says else;
+    the Host check answers to ``host``)."""
     import uvicorn
 
+    settings = (settings or ServeSettings()).model_copy(update={"host": host})
     app = create_app(model, vectors, settings, conditions, engine)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 

@@ -18,14 +18,16 @@ import secrets
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from pydantic import Field
 
 from steerlab.data.files import read_rows
 from steerlab.evaluation.judges.blind import rated_records, read_key
-from steerlab.serve.app import WEB, RequireKey, answer_errors_as_openai
+from steerlab.serve.app import DEFAULT_HOST, WEB, answer_errors_as_openai
+from steerlab.serve.guards import allowed_hosts, guard
 from steerlab.serve.schema import RequestError
 from steerlab.steering.terms import JsonBody, Text
 
@@ -33,20 +35,31 @@ SHOWN = ("pair_id", "question", "answer_1", "answer_2")
 """What a page sees of a pair."""
 
 
+MAX_COMMENT = 4000
+"""Characters a verdict's comment may hold."""
+
+
 class VerdictBody(JsonBody):
     """One verdict: the pair, ``1``, ``2`` or ``tie``, and an optional comment."""
 
-    pair_id: Text
+    pair_id: Annotated[Text, Field(max_length=200)]
     preferred: Literal["1", "2", "tie"]
-    comment: Text = ""
+    comment: Annotated[Text, Field(max_length=MAX_COMMENT)] = ""
 
 
 def _write_lines(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Replace ``path`` with these JSON lines at once (written beside it, then renamed)."""
+    """Replace ``path`` with these JSON lines at once (written beside it, flushed to the disk,
+    then renamed); a failed write (a full disk) leaves the old file and no temporary one."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(temporary, path)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 class RatingSession:
@@ -95,12 +108,19 @@ class RatingSession:
         return {"rater": rater, "total": len(self.pairs), "done": len(rated), "next": following,
                 "last": last}
 
-    def _save(self, rater: str) -> None:
-        rows = self.given[rater]
+    def _save(self, rater: str, rows: list[dict[str, str]]) -> None:
+        """Write the rater's verdicts ``rows``, and only then count them as given: a verdict
+        that did not reach the disk is an error (507), not a verdict."""
         records = rated_records(((f"web:{rater}:{i}", row) for i, row in enumerate(rows, 1)),
                                 self.key, self.key_path, rater, complete=False)
-        _write_lines(self._ratings(rater), rows)
-        _write_lines(self.verdicts_path(rater), records)
+        try:
+            _write_lines(self._ratings(rater), rows)
+            _write_lines(self.verdicts_path(rater), records)
+        except OSError as err:
+            raise RequestError(f"the verdicts could not be saved ({err.strerror or err}); "
+                               "nothing was counted: try again once the disk has room",
+                               status=507, kind="server_error") from None
+        self.given[rater] = rows
 
     def give(self, rater: str, verdict: VerdictBody) -> dict[str, Any]:
         if verdict.pair_id not in self.by_id:
@@ -109,24 +129,31 @@ class RatingSession:
         if any(row["pair_id"] == verdict.pair_id for row in self.given[rater]):
             raise RequestError(f"pair_id: {verdict.pair_id} is rated already (undo it first)",
                                "pair_id", status=409)
-        self.given[rater].append({"pair_id": verdict.pair_id, "preferred": verdict.preferred,
-                                  "comment": verdict.comment.strip()})
-        self._save(rater)
+        self._save(rater, [*self.given[rater], {"pair_id": verdict.pair_id,
+                                                "preferred": verdict.preferred,
+                                                "comment": verdict.comment.strip()}])
         return self.state(rater)
 
     def undo(self, rater: str) -> dict[str, Any]:
         if not self.given[rater]:
             raise RequestError("nothing to undo: no verdict given yet", status=409)
-        self.given[rater].pop()
-        self._save(rater)
+        self._save(rater, self.given[rater][:-1])
         return self.state(rater)
 
 
-def create_rating_app(session: RatingSession, api_key: str | None = None) -> FastAPI:
-    """The rating pages (``/web/rate.html?token=…``) and their API (``/rating/<token>/…``)."""
+MAX_BODY_BYTES = 64 << 10
+"""A verdict is a pair id, a choice and a comment: far below this."""
+
+
+def create_rating_app(session: RatingSession, api_key: str | None = None,
+                      host: str = DEFAULT_HOST, names: Sequence[str] = ()) -> FastAPI:
+    """The rating pages (``/web/rate.html?token=…``) and their API (``/rating/<token>/…``),
+    behind the same guards as the server (Host check for ``host`` and ``names``, key, body
+    limit, security headers)."""
     app = FastAPI(title="steerlab blind rating")
-    if api_key:
-        app.add_middleware(RequireKey, key=api_key)
+    hosts, any_ip = allowed_hosts(host, names)
+    guard(app, key=api_key, hosts=hosts, any_ip=any_ip, max_body_bytes=MAX_BODY_BYTES,
+          body_timeout_s=30.0)
 
     answer_errors_as_openai(app)
 

@@ -35,7 +35,13 @@ class ServeSettings(BaseModel):
     """Prompt + generated tokens allowed (default: the model's maximum positions)."""
     api_key: str | None = None
     """When set, every request needs ``Authorization: Bearer <api_key>`` (a browser: open a
-    page once with ``?key=<api_key>``, which sets a same-site cookie)."""
+    web page once with ``?key=<api_key>``, which sets a same-site cookie and is then dropped
+    from the address)."""
+    host: str = "127.0.0.1"
+    """The address the server listens on; the Host check answers to it (and, on loopback, to
+    ``localhost``; listening on every address, to any IP address)."""
+    allowed_hosts: list[str] = []
+    """Further names the Host header may give (a DNS name this server is reached by)."""
     web: bool = False
     """Serve the web interface under ``/web/`` too."""
     runs: str | None = None

@@ -22,34 +22,42 @@ async function apiError(response) {
   }
 }
 
-function vectorControls(name, info, range) {
-  const box = document.createElement("fieldset");
-  box.className = "vector";
-  box.dataset.vector = name;
-  const legend = document.createElement("legend");
-  legend.textContent = `${name} (${info.method}, layers ${info.layers.join(", ")})`;
-  box.append(legend);
-  box.insertAdjacentHTML("beforeend", `
-    <label>Multiplier <input type="range" class="multiplier" min="${range[0]}" max="${range[1]}"
-      step="0.5" value="0" aria-label="multiplier of ${name}"><output>0</output></label>
-    <label>Layers <input class="layers" placeholder="${info.layers.join(",")}" size="8"
-      aria-label="layers of ${name}"></label>
-    <label>Norm ratio <input class="norm-ratio" type="number" min="0" step="0.01"
-      placeholder="none" ${info.norm_ratio ? "" : "disabled"} aria-label="norm ratio of ${name}"></label>
-    <label>Positions <select class="positions" aria-label="positions of ${name}">
-      <option>all</option><option>prompt</option><option>generated</option></select></label>
-    <label>Intervention <select class="intervention" aria-label="intervention of ${name}">
-      <option>add</option><option>ablate</option><option>angular</option></select></label>
-    <label>Condition <select class="condition" aria-label="condition of ${name}">
-      <option value="">none</option></select></label>`);
-  const slider = box.querySelector(".multiplier");
-  slider.addEventListener("input", () => { box.querySelector("output").value = slider.value; });
-  for (const condition of Object.keys(model.steering.conditions)) {
-    const option = document.createElement("option");
-    option.textContent = condition;
-    box.querySelector(".condition").append(option);
+// An element with attributes and children (text children are set as text, never parsed as
+// HTML: vector and condition names come from the server's command line).
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (value !== false && value !== undefined) node.setAttribute(key, value === true ? "" : value);
   }
-  return box;
+  node.append(...children);
+  return node;
+}
+
+function choices(className, label, options) {
+  return el("select", { class: className, "aria-label": label },
+    ...options.map(([value, text]) => el("option", { value }, text)));
+}
+
+function vectorControls(name, info, range) {
+  const slider = el("input", { type: "range", class: "multiplier", min: String(range[0]),
+    max: String(range[1]), step: "0.5", value: "0", "aria-label": `multiplier of ${name}` });
+  const shown = el("output", {}, "0");
+  slider.addEventListener("input", () => { shown.value = slider.value; });
+  const conditions = Object.keys(model.steering.conditions).map((c) => [c, c]);
+  return el("fieldset", { class: "vector", "data-vector": name },
+    el("legend", {}, `${name} (${info.method}, layers ${info.layers.join(", ")})`),
+    el("label", {}, "Multiplier ", slider, shown),
+    el("label", {}, "Layers ", el("input", { class: "layers", placeholder: info.layers.join(","),
+      size: "8", "aria-label": `layers of ${name}` })),
+    el("label", {}, "Norm ratio ", el("input", { class: "norm-ratio", type: "number", min: "0",
+      step: "0.01", placeholder: "none", disabled: !info.norm_ratio,
+      "aria-label": `norm ratio of ${name}` })),
+    el("label", {}, "Positions ", choices("positions", `positions of ${name}`,
+      [["all", "all"], ["prompt", "prompt"], ["generated", "generated"]])),
+    el("label", {}, "Intervention ", choices("intervention", `intervention of ${name}`,
+      [["add", "add"], ["ablate", "ablate"], ["angular", "angular"]])),
+    el("label", {}, "Condition ", choices("condition", `condition of ${name}`,
+      [["", "none"], ...conditions])));
 }
 
 // The steering terms the controls describe: every vector with a multiplier other than 0 (an

@@ -28,7 +28,7 @@ async function showItem(event) {
                            encodeURIComponent($("item-id").value.trim()));
     const table = $("item");
     const fields = [...new Set(data.records.flatMap((r) => Object.keys(r)))];
-    table.tHead.innerHTML = "";
+    table.tHead.textContent = "";
     const head = table.tHead.insertRow();
     for (const field of fields) {
       const th = document.createElement("th");
@@ -49,6 +49,9 @@ async function showItem(event) {
     table.hidden = false;
     table.dataset.count = String(data.records.length);
     if (!data.records.length) $("error").textContent = `no record of item ${data.item_id}`;
+    if (data.unreadable) {
+      $("error").textContent += ` (${data.unreadable} line(s) of this run's records could not be read)`;
+    }
   } catch (err) {
     $("error").textContent = err.message;
   }
