@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 Record = dict[str, Any]
 
@@ -33,22 +33,39 @@ def record_key(record: Record) -> str:
     return json.dumps([record.get(k) for k in KEY_FIELDS])
 
 
+class RecordsFileError(ValueError):
+    """A file given for records that is not a records file (left untouched), or one another
+    writer holds."""
+
+
 class RecordWriter:
     """Appends records to a JSONL file, flushing each line so an interruption loses nothing.
 
     Records already in the file are known by :func:`record_key` (:meth:`get`), so an interrupted
-    job reopened on the same file resumes instead of redoing work. A torn last line (a write cut
-    off mid-way) is removed before appending.
+    job reopened on the same file resumes instead of redoing work. A torn last line (a record
+    cut off mid-way) is removed before appending. A file that is not a records file (a vector,
+    a CSV, text) is refused before anything is written to it, and a file another writer holds
+    open is refused too (an exclusive lock for as long as this writer is open), so two jobs
+    never interleave their records.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._known: dict[str, Record] = {}
-        if self.path.exists():
-            _drop_torn_tail(self.path)
-            self._known = {record_key(r): r for r in read_records(self.path)}
-        self._file: TextIO = self.path.open("a", encoding="utf-8")
+        if self.path.is_dir():
+            raise IsADirectoryError(f"{self.path} is a directory, not a records file")
+        self._file: BinaryIO = self.path.open("ab")
+        try:
+            _lock(self._file, self.path)
+            records, end, unterminated = _existing_records(self.path)
+            if end is not None:
+                self._file.truncate(end)
+            if unterminated:
+                self._file.write(b"\n")  # a last record whose newline was lost
+        except BaseException:
+            self._file.close()
+            raise
+        self._known: dict[str, Record] = {record_key(r): r for r in records}
 
     def get(self, key: str) -> Record | None:
         """The record already written for this key, if any."""
@@ -59,18 +76,70 @@ class RecordWriter:
         return list(self._known.values())
 
     def write(self, record: Record) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         self._file.flush()
         self._known[record_key(record)] = record
 
     def close(self) -> None:
-        self._file.close()
+        self._file.close()  # the lock goes with it
 
     def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _lock(handle: BinaryIO, path: Path) -> None:
+    """Hold ``path`` exclusively while ``handle`` is open; another writer's lock is an error."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks to take
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RecordsFileError(f"{path} is being written by another steerlab process; wait "
+                               "for it to finish or write to another file") from None
+
+
+def _existing_records(path: Path) -> tuple[list[Record], int | None, bool]:
+    """The records a file already holds, where to cut a torn last record (None: nothing
+    torn), and whether its last record lacks its newline. Anything else — bytes that are not
+    UTF-8, a line that is not a JSON record, a last line that is not the start of one — makes
+    it not a records file: refused, untouched."""
+    data = path.read_bytes()
+    refuse = (f"{path}:%s, so it is not a records file; nothing was written to it: choose "
+              "another file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise RecordsFileError(refuse % f"{line}: not UTF-8 text") from None
+    lines = text.split("\n")
+    complete, last = lines[:-1], lines[-1]  # ``last`` is what follows the final newline
+    records = []
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise RecordsFileError(refuse % f"{number}: not a JSON record")
+        records.append(record)
+    if not last.strip():
+        return records, None, False
+    try:
+        record = json.loads(last)
+    except ValueError:
+        record = None
+    if isinstance(record, dict):  # complete, only its newline lost
+        return [*records, record], None, True
+    if not last.lstrip().startswith("{"):
+        raise RecordsFileError(refuse % f"{len(complete) + 1}: not a JSON record")
+    return records, len(data) - len(last.encode("utf-8")), False
 
 
 def emit(records: list[Record], writer: RecordWriter | None) -> list[Record]:
@@ -94,14 +163,6 @@ def placements(records: Iterable[Record]) -> str:
     if not counts:
         return "not recorded (records older than steerlab's device and dtype fields)"
     return "; ".join(f"{where} ({n} records)" for where, n in counts.items())
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut the file after its last newline, removing a partly written record."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
 
 
 def read_records(path: str | Path) -> list[Record]:

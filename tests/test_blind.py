@@ -98,7 +98,7 @@ def test_raters_agreement_is_cohens_kappa_over_the_pairs_both_rated(tmp_path):
     bob = ["1", "2", "2", "tie", "1", "1"]  # bob rated six of the eight
     rated = {name: rated_records(((f"{name}:{i}", {"pair_id": p, "preferred": c})
                                   for i, (p, c) in enumerate(zip(ids, choices))),
-                                 key, "key.json", name, complete=False)
+                                 key, "key.json", name, complete=False, shown=False)
              for name, choices in (("alice", alice), ("bob", bob))}
     (found,) = rater_agreement(rated["alice"] + rated["bob"])
     assert found.raters == ("human:alice", "human:bob") and found.n == 6

@@ -99,8 +99,8 @@ def test_a_body_over_the_limit_gets_413_declared_or_streamed(url):
     assert_openai_error(status, reply, 413, f"limit of {LIMIT} bytes")
     # Without a Content-Length (chunked), counted as it arrives.
     with socket.create_connection(("127.0.0.1", int(url.split(":")[2].split("/")[0]))) as sock:
-        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
-                b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
         sock.sendall(head)
         for start in range(0, len(huge), 16384):
             piece = huge[start:start + 16384]

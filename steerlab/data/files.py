@@ -114,6 +114,11 @@ def _json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
         start = _SPACE.match(text, pos).end()
         line += text.count("\n", pos, start)
         if text.startswith("]", start):
+            rest = _SPACE.match(text, start + 1).end()
+            if rest < len(text):
+                line += text.count("\n", start, rest)
+                raise DataError(f"{path}:{line}: more data after the JSON array's closing ']' "
+                                f"({text[rest:rest + 30]!r}); one array per file")
             return
         value, end = _decode(text, start, f"{path}:{line}")
         yield line, value
@@ -121,6 +126,9 @@ def _json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
         pos = _SPACE.match(text, end).end()
         line += text.count("\n", end, pos)
         if text.startswith(",", pos):
+            after = _SPACE.match(text, pos + 1).end()
+            if text.startswith("]", after):
+                raise DataError(f"{path}:{line}: invalid JSON (a comma before the closing ']')")
             pos += 1
         elif not text.startswith("]", pos):
             raise DataError(f"{path}:{line}: invalid JSON (expected ',' or ']' after an element)")
@@ -158,6 +166,10 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
         try:
             header = reader.fieldnames or []  # reads the header, so line_num counts from it
+            twice = sorted({name for name in header if header.count(name) > 1})
+            if twice:
+                raise DataError(f"{path}:1: the header names the column {twice[0]!r} twice "
+                                "(only one of its cells would be kept)")
             while True:
                 start = reader.line_num + 1
                 row = next(reader, None)
@@ -186,7 +198,13 @@ def split_rows(path: Path, split: str | None) -> Iterator[tuple[str, str, dict[s
                     f"{where}: split '{split}' requested but the row has no 'split' field")
             if row["split"] != split:
                 continue
-        yield where, str(row.get("id") or f"{path.stem}-{number}"), row
+        yield where, row_id(row, f"{path.stem}-{number}"), row
+
+
+def row_id(row: dict[str, Any], fallback: str) -> str:
+    """A row's own ``id`` as text (``0`` included), or ``fallback`` where it has none."""
+    given = row.get("id")
+    return fallback if given is None or given == "" else str(given)
 
 
 def text_field(row: dict[str, Any], key: str, where: str) -> str:
@@ -354,7 +372,7 @@ def answer_index(value: Any, n_choices: int, where: str, key: str = "answer") ->
     text = str(value).strip()
     if len(text) == 1 and text.isalpha():
         index = ord(text.upper()) - ord("A")
-    elif text.lstrip("-").isdigit():
+    elif re.fullmatch(r"-?[0-9]+", text):
         index = int(text)
     else:
         raise DataError(f"{where}: field '{key}' must be an index or a letter, got {value!r}")

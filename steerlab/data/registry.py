@@ -33,6 +33,7 @@ from steerlab.data.files import (
     pair_from_row,
     question_from_row,
     read_rows,
+    row_id,
     row_kind,
     split_rows,
     text_field,
@@ -191,12 +192,12 @@ class DatasetInfo:
         self._check_split(split)
         if self.split_field:
             (path,) = self._files({None: self.files[None]}, source)[None]
-            for where, row_id, row in split_rows(path, split):
-                yield self._row(row, row_id, where, row.get("split"))
+            for where, given_id, row in split_rows(path, split):
+                yield self._row(row, given_id, where, row.get("split"))
             return
         wanted = {s: p for s, p in self.files.items() if split is None or s in (None, split)}
         rows = (
-            self._row(row, str(row.get("id") or f"{prefix}:{index}"), where, file_split)
+            self._row(row, row_id(row, f"{prefix}:{index}"), where, file_split)
             for file_split, prefix, pairs in self._sources(wanted, source)
             for index, (where, row) in enumerate(pairs)
         )

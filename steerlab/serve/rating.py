@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import Field
 
 from steerlab.data.files import read_rows
-from steerlab.evaluation.judges.blind import rated_records, read_key
+from steerlab.evaluation.judges.blind import rated_records, read_key, shown_digest
 from steerlab.serve.app import DEFAULT_HOST, WEB, answer_errors_as_openai
 from steerlab.serve.guards import allowed_hosts, guard
 from steerlab.serve.schema import RequestError
@@ -74,6 +74,11 @@ class RatingSession:
         unknown = sorted(self.by_id.keys() - self.key["pairs"].keys())
         if unknown:
             raise ValueError(f"{self.sheet}: pairs {unknown[:3]} are not in the key {key_path}")
+        other = [p for p, row in self.by_id.items() if "shown" in self.key["pairs"][p]
+                 and shown_digest(row) != self.key["pairs"][p]["shown"]]
+        if other:
+            raise ValueError(f"{self.sheet}: pairs {other[:3]} do not show what the key "
+                             f"{key_path} recorded (another export's sheet or key)")
         self.out.mkdir(parents=True, exist_ok=True)
         links = self.out / "raters.json"
         self.tokens: dict[str, str] = (json.loads(links.read_text(encoding="utf-8"))
@@ -112,7 +117,7 @@ class RatingSession:
         """Write the rater's verdicts ``rows``, and only then count them as given: a verdict
         that did not reach the disk is an error (507), not a verdict."""
         records = rated_records(((f"web:{rater}:{i}", row) for i, row in enumerate(rows, 1)),
-                                self.key, self.key_path, rater, complete=False)
+                                self.key, self.key_path, rater, complete=False, shown=False)
         try:
             _write_lines(self._ratings(rater), rows)
             _write_lines(self.verdicts_path(rater), records)

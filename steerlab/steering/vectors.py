@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from steerlab.model.activations import mean_residual_norms
@@ -463,20 +463,27 @@ def save_tensors(
 
 
 def load_tensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors and header metadata of a steerlab safetensors file; errors name the file
+    """The tensors and header metadata of a steerlab safetensors file, read whole into memory
+    (not memory-mapped: a server holding a vector survives its file being truncated or
+    rewritten, and keeps what it read until it loads the file again); errors name the file
     (missing, or without steerlab metadata: not a steerlab ``what``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"steering {what} file not found: {path}")
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
+    data = path.read_bytes()
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-        if _META_KEY not in header:
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size]) if 8 < 8 + size <= len(data) else None
+        if not isinstance(header, dict):
+            raise ValueError(f"{path}: not a safetensors steering {what} (no readable header)")
+        metadata = header.get("__metadata__")
+        if not isinstance(metadata, dict) or _META_KEY not in metadata:
             raise ValueError(f"{path}: not a steerlab {what} (no '{_META_KEY}' metadata)")
-        return load_file(str(path)), header
-    except SafetensorError as err:  # empty, truncated, a pickle or torch.save file, ...
+        return load(data), metadata
+    except (SafetensorError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a safetensors steering {what} ({err})") from err
 
 

@@ -11,6 +11,7 @@ ratings into the same head-to-head records a judge writes.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 from collections.abc import Iterable
@@ -28,6 +29,14 @@ from steerlab.records import Record, RecordWriter
 
 COLUMNS = ("pair_id", "question", "answer_1", "answer_2", "preferred", "comment")
 CHOICES = {"1": 0, "2": 1, "tie": None}
+
+
+def shown_digest(row: dict) -> str:
+    """A digest of what a sheet row shows (question, answer 1, answer 2), kept in the key, so
+    a sheet and a key from different exports of the same records cannot be paired: their
+    answers stand in another order, and the verdicts would be unblinded swapped."""
+    shown = [str(row.get(k) or "") for k in ("question", "answer_1", "answer_2")]
+    return hashlib.sha256(json.dumps(shown, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def export_blind(
@@ -50,7 +59,8 @@ def export_blind(
         first = arm_shown_first(seed, a["dataset"], a["item_id"])
         answers = (a["answer"], b["answer"]) if first else (b["answer"], a["answer"])
         rows.append(dict(zip(COLUMNS, (pair_id, a["question"], *answers, "", ""))))
-        key[pair_id] = {"arm_first": first, "fields": comparison_fields(a, b)}
+        key[pair_id] = {"arm_first": first, "fields": comparison_fields(a, b),
+                        "shown": shown_digest(rows[-1])}
     ratings_path.parent.mkdir(parents=True, exist_ok=True)
     with ratings_path.open("w", encoding="utf-8", newline="") as handle:
         if ratings_path.suffix == ".csv":
@@ -74,10 +84,13 @@ def read_key(key_path: str | Path) -> dict:
 
 
 def rated_records(rows: Iterable[tuple[str, dict]], key: dict, key_path: str | Path,
-                  rater: str, complete: bool = True) -> list[Record]:
+                  rater: str, complete: bool = True, shown: bool = True) -> list[Record]:
     """Rated sheet rows (each with where it came from, e.g. ``file:line``) checked against the
     key and unblinded into head-to-head records (judge ``human:<rater>``); every pair at most
-    once, and with ``complete`` every pair exactly once. Errors name the row and field."""
+    once, and with ``complete`` every pair exactly once; with ``shown``, each row must show
+    what the key recorded for its pair (rows from the browser carry only their verdict: the
+    sheet they were shown was checked against the key when the session began). Errors name
+    the row and field."""
     pairs: dict[str, dict] = key["pairs"]
     seen: dict[str, str] = {}
     records = []
@@ -89,10 +102,15 @@ def rated_records(rows: Iterable[tuple[str, dict]], key: dict, key_path: str | P
         if pair_id in seen:
             raise DataError(f"{where}: pair {pair_id} is rated twice (first at {seen[pair_id]})")
         seen[pair_id] = where
+        entry = pairs[pair_id]
+        if shown and "shown" in entry and shown_digest(row) != entry["shown"]:
+            raise DataError(
+                f"{where}: pair {pair_id} does not show what the key {key_path} recorded for it "
+                "(another export's sheet, or an edited question or answer): unblinding it "
+                "would swap verdicts")
         choice = str(row.get("preferred") or "").strip().lower()
         if choice not in CHOICES:
             raise DataError(f"{where}: field 'preferred' is {choice!r}; expected 1, 2 or tie")
-        entry = pairs[pair_id]
         comment = str(row.get("comment") or "").strip()
         records.append(verdict_record(
             entry["fields"], f"human:{rater}", key["seed"], entry["arm_first"], CHOICES[choice],
