@@ -288,15 +288,20 @@ def test_leaderboard_ranks_methods_with_their_training_cost(toy_run):
     assert f"{costs['bipo']['token_layers']:,}" in "\n".join(lines)
 
 
-def test_cli_run_checks_the_config_and_reports_errors_with_their_place(tmp_path):
+def test_cli_run_checks_the_config_and_reports_errors_with_their_place(tmp_path, model_dir):
     from typer.testing import CliRunner
 
     from steerlab.cli import app
 
     good = tmp_path / "good.yaml"
-    good.write_text(config_text(write_pairs(tmp_path / "d.jsonl")))
+    good.write_text(config_text(write_pairs(tmp_path / "d.jsonl")).replace(
+        "model: tiny", f"model: {model_dir}"))
     result = CliRunner().invoke(app, ["run", str(good), "--check"])
     assert result.exit_code == 0 and "config is valid" in result.output
+    unknown = tmp_path / "unknown.yaml"  # --check reads the model's layers: it must exist
+    unknown.write_text(config_text(write_pairs(tmp_path / "d.jsonl")))
+    result = CliRunner().invoke(app, ["run", str(unknown), "--check"])
+    assert result.exit_code == 1 and "'tiny'" in result.output
     assert "train pairs 16" in result.output
     bad = tmp_path / "bad.yaml"
     bad.write_text(good.read_text().replace("batch_size: 4", "batch_size: many"))

@@ -13,6 +13,7 @@ import random
 import urllib.error
 import urllib.request
 import warnings
+from urllib.parse import quote
 
 import pytest
 import torch
@@ -236,3 +237,196 @@ def test_server_answers_every_fuzzed_body_with_a_clean_status(tmp_path):
                 FUZZ["loaded"] += 1
         with urllib.request.urlopen(url + "/models", timeout=10) as response:
             assert response.status == 200
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer (the key's 303), not something to follow."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def _status(url: str, data: bytes | None = None, headers: dict | None = None,
+            method: str | None = None) -> tuple[int, str, dict]:
+    """(status, body text, headers) of one request, errors and redirects included."""
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json",
+                                                 **(headers or {})}, method=method)
+    try:
+        with _OPENER.open(request, timeout=30) as response:
+            return response.status, response.read().decode(errors="replace"), dict(
+                response.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace"), dict(err.headers)
+    except TimeoutError:
+        FUZZ["hangs"] += 1
+        raise AssertionError(f"no answer within 30 s from {url}") from None
+
+
+def _clean(status: int, text: str, what: str) -> None:
+    """A 2xx/3xx, or a 4xx with OpenAI's error shape; a 5xx is a finding."""
+    if status >= 500:
+        FUZZ["5xx"] += 1
+        raise AssertionError(f"{status} for {what}: {text[:300]}")
+    if status >= 400:
+        assert set(json.loads(text)["error"]) == {"message", "type", "param", "code"}, text
+        FUZZ["clean errors"] += 1
+    else:
+        FUZZ["loaded"] += 1
+
+
+NAMES = ["", ".", "..", "%00", "a%00b", "x" * 300, "%2e%2e%2f%2e%2e", "run%2f..", "%ff%fe",
+         "ok", "ok/", "ok/../ok", "\u00e9t\u00e9", "%C0%AE%C0%AE", "a;b", "a?b", "a#b", "~",
+         "%5c..%5c", "con", "run name", "ok%20", "-1", "null"]
+
+
+def test_the_web_and_runs_api_answer_every_fuzzed_path_cleanly(tmp_path):
+    """Run names, item ids and queries mutated, over a runs folder whose files are fuzzed too
+    (damaged command logs and records): every answer is a page, a JSON reply or a JSON error."""
+    rng = random.Random(SEED + 3)
+    root = tmp_path / "runs"
+    good = [json.dumps({"task": "ab", "item_id": f"q{i}", "arm": "a"}) for i in range(4)]
+    for index in range(12):
+        run = root / ("ok" if index == 0 else f"r{index}")
+        run.mkdir(parents=True)
+        commands = json.dumps({"command": "eval"}).encode() + b"\n"
+        records = ("\n".join(good) + "\n").encode()
+        (run / "commands.jsonl").write_bytes(commands if index == 0
+                                             else mutate_bytes(commands, rng))
+        (run / "records.jsonl").write_bytes(records if index == 0 else mutate_bytes(records, rng))
+        if rng.random() < 0.5:
+            (run / "analysis.md").write_bytes(mutate_bytes(b"# A\n\n| a |\n| - |\n| <b>x</b> |\n",
+                                                           rng))
+    model = tiny_model("llama")
+    with serving(create_app(model, {}, ServeSettings(web=True, runs=str(root),
+                                                     api_key="k"))) as url:
+        base = url.removesuffix("/v1")
+        auth = {"Authorization": "Bearer k"}
+        status, text, _ = _status(base + "/runs/list", headers=auth)
+        assert status == 200 and len(json.loads(text)["runs"]) == 12
+        for _ in range(150):
+            name, item = (quote(rng.choice(NAMES + [f"r{rng.randrange(12)}"]), safe="%/~"),
+                          quote(rng.choice(NAMES), safe="%/~"))
+            path = rng.choice([f"/runs/{name}/view/", f"/runs/{name}/item/{item}",
+                               f"/web/{name}", f"/runs/list?key={name}", f"/web/?key={name}",
+                               f"/v1/models?key={name}"])
+            headers = rng.choice([auth, {}, {"Authorization": "Bearer " + name},
+                                  {**auth, "Host": rng.choice(["evil.example", "127.0.0.1",
+                                                               "[::1]", "localhost:1"])}])
+            FUZZ["inputs"] += 1
+            status, text, headers_back = _status(base + path, headers=headers)
+            assert "content-security-policy" in {k.lower() for k in headers_back}
+            if path.startswith("/web/") and status == 200:
+                FUZZ["loaded"] += 1
+                continue
+            _clean(status, text, path)
+
+
+def test_the_rating_api_answers_every_fuzzed_verdict_and_loses_none(tmp_path):
+    from tiny import generation_records
+
+    from steerlab.evaluation.judges.blind import export_blind
+    from steerlab.serve.rating import RatingSession, create_rating_app
+
+    rng = random.Random(SEED + 4)
+    records = generation_records([f"steered {i}" for i in range(8)],
+                                 [f"plain {i}" for i in range(8)])
+    export_blind(records, "steered+4", tmp_path / "sheet.csv", tmp_path / "key.json", seed=1)
+    session = RatingSession(tmp_path / "sheet.csv", tmp_path / "key.json", tmp_path / "web",
+                            ["fuzz"])
+    token = session.tokens["fuzz"]
+    values = [*ODD_VALUES, "1", "2", "tie", "p0001", "p0002", "p9999", "x" * 5000]
+    with serving(create_rating_app(session)) as url:
+        base = url.removesuffix("/v1")
+        for _ in range(150):
+            body = {"pair_id": rng.choice(["p0001", "p0002", "p0003", "p0004"]),
+                    "preferred": rng.choice(["1", "2", "tie"]), "comment": ""}
+            if rng.random() < 0.7:
+                body[rng.choice(["pair_id", "preferred", "comment", "extra"])] = rng.choice(values)
+            data = json.dumps(body).encode()
+            if rng.random() < 0.2:
+                data = mutate_bytes(data, rng)
+            path = rng.choice([f"/rating/{token}/verdict"] * 4 + [
+                f"/rating/{token}/undo", f"/rating/{quote(rng.choice(NAMES), safe='%/~')}/verdict"])
+            FUZZ["inputs"] += 1
+            _clean(*_status(base + path, data)[:2], f"{path} {data[:80]!r}")
+        state = json.loads(_status(base + f"/rating/{token}/state")[1])
+    saved = (tmp_path / "web" / "ratings-fuzz.jsonl").read_text().splitlines() \
+        if (tmp_path / "web" / "ratings-fuzz.jsonl").exists() else []
+    lost = state["done"] - len(saved)
+    FUZZ["rows lost"] += abs(lost)
+    assert lost == 0 and len(session.given["fuzz"]) == len(saved)
+
+
+CONFIG = {
+    "name": "fuzz", "model": "smollm2-135m-instruct", "seed": 0, "batch_size": 8,
+    "data": {"train": {"dataset": "refusal", "split": "train", "limit": 8}, "val_size": 4,
+             "test": {"dataset": "refusal", "split": "test", "limit": 4}},
+    "methods": {"caa": {"method": "caa"}, "bipo": {"method": "bipo", "epochs": 1}},
+    "steering": {"layers": [1], "multipliers": [-1, 1], "norm_ratio": 0.05},
+    "baselines": {"kshot": {"ks": [1]}},
+}
+CONFIG_PATHS = [("name",), ("model",), ("seed",), ("batch_size",), ("data", "train"),
+                ("data", "val_size"), ("data", "test", "limit"), ("methods", "bipo", "epochs"),
+                ("methods", "bipo", "lr"), ("methods", "caa", "method"), ("steering", "layers"),
+                ("steering", "multipliers"), ("steering", "norm_ratio"),
+                ("steering", "positions"), ("baselines", "kshot", "ks"), ("evaluations",),
+                ("methods", "caa", "layers"), ("methods", "bipo", "multipliers")]
+
+
+def test_run_configs_with_mutated_fields_are_valid_or_refused_with_their_key():
+    import yaml
+
+    from steerlab.experiment.config import ConfigError, parse_config
+
+    rng = random.Random(SEED + 5)
+    values = [*ODD_VALUES, [99], [1e300], [-1], "../../../x", "a/b", 1e300, -5, [0.0], "scan",
+              [1, 1e5], "generated", {"lora": {}}]
+    for _ in range(120):
+        config = json.loads(json.dumps(CONFIG))
+        *parents, last = rng.choice(CONFIG_PATHS)
+        target = config
+        for key in parents:
+            target = target[key]
+        target[last] = rng.choice(values)
+        FUZZ["inputs"] += 1
+        try:
+            parse_config(yaml.safe_dump(config), check_data=False)
+        except ConfigError:
+            FUZZ["clean errors"] += 1
+            continue
+        except Exception as err:
+            FUZZ["tracebacks"] += 1
+            raise AssertionError(f"{parents + [last]} = {target[last]!r}: "
+                                 f"{type(err).__name__}: {err}") from err
+        FUZZ["loaded"] += 1
+
+
+EXTREMES = [0, -0.0, 1e-300, 1e-45, 5e-324, 0.009, 0.01, 1e308, -1e308, 2**63, -(2**63),
+            2**64, 1e30, -1e30, 4, -4, 180, -181, 1e-7]
+
+
+def test_served_requests_with_extreme_numbers_in_every_numeric_field_are_answered_cleanly():
+    model = tiny_model("llama")
+    vector = SteeringVector({1: torch.ones(32)}, meta_for(model, "t", residual_norms={1: 5.0}))
+    fields = [("temperature",), ("top_p",), ("max_tokens",), ("max_completion_tokens",),
+              ("seed",), ("steering", 0, "multiplier"), ("steering", 0, "norm_ratio"),
+              ("steering", 0, "layers", 0)]
+    with serving(create_app(model, {"v": vector}, ServeSettings(max_tokens=3))) as url:
+        for path in fields:
+            for value in EXTREMES:
+                body = {"model": "tiny-llama", "max_tokens": 2,
+                        "messages": [{"role": "user", "content": "hi"}],
+                        "steering": [{"vector": "v", "multiplier": 1.0, "layers": [1]}]}
+                *parents, last = path
+                target = body
+                for key in parents:
+                    target = target[key]
+                target[last] = value
+                for intervention in ("add", "angular"):
+                    body["steering"][0]["intervention"] = intervention
+                    FUZZ["inputs"] += 1
+                    _clean(*_status(url + "/chat/completions", json.dumps(body).encode())[:2],
+                           f"{path} = {value!r} ({intervention})")

@@ -179,3 +179,25 @@ def test_model_args_place_the_model_as_everywhere_in_steerlab(folder):
     records = [logprob for logprob, _ in lm.loglikelihood(
         [Instance("loglikelihood", {}, REQUESTS[0], 0)], disable_tqdm=True)]
     assert len(records) == 1 and records[0] < 0
+
+
+def test_a_users_task_folder_loads_beside_steerlabs(folder, vector, tmp_path):
+    """--include_path adds a folder (or several, joined with ':') beside steerlab's tasks:
+    lm-eval reads its one string as one folder, so steerlab gives it a list."""
+    from steerlab.harness import TASKS
+    from steerlab.harness.task_paths import task_paths
+
+    mine = tmp_path / "my_tasks"
+    mine.mkdir()
+    (mine / "my_piqa.yaml").write_text(
+        f"include: {TASKS / 'steerlab_piqa.yaml'}\ntask: my_piqa\n")
+    assert task_paths(f"{mine}:{tmp_path}") == [str(mine), str(tmp_path), str(TASKS)]
+    with pytest.raises(FileNotFoundError, match="--include_path: no folder"):
+        task_paths(str(tmp_path / "nowhere"))
+    out = tmp_path / "results"
+    result = invoke("lm-eval", "--model", "steerlab", "--model_args", f"model={folder}",
+                    "--tasks", "my_piqa,steerlab_piqa", "--include_path", str(mine),
+                    "--limit", "2", "--output_path", str(out))
+    assert result.exit_code == 0, result.output
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    assert {"my_piqa", "steerlab_piqa"} <= set(results)

@@ -118,6 +118,9 @@ class Headline:
     rows: list[ArmResult]
     best_baseline: str | None
     detectable: DetectableEffect
+    best_tied_with: tuple[str, ...] = ()
+    """Baselines whose validation accuracy equals the best one's (the shortest name, then the
+    run's order, was taken): said beside the pick, since the comparison then rests on it."""
 
     def row(self, arm: str) -> ArmResult:
         return next(r for r in self.rows if r.arm == arm)
@@ -167,6 +170,8 @@ def headline(records: Sequence[Record], level: float = 0.9) -> Headline:
     tested = {arm: test_records(records, selections[arm], test) for arm in arms}
     baselines = [arm for arm in arms if kinds[arm] in BASELINE_KINDS]
     best = max(baselines, key=lambda a: (selections[a].accuracy, -len(a)), default=None)
+    tied = tuple(a for a in baselines if a != best
+                 and selections[a].accuracy == selections[best].accuracy) if best else ()
 
     def contrast(arm: str, other: str | None) -> PairedAdvantage | None:
         if other is None or other == arm or other not in tested:
@@ -182,12 +187,13 @@ def headline(records: Sequence[Record], level: float = 0.9) -> Headline:
             contrast(arm, BASE), contrast(arm, best), answer_bias(tested[arm]),
         ))
     n_test = len(tested[BASE]) if BASE in tested else max(len(t) for t in tested.values())
-    return Headline(val, test, rows, best, minimum_detectable_effect(n_test))
+    return Headline(val, test, rows, best, minimum_detectable_effect(n_test), tied)
 
 
 def verdict(row: ArmResult, other: ArmResult, advantage: PairedAdvantage | None, n: int) -> str:
     """One sentence: does the arm beat ``other`` on this test set, in words; when both predict
-    (nearly) one answer on every item, that the comparison is uninformative."""
+    (nearly) one answer on every item, that the comparison is uninformative, and when one of
+    them does (either side), that too."""
     if advantage is None:
         return ""
     if row.one_answer() and other.one_answer():
@@ -203,10 +209,19 @@ def verdict(row: ArmResult, other: ArmResult, advantage: PairedAdvantage | None,
     else:
         word = ("does not detectably beat" if advantage.mean >= 0
                 else "does not detectably differ from")
-    return (f"{row.arm} {word} {other.arm} at this sample size "
+    text = (f"{row.arm} {word} {other.arm} at this sample size "
             f"(n = {n}: advantage {advantage.mean:+.3f}, "
             f"{advantage.level:.0%} interval [{advantage.lower:+.3f}, {advantage.upper:+.3f}], "
             f"P(> 0) = {advantage.prob_positive:.2f}).")
+    lopsided = row if row.one_answer() else other if other.one_answer() else None
+    if lopsided is None:
+        return text
+    debiased = " and ".join(f"{r.arm} {r.bias.debiased:.3f}" for r in (row, other)
+                            if r.bias is not None)
+    return (f"{text} But {lopsided.arm} predicts one answer on ≥ {ONE_ANSWER:.0%} of the test "
+            f"items ({lopsided.bias.describe()}), so this compares against an answer "
+            f"preference, not the behaviour: treat it as uninformative (debiased accuracies "
+            f"{debiased}).")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ class Steerability:
     quantiles: dict[float, float]
     anti_steerable: float
     """Fraction of inputs whose slope is negative."""
+    pushes_answer: str | None = None
+    """The answer the vector raises whatever the behaviour needs, when the inputs split that
+    way (see :func:`answer_pushed`): then it steers an answer token, not the behaviour."""
 
     @property
     def n_inputs(self) -> int:
@@ -51,8 +54,39 @@ class Steerability:
             f"steerability of {self.n_inputs} inputs ({s['dataset']}, vector {s['vector_id']}, "
             f"layers {s['layers']}, norm ratio {s['norm_ratio']}): mean {self.mean:+.3g}, "
             f"sd {self.std:.3g} per unit multiplier; {spread}; "
-            f"anti-steerable {self.anti_steerable:.0%}"
+            f"anti-steerable {self.anti_steerable:.0%}" + (f"; {self.note()}" if self.note()
+                                                          else "")
         )
+
+    def note(self) -> str:
+        """What the anti-steerable share means when the vector pushes one answer ("")."""
+        if self.pushes_answer is None:
+            return ""
+        return (f"the anti-steerable inputs are the ones whose behaviour answer is not "
+                f"{self.pushes_answer!r}: the vector raises {self.pushes_answer!r} whatever the "
+                "behaviour needs (an answer token, not the behaviour)")
+
+
+SPLIT = 0.9
+"""How cleanly the inputs must split by their behaviour answer for :func:`answer_pushed`."""
+
+
+def answer_pushed(slopes: dict[str, float], answers: dict[str, str]) -> str | None:
+    """The answer a vector pushes regardless of the behaviour: when the inputs' behaviour
+    answers are two labels (e.g. " Yes" / " No") and at least :data:`SPLIT` of the inputs of
+    one label are steerable while that share of the other's are anti-steerable, the vector
+    raises the first label everywhere. None otherwise."""
+    labels = sorted(set(answers.values()))
+    if len(labels) != 2:
+        return None
+    steerable = {label: [slopes[i] > 0 for i in slopes if answers.get(i) == label]
+                 for label in labels}
+    for label, other in (labels, labels[::-1]):
+        if steerable[label] and steerable[other] and \
+                np.mean(steerable[label]) >= SPLIT and np.mean(steerable[other]) <= 1 - SPLIT:
+            return label
+    return None
+
 
 
 def behaviour_score(record: Record) -> float:
@@ -86,6 +120,7 @@ def steerability(
     """
     sweeps: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     settings: dict[str, dict[str, Any]] = {}
+    answers: dict[str, str] = {}  # item_id → its behaviour-matching answer
     for record in records:
         if record.get("task") != "ab" or record.get("vector_id") is None:
             continue
@@ -94,6 +129,8 @@ def steerability(
         settings[key] = setting
         point = (float(record["multiplier"]), behaviour_score(record))
         sweeps[key][record["item_id"]].append(point)
+        if record.get("choices"):
+            answers[record["item_id"]] = str(record["choices"][0]).strip()
     if not sweeps:
         raise ValueError("no steered A/B records: steerability needs evaluate_ab over a sweep")
     reports = []
@@ -109,6 +146,7 @@ def steerability(
                 std=float(values.std()),
                 quantiles=dict(zip(quantiles, np.quantile(values, quantiles).tolist())),
                 anti_steerable=float(np.mean(values < 0)),
+                pushes_answer=answer_pushed(slopes, answers),
             )
         )
     return reports

@@ -139,6 +139,9 @@ def sections(found: Analysis, out: Path, sweep: bool = True,
                          f"{report.anti_steerable:.1%}", f"![histogram]({plot.name})"])
         parts += markdown_table(["dataset", "arm", "layers", "inputs", "mean slope", "sd",
                                  "anti-steerable", "histogram"], rows)
+        notes = [f"- {report.setting.get('dataset')}, layers {report.setting.get('layers')}: "
+                 f"{report.note()}." for report in found.steerability if report.note()]
+        parts += ["", *notes, ""] if notes else []
     if found.head_to_head:
         parts += ["## Head-to-head (win rate with ties counted half, 90% interval)", ""]
         parts += markdown_table(

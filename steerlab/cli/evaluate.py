@@ -36,6 +36,7 @@ from steerlab.cli.options import (
     parse_ints,
     parse_layers,
     placement_options,
+    steering_without_vector,
 )
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.placement import Placement
@@ -44,6 +45,7 @@ from steerlab.model.placement import Placement
 @app.command("eval")
 @placement_options
 def evaluate(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(
         "--data", "-d",
         help="Dataset name (`steerlab data list`; name:split works) or MC / pairs file.")],
@@ -74,6 +76,9 @@ def evaluate(
     from steerlab.steering.setting import SteeringSetting
     from steerlab.steering.vectors import SteeringVector
 
+    if vector is None:
+        steering_without_vector(ctx, ["multipliers", "layers", "norm_ratio", "ablate",
+                                      "intervention"])
     items = load_scored_items(data, split)
     steering = SteeringVector.load(vector) if vector else None
     handle = load_handle(model, placement)
@@ -199,7 +204,7 @@ def compose_grid(
     sets = {spec: load_scored_items(spec, None, limit) for spec in (data_a, data_b)}
     handle = load_handle(model, placement)
     try:
-        sweeps = composition_grid(first, second, parse_floats(grid), None,
+        sweeps = composition_grid(first, second, parse_floats(grid, "--grid"), None,
                                   parse_layers(layers, handle.n_layers), norm_ratio)
         for sweep in sweeps:
             sweep.check()
@@ -256,8 +261,8 @@ def side_effects(
         help="Unrelated prompts for KL: a prompts set, or the questions of an MC / pairs set; "
         "repeatable. Default: general-knowledge.")] = None,
     limit: Annotated[int, typer.Option(
-        "--n", help="Items, texts or prompts per set: a seeded sample.")] = 100,
-    max_tokens: Annotated[int, typer.Option(help="Tokens per perplexity text.")] = 128,
+        "--n", help="Items, texts or prompts per set: a seeded sample.", min=1)] = 100,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per perplexity text.", min=2)] = 128,
     harness: Annotated[Optional[str], typer.Option(
         help="lm-evaluation-harness tasks, comma-separated (steerlab_mmlu, steerlab_piqa, "
         "steerlab_truthfulqa_mc1, steerlab_wikitext, ...), each on its first --n documents; "
@@ -343,6 +348,10 @@ def analyze(run_dir: Annotated[Path, typer.Argument(
     records = run.records()
     if not records:
         fail(f"no records in {run.records_path}")
+    untyped = sum("task" not in r for r in records)
+    if untyped == len(records):
+        fail(f"{run.records_path}: none of its {len(records)} records says its task: not "
+             "records steerlab wrote")
     path = write_analysis(run.path, records)
     if any(r.get("task") == "experiment" for r in records):
         from steerlab.experiment.report import experiment_report
@@ -383,6 +392,12 @@ def run_config(
     console.print(f"{experiment.name}: model {experiment.model.name}; "
                   + ", ".join(f"{k} {v}" for k, v in sizes.items()))
     if check:
+        from steerlab.model.handle import ModelLoadError, count_layers
+
+        try:
+            experiment.check_layers(count_layers(experiment.model.name))
+        except (ModelLoadError, ValueError) as err:
+            fail(f"{config}: {err}")
         console.print("config is valid")
         return
     run_dir = out or Path("runs") / experiment.name

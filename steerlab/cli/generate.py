@@ -34,6 +34,7 @@ from steerlab.cli.options import (
     parse_floats,
     parse_layers,
     placement_options,
+    steering_without_vector,
 )
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.placement import Placement
@@ -42,6 +43,7 @@ from steerlab.model.placement import Placement
 @app.command()
 @placement_options
 def generate(
+    ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(help="The user prompt (the chat template is applied).")],
     model: ModelOpt = DEFAULT_MODEL,
     vector: Annotated[Optional[Path], typer.Option(
@@ -66,6 +68,9 @@ def generate(
     from steerlab.model.generation import generate as run_generate
     from steerlab.steering.setting import STEERED, SteeringSetting
 
+    if vector is None:
+        steering_without_vector(ctx, ["multiplier", "positions", "norm_ratio", "layers", "ablate",
+                                      "intervention"])
     steering = load_vector(vector) if vector else None
     gate = load_condition(condition) if condition else None
     if gate is not None and steering is None:
@@ -146,7 +151,8 @@ def serve(
         "connections from this machine only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
     max_multiplier: Annotated[float, typer.Option(
-        help="Requests may use multipliers in [-this, this].", min=0)] = 8.0,
+        help="Requests may use multipliers in [-this, this].", min=0,
+        callback=finite_number)] = 8.0,
     max_tokens: Annotated[int, typer.Option(
         help="Most tokens one request may generate (and the default).", min=1)] = 512,
     max_context: Annotated[Optional[int], typer.Option(
@@ -192,6 +198,8 @@ def serve(
     from steerlab.serve.app import served_name
     from steerlab.serve.schema import ServeSettings
 
+    if web and runs.exists() and not runs.is_dir():
+        fail(f"--runs {runs} is a file: give the folder that holds run directories")
     vectors = load_named_vectors(vector or [])
     conditions = load_named_conditions(condition or [])
     key = os.environ.get(api_key_env) or None

@@ -20,7 +20,8 @@ def lm_eval(ctx: typer.Context) -> None:
     Every argument goes to lm-eval (`steerlab lm-eval --help` shows its help), e.g.
     `steerlab lm-eval --model steerlab --tasks steerlab_mmlu --limit 20 --model_args
     model=smollm2-135m-instruct,vector=v.safetensors,multiplier=4`. Tasks steerlab_mmlu,
-    steerlab_piqa, steerlab_truthfulqa_mc1 and steerlab_wikitext read the shared data in place.
+    steerlab_piqa, steerlab_truthfulqa_mc1 and steerlab_wikitext read the shared data in place;
+    --include_path adds your task folder(s) beside them (several joined with ':').
     lm-eval 0.4.13 finds models only in its own source tree, so plain `lm_eval` cannot see
     steerlab's.
     """
@@ -28,16 +29,12 @@ def lm_eval(ctx: typer.Context) -> None:
         from lm_eval.__main__ import cli_evaluate
 
         import steerlab.harness.model  # noqa: F401  (registers the steerlab model type)
-        from steerlab.harness import TASKS
+        from steerlab.harness.task_paths import steerlab_tasks
     except ImportError as err:
         fail(f"steerlab lm-eval needs lm-evaluation-harness: pip install -e .[harness] ({err})")
     args = list(ctx.args)
     if not args or args[0].startswith("-"):
         args.insert(0, "run")  # lm-eval's evaluation command (`ls` and `validate` pass through)
-    if "--include_path" in args:
-        at = args.index("--include_path") + 1
-        args[at] = f"{args[at]}:{TASKS}" if at < len(args) else str(TASKS)
-    elif "-h" not in args and "--help" not in args:
-        args += ["--include_path", str(TASKS)]
     sys.argv = ["lm_eval", *args]
-    cli_evaluate()
+    with steerlab_tasks():  # steerlab's tasks beside any --include_path folder(s)
+        cli_evaluate()

@@ -38,6 +38,7 @@ from steerlab.cli.options import (
     parse_floats,
     parse_layers,
     placement_options,
+    steering_without_vector,
 )
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.placement import Placement
@@ -46,6 +47,7 @@ from steerlab.model.placement import Placement
 @app.command("generate-eval")
 @placement_options
 def generate_eval(
+    ctx: typer.Context,
     data: Annotated[list[str], typer.Option(
         "--data", "-d", help="Question set (truthfulqa-open, advbench, harmless, another prompts "
         "dataset) or .jsonl/.csv file with a 'question' field; repeatable.")],
@@ -65,7 +67,7 @@ def generate_eval(
     ablate: AblateOpt = False,
     intervention: InterventionOpt = "add",
     limit: Annotated[Optional[int], typer.Option(
-        "--n", help="Questions per set: a seeded sample (default: all).")] = None,
+        "--n", help="Questions per set: a seeded sample (default: all).", min=1)] = None,
     sample_seed: Annotated[int, typer.Option(help="Seed of the --n sample.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.", min=1)] = 64,
     sample: Annotated[bool, typer.Option(
@@ -92,6 +94,9 @@ def generate_eval(
 
     if positions not in POSITIONS:
         fail(f"--positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+    if vector is None:
+        steering_without_vector(ctx, ["multipliers", "layers", "norm_ratio", "positions",
+                                      "ablate", "intervention"])
     try:
         sets = {spec: load_questions(spec) for spec in data}
         steering = SteeringVector.load(vector) if vector else None
@@ -394,8 +399,8 @@ def concept(
     instructions: Annotated[str, typer.Option(
         help="Instructions: a dataset's prompts (an HH-RLHF dialogue gives its first human "
         "turn).")] = "hh-rlhf-harmless:test",
-    n: Annotated[int, typer.Option("--n", help="Instructions: a seeded sample.")] = 40,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 64,
+    n: Annotated[int, typer.Option("--n", help="Instructions: a seeded sample.", min=2)] = 40,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.", min=1)] = 64,
     concurrency: Annotated[int, typer.Option(help="Judge requests in flight at once.",
                                              min=1)] = 1,
     batch_size: BatchOpt = 8,
@@ -418,6 +423,8 @@ def concept(
 
     if (vector is None) == (train is None):
         fail("give a vector (--vector) or pairs to train one on (--train), not both")
+    if not concept_text.strip():
+        fail("--concept is empty: say the concept in words (e.g. 'weddings')")
     prompts = [first_human_turn(p) for p in as_prompts(load_records(instructions, None, n))]
     try:
         judge = ConceptJudge(concurrency=concurrency)
@@ -441,7 +448,7 @@ def concept(
     try:
         with run.writer() as writer:
             records = judged_concept_records(handle, concept_text, {"steered": setting}, prompts,
-                                             parse_floats(factors), judge,
+                                             parse_floats(factors, "--factors"), judge,
                                              max_new_tokens=max_new_tokens,
                                              batch_size=batch_size, writer=writer)
     except JudgeError as err:

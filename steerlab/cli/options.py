@@ -74,32 +74,60 @@ def intervention_of(intervention: str, ablate: bool) -> str:
 
 
 LimitOpt = Annotated[Optional[int], typer.Option(
-    "--n", help="Items per dataset: a seeded sample (default: all).")]
+    "--n", help="Items per dataset: a seeded sample (default: all).", min=1)]
 
 
-def parse_floats(text: str) -> list[float]:
-    """'-2,-1,0,1,2' → [-2.0, -1.0, 0.0, 1.0, 2.0], with a clear error for bad input."""
+def _items(text: str, option: str, kind: str) -> list[str]:
+    """The comma-separated items of an option's value: at least one, none empty."""
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip():
+        raise typer.BadParameter(f"expected comma-separated {kind}, got nothing",
+                                 param_hint=option)
+    if "" in items:
+        raise typer.BadParameter(f"an empty item in {text!r}", param_hint=option)
+    return items
+
+
+def parse_floats(text: str, option: str = "--multipliers") -> list[float]:
+    """'-2,-1,0,1,2' → [-2.0, -1.0, 0.0, 1.0, 2.0]; nothing, an empty item, a word or a
+    non-finite number is an error naming ``option``."""
     try:
-        values = [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in _items(text, option, "numbers")]
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}",
+                                 param_hint=option) from None
     if not all(math.isfinite(v) for v in values):
-        raise typer.BadParameter(f"expected finite numbers, got {text!r}")
+        raise typer.BadParameter(f"expected finite numbers, got {text!r}", param_hint=option)
     return values
 
 
-def parse_ints(text: str) -> list[int]:
+def parse_ints(text: str, option: str = "--layers") -> list[int]:
+    """'1,2' → [1, 2]; nothing, an empty item or a non-integer is an error naming ``option``."""
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return [int(x) for x in _items(text, option, "integers")]
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}",
+                                 param_hint=option) from None
 
 
 def parse_layers(text: Optional[str], n_layers: int) -> Optional[list[int]]:
     """'all' → every layer of the model; '1,2' → [1, 2]; None → None (the vector's own)."""
     if text is None:
         return None
-    return list(range(n_layers)) if text.strip() == "all" else parse_ints(text)
+    return list(range(n_layers)) if text.strip() == "all" else parse_ints(text, "--layers")
+
+
+def steering_without_vector(ctx: typer.Context, names: list[str]) -> None:
+    """Refuse steering options given without ``--vector``: they would steer nothing, and the
+    run would be unsteered without saying so."""
+    sources = {name: ctx.get_parameter_source(name) for name in names}
+    given = [name for name, source in sources.items()
+             if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise typer.BadParameter(f"{flags} steer(s) nothing without a vector: give --vector, "
+                                 "or leave them out for the unsteered model",
+                                 param_hint="--vector")
 
 
 RunOpt = Annotated[Path, typer.Option(

@@ -107,7 +107,8 @@ def train(
         "as key=value (e.g. -p epochs=3); repeatable.")] = None,
     subset_sizes: Annotated[Optional[str], typer.Option(
         help="Train one vector per nested subset size, e.g. 1,2,4,8.")] = None,
-    seeds: Annotated[int, typer.Option(help="With --subset-sizes: seeds 0..N-1 per size.")] = 1,
+    seeds: Annotated[int, typer.Option(help="With --subset-sizes: seeds 0..N-1 per size.",
+                                       min=1)] = 1,
     placement: Optional[Placement] = None,
 ) -> None:
     """Train a steering vector from preference pairs and save it.
@@ -123,7 +124,7 @@ def train(
                "engine": engine}
     spec, config = _method_config(method, {k: v for k, v in options.items() if v is not None},
                                   param or [])
-    layers = parse_ints(layer)
+    layers = parse_ints(layer, "--layer")
     if not spec.multi_layer and len(layers) != 1:
         fail(f"{method} trains one layer at a time; got --layer {layer}")
     pairs = load_training_pairs(data, split)
@@ -146,8 +147,8 @@ def train(
 
     try:
         if subset_sizes:
-            paths = train_on_subsets(run, pairs, parse_ints(subset_sizes), range(seeds), out,
-                                     name=method)
+            sizes = parse_ints(subset_sizes, "--subset-sizes")
+            paths = train_on_subsets(run, pairs, sizes, range(seeds), out, name=method)
             console.print(f"{len(paths)} vectors in {out}")
             return
         vector = run(pairs, seed, checkpoint=out)
@@ -237,7 +238,8 @@ def condition_fit(
         "--out", "-o", help="Condition file to write (.safetensors).")],
     model: ModelOpt = DEFAULT_MODEL,
     holdout: Annotated[float, typer.Option(
-        help="Fraction of each set held out for the F1-maximising threshold search.")] = 0.3,
+        help="Fraction of each set held out for the F1-maximising threshold search.",
+        min=0.05, max=0.9)] = 0.3,
     limit: LimitOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the samples and the held-out split.")] = 0,
     batch_size: BatchOpt = 8,
@@ -352,7 +354,8 @@ def baseline_shots(
     eval_split: Annotated[Optional[str], typer.Option(help="Split of --eval-data.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the nested shot order.")] = 0,
     reserve: Annotated[int, typer.Option(
-        help="Tokens kept free beyond the longest item (e.g. new tokens to generate).")] = 0,
+        help="Tokens kept free beyond the longest item (e.g. new tokens to generate).",
+        min=0)] = 0,
     placement: Optional[Placement] = None,
 ) -> None:
     """Which k-shot prompts fit the model's context, and where the context cuts the list."""
@@ -362,7 +365,8 @@ def baseline_shots(
     evaluated = load_records(eval_data, eval_split) if eval_data else pairs
     handle = load_handle(model, placement)
     try:
-        fit = max_shots(handle, pairs, parse_ints(ks), evaluated, seed=seed, reserve_tokens=reserve)
+        fit = max_shots(handle, pairs, parse_ints(ks, "--ks"), evaluated, seed=seed,
+                        reserve_tokens=reserve)
     except ValueError as err:
         fail(str(err))
     table = Table(title=f"k-shot prompts in {handle.name}'s context of {fit.context} tokens")

@@ -15,6 +15,7 @@ import json
 import random
 import re
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -318,7 +319,24 @@ def pair_from_row(
     answer = _answer if answers else text_field
     prompt = text_field(row, keys[0], where)
     chosen, rejected = answer(row, keys[1], where), answer(row, keys[2], where)
+    if chosen == rejected:
+        raise DataError(f"{where}: fields '{keys[1]}' and '{keys[2]}' are the same answer "
+                        f"({chosen!r}): the pair states no preference")
     return PreferencePair(prompt, chosen, rejected, row_id, _meta(row, set(keys)))
+
+
+def repeated_ids(ids: Sequence[str]) -> list[str]:
+    """The ids that occur more than once, sorted (records are paired by id: they must not)."""
+    return sorted(i for i, n in Counter(ids).items() if n > 1)
+
+
+def check_preferences(pairs: Sequence[PreferencePair]) -> None:
+    """Refuse pairs whose chosen and rejected answers are the same text: they carry no
+    preference (a vector trained on them is zero; their A/B score is a coin flip)."""
+    same = [p.id or str(i) for i, p in enumerate(pairs) if p.chosen == p.rejected]
+    if same:
+        raise ValueError(f"{len(same)} pair(s) have the same chosen and rejected answer, e.g. "
+                         f"{', '.join(same[:5])}: they state no preference; remove them")
 
 
 def mc_from_row(row: dict[str, Any], row_id: str, where: str) -> MCItem:

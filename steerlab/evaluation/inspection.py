@@ -282,13 +282,15 @@ def check_labels(
     if isinstance(items[0], MCItem):
         results = evaluate_mc(model, items, batch_size=batch_size, progress=False)
         chance = sum(1 / len(item.choices) for item in items) / len(items)
-        predicted = [string.ascii_uppercase[r["prediction"]] for r in results]
+        predicted = [string.ascii_uppercase[r["prediction"]] if r["prediction"] is not None
+                     else "tie" for r in results]
         agree = sum(r["correct"] for r in results)
         calibrated = False
     elif isinstance(items[0], PreferencePair):
         results = evaluate_ab(model, items, batch_size=batch_size, progress=False)
         chance = 0.5
-        predicted = [r["choices"][r["prediction"]] for r in results]
+        predicted = [r["choices"][r["prediction"]] if r["prediction"] is not None else "tie"
+                     for r in results]
         agree, calibrated = _calibrated_agreement(results)
         if not calibrated:
             agree = sum(r["correct"] for r in results)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
-from steerlab.data.files import MCItem, PreferencePair
+from steerlab.data.files import MCItem, PreferencePair, check_preferences, repeated_ids
 from steerlab.model.encoding import encode
 from steerlab.model.handle import ModelHandle
 from steerlab.model.scoring import CompletionScore, Setting, score_settings
@@ -118,8 +118,20 @@ def _softmax(values: Sequence[float]) -> list[float]:
     return [e / total for e in exps]
 
 
-def _argmax(values: Sequence[float]) -> int:
-    return max(range(len(values)), key=values.__getitem__)
+def _argmax(values: Sequence[float]) -> int | None:
+    """The index of the largest value; None when several share it (a tie is not a choice:
+    taking the first would credit choice 0 whenever a setting flattens the scores)."""
+    top = max(values)
+    best = [i for i, v in enumerate(values) if v == top]
+    return best[0] if len(best) == 1 else None
+
+
+def _tied_credit(values: Sequence[float], answer: int) -> float:
+    """A tie's expected accuracy: the answer's share of the tied choices (what breaking the tie
+    at random would score), 0 when the answer is not among them."""
+    top = max(values)
+    best = [i for i, v in enumerate(values) if v == top]
+    return 1.0 / len(best) if answer in best else 0.0
 
 
 CHUNK = 64
@@ -129,8 +141,8 @@ CHUNK = 64
 def _item_ids(items: Sequence[MCItem] | Sequence[PreferencePair]) -> list[str]:
     """Each item's id (its position where it has none); ids must be unique to pair records."""
     ids = [item.id or str(index) for index, item in enumerate(items)]
-    if len(set(ids)) != len(ids):
-        repeated = sorted({i for i in ids if ids.count(i) > 1})
+    repeated = repeated_ids(ids)
+    if repeated:
         raise ValueError(f"item ids must be unique; repeated: {repeated[:5]}")
     return ids
 
@@ -230,7 +242,8 @@ def evaluate_mc(
     def build(index: int, scores: list[CompletionScore]) -> Record:
         item = items[index]
         normed = [s.mean_logprob for s in scores]
-        prediction = _argmax([s.logprob for s in scores])
+        summed = [s.logprob for s in scores]
+        prediction = _argmax(summed)
         prediction_norm = _argmax(normed)
         return {
             "choices": list(item.choices),
@@ -240,7 +253,9 @@ def evaluate_mc(
             "prediction_norm": prediction_norm,
             "correct": prediction == item.answer,
             "correct_norm": prediction_norm == item.answer,
-            "score": float(prediction == item.answer),
+            "score": (float(prediction == item.answer) if prediction is not None
+                      else _tied_credit(summed, item.answer)),
+            **({"tie": True} if prediction is None else {}),
         }
 
     return _evaluate(
@@ -262,7 +277,10 @@ def evaluate_ab(
     engine: VllmEngine | None = None,
 ) -> list[Record]:
     """A/B behaviour: the probability of the behaviour-matching answer (``chosen``), normalised
-    over the offered answers. ``score`` is that probability; ``correct`` says it is the larger."""
+    over the offered answers. ``score`` is that probability; ``correct`` says it is the larger
+    (an exact tie is recorded as ``tie``, neither answer predicted). Pairs whose two answers are
+    the same text are refused."""
+    check_preferences(pairs)
 
     def build(index: int, scores: list[CompletionScore]) -> Record:
         pair = pairs[index]
@@ -274,6 +292,7 @@ def evaluate_ab(
             "prediction": _argmax(probs),
             "correct": probs[0] > probs[1],
             "score": probs[0],
+            **({"tie": True} if probs[0] == probs[1] else {}),
         }
 
     return _evaluate(

@@ -15,7 +15,14 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from steerlab.data.files import DataError, OpenQuestion, as_prompts, question_from_row, split_rows
+from steerlab.data.files import (
+    DataError,
+    OpenQuestion,
+    as_prompts,
+    question_from_row,
+    repeated_ids,
+    split_rows,
+)
 from steerlab.data.registry import DATASETS, DatasetUnavailable, load_dataset
 from steerlab.evaluation.likelihood import Sweep
 from steerlab.model.generation import generate
@@ -139,6 +146,10 @@ def generate_answers(
         raise ValueError(f"arms need distinct labels, got {labels}")
     if not questions:
         raise ValueError("nothing to generate: no questions")
+    repeated = repeated_ids([q.id for q in questions])
+    if repeated:
+        raise ValueError(f"question ids must be unique (records are paired by them); repeated "
+                         f"in {dataset or 'the questions'}: {repeated[:5]}")
     common = {
         "task": TASK,
         "dataset": dataset,

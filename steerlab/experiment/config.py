@@ -29,6 +29,7 @@ from steerlab.methods.registry import MethodConfig, VectorMethod, get_method, me
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.placement import ModelChoice
 from steerlab.steering.setting import SteeringSetting
+from steerlab.steering.vectors import MAX_ADDITION_NORM, MAX_RESIDUAL_MULTIPLE
 
 if TYPE_CHECKING:
     from steerlab.steering.conditions import Condition
@@ -98,11 +99,28 @@ class SteeringGrid(_Strict):
     ``layers: scan`` takes the ``scan_top`` layers whose CAA vector moves the behaviour most in
     a layer scan of the training pairs (at the largest multiplier and the norm ratio)."""
 
-    layers: list[int] | Literal["scan"] = Field(min_length=1)
+    layers: list[Annotated[int, Field(ge=0)]] | Literal["scan"] = Field(min_length=1)
     scan_top: int = Field(default=2, gt=0)
     multipliers: list[float] = Field(min_length=1)
     norm_ratio: float | None = Field(default=None, gt=0)
     positions: Literal["all", "prompt", "generated"] = "all"
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> SteeringGrid:
+        """Multipliers the library would refuse mid-run are refused here: with a norm ratio,
+        an addition over :data:`MAX_RESIDUAL_MULTIPLE` residual norms; without, one over
+        :data:`MAX_ADDITION_NORM` times the vector's own norm."""
+        for multiplier in self.multipliers:
+            size = abs(multiplier) * (self.norm_ratio or 1.0)
+            limit = MAX_RESIDUAL_MULTIPLE if self.norm_ratio else MAX_ADDITION_NORM
+            if size > limit:
+                raise ValueError(
+                    f"multiplier {multiplier:g} adds {size:.3g} times "
+                    + ("the residual norm" if self.norm_ratio else "the vector")
+                    + f", over the {limit:g} that still steers (the model would read only the "
+                    "vector)")
+        return self
+
 
     def setting(self, vector: SteeringVector, layers: list[int] | None = None,
                 condition: Condition | None = None) -> SteeringSetting:
@@ -238,7 +256,9 @@ class Evaluations(_Strict):
 class ExperimentConfig(_Strict):
     """One experiment: everything `steerlab run` needs, nothing it has to guess."""
 
-    name: str
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")]
+    """The run's folder name under ``runs/`` (letters, digits, ``_``, ``-``, ``.``; one
+    folder, so a name never writes outside the runs folder)."""
     model: ModelChoice = ModelChoice(name=DEFAULT_MODEL)
     """The model, by name (``model: smollm2-135m-instruct``) or as a block with where it runs
     (``model: {name: ..., device: cuda, dtype: bfloat16}``; ``device_map``, ``quantization``)."""
@@ -288,6 +308,21 @@ class ExperimentConfig(_Strict):
         if clash:
             raise ValueError(f"methods: names {clash} are taken by baseline arms")
         return self
+
+    def check_layers(self, n_layers: int) -> None:
+        """Refuse, naming the key, any layer the model (``n_layers`` decoder layers) lacks: the
+        grid's, a method's own, the condition's."""
+        named: dict[str, Any] = {"steering.layers": self.steering.layers}
+        named |= {f"methods.{name}.layers": entry.layers  # type: ignore[attr-defined]
+                  for name, entry in self.methods.items()}
+        if self.conditional:
+            named["conditional.condition.layer"] = [self.conditional.condition.layer]
+        for where, layers in named.items():
+            beyond = [layer for layer in layers or () if layer >= n_layers] \
+                if layers != "scan" else []
+            if beyond:
+                raise ValueError(f"{where}: layer {beyond[0]} is beyond the model's {n_layers} "
+                                 f"layers (0-{n_layers - 1})")
 
     def datasets(self) -> dict[str, DataSpec]:
         """Every dataset the config names, by key path."""

@@ -208,8 +208,13 @@ def experiment_report(run_dir: str | Path, records: list[dict]) -> tuple[Path, P
                 lines.append(f"- {verdict(row, head.row(other), advantage, n_test)}")
     if head.best_baseline is not None:
         best = head.row(head.best_baseline)
+        tie = (f"; tied on validation with {', '.join(head.best_tied_with)}, so picked by a "
+               "tie-break (the shortest name, then the run's order): the comparisons against it "
+               "rest on that choice"
+               if head.best_tied_with else "")
         lines.append(f"- The best baseline by validation accuracy is **{head.best_baseline}** "
-                     f"(validation {best.selection.accuracy:.3f}, test {best.test.estimate:.3f}).")
+                     f"(validation {best.selection.accuracy:.3f}, test {best.test.estimate:.3f}"
+                     f"{tie}).")
     lines += [f"- {head.detectable}: differences smaller than that are not reliably seen with "
               "this test set.", ""]
     lines += ["## Headline (test set)", ""]

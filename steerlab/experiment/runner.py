@@ -131,6 +131,7 @@ class Runner:
             choice = self.config.model
             self.log(f"loading {choice.name}")
             self._model = load_model(choice.name, **choice.options())
+            self.config.check_layers(self._model.n_layers)  # before any work
         self.counter.watch(self._model.layers)
         return self._model
 

@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from lm_eval import simple_evaluate
-from lm_eval.tasks import TaskManager
 
 from steerlab.evaluation.likelihood import Sweep
-from steerlab.harness import TASKS
 from steerlab.harness.model import SteerlabLM
+from steerlab.harness.task_paths import SteerlabTaskManager
 from steerlab.records import Record, RecordWriter, emit
 
 PREFIX = "harness:"
@@ -59,7 +58,7 @@ def harness_records(
     if sweep.setting is None:
         raise ValueError("harness side effects need a steering setting to sweep")
     sweep = sweep.with_baseline()
-    manager = TaskManager(include_path=str(TASKS))
+    manager = SteerlabTaskManager()
     records: list[Record] = []
     for multiplier in sweep.multipliers:
         lm.steer(sweep.composition(multiplier))

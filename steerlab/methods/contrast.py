@@ -5,6 +5,7 @@ comparable."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -118,15 +119,54 @@ def _agrees(packed: Read, apart: Read) -> bool:
                for side in (0, 1) for layer in packed[0])
 
 
-def oriented(direction: torch.Tensor, contrast: Contrast, layer: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class SignVote:
+    """How a direction's sign was decided: pairs whose chosen side projects higher and lower,
+    the mean gap, and what decided (the vote, or the mean gap where the vote tied)."""
+
+    higher: int
+    lower: int
+    mean_gap: float
+    decided_by: str
+
+    def close(self) -> bool:
+        """Whether the vote was a tie or within 10% of the pairs (at least one pair): on
+        answer-balanced data the first component can be the answer axis, and its sign a coin
+        flip."""
+        return abs(self.higher - self.lower) <= max(1.0, 0.1 * (self.higher + self.lower))
+
+    def describe(self) -> dict[str, Any]:
+        return {"higher": self.higher, "lower": self.lower, "mean_gap": self.mean_gap,
+                "decided_by": self.decided_by}
+
+
+def oriented(direction: torch.Tensor, contrast: Contrast,
+             layer: int) -> tuple[torch.Tensor, SignVote]:
     """``direction`` as a steering vector: signed so that most pairs' chosen side projects
-    higher than their rejected side (a tie keeps the sign), and scaled to the mean
-    chosen − rejected gap along it, so ×1 moves as far along it as CAA's vector does."""
+    higher than their rejected side (a tie broken by the mean chosen − rejected gap, never by
+    the decomposition's own arbitrary sign), and scaled to that mean gap, so ×1 moves as far
+    along it as CAA's vector does; with the vote that decided the sign."""
     unit = direction.float() / direction.float().norm().clamp_min(1e-12)
     gaps = contrast.differences(layer) @ unit
-    if int((gaps < 0).sum()) > int((gaps > 0).sum()):
+    higher, lower = int((gaps > 0).sum()), int((gaps < 0).sum())
+    flip = lower > higher or (lower == higher and float(gaps.mean()) < 0)
+    if flip:
         unit, gaps = -unit, -gaps
-    return unit * gaps.mean().abs()
+    vote = SignVote(int((gaps > 0).sum()), int((gaps < 0).sum()), float(gaps.mean()),
+                    "vote" if higher != lower else "mean gap (the vote tied)")
+    return unit * gaps.mean().abs(), vote
+
+
+def sign_votes(name: str, votes: dict[int, SignVote], meta: VectorMeta) -> None:
+    """Keep each layer's sign vote in the vector's metadata, and warn where it was close."""
+    meta.extra["sign_vote"] = {str(layer): vote.describe() for layer, vote in votes.items()}
+    close = {layer: vote for layer, vote in votes.items() if vote.close()}
+    if close:
+        warnings.warn(f"{name}: the sign of the direction was nearly a coin flip at layers "
+                      + ", ".join(f"{layer} ({v.higher} pairs higher, {v.lower} lower; decided "
+                                  f"by {v.decided_by})" for layer, v in close.items())
+                      + ": on answer-balanced data it may be the answer axis, not the behaviour",
+                      stacklevel=3)
 
 
 def contrast_meta(model: ModelHandle, method: str, pairs: Sequence[PreferencePair],

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from steerlab.data.files import PreferencePair
+from steerlab.data.files import PreferencePair, check_preferences
 from steerlab.methods.training import TrainingRun
 from steerlab.model.handle import ModelHandle
 from steerlab.steering.vectors import SteeringVector
@@ -90,6 +90,7 @@ def train_vector(
     """Train ``method``'s vector at ``layers`` (one layer unless the method takes several);
     ``config`` is the method's config or a dict of its fields (validated against it)."""
     spec = get_method(method)
+    check_preferences(pairs)
     layers = [layers] if isinstance(layers, int) else list(layers)
     if not spec.multi_layer and len(layers) != 1:
         raise ValueError(f"{method} trains one layer at a time; got layers {layers}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from steerlab.data.files import PreferencePair, split
+from steerlab.data.files import PreferencePair, check_preferences, split
 from steerlab.methods.contrast import contrast_meta, read_contrast
 from steerlab.methods.probe import fit_probe
 from steerlab.model.encoding import encode
@@ -104,6 +104,7 @@ def scan_layers(
     The shift steers each layer alone with the CAA vector at ``multiplier`` (``norm_ratio``:
     rescaled to that share of the layer's residual norm first)."""
     started = time.perf_counter()
+    check_preferences(pairs)
     n_held = max(2, round(holdout * len(pairs)))
     if len(pairs) - n_held < 2:
         raise ValueError(f"a scan needs at least 4 pairs (2 to fit, 2 held out), got {len(pairs)}")

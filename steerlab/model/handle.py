@@ -220,6 +220,19 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
+def count_layers(spec: str) -> int:
+    """How many decoder layers the model ``spec`` names has, from its config alone (no weights
+    loaded; a built-in GGUF model is dequantised into the cache first, once)."""
+    from transformers import AutoConfig
+
+    source = resolve_spec(spec)
+    try:
+        config = AutoConfig.from_pretrained(str(source), local_files_only=isinstance(source, Path))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not read the config of '{spec}': {err}") from err
+    return text_config_value(config, "num_hidden_layers", "n_layer", "num_layers")
+
+
 def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    field_validator,
 )
 
 from steerlab.steering.terms import JsonBody as _Body
@@ -98,6 +99,8 @@ class ChatRequest(_Body):
     max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     temperature: Number | None = Field(None, ge=0, le=2)
+    """0 decodes greedily; sampling divides the logits by it, so it is at least
+    :data:`MIN_TEMPERATURE` (a smaller one overflows them: use 0)."""
     top_p: Number | None = Field(None, gt=0, le=1)
     seed: Seed | None = None
     stream: StrictBool = False
@@ -106,6 +109,19 @@ class ChatRequest(_Body):
     stop: Text | list[Text] | None = None
     user: Text | None = None
     steering: list[SteeringTerm] = Field(default_factory=list)
+
+    @field_validator("temperature")
+    @classmethod
+    def _sampleable(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g}: sampling "
+                             f"divides the logits by it, and {value:g} overflows them")
+        return value
+
+
+MIN_TEMPERATURE = 0.01
+"""The smallest temperature that samples: below it (but above 0) logits / temperature overflow
+float32 for ordinary logits."""
 
 
 # ---- errors -----------------------------------------------------------------------------------

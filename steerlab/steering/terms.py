@@ -24,10 +24,12 @@ from steerlab.steering.setting import Composition, Intervention, SteeringSetting
 from steerlab.steering.vectors import SteeringVector
 
 
-def _not_bool(value: Any) -> Any:
-    """JSON's true/false are not numbers (pydantic would read ``true`` as 1)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a number, got a boolean")
+def _json_number(value: Any) -> Any:
+    """A JSON number, nothing read as one: not ``true`` (pydantic would read it as 1), not a
+    string such as ``"4"`` (the API's types are strict)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "a boolean" if isinstance(value, bool) else type(value).__name__
+        raise ValueError(f"expected a number, got {kind}")
     return value
 
 
@@ -41,7 +43,7 @@ def _utf8(value: str) -> str:
     return value
 
 
-Number = Annotated[float, BeforeValidator(_not_bool)]
+Number = Annotated[float, BeforeValidator(_json_number)]
 """A finite JSON number (the body config refuses NaN and infinities)."""
 Text = Annotated[str, AfterValidator(_utf8)]
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors.torch import save_file
 from torch import nn
 
@@ -86,6 +86,25 @@ class VectorMeta(BaseModel):
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     steerlab_version: str = __version__
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("residual_norms")
+    @classmethod
+    def _positive_norms(cls, norms: dict[int, float]) -> dict[int, float]:
+        """A norm is a finite number above 0 (a file claiming otherwise scales nonsense)."""
+        for layer, norm in norms.items():
+            if not (math.isfinite(norm) and norm > 0):
+                raise ValueError(f"residual norm of layer {layer} must be a finite number above "
+                                 f"0, got {norm}")
+        return norms
+
+
+MAX_RESIDUAL_MULTIPLE = 100.0
+"""The largest addition, as a multiple of its layer's mean residual norm, that still steers: a
+larger one leaves nothing of the model's own activations (it reads only the vector, and answers
+empty or tied), so it is refused."""
+MAX_ADDITION_NORM = 1e6
+"""The same bound for a vector without stored residual norms: no model's residual stream is
+this large."""
 
 
 class SteeringVector:
@@ -244,6 +263,14 @@ class SteeringVector:
             if not bool(torch.isfinite(v).all()):
                 raise ValueError(f"multiplier {multiplier} and norm_ratio {norm_ratio} overflow "
                                  f"the vector added at layer {layer}")
+            norm, residual = float(v.norm()), self.meta.residual_norms.get(layer)
+            limit = MAX_RESIDUAL_MULTIPLE * residual if residual else MAX_ADDITION_NORM
+            if norm > limit:
+                scale = (f"{MAX_RESIDUAL_MULTIPLE:g} times the layer's mean residual norm "
+                         f"{residual:.4g}" if residual else f"{MAX_ADDITION_NORM:g}")
+                raise ValueError(
+                    f"the vector added at layer {layer} has norm {norm:.4g}, over {scale}: the "
+                    "model would read only the vector; lower the multiplier (or norm_ratio)")
         return added
 
     def calibrate(self, model: ModelHandle, texts: list[str],

@@ -6,9 +6,12 @@ attention output projection, at the last token of each pair's chosen and rejecte
 logistic probe per head (fit on a seeded share of the pairs) is scored on the held-out rest; the
 ``top_k`` heads by held-out accuracy are kept. Each kept head is shifted along its mass-mean
 direction (mean chosen − mean rejected output, unit length) by the standard deviation of the
-head's outputs along that direction; the multiplier is ITI's α. The vector acts on the
-``attention`` site (``meta.site``), so it steers wherever a residual vector does — sweeps, arms,
-compositions, the server — but not llama.cpp export or ``norm_ratio``.
+head's outputs along that direction; the multiplier is ITI's α. The standard deviation is the
+sample one (divided by n − 1, torch's default); Li et al. divide by n, so their shift at the
+same α is √((n − 1)/n) of this one (0.998 at n = 256 activations): stated in the metadata.
+The vector acts on the ``attention`` site (``meta.site``), so it steers wherever a residual
+vector does — sweeps, arms, compositions, the server — but not llama.cpp export or
+``norm_ratio``.
 """
 
 from __future__ import annotations
@@ -106,7 +109,9 @@ def train_iti(model: ModelHandle, pairs: Sequence[PreferencePair], layers: Seque
     meta = meta_for(model, "iti", site="attention",
                     hyperparams={"top_k": top_k, "holdout": holdout, "l2": l2, "seed": seed,
                                  "token": "last token of prompt+completion",
-                                 "candidate_layers": layers},
+                                 "candidate_layers": layers,
+                                 "spread": "sample standard deviation (n - 1); Li et al. "
+                                           "divide by n"},
                     data_hash=data_hash(list(pairs)), n_examples=len(pairs),
                     extra={"iti": {"heads_per_layer": n_heads, "head_dim": size,
                                    "heads": report}})

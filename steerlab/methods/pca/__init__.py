@@ -17,7 +17,13 @@ from collections.abc import Sequence
 import torch
 
 from steerlab.data.files import PreferencePair
-from steerlab.methods.contrast import Contrast, contrast_meta, oriented, read_contrast
+from steerlab.methods.contrast import (
+    Contrast,
+    contrast_meta,
+    oriented,
+    read_contrast,
+    sign_votes,
+)
 from steerlab.methods.registry import MethodConfig, Trainer, VectorMethod
 from steerlab.methods.training import TrainingRun
 from steerlab.model.handle import ModelHandle
@@ -54,14 +60,16 @@ def train_pca(model: ModelHandle, pairs: Sequence[PreferencePair], layers: int |
         raise ValueError("PCA needs at least two preference pairs")
     name = "pca-center" if center else "pca"
     contrast = read_contrast(model, pairs, layers, batch_size, progress, f"{name} activations")
-    directions = {layer: oriented(first_component(pca_rows(contrast, layer, center)), contrast,
-                                  layer) for layer in layers}
+    signed = {layer: oriented(first_component(pca_rows(contrast, layer, center)), contrast,
+                              layer) for layer in layers}
     meta = contrast_meta(
         model, name, pairs, contrast,
         component=("first principal component of activations minus their pair's midpoint"
                    if center else "first principal component of the centred differences"),
-        scale="signed so most pairs' chosen side projects higher; length = mean gap along it")
-    return SteeringVector(directions, meta)
+        scale="signed so most pairs' chosen side projects higher (a tie: the mean gap's sign); "
+              "length = mean gap along it")
+    sign_votes(name, {layer: vote for layer, (_, vote) in signed.items()}, meta)
+    return SteeringVector({layer: v for layer, (v, _) in signed.items()}, meta)
 
 
 def _trainer(center: bool) -> Trainer:

@@ -18,7 +18,7 @@ from pydantic import Field
 from scipy.optimize import minimize
 
 from steerlab.data.files import PreferencePair, split
-from steerlab.methods.contrast import contrast_meta, oriented, read_contrast
+from steerlab.methods.contrast import contrast_meta, oriented, read_contrast, sign_votes
 from steerlab.methods.registry import MethodConfig, VectorMethod
 from steerlab.methods.training import TrainingRun
 from steerlab.model.handle import ModelHandle
@@ -95,10 +95,11 @@ def train_probe(model: ModelHandle, pairs: Sequence[PreferencePair], layers: int
         raise ValueError(f"the probe needs at least 2 training pairs, got {len(pairs) - n_held}")
     held, fit = split(range(len(pairs)), [n_held, len(pairs) - n_held], seed)
     contrast = read_contrast(model, pairs, layers, batch_size, progress, "probe activations")
-    directions, report = {}, {}
+    directions, report, votes = {}, {}, {}
     for layer in layers:
         probe = fit_probe(contrast.chosen[layer], contrast.rejected[layer], fit, held, l2)
-        directions[layer] = oriented(torch.from_numpy(probe.weights), contrast, layer)
+        directions[layer], votes[layer] = oriented(torch.from_numpy(probe.weights), contrast,
+                                                   layer)
         entry = {"train_accuracy": probe.train_accuracy}
         if probe.held_out_accuracy is not None:
             entry["held_out_accuracy"] = probe.held_out_accuracy
@@ -106,6 +107,7 @@ def train_probe(model: ModelHandle, pairs: Sequence[PreferencePair], layers: int
     meta = contrast_meta(model, "probe", pairs, contrast, l2=l2, holdout=holdout, seed=seed,
                          direction="logistic-regression weights, chosen = 1")
     meta.extra["probe"] = {"held_out_pairs": len(held), "fit_pairs": len(fit), "layers": report}
+    sign_votes("probe", votes, meta)
     return SteeringVector(directions, meta)
 
 
