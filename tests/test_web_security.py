@@ -69,43 +69,43 @@ def hostile_runs(tmp_path):
     return root
 
 
-def test_data_in_a_report_is_text_and_the_report_runs_no_script(hostile_runs):
-    model = tiny_model("llama")
-    app = create_app(model, {}, ServeSettings(web=True, runs=str(hostile_runs)))
+@pytest.fixture
+def runs_root(hostile_runs):
+    """The base address of a server whose runs page lists :func:`hostile_runs`."""
+    app = create_app(tiny_model("llama"), {}, ServeSettings(web=True, runs=str(hostile_runs)))
     with serving(app) as base:
-        root = base.removesuffix("/v1")
-        code, headers, page = request(root, "/runs/injected/view/")
-        assert code == 200 and headers["content-security-policy"] == REPORT_POLICY
-        assert headers["x-frame-options"] == "SAMEORIGIN"
-        text = page.decode()
-        assert "&lt;img src=x onerror=" in text and "<img src=x" not in text
-        for path in ("/web/", "/web/runs.html", "/v1/models", "/runs/list", "/nowhere"):
-            code, headers, _ = request(root, path)
-            assert headers["content-security-policy"] == PAGE_POLICY, path
-            assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] \
-                == "nosniff"
+        yield base.removesuffix("/v1")
 
 
-def test_damaged_runs_are_listed_as_damaged_and_the_rest_stay_readable(hostile_runs):
-    model = tiny_model("llama")
-    app = create_app(model, {}, ServeSettings(web=True, runs=str(hostile_runs)))
-    with serving(app) as base:
-        root = base.removesuffix("/v1")
-        code, _, data = request(root, "/runs/list")
-        assert code == 200
-        runs = {r["name"]: r for r in json.loads(data)["runs"]}
-        assert runs["bad-commands"]["status"].startswith("damaged: JSONDecodeError")
-        assert runs["not-utf8"]["records"] == 2 and runs["no-stage"]["stages"] == [
-            "(no stage named)"]
-        assert runs["injected"]["status"] == "analysed"
-        code, _, data = request(root, "/runs/not-utf8/item/q1")
-        assert code == 200 and json.loads(data)["unreadable"] == 1
-        assert len(json.loads(data)["records"]) == 1
-        for path in ("/runs/a%00b/view/", "/runs/" + "x" * 300 + "/view/",
-                     "/runs/a%00b/item/q1"):
-            code, headers, data = request(root, path)
-            assert code == 404 and headers["content-type"] == "application/json", path
-            assert "no run directory" in json.loads(data)["error"]["message"]
+def test_data_in_a_report_is_text_and_the_report_runs_no_script(runs_root):
+    code, headers, page = request(runs_root, "/runs/injected/view/")
+    assert code == 200 and headers["content-security-policy"] == REPORT_POLICY
+    assert headers["x-frame-options"] == "SAMEORIGIN"
+    text = page.decode()
+    assert "&lt;img src=x onerror=" in text and "<img src=x" not in text
+    for path in ("/web/", "/web/runs.html", "/v1/models", "/runs/list", "/nowhere"):
+        code, headers, _ = request(runs_root, path)
+        assert headers["content-security-policy"] == PAGE_POLICY, path
+        assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] \
+            == "nosniff"
+
+
+def test_damaged_runs_are_listed_as_damaged_and_the_rest_stay_readable(runs_root):
+    code, _, data = request(runs_root, "/runs/list")
+    assert code == 200
+    runs = {r["name"]: r for r in json.loads(data)["runs"]}
+    assert runs["bad-commands"]["status"].startswith("damaged: JSONDecodeError")
+    assert runs["not-utf8"]["records"] == 2 and runs["no-stage"]["stages"] == [
+        "(no stage named)"]
+    assert runs["injected"]["status"] == "analysed"
+    code, _, data = request(runs_root, "/runs/not-utf8/item/q1")
+    assert code == 200 and json.loads(data)["unreadable"] == 1
+    assert len(json.loads(data)["records"]) == 1
+    for path in ("/runs/a%00b/view/", "/runs/" + "x" * 300 + "/view/",
+                 "/runs/a%00b/item/q1"):
+        code, headers, data = request(runs_root, path)
+        assert code == 404 and headers["content-type"] == "application/json", path
+        assert "no run directory" in json.loads(data)["error"]["message"]
 
 
 skip_browser = pytest.mark.skipif(
