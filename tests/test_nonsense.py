@@ -89,6 +89,9 @@ def pairs_file(tmp_path):
     (["generate-eval", "--multipliers", "-4,4", "--out", "OUT"], ["without a vector"]),
     (["serve", "--max-multiplier", "inf"], ["--max-multiplier", "finite"]),
     (["serve", "--web", "--runs", "D"], ["--runs", "is a file"]),
+    (["serve", "--vllm-option", "enforce_eager=true"], ["--vllm-option", "needs --engine vllm"]),
+    (["serve", "--engine", "vllm", "--vllm-option", "enforce_eager"],
+     ["--vllm-option", "'enforce_eager' is not NAME=VALUE"]),
     (["concept", "--concept", " ", "--vector", "V", "--out", "OUT"], ["--concept is empty"]),
 ])
 def test_empty_negative_and_vectorless_options_name_the_option(model_dir, pairs_file, tmp_path,

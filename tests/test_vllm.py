@@ -8,6 +8,7 @@ own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from types import SimpleNamespace
@@ -60,31 +61,38 @@ def models(tmp_path_factory):
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     hf = load_model(str(folder))
-    engine = VllmEngine(str(folder), max_model_len=512, max_num_seqs=8,
-                        max_num_batched_tokens=64, kv_cache_bytes=32 << 20)
+    # vLLM's defaults otherwise: compiled, prefix caching
+    engine = VllmEngine(str(folder), kv_cache_bytes=KV_BYTES, **ENGINE_SIZES)
     yield hf, engine
     engine.close()
     monkey.undo()
+
+
+ENGINE_SIZES = dict(max_model_len=512, max_num_seqs=8, max_num_batched_tokens=64)
+KV_BYTES = 32 << 20
 
 
 def encoded(hf) -> list[list[int]]:
     return [hf.encode_prompt(hf.format_prompt(p)) for p in PROMPTS]
 
 
+def applied(hf, steer: SteeringSetting | Composition | None):
+    """``steer``'s hooks on ``hf`` for the length of a ``with`` block (nothing for None)."""
+    if steer is None:
+        return contextlib.nullcontext()
+    return (steer if isinstance(steer, Composition) else Composition((steer,))).apply(hf)
+
+
 @torch.no_grad()
-def transformers_greedy(hf, rows, setting, new: int = NEW) -> list[tuple[list[int], list[float]]]:
+def transformers_greedy(hf, rows, steer, new: int = NEW) -> list[tuple[list[int], list[float]]]:
     """Each prompt alone through transformers' generate, steered by steerlab's hooks: the new
     tokens and each one's log-probability."""
     out = []
     for row in rows:
-        steering = Composition((setting,)).apply(hf) if setting is not None else None
-        try:
+        with applied(hf, steer):
             result = hf.model.generate(torch.tensor([row]), max_new_tokens=new, do_sample=False,
                                        output_scores=True, return_dict_in_generate=True,
                                        pad_token_id=hf.tokenizer.pad_token_id, eos_token_id=None)
-        finally:
-            if steering is not None:
-                steering.remove()
         tokens = result.sequences[0, len(row):].tolist()
         logprobs = [torch.log_softmax(score[0].float(), -1)[t].item()
                     for score, t in zip(result.scores, tokens)]
@@ -128,12 +136,7 @@ def test_each_setting_equals_the_transformers_path(models, name):
     hf, engine = models
     steer = settings(hf)[name]
     rows = encoded(hf)
-    setting = steer if isinstance(steer, SteeringSetting) else None
-    if setting is not None:
-        expected = transformers_greedy(hf, rows, setting)
-    else:  # a composition: applied by the same hooks as one setting
-        with steer.apply(hf):
-            expected = transformers_greedy(hf, rows, None)
+    expected = transformers_greedy(hf, rows, steer)
     got = vllm_greedy(engine, rows, steer)
     for (want_tokens, want_lp), (tokens, lp) in zip(expected, got):
         n = len(want_tokens)  # transformers may end at the end-of-sequence token
@@ -156,11 +159,105 @@ def test_a_mixed_batch_equals_each_request_alone(models):
         assert mixed.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
 
 
-def test_multiplier_zero_is_vllms_own_output(models):
+def test_multiplier_zero_is_plain_compiled_vllms_own_output(models):
+    """×0 and no steering through steerlab's worker give, bit for bit, what vLLM's own worker
+    gives with the same (compiled, prefix-caching) settings: the tables leave an unsteered
+    token exactly as vLLM's graph computes it."""
+    from vllm import LLM
+
     hf, engine = models
     rows = encoded(hf)
     zero = SteeringSetting(random_vector(hf, [1, 2], seed=1), 0.0)
-    assert vllm_greedy(engine, rows, zero) == vllm_greedy(engine, rows, None)
+    steered, unsteered = vllm_greedy(engine, rows, zero), vllm_greedy(engine, rows, None)
+    plain = LLM(model=engine.llm.llm_engine.model_config.model, dtype="float32", seed=0,
+                kv_cache_memory_bytes=KV_BYTES, **ENGINE_SIZES)
+    try:
+        assert plain.llm_engine.vllm_config.compilation_config.mode != 0  # compiled, as ours
+        outputs = plain.generate([{"prompt_token_ids": row} for row in rows],
+                                 SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True,
+                                                logprobs=0), use_tqdm=False)
+    finally:
+        plain.llm_engine.engine_core.shutdown()
+    own = [(list(o.outputs[0].token_ids),
+            [step[t].logprob for t, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs)])
+           for o in outputs]
+    assert steered == unsteered == own
+
+
+LONG = ("You are a patient assistant for a public library. Answer briefly, cite the shelf, "
+        "and never invent a title. ") * 3
+
+
+def test_prefix_caching_reuses_a_prompt_only_under_the_same_steering(models):
+    """A long shared prompt with caching on: each steering's answer equals its answer from an
+    empty cache whatever ran before; the same steering again is served from the cache (vLLM's
+    own count of cached tokens), and steering of every position also on another question after
+    the same prompt; steering of the prompt or of generated tokens only shares blocks with
+    requests of the same steering whose prompts end at the same token (see the next test)."""
+    hf, engine = models
+    vector = random_vector(hf, [1, 2], seed=1)
+    rows = [hf.encode_prompt(hf.format_prompt(LONG + question))
+            for question in ("Where is the atlas?", "Who wrote it?")]
+    steers = {"none": None, "add": SteeringSetting(vector, 8.0),
+              "other": SteeringSetting(vector, -8.0),
+              "ablate": SteeringSetting(vector, 1.0, intervention="ablate"),
+              "generated": SteeringSetting(vector, 8.0, positions="generated")}
+
+    def ask(name: str, row: list[int]):
+        (out,) = engine.generate([row], steers[name], max_tokens=NEW, ignore_eos=True)
+        return out
+
+    uncached = {}
+    for name in steers:
+        for i, row in enumerate(rows):
+            engine.llm.reset_prefix_cache()
+            uncached[name, i] = ask(name, row)
+            assert uncached[name, i].cached_tokens == 0
+    assert len({tuple(g.token_ids) for g in uncached.values()}) > 2  # the steering matters
+
+    engine.llm.reset_prefix_cache()
+    hits = {}
+    for name, i in [("add", 0), ("other", 0), ("none", 0), ("ablate", 0), ("generated", 0),
+                    ("add", 0), ("add", 1), ("none", 1), ("ablate", 1), ("generated", 0),
+                    ("generated", 1)]:
+        got = ask(name, rows[i])
+        want = uncached[name, i]
+        assert got.token_ids == want.token_ids, (name, i)
+        assert got.logprobs == pytest.approx(want.logprobs, abs=1e-5), (name, i)
+        hits.setdefault(name, []).append(got.cached_tokens)
+    assert hits["other"] == [0] and hits["none"][0] == 0 and hits["ablate"][0] == 0
+    assert hits["add"][0] == 0 and hits["add"][1] > 0  # the same steering, the same prompt
+    assert hits["add"][2] > 0 and hits["none"][1] > 0 and hits["ablate"][1] > 0  # the prefix
+    assert hits["generated"] == [0, hits["generated"][1], 0] and hits["generated"][1] > 0
+
+
+def test_a_follow_up_never_reuses_an_answers_keys_computed_under_other_steering(models):
+    """vLLM caches the blocks of generated tokens too, and a follow-up prompt that contains an
+    earlier answer finds them: it may reuse them only where its own steering would have computed
+    the same keys and values. Each follow-up equals its answer from an empty cache; steering of
+    every position shares the earlier answer's blocks."""
+    hf, engine = models
+    vector = random_vector(hf, [1, 2], seed=1)
+    steers = {"none": None, "add": SteeringSetting(vector, 8.0),
+              "prompt": SteeringSetting(vector, 8.0, positions="prompt"),
+              "generated": SteeringSetting(vector, 8.0, positions="generated")}
+    first = hf.encode_prompt(hf.format_prompt(LONG))
+    block = engine.llm.llm_engine.vllm_config.cache_config.block_size
+    length = -(-len(first) // block) * block - len(first) + 8  # fills a block with answer tokens
+    assert len(first) + length + 16 <= ENGINE_SIZES["max_model_len"]
+    for earlier, later in [("generated", "none"), ("generated", "generated"),
+                           ("prompt", "prompt"), ("add", "add")]:
+        engine.llm.reset_prefix_cache()
+        (answer,) = engine.generate([first], steers[earlier], max_tokens=length, ignore_eos=True)
+        follow = first + answer.token_ids + hf.encode_prompt(" Thanks, and where is it?")
+        engine.llm.reset_prefix_cache()
+        (alone,) = engine.generate([follow], steers[later], max_tokens=NEW, ignore_eos=True)
+        engine.llm.reset_prefix_cache()
+        engine.generate([first], steers[earlier], max_tokens=length, ignore_eos=True)
+        (after,) = engine.generate([follow], steers[later], max_tokens=NEW, ignore_eos=True)
+        assert after.token_ids == alone.token_ids, (earlier, later)
+        assert after.logprobs == pytest.approx(alone.logprobs, abs=1e-5), (earlier, later)
+        assert (after.cached_tokens > 0) == (earlier == later == "add"), (earlier, later)
 
 
 @pytest.mark.parametrize("value, message", [
@@ -169,6 +266,8 @@ def test_multiplier_zero_is_vllms_own_output(models):
     (json.dumps([{"vector": "V", "layers": [9]}]), "steering[0]: layer 9 out of range"),
     (json.dumps([{"vector": "V", "multiplier": "x"}]), "steering[0.multiplier]"),
     (json.dumps([{"vector": "V", "condition": "c"}]), "steering[0].condition: conditional"),
+    (json.dumps([{"vector": "V", "intervention": "ablate"}] * 3),
+     "steering: 3 ablations on one token at the residual site; this engine allows 2"),
 ])
 def test_bad_steering_is_refused_before_it_is_scheduled(models, value, message):
     hf, engine = models
@@ -198,16 +297,20 @@ def test_a_vector_file_can_be_named_by_path(models, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"cache_config": SimpleNamespace(enable_prefix_caching=True)}, "prefix caching off"),
-    ({"compilation_config": SimpleNamespace(mode=3)}, "--enforce-eager"),
+    ({"additional_config": {}}, "cache_salt"),
     ({"speculative_config": object()}, "speculative decoding"),
 ])
 def test_engine_settings_that_would_steer_wrongly_are_refused(models, change, message):
+    """Compiled graphs and prefix caching pass (the engine runs both); prefix caching with
+    requests that may not be salted, and speculative decoding, do not."""
     _, engine = models
     config = engine.llm.llm_engine.vllm_config
+    assert config.cache_config.enable_prefix_caching
+    assert config.compilation_config.mode != 0  # compiled
     check_config(config)  # the engine's own settings pass
     fields = {name: getattr(config, name)
-              for name in ("cache_config", "compilation_config", "speculative_config")}
+              for name in ("cache_config", "compilation_config", "speculative_config",
+                           "additional_config")}
     with pytest.raises(ValueError, match=message):
         check_config(SimpleNamespace(**{**fields, **change}))
 
@@ -312,7 +415,35 @@ def test_the_server_on_vllm_answers_concurrent_mixed_requests_as_the_transformer
     assert len(set(plain)) > len(PROMPTS[:4])  # the steering changed replies
 
 
-def test_steerlab_generate_on_vllm_prints_what_transformers_prints(models, tmp_path):
+class _Borrowed:
+    """The module's engine handed to a command in place of a new one (vLLM's start-up, a
+    compilation, is the slow part), with the arguments the command would have started it with;
+    the command's close leaves it running."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.started = engine, []
+
+    def __call__(self, model: str, **options):
+        self.started.append((model, options))
+        return self
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def borrowed(models, monkeypatch):
+    import steerlab.engine.vllm_engine
+
+    lender = _Borrowed(models[1])
+    monkeypatch.setattr(steerlab.engine.vllm_engine, "VllmEngine", lender)
+    return lender
+
+
+def test_steerlab_generate_on_vllm_prints_what_transformers_prints(models, borrowed, tmp_path):
     from tiny import invoke
 
     hf, engine = models
@@ -324,9 +455,10 @@ def test_steerlab_generate_on_vllm_prints_what_transformers_prints(models, tmp_p
     assert plain.exit_code == on_vllm.exit_code == 0, on_vllm.output
     assert "unsteered" in plain.output and "steered ×8" in plain.output
     assert on_vllm.output.splitlines()[-4:] == plain.output.splitlines()[-4:]
+    assert borrowed.started == [(folder, {"dtype": "float32", "max_model_len": None})]
 
 
-def test_steerlab_eval_on_vllm_writes_the_transformers_scores(models, tmp_path):
+def test_steerlab_eval_on_vllm_writes_the_transformers_scores(models, borrowed, tmp_path):
     from tiny import invoke
 
     hf, engine = models
@@ -347,46 +479,94 @@ def test_steerlab_eval_on_vllm_writes_the_transformers_scores(models, tmp_path):
         assert (got["item_id"], got["multiplier"]) == (want["item_id"], want["multiplier"])
         assert got["logprobs"] == pytest.approx(want["logprobs"], abs=1e-4)
         assert got.get("engine") == "vllm" and "engine" not in want
+    assert [model for model, _ in borrowed.started] == [folder]
 
 
 @pytest.mark.integration
-def test_the_default_model_answers_alike_on_both_engines():
-    """The issue's check: 20 questions, greedy, under unsteered, one CAA vector ×4 at 5% norm,
-    the same on generated positions only, and its ablation: at least 19 of 20 answers identical
-    on each, and where one differs, the first differing token's log-probability agrees to 1e-3
-    on both engines (numerics, not steering)."""
+def test_the_default_model_answers_alike_compiled_eager_and_on_transformers(monkeypatch):
+    """The issue's check, on 20 questions no other test asks: greedy answers of the default
+    model unsteered, under a CAA vector ×4 at 5% of the residual norm, the same on generated
+    tokens only, its ablation, a 30° rotation toward it, a composition (ablate one vector, add
+    another) and an ITI vector, from transformers with steerlab's hooks, from vLLM compiled (its
+    default) and from vLLM eager: at least 19 of 20 answers identical between each pair, and
+    where one differs, the first differing token's log-probability within 1e-3 (numerics, not
+    steering)."""
     from steerlab.data.registry import load_dataset
     from steerlab.engine.vllm_engine import VllmEngine
     from steerlab.methods.registry import train_vector
     from steerlab.model.generation import generate_batch
 
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     hf = load_model("smollm2-135m-instruct")
-    vector = train_vector(hf, load_dataset("refusal", "train")[:40], "caa", [10])
+    pairs = load_dataset("refusal", "train")[:40]
+    vector = train_vector(hf, pairs, "caa", [10])
+    other = train_vector(hf, pairs, "caa", [14])
+    iti = train_vector(hf, pairs, "iti", [8, 9], {"top_k": 8})
     rows = [hf.encode_prompt(hf.format_prompt(q.question))
-            for q in load_dataset("truthfulqa-open")[:20]]
+            for q in load_dataset("truthfulqa-open")[400:420]]
     cases = {"unsteered": None, "x4": SteeringSetting(vector, 4.0, norm_ratio=0.05),
              "generated": SteeringSetting(vector, 4.0, norm_ratio=0.05, positions="generated"),
-             "ablate": SteeringSetting(vector, 1.0, intervention="ablate")}
-    expected = {}
-    for name, setting in cases.items():
-        steering = setting.apply(hf) if setting is not None else None
+             "ablate": SteeringSetting(vector, 1.0, intervention="ablate"),
+             "angular": SteeringSetting(vector, 30.0, intervention="angular"),
+             "composition": Composition((SteeringSetting(vector, 1.0, intervention="ablate"),
+                                         SteeringSetting(other, 4.0, norm_ratio=0.05))),
+             "iti": SteeringSetting(iti, 8.0)}
+    answers: dict[str, dict[str, list]] = {"transformers": {}}
+    for name, steer in cases.items():
+        with applied(hf, steer):
+            answers["transformers"][name] = [(tokens, None)
+                                             for tokens in generate_batch(hf, rows, 32)]
+    for mode, options in (("compiled", {}), ("eager", {"enforce_eager": True})):
+        engine = VllmEngine("smollm2-135m-instruct", max_model_len=1024, max_num_seqs=32,
+                            kv_cache_bytes=256 << 20, **options)
         try:
-            expected[name] = generate_batch(hf, rows, 32)
+            compiled = engine.llm.llm_engine.vllm_config.compilation_config.mode != 0
+            assert compiled == (mode == "compiled")
+            answers[mode] = {name: [(g.token_ids, g.logprobs) for g in
+                                    engine.generate(rows, steer, max_tokens=32, logprobs=0)]
+                             for name, steer in cases.items()}
         finally:
-            if steering is not None:
-                steering.remove()
-    engine = VllmEngine("smollm2-135m-instruct", max_model_len=1024, max_num_seqs=32,
-                        kv_cache_bytes=256 << 20)
-    try:
-        for name, setting in cases.items():
-            got = engine.generate(rows, setting, max_tokens=32, logprobs=5)
-            differing = [i for i, (want, g) in enumerate(zip(expected[name], got))
-                         if g.token_ids != want]
-            assert len(differing) <= 1, (name, differing)
+            engine.close()
+    for name, steer in cases.items():
+        for one, two in (("transformers", "compiled"), ("transformers", "eager"),
+                         ("eager", "compiled")):
+            pairs_ = list(zip(answers[one][name], answers[two][name]))
+            differing = [i for i, ((a, _), (b, _)) in enumerate(pairs_) if a != b]
+            assert len(differing) <= 1, (name, one, two, differing)
             for i in differing:
-                first = next(k for k, (a, b) in enumerate(zip(expected[name][i], got[i].token_ids))
-                             if a != b)
-                (tokens, logprobs), = transformers_greedy(hf, [rows[i]], setting, first + 1)
-                assert abs(logprobs[first] - got[i].logprobs[first]) < 1e-3, (name, i, first)
-    finally:
-        engine.close()
+                (a, a_logprobs), (b, b_logprobs) = pairs_[i]
+                first = next(k for k, (x, y) in enumerate(zip(a, b)) if x != y)
+                if a_logprobs is None:  # transformers': that token's log-probability
+                    ((_, a_logprobs),) = transformers_greedy(hf, [rows[i]], steer, first + 1)
+                assert abs(a_logprobs[first] - b_logprobs[first]) < 1e-3, (name, one, two, i)
+    changed = [name for name in cases if answers["compiled"][name]
+               != answers["compiled"]["unsteered"]]
+    assert changed == [name for name in cases if name != "unsteered"]
+
+
+def test_serve_hands_vllm_options_to_the_engine_and_names_a_refused_one(models, borrowed,
+                                                                         monkeypatch):
+    """``--vllm-option NAME=VALUE`` reaches vLLM's engine arguments as JSON values; a name vLLM
+    does not take ends the command in one line naming the option."""
+    from tiny import invoke
+
+    import steerlab.engine.vllm_engine
+    import steerlab.serve.app
+
+    folder = models[1].llm.llm_engine.model_config.model
+    served = []
+    monkeypatch.setattr(steerlab.serve.app, "serve",
+                        lambda *args, **kwargs: served.append(kwargs["engine"]))
+    result = invoke("serve", "--model", folder, "--engine", "vllm", "--vllm-option",
+                    "enforce_eager=true", "--vllm-option", "gpu_memory_utilization=0.5")
+    assert result.exit_code == 0, result.output
+    assert served == [borrowed]
+    assert borrowed.started == [(folder, {"dtype": "float32", "max_model_len": None,
+                                          "enforce_eager": True, "gpu_memory_utilization": 0.5})]
+    monkeypatch.setattr(steerlab.engine.vllm_engine, "VllmEngine", type(models[1]))
+    result = invoke("serve", "--model", folder, "--engine", "vllm", "--vllm-option",
+                    "no_such_option=1")
+    assert result.exit_code == 1
+    assert "--vllm-option:" in result.output and "no_such_option" in result.output
+    assert "Traceback" not in result.output

@@ -29,10 +29,12 @@ from steerlab.cli.options import (
     LayersOpt,
     ModelOpt,
     NormRatioOpt,
+    VllmOptionsOpt,
     finite_number,
     intervention_of,
     parse_floats,
     parse_layers,
+    parse_vllm_options,
     placement_options,
     steering_without_vector,
 )
@@ -176,6 +178,7 @@ def serve(
         help="Model id clients send and /v1/models lists (default: a built-in or hub name as "
         "given, a local model by its directory or file name, never its path).")] = None,
     engine: EngineOpt = "transformers",  # type: ignore[assignment]
+    vllm_option: VllmOptionsOpt = None,
     runs: Annotated[Path, typer.Option(
         help="With the web interface: the folder of run directories its runs page lists.")]
         = Path("runs"),
@@ -190,7 +193,8 @@ def serve(
     client: extra_body={"steering": [{"vector": "refusal", "multiplier": 4}]}; none by default.
     A term may also set layers, norm_ratio, positions, "intervention": "ablate" (project the
     direction out with strength multiplier) and "condition": a --condition name. With --engine
-    vllm every request joins one continuous batch, whatever its steering (no conditions).
+    vllm every request joins one continuous batch, whatever its steering (no conditions), with
+    vLLM's defaults (compiled, prefix caching) unless --vllm-option says otherwise.
     """
     import os
 
@@ -198,6 +202,7 @@ def serve(
     from steerlab.serve.app import served_name
     from steerlab.serve.schema import ServeSettings
 
+    engine_options = parse_vllm_options(vllm_option, engine)
     if web and runs.exists() and not runs.is_dir():
         fail(f"--runs {runs} is a file: give the folder that holds run directories")
     vectors = load_named_vectors(vector or [])
@@ -215,7 +220,8 @@ def serve(
     if engine == "vllm" and conditions:
         fail("--condition is not available with --engine vllm")
     handle = load_handle(model, placement)
-    generator = load_engine(model, engine, max_context, placement=placement)
+    generator = load_engine(model, engine, max_context, placement=placement,
+                            options=engine_options)
     console.print(f"serving {settings.model_name or served_name(model)} on http://{host}:{port}/v1 "
                   f"with vectors: {', '.join(vectors) or 'none'}; "
                   f"conditions: {', '.join(conditions) or 'none'}; "

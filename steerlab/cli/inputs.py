@@ -37,10 +37,10 @@ def load_handle(model: str, placement: Placement | None = None):
 
 
 def load_engine(model: str, engine: str, max_model_len: int | None = None,
-                placement: Placement | None = None):
+                placement: Placement | None = None, options: dict[str, Any] | None = None):
     """The vLLM engine for ``model`` when ``engine`` is "vllm" (None for transformers), in the
-    dtype ``placement`` resolves to (vLLM picks its own device), or exit saying how to install
-    it."""
+    dtype ``placement`` resolves to (vLLM picks its own device), with vLLM's engine arguments
+    ``options``; or exit saying how to install it, or which option vLLM refused."""
     if engine != "vllm":
         return None
     from steerlab.model.placement import resolve
@@ -51,7 +51,10 @@ def load_engine(model: str, engine: str, max_model_len: int | None = None,
     except ImportError as err:
         fail(f"--engine vllm needs vLLM: pip install -e .[vllm] ({err})")
     with console.status(f"starting vLLM on {model}"):
-        return VllmEngine(model, dtype=dtype, max_model_len=max_model_len)
+        try:
+            return VllmEngine(model, dtype=dtype, max_model_len=max_model_len, **(options or {}))
+        except TypeError as err:  # vLLM's engine arguments take no such name
+            fail(f"--vllm-option: {err}")
 
 
 def load_records(spec: str, split: Optional[str], limit: Optional[int] = None,

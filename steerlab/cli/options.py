@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import math
 from collections.abc import Callable
 from enum import Enum
@@ -151,6 +152,30 @@ class Engine(str, Enum):
 EngineOpt = Annotated[Engine, typer.Option(
     help="Run the model with transformers, or with vLLM (pip install -e .\\[vllm]), which "
     "batches requests with different steering into one forward pass.")]
+
+
+VllmOptionsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--vllm-option", help="With --engine vllm, one of vLLM's engine arguments as NAME=VALUE "
+    "(VALUE read as JSON, else as text), e.g. enforce_eager=true, enable_prefix_caching=false, "
+    "tensor_parallel_size=2, gpu_memory_utilization=0.9; repeatable.")]
+
+
+def parse_vllm_options(given: Optional[list[str]], engine: str) -> dict[str, Any]:
+    """``--vllm-option NAME=VALUE`` items as vLLM engine arguments, or a usage error naming the
+    item (also when the engine is not vLLM)."""
+    if given and engine != "vllm":
+        raise typer.BadParameter("needs --engine vllm", param_hint="--vllm-option")
+    options: dict[str, Any] = {}
+    for item in given or []:
+        name, equals, value = item.partition("=")
+        if not equals or not name.isidentifier():
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE (e.g. enforce_eager=true)",
+                                     param_hint="--vllm-option")
+        try:
+            options[name] = json.loads(value)
+        except json.JSONDecodeError:
+            options[name] = value
+    return options
 
 
 AllowedHostsOpt = Annotated[Optional[list[str]], typer.Option(

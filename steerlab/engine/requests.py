@@ -6,6 +6,7 @@ engine loaded or by the path of a vector file the engine's workers can read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -60,6 +61,31 @@ def parse_steering(text: object) -> list[SteeringTerm]:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise SteeringRequestError(f"{STEERING_KEY}[{where}]: {first['msg']}") from None
+
+
+SALTED = "salted"
+"""``additional_config={"steerlab": {"salted": true}}``: the engine's steered requests carry the
+``cache_salt`` :func:`steering_salt` gives (steerlab's engine and server always do), so prefix
+caching may be on."""
+
+
+def steering_salt(text: str | None, prompt_tokens: int) -> str | None:
+    """The prefix-cache salt of a request of ``prompt_tokens`` tokens steered by ``text`` (None
+    when unsteered: it shares every unsteered request's blocks).
+
+    vLLM caches each full block a request computes, generated tokens included, and a later
+    prompt that contains those tokens reuses it; a block is right for a request only if each of
+    its tokens was edited as that request would edit it. Steering at every position edits a
+    token alike whether it was prompt or generated, so its salt is a digest of the steering.
+    Steering of prompt or generated tokens only edited a generated token as no later prompt
+    would: its salt also takes the prompt's length, so blocks are shared only between requests
+    whose prompts end at the same token (for both, prompt blocks), never with unsteered ones.
+    """
+    if not text:
+        return None
+    terms = parse_steering(text)
+    key = text if all(term.positions == "all" for term in terms) else f"{text}|{prompt_tokens}"
+    return "steerlab-" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 VectorSource = Callable[[str], SteeringVector]

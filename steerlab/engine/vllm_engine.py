@@ -1,11 +1,12 @@
 """Steerlab's generation through vLLM (imports vLLM): one engine per model, every request with
 its own steering, all of them continuously batched together.
 
-:class:`VllmEngine` starts vLLM with steerlab's worker (:mod:`steerlab.engine.vllm_worker`),
-eagerly and without prefix caching (both needed for per-request steering), loads each vector
-once into every worker, and turns a :class:`~steerlab.steering.setting.Composition` into the
-request's steering terms. Prompts are token ids, encoded as the transformers path encodes them,
-so both engines read the same tokens.
+:class:`VllmEngine` starts vLLM with steerlab's worker (:mod:`steerlab.engine.vllm_worker`) and
+vLLM's defaults: compiled (the steering is part of the compiled graph) and with prefix caching
+(each steered request carries a ``cache_salt`` derived from its steering, so it reuses only
+blocks computed under the same steering). It loads each vector once into every worker and turns
+a :class:`~steerlab.steering.setting.Composition` into the request's steering terms. Prompts are
+token ids, encoded as the transformers path encodes them, so both engines read the same tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
-from steerlab.engine.requests import STEERING_KEY, encode_steering
+from steerlab.engine.requests import SALTED, STEERING_KEY, encode_steering, steering_salt
 from steerlab.engine.vllm_plugin import FRONT_VECTORS, SteeringCheck
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.encoding import TokenSequence
@@ -34,12 +35,14 @@ WORKER = "steerlab.engine.vllm_worker.SteeringWorker"
 @dataclass(frozen=True)
 class Generation:
     """One request's new tokens (cut at end of sequence), their text, each chosen token's
-    log-probability, and why it stopped (``stop`` or ``length``)."""
+    log-probability, why it stopped (``stop`` or ``length``), and how many of its prompt's
+    tokens vLLM's prefix cache served."""
 
     token_ids: list[int]
     text: str
     logprobs: list[float]
     finish_reason: str
+    cached_tokens: int = 0
 
 
 Steer = Composition | SteeringSetting | None
@@ -61,10 +64,11 @@ class VllmEngine:
     def __init__(self, model: str = DEFAULT_MODEL, *, dtype: str = "float32",
                  max_model_len: int | None = None, max_num_seqs: int = 64,
                  kv_cache_bytes: int | None = 1 << 30, seed: int = 0, **engine_args: Any) -> None:
-        self.llm = LLM(model=str(resolve_spec(model)), dtype=dtype, enforce_eager=True,
-                       enable_prefix_caching=False, worker_cls=WORKER,
+        extra = engine_args.pop("additional_config", None) or {}
+        self.llm = LLM(model=str(resolve_spec(model)), dtype=dtype, worker_cls=WORKER,
                        max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-                       kv_cache_memory_bytes=kv_cache_bytes, seed=seed, **engine_args)
+                       kv_cache_memory_bytes=kv_cache_bytes, seed=seed,
+                       additional_config={**extra, "steerlab": {SALTED: True}}, **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
         self._files = tempfile.TemporaryDirectory(prefix="steerlab-vllm-")
         self._loaded: set[str] = set()
@@ -98,11 +102,11 @@ class VllmEngine:
                  **decoding: Any) -> list[Generation]:
         """Each prompt's continuation (greedy unless ``temperature`` > 0), all submitted at once;
         ``steer`` is one steering for every prompt or one per prompt."""
-        requests = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompts]
-        outputs = self.llm.generate(requests, self._per_request(steer, len(prompts), **decoding),
-                                    use_tqdm=False)
+        params = self._per_request(steer, len(prompts), **decoding)
+        requests = [steered_prompt(ids, p) for ids, p in zip(prompts, params)]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
         eos = self.tokenizer.eos_token_id
-        return [_generation(output.outputs[0], eos) for output in outputs]
+        return [_generation(output, eos) for output in outputs]
 
     def score(self, seqs: Sequence[TokenSequence], steer: Steer | Sequence[Steer] = None,
               progress: bool = False) -> list[CompletionScore]:
@@ -113,7 +117,7 @@ class VllmEngine:
         params = self._per_request(steer, len(seqs), max_tokens=1, logprobs=None,
                                    prompt_logprobs=0)
         scored = [i for i, seq in enumerate(seqs) if seq.n_completion > 0]
-        requests = [TokensPrompt(prompt_token_ids=list(seqs[i].ids)) for i in scored]
+        requests = [steered_prompt(seqs[i].ids, params[i]) for i in scored]
         outputs = self.llm.generate(requests, [params[i] for i in scored], use_tqdm=progress)
         scores = [CompletionScore(0.0, 0)] * len(seqs)
         for i, output in zip(scored, outputs):
@@ -142,11 +146,24 @@ class VllmEngine:
         self._files.cleanup()
 
 
-def _generation(completion: Any, eos: int | None) -> Generation:
-    """A vLLM completion as a :class:`Generation`, its end-of-sequence token left out (as the
-    transformers path leaves it out)."""
+def steered_prompt(ids: Sequence[int], params: SamplingParams) -> TokensPrompt:
+    """A request's prompt with the prefix-cache salt of its steering (in ``params``; see
+    :func:`~steerlab.engine.requests.steering_salt`): prefix caching then reuses only blocks
+    computed under the same steering."""
+    salt = steering_salt((params.extra_args or {}).get(STEERING_KEY), len(ids))
+    prompt = TokensPrompt(prompt_token_ids=list(ids))
+    if salt is not None:
+        prompt["cache_salt"] = salt
+    return prompt
+
+
+def _generation(output: Any, eos: int | None) -> Generation:
+    """A vLLM request's output as a :class:`Generation`, its end-of-sequence token left out (as
+    the transformers path leaves it out)."""
+    completion = output.outputs[0]
     tokens = list(completion.token_ids)
     chosen = [step[token].logprob for token, step in zip(tokens, completion.logprobs or [])]
     if tokens and tokens[-1] == eos and completion.finish_reason == "stop":
         tokens, chosen = tokens[:-1], chosen[:-1]
-    return Generation(tokens, completion.text, chosen, completion.finish_reason or "length")
+    return Generation(tokens, completion.text, chosen, completion.finish_reason or "length",
+                      output.num_cached_tokens or 0)

@@ -4,7 +4,8 @@ Installed as a ``vllm.logits_processors`` entry point, :class:`SteeringCheck` is
 vLLM engine in an environment where steerlab is installed. Its :meth:`validate_params` reads a
 request's steering (:mod:`steerlab.engine.requests`) in the process that accepts requests, so a
 bad term is refused there (``vllm serve`` answers 400 naming the term and field) instead of
-failing inside the worker; it leaves logits alone.
+failing inside the worker (steering that puts more edits on a token than the engine's tables
+hold, :func:`~steerlab.engine.graph_edits.check_capacity`, too); it leaves logits alone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
+from steerlab.engine.graph_edits import check_capacity
 from steerlab.engine.requests import (
     STEERING_KEY,
     VectorStore,
@@ -37,7 +39,7 @@ class SteeringCheck(LogitsProcessor):
     def validate_params(cls, sampling_params: SamplingParams) -> None:
         text = (sampling_params.extra_args or {}).get(STEERING_KEY)
         if text is not None:
-            resolve_steering(parse_steering(text), FRONT_VECTORS)
+            check_capacity(resolve_steering(parse_steering(text), FRONT_VECTORS))
 
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
         pass

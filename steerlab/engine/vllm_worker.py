@@ -1,13 +1,17 @@
 """vLLM's own worker, extended with per-request steering (``--worker-cls``; imports vLLM).
 
-:class:`SteeringWorker` is the platform's worker class (CPU or CUDA) with three additions: after
-the model loads it hooks the decoder layers (and the attention output projections, for vectors
-on the heads' outputs); before each forward pass it reads, from the model runner's persistent
-batch, which flat rows belong to which request and each request's steering (the JSON terms
-under ``SamplingParams.extra_args["steering"]``, see :mod:`steerlab.engine.requests`); and it
-holds the vectors requests name (``steerlab_add_vector`` over ``collective_rpc``, files listed in
+:class:`SteeringWorker` is the platform's worker class (CPU or CUDA) with three additions. After
+the model loads, each decoder layer (and attention output projection, for vectors on the heads'
+outputs) gets a hook that applies :class:`~steerlab.engine.graph_edits.SteeringTables`: tensor
+operations on static tables, so torch.compile traces them into vLLM's compiled graph and CUDA
+graphs replay them (the hooks are in place before vLLM compiles). Before each forward pass
+(the model runner's ``_model_forward``, which runs outside the graph) it reads, from the runner's
+persistent batch, which flat rows belong to which request, each request's positions and
+steering (the JSON terms under ``SamplingParams.extra_args["steering"]``, see
+:mod:`steerlab.engine.requests`), and writes each token's slots. It holds the vectors requests
+name (``steerlab_add_vector`` over ``collective_rpc``, files listed in
 ``$STEERLAB_VLLM_VECTORS`` at start, or a file path in the request). Requests with different
-steering share one forward pass; a pass with no steered request runs with no edit at all.
+steering share one pass; a token with no steering is left exactly as vLLM computes it.
 
 vLLM's decoder layers return the residual stream in two parts, ``(hidden, residual)``, summed by
 the next layer's fused add-and-norm: an addition goes to ``hidden``; an ablation or rotation
@@ -24,12 +28,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from vllm.config import CompilationMode
 from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 from vllm.model_executor.models.utils import PPMissingLayer
 from vllm.platforms import current_platform
 
+from steerlab.engine.graph_edits import SlotPlanner, Span, SteeringTables
 from steerlab.engine.requests import (
+    SALTED,
     STEERING_KEY,
     SteeringRequestError,
     VectorStore,
@@ -37,8 +42,7 @@ from steerlab.engine.requests import (
     preloaded_vectors,
     resolve_steering,
 )
-from steerlab.engine.token_edits import BatchEdits, Span
-from steerlab.model.handle import find_decoder_layers
+from steerlab.model.handle import find_decoder_layers, text_config_value
 from steerlab.model.heads import attention_projections
 from steerlab.steering.hooks import Edits
 
@@ -53,22 +57,25 @@ else:  # pragma: no cover - other accelerators
 _PLANS = 1024
 """Distinct steering values kept resolved (the rest are resolved again when they return)."""
 
-
 def check_config(vllm_config: Any) -> None:
-    """Refuse engine settings under which per-request steering would be silently wrong."""
-    if vllm_config.cache_config.enable_prefix_caching:
-        raise ValueError("steering needs prefix caching off (--no-enable-prefix-caching): a "
-                         "prompt's cached keys and values would be reused by requests with other "
-                         "steering")
-    if vllm_config.compilation_config.mode != CompilationMode.NONE:
-        raise ValueError("steering needs the model run eagerly (--enforce-eager): its hooks cannot "
-                         "see into a compiled graph")
+    """Refuse engine settings under which per-request steering would be silently wrong: prefix
+    caching, unless the steered requests are salted (cached keys and values are reused only by
+    requests with the same salt); speculative decoding (draft tokens are not placed in the batch
+    the tables describe)."""
+    promised = (getattr(vllm_config, "additional_config", None) or {}).get("steerlab", {})
+    if vllm_config.cache_config.enable_prefix_caching and not promised.get(SALTED):
+        raise ValueError(
+            "prefix caching with steering needs every steered request to carry the cache_salt of "
+            "its steering (steerlab.engine.requests.steering_salt); steerlab's engine and server "
+            "send it. With `vllm serve`, have clients send it and say so with --additional-config "
+            "'{\"steerlab\": {\"salted\": true}}', or turn caching off "
+            "(--no-enable-prefix-caching)")
     if vllm_config.speculative_config is not None:
         raise ValueError("steering does not support speculative decoding")
 
 
 class TokenSteering:
-    """The hooks on one worker's model and the steering of the pass in flight."""
+    """The tables and hooks on one worker's model, and the steering of the pass in flight."""
 
     def __init__(self, runner: Any, store: VectorStore) -> None:
         if not hasattr(runner, "input_batch") or not hasattr(runner, "requests"):
@@ -80,52 +87,68 @@ class TokenSteering:
         layers = find_decoder_layers(model)
         self.n_layers = len(layers)
         self.tp = (get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size())
-        self.current: BatchEdits | None = None
         self._plans: OrderedDict[str, list[Edits]] = OrderedDict()
-        self._cast: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._dtype = next(model.parameters()).dtype
-        self._device = next(model.parameters()).device
-        self.handles = [model.register_forward_pre_hook(self._begin, with_kwargs=True),
-                        model.register_forward_hook(self._end)]
+        parameter = next(model.parameters())
         present = [(i, layer) for i, layer in enumerate(layers)
                    if not isinstance(layer, PPMissingLayer)]
-        for index, layer in present:
+        projections = attention_projections(nn.ModuleList(layer for _, layer in present))
+        attention_width = next((getattr(p, "input_size_per_partition", None)
+                                or getattr(p, "in_features") for p in projections), 1)
+        self.tables = SteeringTables(
+            self.n_layers, {"residual": text_config_value(model.config, "hidden_size"),
+                            "attention": attention_width},
+            runner.max_num_tokens, parameter.device, parameter.dtype)
+        # a buffer of the module holding the layers: the compiled graph takes it as an input
+        holder = next(module for module in model.modules()
+                      if any(child is layers for child in module.children()))
+        holder.steerlab_tables = self.tables
+        self.planner = SlotPlanner(self.tables)
+        self.handles = []
+        for (index, layer), projection in zip(present, projections):
             self.handles.append(layer.register_forward_hook(
                 lambda module, args, output, index=index: self._residual(index, output)))
-        projections = attention_projections(nn.ModuleList(layer for _, layer in present))
-        for (index, _), projection in zip(present, projections):
-            self.handles.append(projection.register_forward_pre_hook(
-                lambda module, args, index=index: self._attention(index, args)))
+            if self.tables.edits("attention"):
+                self.handles.append(projection.register_forward_pre_hook(
+                    lambda module, args, index=index: (
+                        self.tables.edit("attention", index, args[0]), *args[1:])))
+        forward = runner._model_forward  # vLLM's documented override point, outside the graph
+
+        def steered_forward(*args: Any, **kwargs: Any) -> Any:
+            self.planner.fill(self._spans())
+            return forward(*args, **kwargs)
+
+        runner._model_forward = steered_forward
+
+    def _residual(self, index: int, output: Any) -> Any:
+        if isinstance(output, torch.Tensor):
+            return self.tables.edit("residual", index, output)
+        hidden, residual, *rest = output
+        if residual is None:
+            return (self.tables.edit("residual", index, hidden), residual, *rest)
+        return (*self.tables.edit_pair(index, hidden, residual), *rest)
 
     # ---- per pass -----------------------------------------------------------------------------
 
-    def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
-        self.current = self._batch(positions) if positions is not None else None
-
-    def _end(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self.current = None
-
-    def _batch(self, positions: torch.Tensor) -> BatchEdits | None:
-        """The pass's edits: each scheduled request's rows (the runner's query start offsets,
-        in its persistent batch's order) with its steering."""
+    def _spans(self) -> list[Span]:
+        """The pass's steered requests: each one's flat rows (the runner's query start offsets,
+        in its persistent batch's order), first position and prompt length, and slots."""
         batch, runner = self.runner.input_batch, self.runner
         count = batch.num_reqs
         if count == 0:
-            return None
+            return []
         starts = runner.query_start_loc.cpu[: count + 1].tolist()
-        spans = []
+        computed = batch.num_computed_tokens_cpu[:count].tolist()
+        steered = []
         for row, request_id in enumerate(batch.req_ids[:count]):
             state = runner.requests.get(request_id)
             params = state.sampling_params if state is not None else None
             text = (params.extra_args or {}).get(STEERING_KEY) if params is not None else None
             if text:
-                spans.append(Span(starts[row], starts[row + 1], state.num_prompt_tokens,
-                                  self.plan(text)))
-        if not spans:
-            return None
-        flat = positions if positions.dim() == 1 else positions[0]  # M-RoPE: (3, T)
-        return BatchEdits(spans, flat, self._like_model)
+                steered.append((row, state, text))
+        busy = {text for _, _, text in steered}
+        return [Span(starts[row], starts[row + 1], int(computed[row]), state.num_prompt_tokens,
+                     self.planner.plan(text, self.plan(text), busy))
+                for row, state, text in steered]
 
     def plan(self, text: str) -> list[Edits]:
         """A steering value resolved into edit groups (kept for the next pass that carries it)."""
@@ -153,35 +176,6 @@ class TokenSteering:
                                        "available under tensor parallelism")
         return replace(group, additions={layer: vector.chunk(size)[rank]
                                          for layer, vector in group.additions.items()})
-
-    def _like_model(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` on the model's device and dtype, copied once per vector."""
-        key = id(tensor)
-        if key not in self._cast or self._cast[key][0] is not tensor:
-            self._cast[key] = (tensor, tensor.to(device=self._device, dtype=self._dtype))
-        return self._cast[key][1]
-
-    # ---- hooks --------------------------------------------------------------------------------
-
-    def _residual(self, index: int, output: Any) -> Any:
-        edits = self.current
-        if edits is None or not edits.edits("residual", index):
-            return None
-        if isinstance(output, torch.Tensor):
-            return edits.apply("residual", index, output)
-        hidden, residual, *rest = output
-        if residual is None:
-            return (edits.apply("residual", index, hidden), residual, *rest)
-        if edits.reshapes("residual", index):
-            stream = edits.apply("residual", index, hidden + residual)
-            return (stream, torch.zeros_like(residual), *rest)
-        return (hidden + edits.delta("residual", index, hidden), residual, *rest)
-
-    def _attention(self, index: int, args: tuple) -> Any:
-        edits = self.current
-        if edits is None or not edits.edits("attention", index):
-            return None
-        return (edits.apply("attention", index, args[0]), *args[1:])
 
 
 class SteeringWorker(_PlatformWorker):

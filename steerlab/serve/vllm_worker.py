@@ -13,10 +13,9 @@ from __future__ import annotations
 from itertools import count
 from typing import Any
 
-from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
 
-from steerlab.engine.vllm_engine import VllmEngine
+from steerlab.engine.vllm_engine import VllmEngine, steered_prompt
 from steerlab.model.handle import ModelHandle
 from steerlab.serve.worker import GenerationJob, QueueFull, RowStream, WorkerThread
 
@@ -88,7 +87,7 @@ class VllmGenerationWorker(WorkerThread):
             return
         params.output_kind = RequestOutputKind.DELTA
         request_id = f"steerlab-{next(self._ids)}"
-        llm.add_request(request_id, TokensPrompt(prompt_token_ids=list(job.prompt_ids)), params)
+        llm.add_request(request_id, steered_prompt(job.prompt_ids, params), params)
         self._rows[request_id] = RowStream(job, self.model)
         self.jobs += 1
 
