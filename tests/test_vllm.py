@@ -315,6 +315,22 @@ def test_engine_settings_that_would_steer_wrongly_are_refused(models, change, me
         check_config(SimpleNamespace(**{**fields, **change}))
 
 
+def test_the_tables_shape_joins_vllms_compile_cache_key(models):
+    """The compiled graph follows the tables' terms, which the environment sets: the worker
+    writes them into its config's additional_config, which vLLM's compile-cache hash takes, so
+    a graph cached for other tables is never loaded."""
+    from steerlab.engine.graph_edits import SLOTS, configured_terms
+
+    _, engine = models
+    (tables,) = engine.llm.collective_rpc("steerlab_tables")
+    assert {k: tables[k] for k in ("slots", "terms")} == {"slots": SLOTS,
+                                                         "terms": configured_terms()}
+    assert tables["additional_config"]["tables"] == {"slots": SLOTS, "terms": configured_terms()}
+    front = engine.llm.llm_engine.vllm_config  # the same settings, without the tables
+    assert "tables" not in front.additional_config["steerlab"]
+    assert tables["config_hash"] != front.compute_hash()
+
+
 def test_open_ended_answers_through_vllm_equal_the_transformers_ones(models):
     from steerlab.data.files import OpenQuestion
     from steerlab.evaluation.openended import generate_answers, steering_arms

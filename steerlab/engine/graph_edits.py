@@ -213,21 +213,17 @@ class SteeringTables(nn.Module):
         site takes none)."""
         tokens, counts = hidden.shape[0], self.terms[site]
         changing = None
-        if reshape and counts["ablate"]:
-            slots = self.table(site, "ablate_slots")[:tokens]
-            units = self.table(site, "ablate")[layer][slots]
-            strengths = self.table(site, "strength")[layer][slots]
-            for term in range(counts["ablate"]):
-                hidden = _ablated(hidden, units[:, term], strengths[:, term])
-            changing = (strengths != 0).any(dim=-1, keepdim=True)
-        if reshape and counts["rotate"]:
-            slots = self.table(site, "rotate_slots")[:tokens]
-            units = self.table(site, "rotate")[layer][slots]
-            angles = self.table(site, "angle")[layer][slots]
-            for term in range(counts["rotate"]):
-                hidden = _rotated(hidden, units[:, term], angles[:, term])
-            turning = (angles != 0).any(dim=-1, keepdim=True)
-            changing = turning if changing is None else changing | turning
+        for kind, amount, apply in (("ablate", "strength", _ablated),
+                                    ("rotate", "angle", _rotated)):
+            if not (reshape and counts[kind]):
+                continue
+            slots = self.table(site, f"{kind}_slots")[:tokens]
+            units = self.table(site, kind)[layer][slots]
+            amounts = self.table(site, amount)[layer][slots]
+            for term in range(counts[kind]):
+                hidden = apply(hidden, units[:, term], amounts[:, term])
+            acting = (amounts != 0).any(dim=-1, keepdim=True)
+            changing = acting if changing is None else changing | acting
         added = None
         if counts["add"]:
             slots = self.table(site, "add_slots")[:tokens]

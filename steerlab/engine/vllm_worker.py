@@ -187,6 +187,23 @@ class SteeringWorker(_PlatformWorker):
         store = VectorStore()
         preloaded_vectors(store)
         self.steering = TokenSteering(self.model_runner, store)
+        # The compiled graph's shape follows the tables' (terms per kind, sites hooked), which
+        # the environment sets: they join vLLM's compile-cache key (its hash of the config takes
+        # additional_config), so a cached graph is never loaded for other tables.
+        extra = self.vllm_config.additional_config
+        if isinstance(extra, dict):
+            tables = self.steering.tables
+            extra.setdefault("steerlab", {})["tables"] = {"slots": tables.slots,
+                                                          "terms": tables.terms}
+
+    def steerlab_tables(self) -> dict[str, Any]:
+        """The steering tables' configuration this worker compiled with, the ``steerlab`` entry
+        of its vLLM config's additional_config, and that config's hash, which keys vLLM's
+        compile cache (``collective_rpc("steerlab_tables")``)."""
+        tables, extra = self.steering.tables, self.vllm_config.additional_config
+        return {"slots": tables.slots, "terms": tables.terms,
+                "additional_config": extra.get("steerlab") if isinstance(extra, dict) else None,
+                "config_hash": self.vllm_config.compute_hash()}
 
     def steerlab_add_vector(self, path: str) -> str:
         """Load a vector file on this worker; its id, by which requests name it."""
