@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from saving import machine, save
 
 from steerlab.model.catalog import DEFAULT_MODEL
-from steerlab.serve.app import serve_process
+from steerlab.serve.launch import serve_process
 
 ABANDONED, ABANDON_AFTER_S, SAMPLED_TOKENS = 40, 0.5, 256
 LIMIT = 2 << 20  # the server's default --max-body-bytes

@@ -35,7 +35,7 @@ from saving import machine, save
 
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.handle import load_model
-from steerlab.serve.app import serve_process
+from steerlab.serve.launch import serve_process
 from steerlab.steering.vectors import SteeringVector, meta_for
 
 LEVELS = (1, 4, 8, 16)

@@ -25,7 +25,8 @@ from steerlab.evaluation.openended import OpenQuestion, generate_answers, steeri
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.handle import load_model
 from steerlab.records import read_records
-from steerlab.serve.app import create_app, serving
+from steerlab.serve.app import create_app
+from steerlab.serve.launch import serving
 from steerlab.serve.rating import RatingSession, create_rating_app
 from steerlab.serve.schema import ServeSettings
 from steerlab.steering.setting import SteeringSetting

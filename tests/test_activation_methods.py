@@ -10,7 +10,8 @@ from steerlab.data.files import PreferencePair
 from steerlab.methods import train_vector
 from steerlab.methods.contrast import read_contrast
 from steerlab.methods.mean_centring import train_mean_centring
-from steerlab.methods.probe import fit_logistic, train_probe
+from steerlab.methods.probe import train_probe
+from steerlab.methods.probes import fit_logistic
 from steerlab.model.activations import read_layers
 from steerlab.model.encoding import TokenSequence, encode
 

@@ -4,7 +4,8 @@ from tiny import plain_logprob, tiny_model
 
 from steerlab.data.files import PreferencePair
 from steerlab.methods.bipo import trainer
-from steerlab.methods.bipo.trainer import _FastEngine, _NaiveEngine, train_bipo, train_dpo
+from steerlab.methods.bipo.trainer import train_bipo, train_dpo
+from steerlab.methods.loss_training import _FastEngine, _NaiveEngine
 from steerlab.methods.pairs import encode_pairs
 from steerlab.methods.training import TrainingDiverged, TrainingHistory, bipo_loss
 from steerlab.steering.vectors import SteeringVector

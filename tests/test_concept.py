@@ -132,7 +132,8 @@ def judge_says(tmp_path_factory):
     """Local `steerlab serve` judges: one replies "2" to everything, one replies noise."""
     from tiny import next_token_model
 
-    from steerlab.serve.app import create_app, serving
+    from steerlab.serve.app import create_app
+    from steerlab.serve.launch import serving
     from steerlab.serve.schema import ServeSettings
 
     settings = ServeSettings(max_context=1024, max_tokens=16)

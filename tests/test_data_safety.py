@@ -14,7 +14,8 @@ from tiny import PAIRS, generation_records, invoke, random_vector, tiny_model, w
 from steerlab.data.files import DataError, load_mc, load_pairs, read_rows
 from steerlab.evaluation.judges.blind import export_blind, import_ratings
 from steerlab.records import RecordsFileError, RecordWriter, read_records
-from steerlab.serve.app import create_app, serving
+from steerlab.serve.app import create_app
+from steerlab.serve.launch import serving
 from steerlab.serve.schema import ServeSettings
 from steerlab.steering.vectors import SteeringVector
 

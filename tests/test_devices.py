@@ -152,13 +152,13 @@ class _DevicelessZeros:
 
 def test_a_planted_cpu_tensor_in_a_trainer_fails_on_this_machine(monkeypatch):
     """The mechanism: a trainer's tensor left on the CPU fails here, with no GPU."""
-    from steerlab.methods.bipo import trainer
+    from steerlab.methods import loss_training
 
     with virtual_device():
         model = tiny_model("llama")
         place(model, "virtual")
         train_shortly(model, "bipo")  # clean: trains
-        monkeypatch.setattr(trainer, "torch", _DevicelessZeros())
+        monkeypatch.setattr(loss_training, "torch", _DevicelessZeros())
         with pytest.raises(DeviceSlip, match="a tensor on the CPU .* met tensors on the model"):
             train_shortly(model, "bipo")
 

@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 from steerlab.cli import app
 from steerlab.data.files import DataError
 from steerlab.data.registry import dataset_info, load_dataset
-from steerlab.serve.app import create_app, serving
+from steerlab.serve.app import create_app
+from steerlab.serve.launch import serving
 from steerlab.serve.schema import ServeSettings
 from steerlab.steering.vectors import SteeringVector, meta_for
 

@@ -10,7 +10,7 @@ from tiny import PAIRS, logits, tiny_model
 from steerlab.data.files import PreferencePair, split
 from steerlab.evaluation.likelihood import Sweep, evaluate_ab
 from steerlab.methods import train_vector
-from steerlab.methods.probe import fit_logistic
+from steerlab.methods.probes import fit_logistic
 from steerlab.model.encoding import encode
 from steerlab.model.heads import attention_projections
 from steerlab.steering.setting import SteeringSetting
@@ -143,7 +143,8 @@ def test_a_served_request_steers_with_an_attention_site_vector(tiny):
     import openai
 
     from steerlab.model.generation import generate_tokens
-    from steerlab.serve.app import create_app, serving
+    from steerlab.serve.app import create_app
+    from steerlab.serve.launch import serving
     from steerlab.serve.schema import ServeSettings
 
     vector = head_vector(tiny, 2, 1, seed=4)

@@ -26,7 +26,8 @@ from steerlab.evaluation.judges.verdicts import (
     summarize_ratings,
 )
 from steerlab.model.generation import generate
-from steerlab.serve.app import create_app, free_port, serving
+from steerlab.serve.app import create_app
+from steerlab.serve.launch import free_port, serving
 from steerlab.serve.schema import ServeSettings
 
 N_ITEMS = 12

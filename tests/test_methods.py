@@ -65,6 +65,68 @@ def test_a_method_is_a_folder_found_without_touching_anything_else(tmp_path, mon
     assert "doubled-caa" not in methods()
 
 
+def test_a_method_from_another_installed_package_is_found_by_its_entry_point(
+        tiny, tmp_path, monkeypatch):
+    """A package outside steerlab's tree declares a method in the ``steerlab.methods``
+    entry-point group (here an installed distribution's metadata on the path, as pip leaves
+    it): the registry, train_vector and ``steerlab methods`` all see it, built from steerlab's
+    shared helpers only."""
+    (tmp_path / "gap_method.py").write_text(textwrap.dedent('''
+        from steerlab.methods.contrast import contrast_meta, read_contrast
+        from steerlab.methods.registry import MethodConfig, VectorMethod
+        from steerlab.steering.vectors import SteeringVector
+
+        class Config(MethodConfig):
+            scale: float = 1.0
+
+        def train(model, pairs, layers, config, run):
+            seen = read_contrast(model, pairs, layers, progress=False)
+            directions = {layer: config.scale * (seen.chosen[layer] - seen.rejected[layer])
+                          .mean(dim=0) for layer in layers}
+            return SteeringVector(directions, contrast_meta(model, "gap", pairs, seen))
+
+        METHODS = (VectorMethod("gap", "mean last-token gap, from outside steerlab", Config,
+                                train, multi_layer=True),)
+    '''))
+    info = tmp_path / "gap_method-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gap-method\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[steerlab.methods]\ngap = gap_method\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    methods.cache_clear()
+    try:
+        assert get_method("gap").defaults() == {"scale": 1.0}
+        vector = train_vector(tiny, PAIRS, "gap", [1, 2], {"scale": 2.0})
+        caa = train_caa(tiny, PAIRS, [1, 2], progress=False)  # the same gap, by CAA
+        for layer in (1, 2):
+            torch.testing.assert_close(vector.directions[layer], 2 * caa.directions[layer])
+        listed = invoke("methods")
+        assert listed.exit_code == 0 and "gap" in listed.output
+    finally:
+        monkeypatch.undo()
+        methods.cache_clear()
+        sys.modules.pop("gap_method", None)
+    assert "gap" not in methods()
+
+
+def test_every_method_folder_is_in_the_independence_contract():
+    """pyproject.toml's import-linter contract lists each method folder, so a new folder that
+    imported another would fail ``make test``."""
+    import pkgutil
+    from pathlib import Path
+
+    import tomllib
+
+    import steerlab.methods
+
+    config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    (contract,) = [c for c in config["tool"]["importlinter"]["contracts"]
+                   if c["type"] == "independence"]
+    folders = {f"steerlab.methods.{m.name}" for m in pkgutil.iter_modules(
+        steerlab.methods.__path__) if m.ispkg}
+    assert set(contract["modules"]) == folders
+
+
 def test_run_config_entries_are_checked_against_the_methods_config(tmp_path):
     text = textwrap.dedent("""\
         name: t

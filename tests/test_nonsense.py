@@ -15,7 +15,8 @@ from steerlab.evaluation.likelihood import evaluate_ab, evaluate_mc
 from steerlab.experiment.config import ConfigError, parse_config
 from steerlab.methods import train_vector
 from steerlab.methods.scan import scan_layers
-from steerlab.serve.app import create_app, serving
+from steerlab.serve.app import create_app
+from steerlab.serve.launch import serving
 from steerlab.serve.schema import ServeSettings
 from steerlab.steering.setting import SteeringSetting
 from steerlab.steering.vectors import VectorMeta, meta_for

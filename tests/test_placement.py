@@ -174,7 +174,7 @@ def test_a_vector_trains_through_4bit_weights_with_the_gradient_of_their_dequant
     import bitsandbytes as bnb
     from transformers import AutoModelForCausalLM
 
-    from steerlab.methods.bipo.trainer import _FastEngine, _NaiveEngine
+    from steerlab.methods.loss_training import _FastEngine, _NaiveEngine
     from steerlab.methods.pairs import encode_pairs
     from steerlab.methods.training import bipo_loss
     from steerlab.model.handle import wrap_model

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from tiny import PAIRS, plain_logprob, tiny_model
 
 from steerlab.methods import get_method, train_vector
-from steerlab.methods.bipo.trainer import _FastEngine, _NaiveEngine
+from steerlab.methods.loss_training import _FastEngine, _NaiveEngine
 from steerlab.methods.one_shot import OneShotObjective
 from steerlab.methods.pairs import encode_pairs
 from steerlab.methods.reps import RePSObjective

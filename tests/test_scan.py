@@ -9,7 +9,7 @@ from tiny import PAIRS, invoke
 from steerlab.data.files import PreferencePair, split
 from steerlab.evaluation.likelihood import Sweep, evaluate_ab
 from steerlab.methods.contrast import read_contrast
-from steerlab.methods.probe import fit_logistic
+from steerlab.methods.probes import fit_logistic
 from steerlab.methods.scan import scan_layers
 from steerlab.steering.setting import SteeringSetting
 from steerlab.steering.vectors import SteeringVector, meta_for

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from steerlab.cli import app
 from steerlab.model.generation import generate_tokens
-from steerlab.serve.app import create_app, serve_process, serving
+from steerlab.serve.app import create_app
+from steerlab.serve.launch import serve_process, serving
 from steerlab.serve.schema import ServeSettings
 from steerlab.serve.worker import (
     Decoding,

@@ -12,7 +12,8 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from steerlab.serve.app import create_app, serving
+from steerlab.serve.app import create_app
+from steerlab.serve.launch import serving
 from steerlab.serve.schema import ServeSettings
 from steerlab.serve.worker import Decoding, GenerationJob
 from steerlab.steering.vectors import SteeringVector, meta_for

@@ -389,7 +389,8 @@ def test_the_server_on_vllm_answers_concurrent_mixed_requests_as_the_transformer
 
     import openai
 
-    from steerlab.serve.app import create_app, serving
+    from steerlab.serve.app import create_app
+    from steerlab.serve.launch import serving
     from steerlab.serve.schema import ServeSettings
 
     hf, engine = models
@@ -568,11 +569,11 @@ def test_serve_hands_vllm_options_to_the_engine_and_names_a_refused_one(models, 
     from tiny import invoke
 
     import steerlab.engine.vllm_engine
-    import steerlab.serve.app
+    import steerlab.serve.launch
 
     folder = models[1].llm.llm_engine.model_config.model
     served = []
-    monkeypatch.setattr(steerlab.serve.app, "serve",
+    monkeypatch.setattr(steerlab.serve.launch, "serve",
                         lambda *args, **kwargs: served.append(kwargs["engine"]))
     result = invoke("serve", "--model", folder, "--engine", "vllm", "--vllm-option",
                     "enforce_eager=true", "--vllm-option", "gpu_memory_utilization=0.5")

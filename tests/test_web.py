@@ -15,7 +15,8 @@ import urllib.request
 import pytest
 from tiny import random_vector, tiny_model
 
-from steerlab.serve.app import create_app, serving
+from steerlab.serve.app import create_app
+from steerlab.serve.launch import serving
 from steerlab.serve.schema import ServeSettings
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "

@@ -22,8 +22,9 @@ from tiny import random_vector, tiny_model
 from steerlab.analysis.run_analysis import write_analysis
 from steerlab.data.files import MCItem
 from steerlab.evaluation.likelihood import Sweep, evaluate_mc
-from steerlab.serve.app import create_app, serving
+from steerlab.serve.app import create_app
 from steerlab.serve.guards import PAGE_POLICY, REPORT_POLICY
+from steerlab.serve.launch import serving
 from steerlab.serve.schema import ServeSettings
 from steerlab.steering.setting import SteeringSetting
 

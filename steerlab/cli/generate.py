@@ -198,9 +198,9 @@ def serve(
     """
     import os
 
-    from steerlab.serve.app import serve as run_server
-    from steerlab.serve.app import served_name
+    from steerlab.serve.launch import serve as run_server
     from steerlab.serve.schema import ServeSettings
+    from steerlab.serve.service import served_name
 
     engine_options = parse_vllm_options(vllm_option, engine)
     if web and runs.exists() and not runs.is_dir():

@@ -279,6 +279,12 @@ def question_from_row(
     )
 
 
+def passages(lines: Sequence[str], n: int, min_words: int = 30) -> list[str]:
+    """The first ``n`` lines of at least ``min_words`` words: held text for perplexity (WikiText
+    lines are headings, blanks and paragraphs; only paragraphs are worth predicting)."""
+    return [line.strip() for line in lines if len(line.split()) >= min_words][:n]
+
+
 def as_prompts(items: Sequence[MCItem | PreferencePair | OpenQuestion | str]) -> list[str]:
     """Prompt texts of any dataset's records: strings as they are, the question of an item or
     an open question, a pair's prompt."""

@@ -107,12 +107,6 @@ def kl_records(
     return emit(records, writer)
 
 
-def passages(lines: Sequence[str], n: int, min_words: int = 30) -> list[str]:
-    """The first ``n`` lines of at least ``min_words`` words: held text for perplexity (WikiText
-    lines are headings, blanks and paragraphs; only paragraphs are worth predicting)."""
-    return [line.strip() for line in lines if len(line.split()) >= min_words][:n]
-
-
 def side_effect_records(
     model: ModelHandle,
     sweep: Sweep,

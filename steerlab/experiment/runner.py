@@ -32,6 +32,7 @@ from steerlab.data.files import (
     as_prompts,
     first_human_turn,
     nested_subsets,
+    passages,
 )
 from steerlab.data.files import split as seeded_split
 from steerlab.data.registry import dataset_info, lettered, load_dataset, mc_to_pairs
@@ -40,7 +41,7 @@ from steerlab.evaluation.judges.concept import ConceptJudge
 from steerlab.evaluation.judges.verdicts import JUDGES, VERDICT_TASK, judge_head_to_head
 from steerlab.evaluation.likelihood import Sweep, evaluate
 from steerlab.evaluation.openended import Arm, generate_answers, load_prompts, load_questions
-from steerlab.evaluation.side_effects import passages, side_effect_records
+from steerlab.evaluation.side_effects import side_effect_records
 from steerlab.experiment.compute import TokenLayerCounter
 from steerlab.experiment.config import ExperimentConfig, Method, method_config
 from steerlab.experiment.runs import RunDir

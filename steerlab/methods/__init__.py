@@ -1,7 +1,8 @@
 """Trainers that turn preference pairs into a
 :class:`~steerlab.steering.vectors.SteeringVector`, by name through the registry (one folder per
-method: ``caa/``, ``bipo/``), the helpers they share (``training``, ``pairs``, ``subsets``), and
-the baselines they are compared with (``lora``, ``prompting``)."""
+method: ``caa/``, ``bipo/``; none imports another), the helpers they share (``training``,
+``loss_training``, ``contrast``, ``probes``, ``pairs``, ``subsets``), and the baselines they are
+compared with (``lora``, ``prompting``)."""
 
 from steerlab.methods.bipo import train_bipo, train_dpo
 from steerlab.methods.caa import train_caa

@@ -3,16 +3,21 @@ defaults stated there once) and a trainer; the library, ``steerlab train`` and t
 all dispatch through here.
 
 A method is a folder under ``steerlab/methods/`` whose package defines ``METHODS`` (a tuple of
-:class:`VectorMethod`); adding one touches that folder and nothing else.
+:class:`VectorMethod`); adding one touches that folder and nothing else. A method from another
+installed package is a module with ``METHODS`` named in that package's entry points, group
+:data:`ENTRY_POINTS` (``[project.entry-points."steerlab.methods"]`` in its pyproject.toml).
+Method folders import no other method folder (an import-linter contract): what several share
+lives beside this registry (``loss_training``, ``contrast``, ``probes``, ``pairs``).
 """
 
 from __future__ import annotations
 
 import pkgutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import import_module
+from importlib.metadata import entry_points
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -55,20 +60,40 @@ class VectorMethod:
         return {name: field.default for name, field in self.config.model_fields.items()}
 
 
+ENTRY_POINTS = "steerlab.methods"
+"""The entry-point group through which other installed packages add methods."""
+
+
 @cache
 def methods() -> dict[str, VectorMethod]:
     """Every registered method by name, found once: each subpackage of ``steerlab.methods``
-    that defines ``METHODS`` (imported here by name, the way a plugin is loaded)."""
+    that defines ``METHODS`` (imported here by name, the way a plugin is loaded), then each
+    module the :data:`ENTRY_POINTS` group names."""
     package = import_module("steerlab.methods")
+    modules: list[tuple[str, Callable[[], object]]] = [
+        (f"steerlab.methods.{module.name}",
+         lambda name=module.name: import_module(f"steerlab.methods.{name}"))
+        for module in pkgutil.iter_modules(package.__path__) if module.ispkg]
+    for point in entry_points(group=ENTRY_POINTS):
+        owner = point.dist.name if point.dist is not None else "an installed package"
+        modules.append((f"entry point {point.name} = {point.value} of {owner}", point.load))
     found: dict[str, VectorMethod] = {}
-    for module in pkgutil.iter_modules(package.__path__):
-        if not module.ispkg:
-            continue
-        for method in getattr(import_module(f"steerlab.methods.{module.name}"), "METHODS", ()):
+    for where, load in modules:
+        for method in _declared(where, load()):
             if method.name in found:
-                raise RuntimeError(f"two methods are named {method.name!r}")
+                raise RuntimeError(f"two methods are named {method.name!r} (the second in "
+                                   f"{where})")
             found[method.name] = method
     return dict(sorted(found.items()))
+
+
+def _declared(where: str, module: object) -> Iterable[VectorMethod]:
+    """A plugin module's ``METHODS``, each checked to be a :class:`VectorMethod`."""
+    declared = getattr(module, "METHODS", ())
+    for method in declared:
+        if not isinstance(method, VectorMethod):
+            raise RuntimeError(f"{where}: METHODS holds {method!r}, not a VectorMethod")
+    return declared
 
 
 def get_method(name: str) -> VectorMethod:

@@ -16,7 +16,7 @@ import torch
 
 from steerlab.data.files import PreferencePair, check_preferences, split
 from steerlab.methods.contrast import contrast_meta, read_contrast
-from steerlab.methods.probe import fit_probe
+from steerlab.methods.probes import fit_probe
 from steerlab.model.encoding import encode
 from steerlab.model.handle import ModelHandle
 from steerlab.model.scoring import score_settings

@@ -26,8 +26,9 @@ from pydantic import Field
 
 from steerlab.data.files import read_rows
 from steerlab.evaluation.judges.blind import rated_records, read_key, shown_digest
-from steerlab.serve.app import DEFAULT_HOST, WEB, answer_errors_as_openai
+from steerlab.serve.app import WEB, answer_errors_as_openai
 from steerlab.serve.guards import allowed_hosts, guard
+from steerlab.serve.launch import DEFAULT_HOST
 from steerlab.serve.schema import RequestError
 from steerlab.steering.terms import JsonBody, Text
 

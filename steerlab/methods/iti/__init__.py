@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 
 from steerlab.data.files import PreferencePair, split
-from steerlab.methods.probe import fit_probe
+from steerlab.methods.probes import fit_probe
 from steerlab.methods.registry import MethodConfig, VectorMethod
 from steerlab.methods.training import TrainingRun
 from steerlab.model.encoding import TokenSequence, batches, encode

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from steerlab.data.files import PreferencePair
+from steerlab.data.files import PreferencePair, passages
 from steerlab.data.spec import DataSpec
-from steerlab.evaluation.side_effects import passages
 from steerlab.methods.registry import MethodConfig, VectorMethod
 from steerlab.methods.training import TrainingRun
 from steerlab.model.activations import read_layers

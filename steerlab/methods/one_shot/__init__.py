@@ -21,8 +21,7 @@ import torch
 from pydantic import Field
 
 from steerlab.data.files import PreferencePair
-from steerlab.methods.bipo.config import OptimiserSettings
-from steerlab.methods.bipo.trainer import train_objective
+from steerlab.methods.loss_training import OptimiserSettings, train_objective
 from steerlab.methods.registry import VectorMethod
 from steerlab.methods.training import TrainingRun
 from steerlab.model.handle import ModelHandle

@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from steerlab.data.files import PreferencePair
-from steerlab.methods.bipo.config import OptimiserSettings
-from steerlab.methods.bipo.trainer import train_objective
+from steerlab.methods.loss_training import OptimiserSettings, train_objective
 from steerlab.methods.pairs import EncodedPair
 from steerlab.methods.registry import VectorMethod
 from steerlab.methods.training import TrainingRun

@@ -1,0 +1,211 @@
+"""A chat request made into work for the generation worker (:class:`ChatService`): checked
+against the server's limits, its steering terms resolved against the named vectors and
+conditions (errors name the term and field), its prompt formatted and tokenised."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from steerlab.model.catalog import BUILTIN_MODELS
+from steerlab.model.handle import ModelHandle
+from steerlab.serve.schema import ChatRequest, RequestError, ServeSettings, SteeringTerm
+from steerlab.serve.worker import Decoding
+from steerlab.steering.conditions import Condition
+from steerlab.steering.setting import Composition, SteeringSetting
+from steerlab.steering.vectors import SteeringVector
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A validated request: token ids, decoding, steering terms, and what to echo back."""
+
+    prompt_ids: list[int]
+    decoding: Decoding
+    steering: Composition | None
+    steering_key: tuple
+    applied: list[dict[str, Any]]
+
+
+def served_name(spec: str) -> str:
+    """The id a server shows for the model it was started with: a built-in or hub name as
+    given, a local directory or GGUF file by its own name only (clients never see a path)."""
+    path = Path(spec).expanduser()
+    if spec in BUILTIN_MODELS or not (path.exists() or spec.startswith((".", "/", "~"))):
+        return spec
+    return path.stem if path.suffix == ".gguf" else path.resolve().name
+
+
+def _loaded(loaded: Mapping[str, Any], name: str, kind: str, where: str) -> Any:
+    """The vector or condition a term names, or a 400 listing the loaded ones."""
+    if name not in loaded:
+        names = ", ".join(repr(n) for n in loaded) or "none"
+        raise RequestError(f"{where}.{kind}: unknown {kind} {name!r} (loaded: {names})",
+                           f"{where}.{kind}", f"unknown_{kind}")
+    return loaded[name]
+
+
+class ChatService:
+    """Checks requests against the model, the vectors and the settings, and turns them into jobs."""
+
+    def __init__(
+        self, model: ModelHandle, vectors: Mapping[str, SteeringVector], settings: ServeSettings,
+        conditions: Mapping[str, Condition] | None = None,
+    ) -> None:
+        for kind, loaded in (("vector", vectors), ("condition", conditions or {})):
+            for name, item in loaded.items():
+                try:
+                    item.check_compatible(model.model)
+                except ValueError as err:
+                    raise ValueError(f"{kind} '{name}': {err}") from err
+        self.model = model
+        self.vectors = dict(vectors)
+        self.conditions = dict(conditions or {})
+        self.settings = settings
+        self.model_name = settings.model_name or served_name(model.name)
+        self.context = settings.max_context or model.context
+
+    def describe(self) -> dict[str, Any]:
+        """The model entry of ``/v1/models``, with the vectors, the conditions and the allowed
+        multiplier range."""
+        limit = self.settings.max_multiplier
+        vectors = {
+            name: {
+                "id": v.id,
+                "method": v.meta.method,
+                "layers": v.layers,
+                "norm_ratio": bool(v.meta.residual_norms),
+            }
+            for name, v in self.vectors.items()
+        }
+        return {
+            "id": self.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "steerlab",
+            "steering": {
+                "vectors": vectors,
+                "conditions": {name: {"id": c.id, "layer": c.layer}
+                               for name, c in self.conditions.items()},
+                "multiplier_range": [-limit, limit],
+                "n_layers": self.model.n_layers,
+            },
+            "max_tokens": self.settings.max_tokens,
+            "context": self.context,
+            "placement": self.model.placement,
+        }
+
+    def prepare(self, request: ChatRequest) -> PreparedRequest:
+        """Validate ``request`` beyond its shape; raises :class:`RequestError` naming the field."""
+        if request.model != self.model_name:
+            raise RequestError(
+                f"model {request.model!r} is not served here; this server serves "
+                f"{self.model_name!r}",
+                "model",
+                "model_not_found",
+                status=404,
+            )
+        try:
+            prompt = self.model.format_messages(
+                [{"role": m.role, "content": m.text()} for m in request.messages]
+            )
+        except ValueError as err:
+            raise RequestError(
+                f"messages: {err} (got roles {[m.role for m in request.messages]})", "messages"
+            ) from err
+        prompt_ids = self.model.encode_prompt(prompt)
+        stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
+        if len(stop) > 4 or any(not s for s in stop):
+            raise RequestError(f"stop: up to 4 non-empty strings, got {list(stop)!r}", "stop")
+        temperature = 1.0 if request.temperature is None else request.temperature
+        decoding = Decoding(
+            self._max_tokens(request, len(prompt_ids)),
+            temperature,
+            request.top_p or 1.0,
+            request.seed,
+            stop,
+        )
+        settings, keys, applied = [], [], []
+        for index, term in enumerate(request.steering):
+            setting = self._setting(index, term)
+            if setting.multiplier != 0:
+                settings.append(setting)
+                keys.append((term.vector, term.multiplier, tuple(setting.placed()), term.norm_ratio,
+                             term.positions, term.intervention, term.condition))
+            applied.append({**term.echo(), "layers": sorted(setting.placed()),
+                            "vector_id": setting.vector.id})
+        # each term was checked on its own in _setting; together they only add up
+        steering = Composition(tuple(settings)) if settings else None
+        return PreparedRequest(prompt_ids, decoding, steering, tuple(keys), applied)
+
+    def _max_tokens(self, request: ChatRequest, prompt_tokens: int) -> int:
+        fields = {
+            "max_tokens": request.max_tokens,
+            "max_completion_tokens": request.max_completion_tokens,
+        }
+        given = {k: v for k, v in fields.items() if v is not None}
+        if len(set(given.values())) > 1:
+            raise RequestError(
+                f"max_tokens ({request.max_tokens}) and max_completion_tokens "
+                f"({request.max_completion_tokens}) disagree; send one",
+                "max_tokens",
+            )
+        param, wanted = next(iter(given.items()), ("max_tokens", None))
+        limit = self.settings.max_tokens
+        if wanted is not None and wanted > limit:
+            raise RequestError(
+                f"{param}: {wanted} is over this server's limit of {limit} tokens",
+                param,
+                "max_tokens_too_large",
+            )
+        if self.context is None:
+            return wanted or limit
+        room = self.context - prompt_tokens
+        if room < 1:
+            raise RequestError(
+                f"messages: the prompt has {prompt_tokens} tokens, which leaves no "
+                f"room to answer in the context of {self.context}",
+                "messages",
+                "context_length_exceeded",
+            )
+        if wanted is not None and wanted > room:
+            raise RequestError(
+                f"{param}: the prompt's {prompt_tokens} tokens + {wanted} = "
+                f"{prompt_tokens + wanted} tokens, over the context of {self.context}",
+                param,
+                "context_length_exceeded",
+            )
+        return wanted or min(limit, room)
+
+    def _setting(self, index: int, term: SteeringTerm) -> SteeringSetting:
+        """The request's term as a steering setting, every field checked against what this
+        server loaded and allows (a 400 naming the field otherwise)."""
+        where = f"steering[{index}]"
+        vector = _loaded(self.vectors, term.vector, "vector", where)
+        limit = self.settings.max_multiplier
+        if term.intervention != "angular" and abs(term.multiplier) > limit:  # angles: ±180
+            raise RequestError(
+                f"{where}.multiplier: {term.multiplier:g} is outside the allowed range "
+                f"[{-limit:g}, {limit:g}]",
+                f"{where}.multiplier",
+                "multiplier_out_of_range",
+            )
+        outside = [layer for layer in term.layers or vector.layers
+                   if not 0 <= layer < self.model.n_layers]
+        if outside:
+            raise RequestError(
+                f"{where}.layers: {outside} outside the model's layers "
+                f"0..{self.model.n_layers - 1}",
+                f"{where}.layers",
+            )
+        condition = None
+        if term.condition is not None:
+            condition = _loaded(self.conditions, term.condition, "condition", where)
+        try:
+            setting = term.setting(vector, condition)
+            Composition((setting,)).check()
+        except ValueError as err:
+            raise RequestError(f"{where}: {err}", where) from err
+        return setting
