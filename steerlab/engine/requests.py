@@ -44,9 +44,7 @@ def encode_steering(composition: Composition | None) -> str | None:
         if part.condition is not None:
             raise SteeringRequestError("conditional steering is not available on the vLLM engine "
                                        "(a condition decides from a whole prompt's activations)")
-        terms.append(SteeringTerm(vector=part.vector.id, multiplier=part.multiplier,
-                                  layers=part.layers, norm_ratio=part.norm_ratio,
-                                  positions=part.positions, intervention=part.intervention))
+        terms.append(SteeringTerm.of(part, part.vector.id))
     return json.dumps([t.model_dump(exclude_defaults=True) for t in terms])
 
 

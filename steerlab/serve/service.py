@@ -132,8 +132,7 @@ class ChatService:
             setting = self._setting(index, term)
             if setting.multiplier != 0:
                 settings.append(setting)
-                keys.append((term.vector, term.multiplier, tuple(setting.placed()), term.norm_ratio,
-                             term.positions, term.intervention, term.condition))
+                keys.append(setting.key())
             applied.append({**term.echo(), "layers": sorted(setting.placed()),
                             "vector_id": setting.vector.id})
         # each term was checked on its own in _setting; together they only add up

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -83,6 +83,22 @@ class SteeringSetting:
         if self.intervention != "add" and self.norm_ratio is not None:
             raise ValueError(f"norm_ratio scales an added vector; {self.intervention} uses only "
                              "its direction")
+
+    def key(self) -> tuple:
+        """What makes two settings steer alike, every field in order (the vector by its id, the
+        layers as placed, the condition by identity): a new field joins it with no other change.
+        Hashable: the server batches requests by it."""
+        values = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "vector":
+                value = value.id
+            elif item.name == "layers":
+                value = tuple(self.placed())
+            elif item.name == "condition":
+                value = None if value is None else id(value)
+            values.append(value)
+        return tuple(values)
 
     def placed(self) -> dict[int, torch.Tensor]:
         """The vector's direction at each layer this part acts on (multiplier not applied)."""

@@ -4,6 +4,7 @@ bodies (strict JSON types, finite numbers, valid Unicode)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -73,6 +74,15 @@ class SteeringTerm(JsonBody):
         """The setting this term names, given the vector (and condition) its names resolve to."""
         return SteeringSetting(vector, self.multiplier, self.layers, self.norm_ratio,
                                self.positions, self.intervention, condition)
+
+    @classmethod
+    def of(cls, setting: SteeringSetting, vector: str,
+           condition: str | None = None) -> SteeringTerm:
+        """The term naming ``setting``, its vector (and condition) by the names given; every
+        other field copied as it is (the two types mirror each other, a test checks)."""
+        copied = {item.name: getattr(setting, item.name) for item in dataclasses.fields(setting)
+                  if item.name not in ("vector", "condition")}
+        return cls(vector=vector, condition=condition, **copied)
 
     def echo(self) -> dict[str, Any]:
         """The term as the reply's ``steering`` echoes it (intervention and condition only when
