@@ -115,7 +115,7 @@ def test_a_composition_with_a_condition_from_a_steering_file_scores_as_steerlab(
     ("not json", "not a readable JSON file"),
     ("[]", "expected a non-empty JSON list"),
     ('[{"vector": "v.safetensors", "multiplier": "x"}]', r"\[0\]\.multiplier"),
-    ('[{"vector": "missing.safetensors"}]', r"\[0\]: .*missing"),
+    ('[{"vector": "missing.safetensors"}]', r"\[0\]\.vector: .*missing"),
 ])
 def test_a_bad_steering_file_names_the_file_term_and_field(folder, tmp_path, content, message):
     path = tmp_path / "steering.json"

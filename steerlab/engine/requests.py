@@ -9,14 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from steerlab.steering.hooks import Edits, check_layers
+from steerlab.steering.conditions import Condition
+from steerlab.steering.hooks import Edits
 from steerlab.steering.setting import Composition
-from steerlab.steering.terms import SteeringTerm
+from steerlab.steering.terms import Lookup, SteeringTerm, TermError, resolve_terms
 from steerlab.steering.vectors import SteeringVector
 
 STEERING_KEY = "steering"
@@ -86,37 +87,20 @@ def steering_salt(text: str | None, prompt_tokens: int) -> str | None:
     return "steerlab-" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-VectorSource = Callable[[str], SteeringVector]
-"""Finds a term's vector by its ``vector`` field (an id or a path); KeyError when unknown."""
+def _no_condition(name: str) -> Condition:
+    raise KeyError("conditional steering is not available on the vLLM engine")
 
 
-def resolve_steering(terms: Sequence[SteeringTerm], vectors: VectorSource,
+def resolve_steering(terms: Sequence[SteeringTerm], vectors: Lookup[SteeringVector],
                      n_layers: int | None = None) -> list[Edits]:
     """The terms as the edit groups one request applies (:meth:`Composition.edits`), each term
-    checked against the model's layers (``n_layers``; None: the layers of the model each vector
-    was made for, where its file says)."""
-    settings = []
-    for index, term in enumerate(terms):
-        where = f"{STEERING_KEY}[{index}]"
-        if term.condition is not None:
-            raise SteeringRequestError(f"{where}.condition: conditional steering is not available "
-                                       "on the vLLM engine")
-        try:
-            vector = vectors(term.vector)
-        except KeyError:
-            raise SteeringRequestError(f"{where}.vector: no vector {term.vector!r} is loaded and "
-                                       "no vector file is at that path") from None
-        except (OSError, ValueError) as err:
-            raise SteeringRequestError(f"{where}.vector: {err}") from None
-        try:
-            setting = term.setting(vector)
-            edits = Composition((setting,)).edits()
-            layers = n_layers if n_layers is not None else vector.meta.n_layers
-            if layers is not None:
-                check_layers([layer for group in edits for layer in group.layers()], layers)
-        except ValueError as err:
-            raise SteeringRequestError(f"{where}: {err}") from None
-        settings.append(setting)
+    resolved by :func:`~steerlab.steering.terms.resolve_terms` against the model's layers
+    (``n_layers``; None: the layers of the model each vector was made for)."""
+    try:
+        settings = resolve_terms(terms, vectors, _no_condition, n_layers=n_layers,
+                                 where=STEERING_KEY)
+    except TermError as err:
+        raise SteeringRequestError(str(err)) from None
     return Composition(tuple(settings)).edits() if settings else []
 
 
@@ -141,7 +125,7 @@ class VectorStore:
         path = Path(name).expanduser().resolve()
         if path not in self._by_path:
             if not path.is_file():
-                raise KeyError(name)
+                raise KeyError(f"no vector {name!r} is loaded and no vector file is at that path")
             self._by_path[path] = SteeringVector.load(path)
         return self._by_path[path]
 

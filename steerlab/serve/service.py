@@ -11,10 +11,11 @@ from typing import Any
 
 from steerlab.model.catalog import BUILTIN_MODELS
 from steerlab.model.handle import ModelHandle
-from steerlab.serve.schema import ChatRequest, RequestError, ServeSettings, SteeringTerm
+from steerlab.serve.schema import ChatRequest, RequestError, ServeSettings
 from steerlab.serve.worker import Decoding
 from steerlab.steering.conditions import Condition
-from steerlab.steering.setting import Composition, SteeringSetting
+from steerlab.steering.setting import Composition
+from steerlab.steering.terms import TermError, named, resolve_terms
 from steerlab.steering.vectors import SteeringVector
 
 
@@ -36,15 +37,6 @@ def served_name(spec: str) -> str:
     if spec in BUILTIN_MODELS or not (path.exists() or spec.startswith((".", "/", "~"))):
         return spec
     return path.stem if path.suffix == ".gguf" else path.resolve().name
-
-
-def _loaded(loaded: Mapping[str, Any], name: str, kind: str, where: str) -> Any:
-    """The vector or condition a term names, or a 400 listing the loaded ones."""
-    if name not in loaded:
-        names = ", ".join(repr(n) for n in loaded) or "none"
-        raise RequestError(f"{where}.{kind}: unknown {kind} {name!r} (loaded: {names})",
-                           f"{where}.{kind}", f"unknown_{kind}")
-    return loaded[name]
 
 
 class ChatService:
@@ -127,15 +119,20 @@ class ChatService:
             request.seed,
             stop,
         )
+        try:
+            resolved = resolve_terms(request.steering, named(self.vectors, "vector"),
+                                     named(self.conditions, "condition"),
+                                     n_layers=self.model.n_layers,
+                                     max_multiplier=self.settings.max_multiplier)
+        except TermError as err:
+            raise RequestError(str(err), err.field, err.code) from None
         settings, keys, applied = [], [], []
-        for index, term in enumerate(request.steering):
-            setting = self._setting(index, term)
+        for term, setting in zip(request.steering, resolved):
             if setting.multiplier != 0:
                 settings.append(setting)
                 keys.append(setting.key())
             applied.append({**term.echo(), "layers": sorted(setting.placed()),
                             "vector_id": setting.vector.id})
-        # each term was checked on its own in _setting; together they only add up
         steering = Composition(tuple(settings)) if settings else None
         return PreparedRequest(prompt_ids, decoding, steering, tuple(keys), applied)
 
@@ -177,34 +174,3 @@ class ChatService:
                 "context_length_exceeded",
             )
         return wanted or min(limit, room)
-
-    def _setting(self, index: int, term: SteeringTerm) -> SteeringSetting:
-        """The request's term as a steering setting, every field checked against what this
-        server loaded and allows (a 400 naming the field otherwise)."""
-        where = f"steering[{index}]"
-        vector = _loaded(self.vectors, term.vector, "vector", where)
-        limit = self.settings.max_multiplier
-        if term.intervention != "angular" and abs(term.multiplier) > limit:  # angles: ±180
-            raise RequestError(
-                f"{where}.multiplier: {term.multiplier:g} is outside the allowed range "
-                f"[{-limit:g}, {limit:g}]",
-                f"{where}.multiplier",
-                "multiplier_out_of_range",
-            )
-        outside = [layer for layer in term.layers or vector.layers
-                   if not 0 <= layer < self.model.n_layers]
-        if outside:
-            raise RequestError(
-                f"{where}.layers: {outside} outside the model's layers "
-                f"0..{self.model.n_layers - 1}",
-                f"{where}.layers",
-            )
-        condition = None
-        if term.condition is not None:
-            condition = _loaded(self.conditions, term.condition, "condition", where)
-        try:
-            setting = term.setting(vector, condition)
-            Composition((setting,)).check()
-        except ValueError as err:
-            raise RequestError(f"{where}: {err}", where) from err
-        return setting

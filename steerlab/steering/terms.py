@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -20,7 +21,7 @@ from pydantic import (
 )
 
 from steerlab.steering.conditions import Condition
-from steerlab.steering.hooks import Positions
+from steerlab.steering.hooks import Positions, check_layers
 from steerlab.steering.setting import Composition, Intervention, SteeringSetting
 from steerlab.steering.vectors import SteeringVector
 
@@ -94,10 +95,88 @@ class SteeringTerm(JsonBody):
         return fields
 
 
-def load_composition(path: str | Path) -> Composition:
-    """Settings applied together, from a JSON file holding a list of :class:`SteeringTerm`
-    objects whose ``vector`` and ``condition`` are files (relative to the file's folder). Errors
-    name the file, the term and the field."""
+class TermError(ValueError):
+    """A steering term that cannot apply: ``field`` says where (``steering[1].vector``), ``code``
+    what kind of error in OpenAI's words (``unknown_vector``), or None."""
+
+    def __init__(self, field: str, message: str, code: str | None = None) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.code = field, code
+
+
+Found = TypeVar("Found")
+Lookup = Callable[[str], Found]
+"""Finds a term's vector or condition by name; raises KeyError(message saying why) when there
+is none, OSError or ValueError when the one named does not read."""
+
+
+def named(loaded: Mapping[str, Found], kind: str) -> Lookup[Found]:
+    """A lookup among ``loaded`` by name whose miss lists the names there are."""
+
+    def find(name: str) -> Found:
+        if name not in loaded:
+            names = ", ".join(repr(n) for n in loaded) or "none"
+            raise KeyError(f"unknown {kind} {name!r} (loaded: {names})")
+        return loaded[name]
+
+    return find
+
+
+def _found(lookup: Lookup[Found], name: str, field: str, kind: str) -> Found:
+    try:
+        return lookup(name)
+    except KeyError as err:
+        raise TermError(field, str(err.args[0] if err.args else name),
+                        f"unknown_{kind}") from None
+    except (OSError, ValueError) as err:
+        raise TermError(field, str(err)) from None
+
+
+def resolve_terms(
+    terms: Sequence[SteeringTerm], vectors: Lookup[SteeringVector],
+    conditions: Lookup[Condition] | None = None, *, n_layers: int | None = None,
+    max_multiplier: float | None = None, where: str = "steering",
+) -> list[SteeringSetting]:
+    """The settings ``terms`` name, each checked on its own against what it meets: its vector
+    and condition found by name, its multiplier within ``max_multiplier`` (an angle needs none:
+    it is within ±180), its layers among ``n_layers`` (None: the layers of the model its vector
+    was made for, where its file says), its setting one that applies. The one resolver of the
+    server, the vLLM engine, steering files and lm-eval; errors are :class:`TermError` naming
+    ``where[i].field``. Together the settings only add up, so a list of valid terms applies."""
+    settings = []
+    for index, term in enumerate(terms):
+        at = f"{where}[{index}]"
+        vector = _found(vectors, term.vector, f"{at}.vector", "vector")
+        if (max_multiplier is not None and term.intervention != "angular"
+                and abs(term.multiplier) > max_multiplier):
+            raise TermError(f"{at}.multiplier", f"{term.multiplier:g} is outside the allowed "
+                            f"range [{-max_multiplier:g}, {max_multiplier:g}]",
+                            "multiplier_out_of_range")
+        layers = n_layers if n_layers is not None else vector.meta.n_layers
+        outside = [layer for layer in term.layers or []
+                   if layers is not None and not 0 <= layer < layers]
+        if outside:
+            raise TermError(f"{at}.layers", f"{outside} outside the model's layers "
+                            f"0..{layers - 1}")
+        condition = None
+        if term.condition is not None:
+            if conditions is None:
+                raise TermError(f"{at}.condition", "conditional steering is not available here")
+            condition = _found(conditions, term.condition, f"{at}.condition", "condition")
+        try:
+            setting = term.setting(vector, condition)
+            if layers is not None:
+                check_layers(setting.placed(), layers)
+            Composition((setting,)).check()
+        except ValueError as err:
+            raise TermError(at, str(err)) from None
+        settings.append(setting)
+    return settings
+
+
+def read_terms(path: str | Path) -> list[SteeringTerm]:
+    """The :class:`SteeringTerm` objects of a JSON file holding a list of them; errors name the
+    file, the term and the field."""
     path = Path(path)
     try:
         terms = json.loads(path.read_text(encoding="utf-8"))
@@ -105,20 +184,22 @@ def load_composition(path: str | Path) -> Composition:
         raise ValueError(f"{path}: not a readable JSON file ({err})") from None
     if not isinstance(terms, list) or not terms:
         raise ValueError(f"{path}: expected a non-empty JSON list of steering terms")
-    settings = []
+    read = []
     for index, raw in enumerate(terms):
-        where = f"{path}[{index}]"
         try:
-            term = SteeringTerm.model_validate(raw)
+            read.append(SteeringTerm.model_validate(raw))
         except ValidationError as err:
             first = err.errors()[0]
             field = ".".join(str(part) for part in first["loc"])
-            raise ValueError(f"{where}.{field}: {first['msg']}") from None
-        try:
-            vector = SteeringVector.load(path.parent / term.vector)
-            condition = (Condition.load(path.parent / term.condition)
-                         if term.condition is not None else None)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{where}: {err}") from None
-        settings.append(term.setting(vector, condition))
+            raise ValueError(f"{path}[{index}].{field}: {first['msg']}") from None
+    return read
+
+
+def load_composition(path: str | Path) -> Composition:
+    """Settings applied together, from a JSON file holding a list of :class:`SteeringTerm`
+    objects whose ``vector`` and ``condition`` are files (relative to the file's folder). Errors
+    name the file, the term and the field."""
+    path = Path(path)
+    settings = resolve_terms(read_terms(path), lambda name: SteeringVector.load(path.parent / name),
+                             lambda name: Condition.load(path.parent / name), where=str(path))
     return Composition(tuple(settings))
