@@ -168,3 +168,36 @@ def test_terminal_chat_in_tmux(tmp_path):
         assert "chat-exited-0" in _wait_for(name, "chat-exited-")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, check=False)
+
+
+def test_the_chat_takes_positions_intervention_and_a_condition(tiny):
+    """Every field of a setting: positions and intervention change between turns (an angle
+    outside ±180 is refused and leaves the setting), a condition gates the steered reply and
+    /condition off drops it; each reply equals the library's setting applied by hand."""
+    from dataclasses import replace
+
+    from tiny import fixed_condition
+
+    vector = make_vector(tiny, layers=(2,), seed=1)
+    never = fixed_condition(tiny, layer=1, threshold=2.0)  # a cosine is never above 2
+    session = ChatSession(tiny, {"v": vector}, multiplier=4.0, condition=never,
+                          max_new_tokens=6)
+    assert f"if condition {never.id} holds" in session.describe()
+    assert "prompt positions" in session.command("/positions prompt")
+    assert "angular" in session.command("/intervention angular")
+    with pytest.raises(ChatError, match="/positions needs one of all, prompt, generated"):
+        session.command("/positions some")
+    session.command("/multiplier 30")
+    with pytest.raises(ChatError, match=r"within \[-180, 180\]"):
+        session.command("/multiplier 200")
+    setting = session.setting()
+    assert (setting.multiplier, setting.positions, setting.intervention, setting.condition) == (
+        30.0, "prompt", "angular", never)
+    gated, plain = session.send("Hello")
+    assert gated.text == plain.text  # the condition never holds: the steered reply is unsteered
+    session.command("/reset")
+    session.command("/condition off")
+    prompt = tiny.format_messages([{"role": "user", "content": "Hello"}])
+    with replace(setting, condition=None).apply(tiny):
+        expected = generate(tiny, [prompt], 6, format_prompts=False, progress=False)[0]
+    assert session.send("Hello")[-1].text == expected

@@ -158,3 +158,57 @@ def test_sigterm_and_a_background_jobs_ignored_sigint_interrupt_like_ctrl_c():
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+STEERING_COMMANDS = [["eval"], ["sweep"], ["side-effects"], ["generate"], ["generate-eval"],
+                     ["chat"]]
+
+
+@pytest.mark.parametrize("command", STEERING_COMMANDS)
+def test_every_steering_command_takes_the_one_bundle_of_options(command):
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for option in ("--vector", "--multiplier", "--layers", "--norm-ratio", "--positions",
+                   "--intervention", "--ablate", "--condition", "--device", "--dtype"):
+        assert option in result.output, (command, option)
+
+
+def test_eval_sweep_and_generate_eval_steer_with_positions_intervention_and_condition(
+        model_dir, pairs_file, tmp_path):
+    """A setting's seven fields from the command line reach the records: a 30° turn of prompt
+    positions gated by a condition that always holds (threshold -2: a cosine is above it)."""
+    from tiny import fixed_condition, make_vector
+
+    model = tiny_model("llama")
+    vector = make_vector(model, layers=(2,)).save(tmp_path / "v.safetensors")
+    gate = fixed_condition(model, layer=1, threshold=-2.0)
+    condition = gate.save(tmp_path / "c.safetensors")
+    fields = ["--vector", vector, "--layers", "2", "--positions", "prompt", "--intervention",
+              "angular", "--condition", condition]
+    runs = {
+        "eval": ["eval", "--data", pairs_file, "--out", tmp_path / "eval.jsonl",
+                 "--multipliers", "0,30"],
+        "sweep": ["sweep", "--data", pairs_file, "--out", tmp_path / "sweep",
+                  "--multipliers", "0,30"],
+        "generate-eval": ["generate-eval", "--data", pairs_file, "--out", tmp_path / "g.jsonl",
+                          "--multipliers", "30", "--n", "2", "--max-new-tokens", "2"],
+    }
+    for name, args in runs.items():
+        result = invoke(*args, "--model", model_dir, *fields)
+        assert result.exit_code == 0, (name, result.output)
+        path = args[args.index("--out") + 1]
+        path = path / "records.jsonl" if path.is_dir() else path
+        steered = [json.loads(line) for line in path.read_text().splitlines()]
+        steered = [r for r in steered if r.get("vector_id") and r.get("multiplier", 30) != 0]
+        assert steered, name
+        for record in steered:
+            assert (record["layers"], record["positions"], record["intervention"],
+                    record["condition"]["id"]) == ([2], "prompt", "angular", gate.id)
+    result = invoke("generate", "Hello", "--model", model_dir, *fields, "--multiplier", "30",
+                    "--max-new-tokens", "3")
+    assert result.exit_code == 0 and "holds: steering" in result.output, result.output
+    assert "rotated ×30" in result.output
+    result = invoke("eval", "--data", pairs_file, "--out", tmp_path / "bad.jsonl", "--model",
+                    model_dir, "--vector", vector, "--intervention", "angular",
+                    "--multipliers", "200")
+    assert result.exit_code == 1 and "within [-180, 180]" in result.output, result.output

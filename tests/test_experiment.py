@@ -458,3 +458,29 @@ def test_leaderboard_shows_the_side_effects_of_each_chosen_setting(toy_run):
     row = {line.split("|")[2].strip(): line for line in lines if line.startswith("| ")}
     assert "| +20% | -0.250 |" in row["caa"] and "+200%" not in row["caa"]
     assert "| - | - |" in row["bipo"]
+
+
+def test_the_steering_grid_takes_an_intervention_and_positions(tmp_path, tiny):
+    """The run config's grid carries every field a setting has beside vector, multiplier and
+    condition (its ``conditional`` block): an angular grid on prompt positions sweeps angles,
+    its records say so; what would fail mid-run is refused with the key path."""
+    data = write_pairs(tmp_path / "toy.jsonl")
+    config = parse_config(config_text(
+        data, methods={"caa": {"method": "caa"}},
+        steering={"layers": [1], "multipliers": [-30, 30], "positions": "prompt",
+                  "intervention": "angular"}))
+    runner = Runner(config, tmp_path / "out", progress=False, log=lambda _: None, model=tiny)
+    with runner.run.writer() as writer:
+        runner.methods(writer)
+    steered = [r for r in read_records(tmp_path / "out" / "records.jsonl")
+               if r.get("arm") == "caa" and "multiplier" in r]
+    assert steered and {r["multiplier"] for r in steered} == {-30, 30}
+    assert {(r["intervention"], r["positions"]) for r in steered} == {("angular", "prompt")}
+    for grid, message in [
+        ({"intervention": "angular", "multipliers": [200]}, "an angle in degrees"),
+        ({"intervention": "ablate", "norm_ratio": 0.1}, "norm_ratio scales an added vector"),
+        ({"intervention": "ablate", "layers": "scan"}, "give the layers of an ablate grid"),
+        ({"intervention": "rotate"}, "steering.intervention"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_config(config_text(data, steering={"layers": [1], "multipliers": [1], **grid}))

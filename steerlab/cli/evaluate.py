@@ -21,47 +21,38 @@ from steerlab.cli.inputs import (
     load_vector,
 )
 from steerlab.cli.options import (
-    AblateOpt,
     BatchOpt,
     EngineOpt,
-    InterventionOpt,
     LayersOpt,
     LimitOpt,
     ModelOpt,
     NormRatioOpt,
     RunOpt,
-    intervention_of,
     parse_floats,
     parse_ints,
     parse_layers,
     placement_options,
-    steering_without_vector,
 )
+from steerlab.cli.steering import SteeringChoice, steering_options
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.placement import Placement
 
 
 @app.command("eval")
 @placement_options
+@steering_options("one", multipliers="0")
 def evaluate(
-    ctx: typer.Context,
     data: Annotated[str, typer.Option(
         "--data", "-d",
         help="Dataset name (`steerlab data list`; name:split works) or MC / pairs file.")],
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Records file (.jsonl), appended to; a rerun resumes.")],
     model: ModelOpt = DEFAULT_MODEL,
-    vector: Annotated[Optional[Path], typer.Option(
-        "--vector", "-v", help="Steering vector file.")] = None,
-    multipliers: Annotated[str, typer.Option(help="Comma-separated multipliers.")] = "0",
-    layers: LayersOpt = None,
-    norm_ratio: NormRatioOpt = None,
-    ablate: AblateOpt = False,
-    intervention: InterventionOpt = "add",
     split: Annotated[Optional[str], typer.Option(
         help="Use only this split (bundled sets: train/test).")] = None,
     batch_size: BatchOpt = 8,
     engine: EngineOpt = "transformers",  # type: ignore[assignment]
+    steering: Optional[SteeringChoice] = None,
     placement: Optional[Placement] = None,
 ) -> None:
     """Score multiple-choice or A/B items by likelihood, per multiplier; print a table.
@@ -72,21 +63,13 @@ def evaluate(
     """
     from steerlab.evaluation.likelihood import Sweep, evaluate
     from steerlab.records import RecordWriter, summarize
-    from steerlab.steering.setting import SteeringSetting
-    from steerlab.steering.vectors import SteeringVector
 
-    if vector is None:
-        steering_without_vector(ctx, ["multipliers", "layers", "norm_ratio", "ablate",
-                                      "intervention"])
+    assert steering is not None
     items = load_scored_items(data, split)
-    steering = SteeringVector.load(vector) if vector else None
     handle = load_handle(model, placement)
+    setting = steering.setting(handle.n_layers) if steering.steered else None
+    sweep = Sweep(setting, steering.multipliers)
     try:
-        setting = SteeringSetting(steering, layers=parse_layers(layers, handle.n_layers),
-                                  norm_ratio=norm_ratio,
-                                  intervention=intervention_of(intervention, ablate),
-                                  ) if steering else None
-        sweep = Sweep(setting, parse_floats(multipliers))
         sweep.check()
     except ValueError as err:
         fail(str(err))
@@ -122,20 +105,17 @@ def print_summary(rows: list[dict]) -> None:
 
 @app.command()
 @placement_options
+@steering_options("many", multipliers="-2,-1,0,1,2", layers_help="Layers to try, each on its "
+                  "own, comma-separated (default: the vector's own).")
 def sweep(
     data: Annotated[list[str], typer.Option(
         "--data", "-d", help="Dataset (name, name:split or file); repeatable.")],
-    vector: Annotated[list[Path], typer.Option(
-        "--vector", "-v", help="Steering vector file; repeatable.")],
     out: RunOpt,
     model: ModelOpt = DEFAULT_MODEL,
-    multipliers: Annotated[str, typer.Option(help="Comma-separated multipliers.")] = "-2,-1,0,1,2",
-    layers: Annotated[Optional[str], typer.Option(
-        help="Layers to try, each on its own (default: the vector's own).")] = None,
-    norm_ratio: NormRatioOpt = None,
     limit: LimitOpt = None,
     batch_size: BatchOpt = 8,
     engine: EngineOpt = "transformers",  # type: ignore[assignment]
+    steering: Optional[SteeringChoice] = None,
     placement: Optional[Placement] = None,
 ) -> None:
     """Evaluate every vector × layer × multiplier on each dataset, into a run directory.
@@ -143,23 +123,30 @@ def sweep(
     At each layer the layers below run once per batch and only those above once per multiplier
     (transformers); --engine vllm scores every multiplier in one continuous batch instead.
     """
+    from dataclasses import replace
+
     from steerlab.evaluation.likelihood import evaluate, grid
     from steerlab.experiment.runs import RunDir
     from steerlab.records import summarize
 
+    assert steering is not None
     sets = {spec: load_scored_items(spec, None, limit) for spec in data}
-    vectors = [load_vector(path) for path in vector]
-    sweeps = grid(vectors, parse_floats(multipliers), parse_ints(layers) if layers else None,
-                  norm_ratio)
+    tried = parse_ints(steering.layers) if steering.layers else None
     handle = load_handle(model, placement)
+    settings = replace(steering, layers=None).each(handle.n_layers)
+    try:
+        sweeps = grid(settings, steering.multipliers, tried)
+        for each in sweeps:
+            each.check()
+    except ValueError as err:
+        fail(str(err))
     scorer = load_engine(model, engine, placement=placement)
-    run = RunDir.open(out, "sweep", {"data": data, "vectors": [str(v) for v in vector],
-                                     "model": model, "multipliers": multipliers, "layers": layers,
-                                     "norm_ratio": norm_ratio, "n": limit})
+    run = RunDir.open(out, "sweep", {"data": data, "model": model, **steering.logged(),
+                                     "n": limit})
     records = []
     with run.writer() as writer:
-        for steering in vectors:
-            run.keep_vector(steering)
+        for each in settings:
+            run.keep_vector(each.vector)
         for spec, items in sets.items():
             records += evaluate(handle, items, sweeps, dataset=spec, writer=writer,
                                 batch_size=batch_size, engine=scorer)
@@ -242,14 +229,10 @@ def print_grid(cells: list, names: dict[str, str]) -> None:
 
 @app.command("side-effects")
 @placement_options
+@steering_options("required", multipliers="4")
 def side_effects(
-    vector: Annotated[Path, typer.Option("--vector", "-v", help="Steering vector file.")],
     out: RunOpt,
     model: ModelOpt = DEFAULT_MODEL,
-    multipliers: Annotated[str, typer.Option(
-        help="Steered multipliers, comma-separated (0, the baseline, is added).")] = "4",
-    layers: LayersOpt = None,
-    norm_ratio: NormRatioOpt = None,
     capability: Annotated[Optional[list[str]], typer.Option(
         help="Multiple-choice capability set (name or name:split); "
         "repeatable. Default: general-knowledge.")] = None,
@@ -267,19 +250,21 @@ def side_effects(
         "steerlab_truthfulqa_mc1, steerlab_wikitext, ...), each on its first --n documents; "
         "alone, they replace the default sets (pip install -e .\\[harness]).")] = None,
     batch_size: BatchOpt = 8,
+    steering: Optional[SteeringChoice] = None,
     placement: Optional[Placement] = None,
 ) -> None:
     """Capability accuracy, perplexity and KL to the unsteered model: steered against unsteered.
 
-    With --harness, lm-eval runs the tasks with the steered model at every multiplier and its
-    per-sample log becomes records like the others' (dataset harness:<task>), compared pairwise.
+    --multipliers are the steered ones (0, the baseline, is added). With --harness, lm-eval runs
+    the tasks with the steered model at every multiplier and its per-sample log becomes records
+    like the others' (dataset harness:<task>), compared pairwise.
     """
     from steerlab.data.files import as_prompts, passages
     from steerlab.evaluation.likelihood import Sweep
     from steerlab.evaluation.side_effects import side_effect_records, side_effects_table
     from steerlab.experiment.runs import RunDir
-    from steerlab.steering.setting import SteeringSetting
 
+    assert steering is not None
     own = not harness or capability or text or kl_prompts  # --harness alone: its tasks only
     capability = capability or (["general-knowledge"] if own else [])
     text = text or (["wikitext2:test"] if own else [])
@@ -291,21 +276,18 @@ def side_effects(
             from steerlab.harness.records import harness_records
         except ImportError as err:
             fail(f"--harness needs lm-evaluation-harness: pip install -e .[harness] ({err})")
-    steering = load_vector(vector)
     capability_sets = {spec: load_scored_items(spec, None, limit) for spec in capability}
     texts = {spec: passages(load_texts(spec), limit) for spec in text}
     prompts = {spec: as_prompts(load_records(spec, None, limit)) for spec in kl_prompts}
     handle = load_handle(model, placement)
-    run = RunDir.open(out, "side-effects", {"vector": str(vector), "model": model,
-                                            "multipliers": multipliers, "layers": layers,
-                                            "norm_ratio": norm_ratio, "capability": capability,
+    setting = steering.setting(handle.n_layers)
+    run = RunDir.open(out, "side-effects", {**steering.logged(), "model": model,
+                                            "capability": capability,
                                             "text": text, "kl_prompts": kl_prompts, "n": limit,
                                             **({"harness": harness_tasks} if harness_tasks
                                                else {})})
-    run.keep_vector(steering)
-    setting = SteeringSetting(steering, layers=parse_ints(layers) if layers else None,
-                              norm_ratio=norm_ratio)
-    sweep = Sweep(setting, parse_floats(multipliers))
+    run.keep_vector(setting.vector)
+    sweep = Sweep(setting, steering.multipliers)
     with run.writer() as writer:
         records = side_effect_records(handle, sweep, capability=capability_sets, texts=texts,
                                       prompts=prompts, max_tokens=max_tokens, writer=writer,

@@ -22,77 +22,53 @@ from steerlab.cli.inputs import (
     load_vector,
 )
 from steerlab.cli.options import (
-    AblateOpt,
     AllowedHostsOpt,
     EngineOpt,
-    InterventionOpt,
-    LayersOpt,
     ModelOpt,
-    NormRatioOpt,
     VllmOptionsOpt,
     finite_number,
-    intervention_of,
     parse_floats,
     parse_layers,
     parse_vllm_options,
     placement_options,
-    steering_without_vector,
 )
+from steerlab.cli.steering import SteeringChoice, steering_options
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.placement import Placement
 
 
 @app.command()
 @placement_options
+@steering_options("one")
 def generate(
-    ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(help="The user prompt (the chat template is applied).")],
     model: ModelOpt = DEFAULT_MODEL,
-    vector: Annotated[Optional[Path], typer.Option(
-        "--vector", "-v", help="Steering vector file.")] = None,
-    multiplier: Annotated[float, typer.Option(
-        help="Steering multiplier.", callback=finite_number)] = 1.0,
-    positions: Annotated[str, typer.Option(help="all, prompt or generated.")] = "all",
-    norm_ratio: NormRatioOpt = None,
-    layers: LayersOpt = None,
-    ablate: AblateOpt = False,
-    intervention: InterventionOpt = "add",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.", min=1)] = 80,
     compare: Annotated[bool, typer.Option(help="Also print the unsteered reply.")] = True,
-    condition: Annotated[Optional[Path], typer.Option(
-        help="Steer only if the prompt meets this condition (from `steerlab condition`).")] = None,
     engine: EngineOpt = "transformers",  # type: ignore[assignment]
+    steering: Optional[SteeringChoice] = None,
     placement: Optional[Placement] = None,
 ) -> None:
     """Generate a reply (greedy), steered when a vector is given."""
     from contextlib import AbstractContextManager, nullcontext
 
     from steerlab.model.generation import generate as run_generate
-    from steerlab.steering.setting import STEERED, SteeringSetting
+    from steerlab.steering.setting import STEERED
 
-    if vector is None:
-        steering_without_vector(ctx, ["multiplier", "positions", "norm_ratio", "layers", "ablate",
-                                      "intervention"])
-    steering = load_vector(vector) if vector else None
-    gate = load_condition(condition) if condition else None
-    if gate is not None and steering is None:
-        fail("--condition gates a vector: give --vector too")
-    handle = load_handle(model, placement)
-    if gate is not None:
-        holds = gate.applies(handle, [prompt], progress=False)[0]
-        verdict = "holds: steering" if holds else "does not hold: unsteered"
-        console.print(f"condition {gate.id} {verdict}", highlight=False)
-    if gate is not None and engine == "vllm":
+    assert steering is not None
+    if steering.condition is not None and engine == "vllm":
         fail("--condition is not available with --engine vllm")
-    setting = None
-    if steering is not None:
+    handle = load_handle(model, placement)
+    setting = steering.setting(handle.n_layers) if steering.steered else None
+    if setting is not None:
         try:
-            setting = SteeringSetting(steering, multiplier, parse_layers(layers, handle.n_layers),
-                                      norm_ratio, positions,  # type: ignore[arg-type]
-                                      intervention_of(intervention, ablate), gate)
             setting.apply(handle).remove()  # checked against the model before any generation
         except ValueError as err:
             fail(str(err))
+        if setting.condition is not None:
+            holds = setting.condition.applies(handle, [prompt], progress=False)[0]
+            verdict = "holds: steering" if holds else "does not hold: unsteered"
+            console.print(f"condition {setting.condition.id} {verdict}", highlight=False)
     settings = [None, setting] if setting is not None and compare else [setting]
     generator = load_engine(model, engine, placement=placement)
     if generator is not None:  # every reply in one batch
@@ -108,7 +84,7 @@ def generate(
                 replies.append(run_generate(handle, [prompt], max_new_tokens, progress=False)[0])
     for each, reply in zip(settings, replies):
         if len(settings) > 1:
-            label = f"{STEERED[each.intervention]} ×{multiplier:g}" if each else "unsteered"
+            label = f"{STEERED[each.intervention]} ×{each.multiplier:g}" if each else "unsteered"
             console.print(f"[bold]{label}[/bold]")
         console.print(reply)
 
@@ -251,30 +227,33 @@ app.command("web")(_web)
 
 @app.command()
 @placement_options
+@steering_options("named")
 def chat(
     model: ModelOpt = DEFAULT_MODEL,
-    vector: Annotated[Optional[list[str]], typer.Option(
-        "--vector", "-v", help="A vector to steer with, as name=path.safetensors (a bare path is "
-        "named by its file stem); repeatable, switch with /vector NAME.")] = None,
-    multiplier: Annotated[float, typer.Option(
-        help="Steering multiplier (change it with /multiplier X).")] = 1.0,
-    layers: LayersOpt = None,
-    norm_ratio: NormRatioOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per reply.", min=1)] = 128,
     side: Annotated[bool, typer.Option(
         "--side/--no-side",
         help="Show the unsteered reply beside the steered one (toggle with /side).")] = True,
+    steering: Optional[SteeringChoice] = None,
     placement: Optional[Placement] = None,
 ) -> None:
-    """Chat with the model in the terminal, steered; change the vector, multiplier and layers
-    between turns (/help lists the commands) and compare with the unsteered reply side by side."""
+    """Chat with the model in the terminal, steered, beside the unsteered reply.
+
+    Change the vector (/vector NAME), multiplier, layers, norm ratio, positions and
+    intervention between turns; /help lists the commands."""
     from steerlab.serve.chat import ChatError, ChatSession
 
-    vectors = load_named_vectors(vector or [])
+    assert steering is not None
+    vectors = {name: load_vector(path) for name, path in steering.vectors.items()}
     handle = load_handle(model, placement)
     try:
-        session = ChatSession(handle, vectors, multiplier=multiplier,
-                              layers=parse_layers(layers, handle.n_layers), norm_ratio=norm_ratio,
+        session = ChatSession(handle, vectors, multiplier=steering.multipliers[0],
+                              layers=parse_layers(steering.layers, handle.n_layers),
+                              norm_ratio=steering.norm_ratio,
+                              positions=steering.positions,  # type: ignore[arg-type]
+                              intervention=steering.intervention,  # type: ignore[arg-type]
+                              condition=(load_condition(steering.condition)
+                                         if steering.condition else None),
                               side_by_side=side, max_new_tokens=max_new_tokens)
     except ChatError as err:
         fail(str(err))

@@ -148,17 +148,22 @@ def other_arms(records: list[dict], base: str) -> list[str]:
                               if r.get("task") == TASK and r["arm"] != base))
 
 
-def _named(specs: list[str], option: str, load: Callable[[Path], Any]) -> dict[str, Any]:
-    """'name=path' (or a bare path, named by its file stem) → ``load(path)`` by name."""
-    loaded: dict[str, Any] = {}
+def named_paths(specs: list[str], option: str) -> dict[str, Path]:
+    """'name=path' (or a bare path, named by its file stem) → the paths by name."""
+    paths: dict[str, Path] = {}
     for spec in specs:
         name, _, path = spec.partition("=") if "=" in spec else (Path(spec).stem, "", spec)
         if not name:
             fail(f"{option} {spec!r}: expected name=path.safetensors")
-        if name in loaded:
+        if name in paths:
             fail(f"{option} {spec!r}: the name {name!r} is already taken")
-        loaded[name] = load(Path(path))
-    return loaded
+        paths[name] = Path(path)
+    return paths
+
+
+def _named(specs: list[str], option: str, load: Callable[[Path], Any]) -> dict[str, Any]:
+    """'name=path' options → ``load(path)`` by name."""
+    return {name: load(path) for name, path in named_paths(specs, option).items()}
 
 
 def load_named_vectors(specs: list[str]) -> dict:

@@ -23,49 +23,34 @@ from steerlab.cli.inputs import (
     read_record_file,
 )
 from steerlab.cli.options import (
-    AblateOpt,
     ArmsOpt,
     BaseOpt,
     BatchOpt,
     DatasetsOpt,
     EngineOpt,
-    InterventionOpt,
     LayersOpt,
     ModelOpt,
     NormRatioOpt,
     RecordsArg,
-    intervention_of,
     parse_floats,
     parse_layers,
     placement_options,
-    steering_without_vector,
 )
+from steerlab.cli.steering import SteeringChoice, steering_options
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.placement import Placement
 
 
 @app.command("generate-eval")
 @placement_options
+@steering_options("one", multipliers="4")
 def generate_eval(
-    ctx: typer.Context,
     data: Annotated[list[str], typer.Option(
         "--data", "-d", help="Question set (truthfulqa-open, advbench, harmless, another prompts "
         "dataset) or .jsonl/.csv file with a 'question' field; repeatable.")],
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Generation records (.jsonl), appended to as produced.")],
     model: ModelOpt = DEFAULT_MODEL,
-    vector: Annotated[Optional[Path], typer.Option(
-        "--vector", "-v",
-        help="Steering vector file; without it only the unsteered arm runs.")] = None,
-    multipliers: Annotated[str, typer.Option(
-        help="Steered arms' multipliers, comma-separated "
-        "(e.g. -4,4); the unsteered arm always runs.")] = "4",
-    layers: LayersOpt = None,
-    norm_ratio: NormRatioOpt = None,
-    positions: Annotated[str, typer.Option(
-        help="Steer all, prompt or generated positions.")] = "all",
-    ablate: AblateOpt = False,
-    intervention: InterventionOpt = "add",
     limit: Annotated[Optional[int], typer.Option(
         "--n", help="Questions per set: a seeded sample (default: all).", min=1)] = None,
     sample_seed: Annotated[int, typer.Option(help="Seed of the --n sample.")] = 0,
@@ -77,41 +62,34 @@ def generate_eval(
         help="Sampling seed; batch b uses seed + b, the same for every arm.")] = 0,
     batch_size: BatchOpt = 8,
     engine: EngineOpt = "transformers",  # type: ignore[assignment]
+    steering: Optional[SteeringChoice] = None,
     placement: Optional[Placement] = None,
 ) -> None:
-    """Answer questions unsteered and steered (one arm per multiplier), one record each.
+    """Answer questions unsteered and steered (one arm per non-zero multiplier), one record each.
 
-    The records feed `steerlab judge`, `steerlab blind export` and `steerlab refusal`. With
-    --engine vllm every arm of a batch is generated together (the records say so).
+    The unsteered arm always runs; without --vector it is the only one. The records feed
+    `steerlab judge`, `steerlab blind export` and `steerlab refusal`. With --engine vllm every
+    arm of a batch is generated together (the records say so).
     """
     from steerlab.data.files import DataError, split
     from steerlab.data.registry import DatasetUnavailable
     from steerlab.evaluation.openended import generate_answers, load_questions, steering_arms
     from steerlab.records import RecordWriter
-    from steerlab.steering.hooks import POSITIONS
-    from steerlab.steering.setting import SteeringSetting
-    from steerlab.steering.vectors import SteeringVector
 
-    if positions not in POSITIONS:
-        fail(f"--positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
-    if vector is None:
-        steering_without_vector(ctx, ["multipliers", "layers", "norm_ratio", "positions",
-                                      "ablate", "intervention"])
+    assert steering is not None
     try:
         sets = {spec: load_questions(spec) for spec in data}
-        steering = SteeringVector.load(vector) if vector else None
     except (DataError, DatasetUnavailable, ValueError, FileNotFoundError) as err:
         fail(str(err))
     if limit is not None:
         sets = {spec: split(qs, [min(limit, len(qs))], sample_seed)[0] for spec, qs in sets.items()}
     handle = load_handle(model, placement)
+    setting = steering.setting(handle.n_layers) if steering.steered else None
     try:
-        setting = SteeringSetting(steering, layers=parse_layers(layers, handle.n_layers),
-                                  norm_ratio=norm_ratio,
-                                  positions=positions,  # type: ignore[arg-type]
-                                  intervention=intervention_of(intervention, ablate),
-                                  ) if steering else None
-        arms = steering_arms(setting, parse_floats(multipliers))
+        arms = steering_arms(setting, steering.multipliers)
+        for arm in arms:
+            if arm.setting is not None:
+                arm.setting.apply(handle).remove()
     except ValueError as err:
         fail(str(err))
     generator = load_engine(model, engine, placement=placement)

@@ -51,29 +51,6 @@ NormRatioOpt = Annotated[Optional[float], typer.Option(
     help="Scale to this fraction of the residual norm.", callback=positive_number)]
 
 
-AblateOpt = Annotated[bool, typer.Option(
-    "--ablate", help="Project the vector's direction out instead of adding it; the multiplier is "
-    "the strength (1 removes the component). Short for --intervention ablate.")]
-
-
-InterventionOpt = Annotated[str, typer.Option(
-    help="add: add multiplier × the vector; ablate: project its direction out with strength "
-    "multiplier; angular: turn each activation toward it by multiplier degrees, norm kept.")]
-
-
-def intervention_of(intervention: str, ablate: bool) -> str:
-    """The intervention a command was asked for (``--ablate`` is ``--intervention ablate``)."""
-    from steerlab.steering.setting import INTERVENTIONS
-
-    if intervention not in INTERVENTIONS:
-        raise typer.BadParameter(f"one of {', '.join(INTERVENTIONS)}, got {intervention!r}",
-                                 param_hint="--intervention")
-    if ablate and intervention not in ("add", "ablate"):
-        raise typer.BadParameter(f"--ablate contradicts --intervention {intervention}",
-                                 param_hint="--ablate")
-    return "ablate" if ablate else intervention
-
-
 LimitOpt = Annotated[Optional[int], typer.Option(
     "--n", help="Items per dataset: a seeded sample (default: all).", min=1)]
 
@@ -116,19 +93,6 @@ def parse_layers(text: Optional[str], n_layers: int) -> Optional[list[int]]:
     if text is None:
         return None
     return list(range(n_layers)) if text.strip() == "all" else parse_ints(text, "--layers")
-
-
-def steering_without_vector(ctx: typer.Context, names: list[str]) -> None:
-    """Refuse steering options given without ``--vector``: they would steer nothing, and the
-    run would be unsteered without saying so."""
-    sources = {name: ctx.get_parameter_source(name) for name in names}
-    given = [name for name, source in sources.items()
-             if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")]
-    if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise typer.BadParameter(f"{flags} steer(s) nothing without a vector: give --vector, "
-                                 "or leave them out for the unsteered model",
-                                 param_hint="--vector")
 
 
 RunOpt = Annotated[Path, typer.Option(

@@ -301,21 +301,12 @@ def evaluate_ab(
     )
 
 
-def grid(
-    vectors: Sequence[SteeringVector],
-    multipliers: Sequence[float],
-    layers: Sequence[int] | None = None,
-    norm_ratio: float | None = None,
-    positions: Positions = "all",
-) -> list[Sweep]:
-    """One sweep per vector and layer (each layer on its own; ``None``: the vector's layers)."""
-    placements: list[list[int] | None] = [[layer] for layer in layers] if layers else [None]
-    return [
-        Sweep(SteeringSetting(vector, layers=placed, norm_ratio=norm_ratio, positions=positions),
-              list(multipliers))
-        for vector in vectors
-        for placed in placements
-    ]
+def grid(settings: Sequence[SteeringSetting], multipliers: Sequence[float],
+         layers: Sequence[int] | None = None) -> list[Sweep]:
+    """One sweep per setting and layer (each layer on its own; ``None``: the setting's own)."""
+    return [Sweep(setting if layer is None else replace(setting, layers=[layer]),
+                  list(multipliers))
+            for setting in settings for layer in (layers or [None])]
 
 
 def composition_grid(

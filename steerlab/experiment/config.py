@@ -104,12 +104,30 @@ class SteeringGrid(_Strict):
     multipliers: list[float] = Field(min_length=1)
     norm_ratio: float | None = Field(default=None, gt=0)
     positions: Literal["all", "prompt", "generated"] = "all"
+    intervention: Literal["add", "ablate", "angular"] = "add"
+    """How each vector steers: added (multiplier × the vector), ablated (its direction
+    projected out, the multiplier the strength) or angular (turned toward by multiplier
+    degrees)."""
 
     @model_validator(mode="after")
     def _meaningful(self) -> SteeringGrid:
         """Multipliers the library would refuse mid-run are refused here: with a norm ratio,
         an addition over :data:`MAX_RESIDUAL_MULTIPLE` residual norms; without, one over
-        :data:`MAX_ADDITION_NORM` times the vector's own norm."""
+        :data:`MAX_ADDITION_NORM` times the vector's own norm; an angle outside ±180; a norm
+        ratio for an intervention that uses only the direction."""
+        if self.intervention != "add":
+            if self.layers == "scan":
+                raise ValueError(f"layers: scan ranks layers by adding CAA vectors; give the "
+                                 f"layers of an {self.intervention} grid as a list")
+            if self.norm_ratio is not None:
+                raise ValueError(f"norm_ratio scales an added vector; {self.intervention} uses "
+                                 "only its direction")
+            outside = [m for m in self.multipliers if self.intervention == "angular"
+                       and not -180 <= m <= 180]
+            if outside:
+                raise ValueError(f"an angular multiplier is an angle in degrees within "
+                                 f"[-180, 180], got {outside[0]:g}")
+            return self
         for multiplier in self.multipliers:
             size = abs(multiplier) * (self.norm_ratio or 1.0)
             limit = MAX_RESIDUAL_MULTIPLE if self.norm_ratio else MAX_ADDITION_NORM
@@ -124,11 +142,13 @@ class SteeringGrid(_Strict):
 
     def setting(self, vector: SteeringVector, layers: list[int] | None = None,
                 condition: Condition | None = None) -> SteeringSetting:
-        """``vector`` at this grid's norm ratio and positions (each sweep sets the multiplier);
-        a vector acting on attention heads is already scaled by its method and keeps its size."""
+        """``vector`` at this grid's norm ratio, positions and intervention (each sweep sets the
+        multiplier); a vector acting on attention heads is already scaled by its method and
+        keeps its size."""
         norm_ratio = self.norm_ratio if vector.meta.site == "residual" else None
         return SteeringSetting(vector, layers=layers, norm_ratio=norm_ratio,
-                               positions=self.positions, condition=condition)
+                               positions=self.positions, intervention=self.intervention,
+                               condition=condition)
 
 
 class ConditionSpec(_Strict):

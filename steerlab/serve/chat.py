@@ -2,7 +2,9 @@
 
 A :class:`ChatSession` keeps the conversation (user and assistant turns, formatted with the
 model's chat template through :meth:`~steerlab.model.handle.ModelHandle.format_messages`) and the
-steering setting: one of the loaded vectors, its multiplier, layers and norm ratio. Each user
+steering setting: one of the loaded vectors and the other fields of a
+:class:`~steerlab.steering.setting.SteeringSetting` (multiplier, layers, norm ratio, positions,
+intervention, condition). Each user
 message gets the steered reply and, side by side, the unsteered model's reply to the same
 conversation; the conversation keeps the steered reply (the model being steered), so the
 unsteered column always answers what the steered model was asked. Commands typed between
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 
 from steerlab.model.generation import generate
 from steerlab.model.handle import ModelHandle
-from steerlab.steering.setting import Composition, SteeringSetting
+from steerlab.steering.conditions import Condition
+from steerlab.steering.hooks import POSITIONS, Positions
+from steerlab.steering.setting import INTERVENTIONS, Composition, Intervention, SteeringSetting
 from steerlab.steering.vectors import SteeringVector
 
 COMMANDS: dict[str, str] = {
@@ -25,6 +29,10 @@ COMMANDS: dict[str, str] = {
     "/multiplier X": "the steering multiplier (negative steers the other way)",
     "/layers L,...": "apply at these layers ('all', or 'default': the vector's own)",
     "/norm R": "scale the vector to R × the residual norm ('/norm off': as trained)",
+    "/positions P": "steer all, prompt or generated positions",
+    "/intervention I": "add the vector, ablate its direction, or turn toward it (angular: the "
+                       "multiplier is an angle in degrees)",
+    "/condition off": "drop the condition: steer every prompt",
     "/side": "toggle the unsteered reply beside the steered one",
     "/reset": "start a new conversation (the setting stays)",
     "/help": "list the commands",
@@ -33,6 +41,9 @@ COMMANDS: dict[str, str] = {
 """Every command with what it does (``/help`` prints this)."""
 
 UNSTEERED = "unsteered"
+_SETTING = ("vector", "multiplier", "layers", "norm_ratio", "positions", "intervention",
+            "condition")
+"""The session's attributes a command may change (restored when the change does not apply)."""
 
 
 class ChatError(ValueError):
@@ -58,6 +69,9 @@ class ChatSession:
         multiplier: float = 1.0,
         layers: list[int] | None = None,
         norm_ratio: float | None = None,
+        positions: Positions = "all",
+        intervention: Intervention = "add",
+        condition: Condition | None = None,
         side_by_side: bool = True,
         max_new_tokens: int = 128,
     ) -> None:
@@ -67,6 +81,9 @@ class ChatSession:
         self.multiplier = float(multiplier)
         self.layers = layers
         self.norm_ratio = norm_ratio
+        self.positions: Positions = positions
+        self.intervention: Intervention = intervention
+        self.condition = condition
         self.side_by_side = side_by_side
         self.max_new_tokens = max_new_tokens
         self.messages: list[dict[str, str]] = []
@@ -90,8 +107,12 @@ class ChatSession:
             return "unsteered (no vector chosen)"
         where = f"layers {self.layers}" if self.layers is not None else "the vector's layers"
         norm = f", norm ratio {self.norm_ratio:g}" if self.norm_ratio is not None else ""
+        how = "".join(f", {value}" for value, default in (
+            (self.intervention, "add"), (f"{self.positions} positions", "all positions"))
+            if value != default)
+        gate = f", if condition {self.condition.id} holds" if self.condition else ""
         side = "; unsteered reply beside it" if self.side_by_side else ""
-        return f"{self.label()} at {where}{norm}{side}"
+        return f"{self.label()} at {where}{norm}{how}{gate}{side}"
 
     def label(self) -> str:
         """The steered column's heading: vector and multiplier."""
@@ -102,16 +123,15 @@ class ChatSession:
         if self.vector is None:
             return None
         return SteeringSetting(self.vectors[self.vector], self.multiplier, self.layers,
-                               self.norm_ratio)
+                               self.norm_ratio, self.positions, self.intervention, self.condition)
 
     def _check(self) -> None:
         """Raise :class:`ChatError` if the setting cannot steer this model."""
-        setting = self.setting()
-        if setting is None:
-            return
         try:
-            Composition((setting,)).fit(self.model)
-            setting.additions()
+            setting = self.setting()
+            if setting is not None:
+                Composition((setting,)).fit(self.model)
+                Composition((setting,)).check()
         except ValueError as err:
             raise ChatError(str(err)) from None
 
@@ -126,14 +146,17 @@ class ChatSession:
         name, _, argument = line.strip().partition(" ")
         argument = argument.strip()
         handlers = {"/vector": self._set_vector, "/multiplier": self._set_multiplier,
-                    "/layers": self._set_layers, "/norm": self._set_norm}
+                    "/layers": self._set_layers, "/norm": self._set_norm,
+                    "/positions": self._set_positions, "/intervention": self._set_intervention,
+                    "/condition": self._set_condition}
         if name in handlers:
-            previous = (self.vector, self.multiplier, self.layers, self.norm_ratio)
+            previous = {key: getattr(self, key) for key in _SETTING}
             message = handlers[name](argument)
             try:
                 self._check()
             except ChatError:
-                self.vector, self.multiplier, self.layers, self.norm_ratio = previous
+                for key, value in previous.items():
+                    setattr(self, key, value)
                 raise
             return message or f"now: {self.describe()}"
         if argument:
@@ -192,6 +215,23 @@ class ChatSession:
         if ratio <= 0:
             raise ChatError(f"/norm needs a positive ratio, got {ratio:g}")
         self.norm_ratio = ratio
+
+    def _set_positions(self, text: str) -> None:
+        if text not in POSITIONS:
+            raise ChatError(f"/positions needs one of {', '.join(POSITIONS)}, got {text!r}")
+        self.positions = text  # type: ignore[assignment]
+
+    def _set_intervention(self, text: str) -> None:
+        if text not in INTERVENTIONS:
+            raise ChatError(f"/intervention needs one of {', '.join(INTERVENTIONS)}, "
+                            f"got {text!r}")
+        self.intervention = text  # type: ignore[assignment]
+
+    def _set_condition(self, text: str) -> None:
+        if text not in ("off", "none"):
+            raise ChatError(f"/condition takes 'off' (a condition comes from --condition), "
+                            f"got {text!r}")
+        self.condition = None
 
     # ---- the conversation -------------------------------------------------------------------
 

@@ -142,6 +142,9 @@ function copyAs(body) {
       `--vector <${first.vector}'s file> --multiplier ${first.multiplier}` +
       (first.layers ? ` --layers ${first.layers.join(",")}` : "") +
       (first.norm_ratio ? ` --norm-ratio ${first.norm_ratio}` : "") +
+      (first.positions ? ` --positions ${first.positions}` : "") +
+      (first.intervention ? ` --intervention ${first.intervention}` : "") +
+      (first.condition ? ` --condition <${first.condition}'s file>` : "") +
       ` --max-new-tokens ${body.max_tokens}` +
       (steering.length > 1 ? "   # the CLI takes one vector; the others are in the request" : "")
     : `steerlab generate ${JSON.stringify(body.messages[0].content)} --model ${model.id}`;
@@ -154,7 +157,9 @@ function copyAs(body) {
       (t.layers ? `, layers=${JSON.stringify(t.layers)}` : "") +
       (t.norm_ratio ? `, norm_ratio=${t.norm_ratio}` : "") +
       (t.positions ? `, positions="${t.positions}"` : "") +
-      (t.intervention ? `, intervention="${t.intervention}"` : "") + ")").join(", ") +
+      (t.intervention ? `, intervention="${t.intervention}"` : "") +
+      (t.condition ? `, condition=steerlab.Condition.load("<${t.condition}'s file>")` : "") +
+      ")").join(", ") +
     (steering.length === 1 ? ",))" : "))") +
     `\nwith steering.apply(model):\n    print(steerlab.generate(model, ` +
     `[${JSON.stringify(body.messages[0].content)}], ${body.max_tokens})[0])\n\n# request body:\n${json}`;
