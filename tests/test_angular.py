@@ -10,7 +10,7 @@ from tiny import PAIRS, hook_counts, invoke, outputs, random_vector, tiny_model
 
 from steerlab.evaluation.likelihood import Sweep, evaluate_ab
 from steerlab.evaluation.openended import steering_arms
-from steerlab.steering.hooks import rotate_toward
+from steerlab.steering.edits import rotate_toward
 from steerlab.steering.setting import SteeringSetting
 
 

@@ -16,7 +16,8 @@ from steerlab.engine.graph_edits import (
     check_capacity,
     configured_terms,
 )
-from steerlab.steering.hooks import Edits, project_out, rotate_toward
+from steerlab.steering.edits import Ablate, Add, Rotate, project_out, rotate_toward
+from steerlab.steering.hooks import Edits
 
 D, LAYERS = 16, 3
 
@@ -32,16 +33,17 @@ def vector(seed: int, scale: float = 2.0) -> torch.Tensor:
 
 # Requests' steering, each a list of edit groups as Composition.edits() gives them.
 STEERING = {
-    "add": [Edits({1: vector(1)})],
-    "generated": [Edits({1: vector(2), 2: vector(3)}, positions="generated")],
-    "prompt": [Edits({0: vector(4)}, positions="prompt")],
-    "ablate": [Edits(ablations={1: [(unit(5), 1.0)], 2: [(unit(6), 2.0)]})],
-    "two ablations": [Edits(ablations={1: [(unit(7), 1.0), (unit(8), 0.5)]})],
-    "angular": [Edits(rotations={1: [(unit(9), 60.0)]})],
-    "composition": [Edits(ablations={1: [(unit(10), 1.0)]}),
-                    Edits({1: vector(11)}),
-                    Edits(rotations={1: [(unit(12), -30.0)]}, positions="generated")],
-    "heads": [Edits({1: vector(13), 2: vector(14)}, site="attention"), Edits({2: vector(15)})],
+    "add": [Edits({1: [Add(vector(1))]})],
+    "generated": [Edits({1: [Add(vector(2))], 2: [Add(vector(3))]}, positions="generated")],
+    "prompt": [Edits({0: [Add(vector(4))]}, positions="prompt")],
+    "ablate": [Edits({1: [Ablate(unit(5), 1.0)], 2: [Ablate(unit(6), 2.0)]})],
+    "two ablations": [Edits({1: [Ablate(unit(7), 1.0), Ablate(unit(8), 0.5)]})],
+    "angular": [Edits({1: [Rotate(unit(9), 60.0)]})],
+    "composition": [Edits({1: [Ablate(unit(10), 1.0)]}),
+                    Edits({1: [Add(vector(11))]}),
+                    Edits({1: [Rotate(unit(12), -30.0)]}, positions="generated")],
+    "heads": [Edits({1: [Add(vector(13))], 2: [Add(vector(14))]}, site="attention"),
+              Edits({2: [Add(vector(15))]})],
 }
 
 
@@ -52,15 +54,14 @@ def reference(groups: list[Edits], site: str, layer: int, row: torch.Tensor,
     positions hold."""
     acts = [g for g in groups if g.site == site
             and (g.positions == "all" or (g.positions == "prompt") == prompt)]
-    for group in acts:
-        for direction, strength in group.ablations.get(layer, []):
-            row = project_out(row, direction, strength)
-    for group in acts:
-        for direction, degrees in group.rotations.get(layer, []):
-            row = rotate_toward(row, direction, degrees)
-    for group in acts:
-        if layer in group.additions:
-            row = row + group.additions[layer]
+    steps = {Ablate: lambda h, e: project_out(h, e.direction, e.amount),
+             Rotate: lambda h, e: rotate_toward(h, e.direction, e.amount),
+             Add: lambda h, e: h + e.direction}
+    for kind, step in steps.items():
+        for group in acts:
+            for edit in group.edits.get(layer, []):
+                if type(edit) is kind:
+                    row = step(row, edit)
     return row
 
 
@@ -139,7 +140,7 @@ def test_a_later_pass_overwrites_the_previous_passs_token_slots():
     hidden = torch.randn(9, D)
     edited = steering.edit("residual", 1, hidden)
     assert torch.equal(edited[:2], hidden[:2]) and torch.equal(edited[3:], hidden[3:])
-    torch.testing.assert_close(edited[2], hidden[2] + STEERING["add"][0].additions[1])
+    torch.testing.assert_close(edited[2], hidden[2] + STEERING["add"][0].edits[1][0].direction)
 
 
 def test_the_edits_trace_into_one_graph():
@@ -164,28 +165,29 @@ def test_slots_are_reused_least_recently_used_first_never_one_the_pass_needs():
     assert planner.plan("add", STEERING["add"], {"add"}) is not first  # written again
     with pytest.raises(SteeringCapacityError, match="more than 3 table slots"):
         planner.plan("composition", STEERING["composition"], {"composition", "add"})
-    many = [Edits({1: vector(s)}) for s in range(4)]
+    many = [Edits({1: [Add(vector(s))]}) for s in range(4)]
     with pytest.raises(SteeringCapacityError, match="needs 4 table slots; the engine has 3"):
         planner.plan("big", many, set())
 
 
 def test_steering_beyond_the_engines_terms_is_refused_naming_the_variable(monkeypatch):
     """Checked when a request arrives (vLLM's plugin), and again when a pass plans it."""
-    three = [Edits(ablations={1: [(unit(s), 1.0) for s in range(3)]})]
+    three = [Edits({1: [Ablate(unit(s), 1.0) for s in range(3)]})]
     with pytest.raises(SteeringCapacityError, match=r"3 ablations on one token at the residual "
                        r"site; this engine allows 2 \(\$STEERLAB_VLLM_TERMS"):
         check_capacity(three)
-    check_capacity(three[:0] + [Edits(ablations={1: [(unit(1), 1.0)]}, positions="prompt"),
-                                Edits(ablations={1: [(unit(2), 1.0)]}, positions="generated"),
-                                Edits(ablations={1: [(unit(3), 1.0)]})])  # two per token
-    heads = [Edits(ablations={1: [(unit(1), 1.0)]}, site="attention")]
+    check_capacity(three[:0] + [Edits({1: [Ablate(unit(1), 1.0)]}, positions="prompt"),
+                                Edits({1: [Ablate(unit(2), 1.0)]}, positions="generated"),
+                                Edits({1: [Ablate(unit(3), 1.0)]})])  # two per token
+    heads = [Edits({1: [Ablate(unit(1), 1.0)]}, site="attention")]
     with pytest.raises(SteeringCapacityError, match=r"STEERLAB_VLLM_HEAD_TERMS"):
         SlotPlanner(tables()).plan("heads", heads, set())
     monkeypatch.setenv("STEERLAB_VLLM_HEAD_TERMS", "4,1,0")
     assert configured_terms()["attention"] == {"add": 4, "ablate": 1, "rotate": 0}
     check_capacity(heads)
     monkeypatch.setenv("STEERLAB_VLLM_TERMS", "4,x")
-    with pytest.raises(ValueError, match=r"\$STEERLAB_VLLM_TERMS='4,x': give three counts"):
+    with pytest.raises(ValueError, match=r"\$STEERLAB_VLLM_TERMS='4,x': give 3 counts, "
+                       "additions,ablations,rotations"):
         configured_terms()
 
 
@@ -197,5 +199,5 @@ def test_a_site_without_terms_has_no_tables_and_leaves_its_input_alone():
     planner.fill(batch(planner, [("add", 2, 0, 2)]))
     hidden, residual = torch.randn(2, D), torch.randn(2, D)
     out, rest = steering.edit_pair(1, hidden, residual)
-    torch.testing.assert_close(out, hidden + STEERING["add"][0].additions[1])
+    torch.testing.assert_close(out, hidden + STEERING["add"][0].edits[1][0].direction)
     assert rest is residual

@@ -3,6 +3,7 @@ import torch
 from tiny import PROMPTS, logits, make_vector, tiny_model
 
 from steerlab.model.generation import generate_tokens
+from steerlab.steering.edits import Add
 from steerlab.steering.hooks import Edits, PositionError, Steering
 from steerlab.steering.setting import SteeringSetting
 
@@ -168,11 +169,11 @@ def test_single_layer_vector_can_be_placed_elsewhere(tiny):
 
 def test_bad_positions_and_layers_rejected(tiny):
     with pytest.raises(ValueError, match="positions"):
-        Edits({0: torch.ones(tiny.d_model)}, positions="middle")
+        Edits({0: [Add(torch.ones(tiny.d_model))]}, positions="middle")
     with pytest.raises(ValueError, match="positions"):
         SteeringSetting(make_vector(tiny), positions="middle")
     with pytest.raises(ValueError, match="out of range"):
-        Steering(tiny.model, tiny.layers, [Edits({9: torch.ones(tiny.d_model)})])
+        Steering(tiny.model, tiny.layers, [Edits({9: [Add(torch.ones(tiny.d_model))]})])
 
 
 def test_steering_a_plain_hf_model(tiny):

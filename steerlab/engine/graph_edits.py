@@ -22,7 +22,6 @@ used out first, never one the pass uses) and turns a pass's requests into the to
 
 from __future__ import annotations
 
-import math
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -32,12 +31,17 @@ import torch
 from torch import nn
 
 from steerlab.engine.requests import SteeringRequestError
+from steerlab.steering.edits import EDITS, Add, Edit
 from steerlab.steering.hooks import Edits, Site
 
 SITES: tuple[Site, ...] = ("residual", "attention")
-KINDS = ("add", "ablate", "rotate")
-"""What a slot may hold at a layer; a token applies its ablations, then rotations, then
-additions (:class:`~steerlab.steering.hooks.Steering`'s order)."""
+BY_KIND: dict[str, type[Edit]] = {kind.kind: kind for kind in sorted(
+    EDITS.values(), key=lambda kind: not kind.summed)}
+"""Each edit class by its table name, additions first (the order of the term counts); a slot
+may hold one of each at a layer."""
+KINDS = tuple(BY_KIND)
+RESHAPING = sorted((kind for kind in EDITS.values() if not kind.summed), key=lambda k: k.order)
+"""The edits that reshape a token's stream, in the order they apply (before additions)."""
 
 SLOTS = int(os.environ.get("STEERLAB_VLLM_SLOTS", "256"))
 """Table rows per site and layer, row 0 the empty one: how many units of distinct steering an
@@ -45,8 +49,10 @@ engine holds at once ($STEERLAB_VLLM_SLOTS). A pass whose requests carry more di
 than that cannot run (the engine fails); each row costs layers × width × 3 values (0.8 MB on
 Llama 3.1 8B in bf16)."""
 
-TERM_VARIABLES: dict[Site, tuple[str, str]] = {"residual": ("STEERLAB_VLLM_TERMS", "4,2,1"),
-                                               "attention": ("STEERLAB_VLLM_HEAD_TERMS", "4,0,0")}
+TERM_VARIABLES: dict[Site, tuple[str, str]] = {
+    site: (variable, ",".join(str(kind.terms[index]) for kind in BY_KIND.values()))
+    for index, (site, variable) in enumerate((("residual", "STEERLAB_VLLM_TERMS"),
+                                              ("attention", "STEERLAB_VLLM_HEAD_TERMS")))}
 """Per site, the variable that sets how many additions, ablations and rotations one token may
 carry there, and its default. Each term is a few tensor operations at every layer of the
 compiled graph (its size, so compile time and per-token cost, grows with them), paid by every
@@ -54,7 +60,7 @@ token: the defaults carry a composition of four additions, two ablations and a r
 residual stream, and additions only on the heads' outputs (ITI's vectors)."""
 
 
-NOUNS = {"add": "additions", "ablate": "ablations", "rotate": "rotations"}
+NOUNS = {kind.kind: kind.plural for kind in EDITS.values()}
 
 
 class SteeringCapacityError(SteeringRequestError):
@@ -70,43 +76,37 @@ def configured_terms() -> dict[Site, dict[str, int]]:
             counts = [int(part) for part in text.split(",")]
         except ValueError:
             counts = []
-        if len(counts) != 3 or min(counts) < 0:
-            raise ValueError(f"${variable}={text!r}: give three counts, additions,ablations,"
-                             f"rotations (default {default})")
+        if len(counts) != len(KINDS) or min(counts) < 0:
+            raise ValueError(f"${variable}={text!r}: give {len(KINDS)} counts, "
+                             f"{','.join(NOUNS[kind] for kind in KINDS)} (default {default})")
         terms[site] = dict(zip(KINDS, counts))
     return terms
 
 
 @dataclass
 class Unit:
-    """One slot's content: per layer an addition, an ablation (unit, strength) and a rotation
-    (unit, degrees), each optional, all at one site."""
+    """One slot's content: per kind of edit and layer at most one edit, all at one site."""
 
     site: Site
-    additions: dict[int, torch.Tensor] = field(default_factory=dict)
-    ablations: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
-    rotations: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
+    edits: dict[str, dict[int, Edit]] = field(default_factory=dict)
 
     def kinds(self) -> tuple[str, ...]:
-        """The kinds of edit this unit makes somewhere."""
-        return tuple(kind for kind, edits in zip(KINDS, (self.additions, self.ablations,
-                                                         self.rotations)) if edits)
+        """The kinds of edit this unit makes somewhere, in :data:`KINDS` order."""
+        return tuple(kind for kind in KINDS if self.edits.get(kind))
 
 
 def units(group: Edits) -> list[Unit]:
-    """A group's edits as slot units: unit k holds each layer's k-th ablation and rotation, unit
-    0 also the group's additions."""
-    count = max([1, *(len(p) for p in group.ablations.values()),
-                 *(len(p) for p in group.rotations.values())])
-    out = [Unit(group.site) for _ in range(count)]
-    out[0].additions = dict(group.additions)
-    for layer, pairs in group.ablations.items():
-        for k, pair in enumerate(pairs):
-            out[k].ablations[layer] = pair
-    for layer, pairs in group.rotations.items():
-        for k, pair in enumerate(pairs):
-            out[k].rotations[layer] = pair
-    return out
+    """A group's edits as slot units: unit k holds each layer's k-th edit of each kind (its
+    additions, summed into one per layer, all in unit 0)."""
+    out: list[Unit] = []
+    for layer, edits in group.edits.items():
+        seen: dict[str, int] = {}
+        for edit in edits:
+            k = seen[edit.kind] = seen.get(edit.kind, -1) + 1
+            while len(out) <= k:
+                out.append(Unit(group.site))
+            out[k].edits.setdefault(edit.kind, {})[layer] = edit
+    return out or [Unit(group.site)]
 
 
 def check_capacity(groups: Sequence[Edits],
@@ -144,17 +144,15 @@ class SteeringTables(nn.Module):
         self.slots, self.terms = slots, terms or configured_terms()
         for site in SITES:
             width, counts = widths[site], self.terms[site]
-            tables = {"add": [("add", (n_layers, slots, width), dtype)],
-                      "ablate": [("ablate", (n_layers, slots, width), dtype),
-                                 ("strength", (n_layers, slots), torch.float32)],
-                      "rotate": [("rotate", (n_layers, slots, width), dtype),
-                                 ("angle", (n_layers, slots), torch.float32)]}
-            for kind in KINDS:
+            for kind, edit in BY_KIND.items():
                 if not counts[kind]:
                     continue
-                for name, shape, kind_dtype in tables[kind]:
-                    self.register_buffer(f"{site}_{name}", torch.zeros(
-                        shape, dtype=kind_dtype, device=device), persistent=False)
+                self.register_buffer(f"{site}_{kind}", torch.zeros(
+                    (n_layers, slots, width), dtype=dtype, device=device), persistent=False)
+                if edit.amount_table:
+                    self.register_buffer(f"{site}_{edit.amount_table}", torch.zeros(
+                        (n_layers, slots), dtype=torch.float32, device=device),
+                        persistent=False)
                 self.register_buffer(f"{site}_{kind}_slots", torch.zeros(
                     max_tokens, counts[kind], dtype=torch.long, device=device), persistent=False)
 
@@ -171,25 +169,23 @@ class SteeringTables(nn.Module):
     def write(self, slot: int, unit: Unit) -> None:
         """Fill ``slot``'s rows at every layer from ``unit`` (zero where it does nothing)."""
         for site in SITES:
-            for name in ("add", "ablate", "strength", "rotate", "angle"):
-                if hasattr(self, f"{site}_{name}"):
-                    self.table(site, name)[:, slot].zero_()
-        site = unit.site
-        for layer, vector in unit.additions.items():
-            self.table(site, "add")[layer, slot] = vector
-        for layer, (direction, strength) in unit.ablations.items():
-            self.table(site, "ablate")[layer, slot] = direction
-            self.table(site, "strength")[layer, slot] = float(strength)
-        for layer, (direction, degrees) in unit.rotations.items():
-            self.table(site, "rotate")[layer, slot] = direction
-            self.table(site, "angle")[layer, slot] = math.radians(float(degrees))
+            for kind, edit in BY_KIND.items():
+                for name in (kind, edit.amount_table):
+                    if name and hasattr(self, f"{site}_{name}"):
+                        self.table(site, name)[:, slot].zero_()
+        for kind, by_layer in unit.edits.items():
+            amounts = BY_KIND[kind].amount_table
+            for layer, edit in by_layer.items():
+                self.table(unit.site, kind)[layer, slot] = edit.direction
+                if amounts:
+                    self.table(unit.site, amounts)[layer, slot] = edit.table_amount()
 
     # ---- read inside the graph ----------------------------------------------------------------
 
     def edit(self, site: Site, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden`` (T, D) at ``site`` of ``layer`` with each token's slots applied."""
         reshaped, _, added = self._edits(site, layer, hidden)
-        return reshaped if added is None else reshaped + added
+        return reshaped if added is None else Add.apply_rows(reshaped, added, None)
 
     def edit_pair(self, layer: int, hidden: torch.Tensor,
                   residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,60 +195,36 @@ class SteeringTables(nn.Module):
         counts = self.terms["residual"]
         if not (counts["ablate"] or counts["rotate"]):
             _, _, added = self._edits("residual", layer, hidden, reshape=False)
-            return (hidden if added is None else hidden + added), residual
+            return (hidden if added is None else Add.apply_rows(hidden, added, None)), residual
         stream, reshaping, added = self._edits("residual", layer, hidden + residual)
         if added is not None:
-            stream, hidden = stream + added, hidden + added
+            stream = Add.apply_rows(stream, added, None)
+            hidden = Add.apply_rows(hidden, added, None)
         return (torch.where(reshaping, stream, hidden),
                 torch.where(reshaping, torch.zeros_like(residual), residual))
 
     def _edits(self, site: Site, layer: int, hidden: torch.Tensor, reshape: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """``hidden`` after every slot's ablation then rotation, a (T, 1) mask of the tokens
-        those may change (None without any), and the sum of the slots' additions (None when the
-        site takes none)."""
+        """``hidden`` after every slot's reshaping edits (ablations, then rotations), a (T, 1)
+        mask of the tokens those may change (None without any), and each token's additions
+        summed (None when the site takes none)."""
         tokens, counts = hidden.shape[0], self.terms[site]
         changing = None
-        for kind, amount, apply in (("ablate", "strength", _ablated),
-                                    ("rotate", "angle", _rotated)):
-            if not (reshape and counts[kind]):
+        for edit in RESHAPING:
+            if not (reshape and counts[edit.kind]):
                 continue
-            slots = self.table(site, f"{kind}_slots")[:tokens]
-            units = self.table(site, kind)[layer][slots]
-            amounts = self.table(site, amount)[layer][slots]
-            for term in range(counts[kind]):
-                hidden = apply(hidden, units[:, term], amounts[:, term])
+            slots = self.table(site, f"{edit.kind}_slots")[:tokens]
+            units = self.table(site, edit.kind)[layer][slots]
+            amounts = self.table(site, edit.amount_table)[layer][slots]
+            for term in range(counts[edit.kind]):
+                hidden = edit.apply_rows(hidden, units[:, term], amounts[:, term])
             acting = (amounts != 0).any(dim=-1, keepdim=True)
             changing = acting if changing is None else changing | acting
         added = None
-        if counts["add"]:
-            slots = self.table(site, "add_slots")[:tokens]
-            added = self.table(site, "add")[layer][slots].sum(dim=1)
+        if counts[Add.kind]:
+            slots = self.table(site, f"{Add.kind}_slots")[:tokens]
+            added = self.table(site, Add.kind)[layer][slots].sum(dim=1)
         return hidden, changing, added
-
-
-def _ablated(hidden: torch.Tensor, unit: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
-    """Each row less ``strength`` × its component along its ``unit`` (float32 arithmetic); a row
-    with a zero unit and strength comes back exactly as it was (h − 0 = h)."""
-    h, unit = hidden.float(), unit.float()
-    along = (h * unit).sum(dim=-1, keepdim=True)
-    return (h - strength.unsqueeze(-1) * along * unit).to(hidden.dtype)
-
-
-def _rotated(hidden: torch.Tensor, unit: torch.Tensor, radians: torch.Tensor) -> torch.Tensor:
-    """Each row turned toward its ``unit`` by its angle in the plane they span, its norm kept
-    (:func:`~steerlab.steering.hooks.rotate_toward`, row by row); rows with angle 0, or along
-    their unit, unchanged."""
-    h, unit = hidden.float(), unit.float()
-    along = (h * unit).sum(dim=-1)
-    across = h - along.unsqueeze(-1) * unit
-    width = across.norm(dim=-1)
-    angle = (torch.atan2(width, along) - radians).clamp(0.0, math.pi)
-    length = h.norm(dim=-1)
-    turned = (length * torch.cos(angle)).unsqueeze(-1) * unit + (
-        (length * torch.sin(angle)) / width.clamp_min(1e-30)).unsqueeze(-1) * across
-    keep = ((radians != 0) & (width > 0)).unsqueeze(-1)
-    return torch.where(keep, turned.to(hidden.dtype), hidden)
 
 
 Placed = tuple[int, Site, tuple[str, ...]]

@@ -44,6 +44,7 @@ from steerlab.engine.requests import (
 )
 from steerlab.model.handle import find_decoder_layers, text_config_value
 from steerlab.model.heads import attention_projections
+from steerlab.steering.edits import Add
 from steerlab.steering.hooks import Edits
 
 if current_platform.is_cpu():
@@ -171,11 +172,12 @@ class TokenSteering:
         rank, size = self.tp
         if group.site != "attention" or size == 1:
             return group
-        if group.ablations or group.rotations:
+        if any(not edit.summed for edits in group.edits.values() for edit in edits):
             raise SteeringRequestError("ablating or rotating attention heads' outputs is not "
                                        "available under tensor parallelism")
-        return replace(group, additions={layer: vector.chunk(size)[rank]
-                                         for layer, vector in group.additions.items()})
+        return replace(group, edits={layer: [Add(edit.direction.chunk(size)[rank])
+                                             for edit in edits]
+                                     for layer, edits in group.edits.items()})
 
 
 class SteeringWorker(_PlatformWorker):

@@ -28,7 +28,8 @@ from steerlab.data.spec import DataSpec
 from steerlab.methods.registry import MethodConfig, VectorMethod, get_method, methods
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.placement import ModelChoice
-from steerlab.steering.setting import SteeringSetting
+from steerlab.steering.edits import EDITS
+from steerlab.steering.setting import Intervention, SteeringSetting
 from steerlab.steering.vectors import MAX_ADDITION_NORM, MAX_RESIDUAL_MULTIPLE
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ class SteeringGrid(_Strict):
     multipliers: list[float] = Field(min_length=1)
     norm_ratio: float | None = Field(default=None, gt=0)
     positions: Literal["all", "prompt", "generated"] = "all"
-    intervention: Literal["add", "ablate", "angular"] = "add"
+    intervention: Intervention = "add"
     """How each vector steers: added (multiplier × the vector), ablated (its direction
     projected out, the multiplier the strength) or angular (turned toward by multiplier
     degrees)."""
@@ -115,18 +116,15 @@ class SteeringGrid(_Strict):
         an addition over :data:`MAX_RESIDUAL_MULTIPLE` residual norms; without, one over
         :data:`MAX_ADDITION_NORM` times the vector's own norm; an angle outside ±180; a norm
         ratio for an intervention that uses only the direction."""
-        if self.intervention != "add":
+        if not EDITS[self.intervention].summed:
             if self.layers == "scan":
                 raise ValueError(f"layers: scan ranks layers by adding CAA vectors; give the "
                                  f"layers of an {self.intervention} grid as a list")
             if self.norm_ratio is not None:
                 raise ValueError(f"norm_ratio scales an added vector; {self.intervention} uses "
                                  "only its direction")
-            outside = [m for m in self.multipliers if self.intervention == "angular"
-                       and not -180 <= m <= 180]
-            if outside:
-                raise ValueError(f"an angular multiplier is an angle in degrees within "
-                                 f"[-180, 180], got {outside[0]:g}")
+            for multiplier in self.multipliers:
+                EDITS[self.intervention].check_amount(multiplier)
             return self
         for multiplier in self.multipliers:
             size = abs(multiplier) * (self.norm_ratio or 1.0)

@@ -16,9 +16,8 @@ cache-free generation re-running the whole sequence), and a new sequence decides
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import torch
@@ -28,6 +27,7 @@ from transformers.cache_utils import Cache
 
 from steerlab.model.capture import layer_hidden, with_hidden
 from steerlab.model.heads import attention_projections
+from steerlab.steering.edits import LayerEdits
 
 Positions = Literal["all", "prompt", "generated"]
 Site = Literal["residual", "attention"]
@@ -160,35 +160,6 @@ def _row_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
         f"prompt tokens; this pass has a {mask.dim()}-D mask")
 
 
-Ablations = dict[int, list[tuple[torch.Tensor, float]]]
-"""Per layer, the directions to project out of its output: (unit direction, strength) pairs."""
-
-Rotations = dict[int, list[tuple[torch.Tensor, float]]]
-"""Per layer, the directions to turn its output toward: (unit direction, angle in degrees)."""
-
-
-def project_out(hidden: torch.Tensor, unit: torch.Tensor, strength: float) -> torch.Tensor:
-    """``hidden`` (…, D) less ``strength`` × its component along ``unit`` (directional ablation:
-    1 removes the component, 2 reflects it)."""
-    return hidden - (strength * (hidden @ unit)).unsqueeze(-1) * unit
-
-
-def rotate_toward(hidden: torch.Tensor, unit: torch.Tensor, degrees: float) -> torch.Tensor:
-    """Each vector of ``hidden`` (…, D) turned toward ``unit`` by ``degrees`` in the plane the
-    two span, its norm kept (angular steering, Vu & Nguyen 2025): the angle φ to ``unit``
-    becomes φ − degrees, held within [0°, 180°] (negative degrees turn away). A vector along
-    ``unit`` (no plane) is left as it is."""
-    along = hidden @ unit
-    across = hidden - along.unsqueeze(-1) * unit
-    width = across.norm(dim=-1)
-    angle = torch.atan2(width, along) - math.radians(degrees)
-    angle = angle.clamp(0.0, math.pi)
-    length = hidden.norm(dim=-1)
-    turned = (length * torch.cos(angle)).unsqueeze(-1) * unit + (
-        (length * torch.sin(angle)) / width.clamp_min(1e-30)).unsqueeze(-1) * across
-    return torch.where((width > 0).unsqueeze(-1), turned, hidden)
-
-
 class RowCondition(Protocol):
     """What gates conditional edits (e.g. :class:`steerlab.steering.conditions.Condition`): the
     layer it reads and a per-row decision from that layer's output on a sequence's first pass."""
@@ -199,19 +170,20 @@ class RowCondition(Protocol):
         """(B,) bool from the layer's output (B, T, D) and the (B, T) mask of real tokens."""
         ...
 
+    def check_compatible(self, model: nn.Module) -> None:
+        """Raise ValueError if it cannot read ``model`` (another width)."""
+        ...
+
 
 @dataclass(frozen=True, eq=False)
 class Edits:
-    """Per-layer edits that apply to the same tokens: ``additions`` (the exact vector added at a
-    layer), ``ablations`` (unit directions projected out, with strengths) and ``rotations``
-    (unit directions turned toward, by angles), at ``positions``, and, with a ``condition``,
-    only in the rows whose prompt meets it."""
+    """Per-layer edits (:class:`~steerlab.steering.edits.Edit`: additions, ablations, rotations,
+    in the order they apply) that act on the same tokens: at ``positions``, and, with a
+    ``condition``, only in the rows whose prompt meets it."""
 
-    additions: dict[int, torch.Tensor] = field(default_factory=dict)
-    ablations: Ablations = field(default_factory=dict)
+    edits: LayerEdits = field(default_factory=dict)
     positions: Positions = "all"
     condition: RowCondition | None = None
-    rotations: Rotations = field(default_factory=dict)
     site: Site = "residual"
     """``residual``: the decoder layer's output; ``attention``: the input of its attention
     output projection (the heads' outputs, see :mod:`steerlab.model.heads`)."""
@@ -221,15 +193,15 @@ class Edits:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
 
     def kept(self) -> Edits:
-        """These edits without all-zero additions, zero strengths and zero angles (they change
-        nothing)."""
-        return Edits({layer: v for layer, v in self.additions.items() if bool(v.any())},
-                     _nonzero(self.ablations), self.positions, self.condition,
-                     _nonzero(self.rotations), self.site)
+        """These edits without those that change nothing (all-zero additions, zero strengths,
+        zero angles)."""
+        kept = {layer: acting for layer, edits in self.edits.items()
+                if (acting := [edit for edit in edits if edit.acts()])}
+        return replace(self, edits=kept)
 
     def layers(self) -> set[int]:
         """The layers these edits change."""
-        return {*self.additions, *self.ablations, *self.rotations}
+        return set(self.edits)
 
     def check_gate(self) -> None:
         """Refuse conditional edits below the condition's layer: they would change the prompt
@@ -245,11 +217,6 @@ class Edits:
                 f"reads at layer {self.condition.layer}: edit at or above the condition's layer")
 
 
-def _nonzero(edits: Ablations) -> Ablations:
-    kept = {layer: [(d, s) for d, s in pairs if s != 0] for layer, pairs in edits.items()}
-    return {layer: pairs for layer, pairs in kept.items() if pairs}
-
-
 def check_layers(used: Iterable[int], n_layers: int) -> None:
     """Refuse an edit at a layer the model does not have (before any hook or forward pass)."""
     for layer in used:
@@ -263,12 +230,13 @@ class Steering:
     some rows.
 
     Use as a context manager, or keep it and call :meth:`remove`. Each :class:`Edits` group
-    says what changes at which tokens; ablations apply as h ← h − s (h·d̂) d̂ (s = 1 removes the
-    component, 2 reflects it), rotations as :func:`rotate_toward`. At a layer every group's
-    ablations run first, in group order, then every group's rotations,
-    then every group's additions. A group with a condition applies only to the rows whose
-    prompt meets it (see the module docstring); the condition reads its layer before any edit
-    there, so its group must edit at or above that layer. All-zero additions and zero
+    says what changes at which tokens; each edit applies as its class says
+    (:mod:`steerlab.steering.edits`: ablations h ← h − s (h·d̂) d̂, rotations, additions). At a
+    layer every group's edits of one kind run in group order, the kinds in the order of
+    their ``order`` (ablations, rotations, additions). A group with a
+    condition applies only to the rows whose prompt meets it (see the module docstring); the
+    condition reads its layer before any edit there, so its group must edit at or above that
+    layer. All-zero additions and zero
     strengths register no hook at all, so a zero multiplier leaves the model bit-for-bit intact;
     :attr:`decisions` holds each conditional group's last per-row decision, in group order.
     """
@@ -311,17 +279,13 @@ class Steering:
         deciding = [slot for slot, g in enumerate(self._conditional)
                     if site == "residual" and self.edits[g].condition.layer == layer]
         mine = [(g, group) for g, group in enumerate(self.edits) if group.site == site]
-        ablations = [(d, s, g) for g, group in mine for d, s in group.ablations.get(layer, [])]
-        rotations = [(d, a, g) for g, group in mine for d, a in group.rotations.get(layer, [])]
-        additions = [(group.additions[layer], g) for g, group in mine
-                     if layer in group.additions]
-        positions = {self.edits[g].positions
-                     for *_, g in [*ablations, *rotations, *additions]} - {"all"}
-        cast: dict[tuple[str, int, torch.dtype, torch.device], torch.Tensor] = {}
+        steps = [(g, edit) for g, group in mine for edit in group.edits.get(layer, [])]
+        steps.sort(key=lambda step: step[1].order)  # stable: group order within a kind
+        positions = {self.edits[g].positions for g, _ in steps} - {"all"}
+        cast: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
 
-        def like(index: tuple[str, int], tensor: torch.Tensor,
-                 hidden: torch.Tensor) -> torch.Tensor:
-            key = (*index, hidden.dtype, hidden.device)
+        def like(index: int, tensor: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+            key = (index, hidden.dtype, hidden.device)
             if key not in cast:
                 cast[key] = tensor.to(dtype=hidden.dtype, device=hidden.device)
             return cast[key]
@@ -335,16 +299,9 @@ class Steering:
                     self.decisions[slot] = decision.to(device=hidden.device, dtype=torch.bool)
             keep = {p: self._tracker.mask(p, hidden.device) for p in positions}
             edited = hidden
-            for index, (direction, strength, g) in enumerate(ablations):
-                unit = like(("ablate", index), direction, hidden)
-                step = project_out(edited, unit, strength)
-                edited = self._where(g, keep, step, edited)
-            for index, (direction, degrees, g) in enumerate(rotations):
-                step = rotate_toward(edited, like(("rotate", index), direction, hidden), degrees)
-                edited = self._where(g, keep, step, edited)
-            for index, (vector, g) in enumerate(additions):
-                step = edited + like(("add", index), vector, hidden)
-                edited = self._where(g, keep, step, edited)
+            for index, (g, step) in enumerate(steps):
+                changed = step.apply(edited, like(index, step.direction, hidden))
+                edited = self._where(g, keep, changed, edited)
             return edited
 
         return edit

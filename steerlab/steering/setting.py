@@ -17,7 +17,7 @@ behaviours (BiPO's composition result) is evaluated by
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -25,15 +25,8 @@ import torch
 from torch import nn
 
 from steerlab.records import Record
-from steerlab.steering.hooks import (
-    POSITIONS,
-    Ablations,
-    Edits,
-    Positions,
-    Rotations,
-    Steering,
-    check_layers,
-)
+from steerlab.steering.edits import EDITS, Edit, LayerEdits, combined, placed_edits
+from steerlab.steering.hooks import POSITIONS, Edits, Positions, Steering, check_layers
 
 if TYPE_CHECKING:
     from steerlab.model.handle import ModelHandle
@@ -41,8 +34,10 @@ if TYPE_CHECKING:
     from steerlab.steering.vectors import SteeringVector
 
 Intervention = Literal["add", "ablate", "angular"]
-INTERVENTIONS: tuple[str, ...] = ("add", "ablate", "angular")
-STEERED = {"add": "steered", "ablate": "ablated", "angular": "rotated"}
+INTERVENTIONS: tuple[str, ...] = tuple(EDITS)
+"""The interventions by name, each an :class:`~steerlab.steering.edits.Edit` class in
+:data:`~steerlab.steering.edits.EDITS` (a test checks ``Intervention`` lists the same)."""
+STEERED = {name: kind.label for name, kind in EDITS.items()}
 """How output labels name a setting of each intervention (``steered+4``, ``ablated+1``, …)."""
 
 
@@ -74,13 +69,12 @@ class SteeringSetting:
         if self.intervention not in INTERVENTIONS:
             raise ValueError(
                 f"intervention must be one of {INTERVENTIONS}, got {self.intervention!r}")
-        if self.intervention == "angular" and not -180 <= self.multiplier <= 180:
-            raise ValueError(f"an angular multiplier is an angle in degrees within [-180, 180], "
-                             f"got {self.multiplier:g}")
+        kind = EDITS[self.intervention]
+        kind.check_amount(self.multiplier)
         if self.vector.meta.site != "residual" and self.norm_ratio is not None:
             raise ValueError("norm_ratio scales to the residual norm; this vector acts on the "
                              f"{self.vector.meta.site} site")
-        if self.intervention != "add" and self.norm_ratio is not None:
+        if not kind.summed and self.norm_ratio is not None:
             raise ValueError(f"norm_ratio scales an added vector; {self.intervention} uses only "
                              "its direction")
 
@@ -110,24 +104,12 @@ class SteeringSetting:
             return {}
         return self.vector.additions(self.multiplier, self.layers, self.norm_ratio)
 
-    def ablations(self) -> Ablations:
-        """The unit direction projected out at each layer, with this setting's strength."""
-        return self._directions() if self.intervention == "ablate" else {}
-
-    def rotations(self) -> Rotations:
-        """The unit direction turned toward at each layer, with this setting's angle."""
-        return self._directions() if self.intervention == "angular" else {}
-
-    def _directions(self) -> Ablations:
-        """(unit direction, multiplier) at each layer the setting acts on."""
-        result: Ablations = {}
-        for layer, direction in self.placed().items():
-            norm = direction.norm()
-            if norm == 0:
-                raise ValueError(f"vector {self.vector.id} is zero at layer {layer}: no "
-                                 f"direction to {self.intervention}")
-            result[layer] = [(direction / norm, float(self.multiplier))]
-        return result
+    def edits(self) -> dict[int, Edit]:
+        """The edit this setting makes at each layer: its addition, or its unit direction
+        ablated or turned toward with this setting's strength or angle."""
+        kind = EDITS[self.intervention]
+        placed = self.additions() if kind.summed else self.placed()
+        return placed_edits(kind, placed, self.multiplier, self.vector.id)
 
     def apply(self, model: ModelHandle | nn.Module) -> Steering:
         """Steer ``model`` with this setting alone (see :meth:`Composition.apply`)."""
@@ -159,16 +141,6 @@ def _summed_additions(parts: Iterable[SteeringSetting]) -> dict[int, torch.Tenso
     return total
 
 
-def _ordered(parts: Iterable[SteeringSetting],
-             kind: Callable[[SteeringSetting], Ablations]) -> Ablations:
-    """Each setting's ablations (or rotations) per layer, in setting order."""
-    total: Ablations = defaultdict(list)
-    for part in parts:
-        for layer, pairs in kind(part).items():
-            total[layer] += pairs
-    return dict(total)
-
-
 @dataclass(frozen=True)
 class Composition:
     """Several parts applied together as one steering (see the module docstring)."""
@@ -179,10 +151,6 @@ class Composition:
         """Every part's additions summed per layer (conditions aside: what every row gets when
         every condition holds)."""
         return _summed_additions(self.parts)
-
-    def ablations(self) -> Ablations:
-        """Every ablating part's directions per layer, in part order (conditions aside)."""
-        return _ordered(self.parts, SteeringSetting.ablations)
 
     def conditions(self) -> list[Condition]:
         """The distinct conditions of the parts, in part order."""
@@ -225,10 +193,16 @@ class Composition:
             key = (setting.positions, setting.condition.id if setting.condition else None,
                    setting.vector.meta.site)
             groups.setdefault(key, []).append(setting)
-        return [Edits(_summed_additions(members), _ordered(members, SteeringSetting.ablations),
-                      members[0].positions, members[0].condition,
-                      _ordered(members, SteeringSetting.rotations), members[0].vector.meta.site)
-                for members in groups.values()]
+        result = []
+        for members in groups.values():
+            per_layer: LayerEdits = defaultdict(list)
+            for member in members:
+                for layer, edit in member.edits().items():
+                    per_layer[layer].append(edit)
+            result.append(Edits({layer: combined(edits) for layer, edits in per_layer.items()},
+                                members[0].positions, members[0].condition,
+                                members[0].vector.meta.site))
+        return result
 
     def apply(self, model: ModelHandle | nn.Module) -> Steering:
         """Steer ``model`` with every setting at once; an active :class:`Steering` (a context

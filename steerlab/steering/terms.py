@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from steerlab.steering.conditions import Condition
+from steerlab.steering.edits import EDITS
 from steerlab.steering.hooks import Positions, check_layers
 from steerlab.steering.setting import Composition, Intervention, SteeringSetting
 from steerlab.steering.vectors import SteeringVector
@@ -147,7 +148,7 @@ def resolve_terms(
     for index, term in enumerate(terms):
         at = f"{where}[{index}]"
         vector = _found(vectors, term.vector, f"{at}.vector", "vector")
-        if (max_multiplier is not None and term.intervention != "angular"
+        if (max_multiplier is not None and EDITS[term.intervention].limited
                 and abs(term.multiplier) > max_multiplier):
             raise TermError(f"{at}.multiplier", f"{term.multiplier:g} is outside the allowed "
                             f"range [{-max_multiplier:g}, {max_multiplier:g}]",

@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -49,12 +49,9 @@ from steerlab.model.handle import (
     find_decoder_layers,
     text_config_value,
 )
-from steerlab.steering.hooks import Positions, Steering
-from steerlab.steering.setting import SteeringSetting
+from steerlab.steering.edits import Ablate, Add, Edit, placed_edits
+from steerlab.steering.hooks import Edits, Positions, RowCondition, Steering
 from steerlab.version import __version__
-
-if TYPE_CHECKING:
-    from steerlab.steering.conditions import Condition
 
 _META_KEY = "steerlab"
 GGUF_ARCH = "controlvector"
@@ -301,16 +298,19 @@ class SteeringVector:
         layers: list[int] | None = None,
         positions: Positions = "all",
         norm_ratio: float | None = None,
-        condition: Condition | None = None,
+        condition: RowCondition | None = None,
     ) -> Steering:
         """Steer ``model``: add ``multiplier`` × this vector at its layers.
 
         Returns an active :class:`~steerlab.steering.hooks.Steering`; use it in a ``with`` block or
         call ``.remove()``. ``positions`` is ``"all"``, ``"prompt"`` or ``"generated"``. With a
-        ``condition`` only the sequences whose prompt meets it are steered (decided per row).
+        ``condition`` (a :class:`~steerlab.steering.conditions.Condition`) only the sequences
+        whose prompt meets it are steered (decided per row). The same as
+        ``SteeringSetting(vector, multiplier, layers, norm_ratio, positions,
+        condition=condition).apply(model)``.
         """
-        return SteeringSetting(self, multiplier, layers, norm_ratio, positions,
-                               condition=condition).apply(model)
+        return self._steer(model, Add, self.additions(multiplier, layers, norm_ratio), 1.0,
+                           positions, condition)
 
     def ablate(
         self,
@@ -325,8 +325,20 @@ class SteeringVector:
 
         Returns an active :class:`~steerlab.steering.hooks.Steering`, like :meth:`apply`.
         """
-        return SteeringSetting(self, strength, layers, positions=positions,
-                               intervention="ablate").apply(model)
+        return self._steer(model, Ablate, self.additions(1.0, layers), strength, positions, None)
+
+    def _steer(self, model: ModelHandle | nn.Module, kind: type[Edit],
+               placed: dict[int, torch.Tensor], amount: float, positions: Positions,
+               condition: RowCondition | None) -> Steering:
+        """One group of ``kind`` edits at the ``placed`` directions, applied to ``model`` once
+        this vector and the condition are checked to fit it."""
+        hf_model, decoder_layers = self.target(model)
+        if condition is not None:
+            condition.check_compatible(hf_model)
+        edits = Edits({layer: [edit] for layer, edit in
+                       placed_edits(kind, placed, amount, self.id).items()},
+                      positions, condition, self.meta.site)
+        return Steering(hf_model, decoder_layers, [edits])
 
     # ---- persistence ------------------------------------------------------------------------
 
