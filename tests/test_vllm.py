@@ -162,26 +162,31 @@ def test_a_mixed_batch_equals_each_request_alone(models):
 def test_multiplier_zero_is_plain_compiled_vllms_own_output(models):
     """×0 and no steering through steerlab's worker give, bit for bit, what vLLM's own worker
     gives with the same (compiled, prefix-caching) settings: the tables leave an unsteered
-    token exactly as vLLM's graph computes it."""
+    token exactly as vLLM's graph computes it. One request at a time: how vLLM batches requests
+    that reach its engine process one by one depends on timing, and another batch shape may
+    round differently in either engine."""
     from vllm import LLM
 
     hf, engine = models
     rows = encoded(hf)
     zero = SteeringSetting(random_vector(hf, [1, 2], seed=1), 0.0)
-    steered, unsteered = vllm_greedy(engine, rows, zero), vllm_greedy(engine, rows, None)
+    engine.llm.reset_prefix_cache()
+    steered = [vllm_greedy(engine, [row], zero)[0] for row in rows]
+    unsteered = [vllm_greedy(engine, [row], None)[0] for row in rows]
     plain = LLM(model=engine.llm.llm_engine.model_config.model, dtype="float32", seed=0,
                 kv_cache_memory_bytes=KV_BYTES, **ENGINE_SIZES)
     try:
         assert plain.llm_engine.vllm_config.compilation_config.mode != 0  # compiled, as ours
-        outputs = plain.generate([{"prompt_token_ids": row} for row in rows],
-                                 SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True,
-                                                logprobs=0), use_tqdm=False)
+        sampling = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True, logprobs=0)
+        outputs = [plain.generate([{"prompt_token_ids": row}], sampling, use_tqdm=False)[0]
+                   for row in rows]
     finally:
         plain.llm_engine.engine_core.shutdown()
     own = [(list(o.outputs[0].token_ids),
             [step[t].logprob for t, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs)])
            for o in outputs]
-    assert steered == unsteered == own
+    assert steered == own
+    assert unsteered == own
 
 
 LONG = ("You are a patient assistant for a public library. Answer briefly, cite the shelf, "
@@ -263,7 +268,8 @@ def test_a_follow_up_never_reuses_an_answers_keys_computed_under_other_steering(
 @pytest.mark.parametrize("value, message", [
     ("not json", "steering: not JSON"),
     (json.dumps([{"vector": "no-such-vector"}]), "steering[0].vector: no vector 'no-such-vector'"),
-    (json.dumps([{"vector": "V", "layers": [9]}]), "steering[0]: layer 9 out of range"),
+    (json.dumps([{"vector": "V", "layers": [9]}]),
+     "steering[0].layers: [9] outside the model's layers 0..3"),
     (json.dumps([{"vector": "V", "multiplier": "x"}]), "steering[0.multiplier]"),
     (json.dumps([{"vector": "V", "condition": "c"}]), "steering[0].condition: conditional"),
     (json.dumps([{"vector": "V", "intervention": "ablate"}] * 3),
