@@ -201,3 +201,24 @@ def test_a_users_task_folder_loads_beside_steerlabs(folder, vector, tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
     assert {"my_piqa", "steerlab_piqa"} <= set(results)
+
+
+def test_model_args_take_every_field_of_a_setting_a_condition_included(folder, vector, tmp_path):
+    """``condition``, ``positions`` and ``intervention`` as lm-eval's model_args strings: the
+    harness scores what steerlab's own setting scores."""
+    lm = SteerlabLM(model=str(folder), batch_size=2)
+    condition = fixed_condition(lm.handle, layer=1, threshold=-0.05)
+    condition.save(tmp_path / "gate.safetensors")
+    steered = SteerlabLM(model=str(folder), batch_size=2, vector=str(vector), multiplier="30",
+                         layers="2", positions="prompt", intervention="angular",
+                         condition=str(tmp_path / "gate.safetensors"))
+    setting = SteeringSetting(SteeringVector.load(vector), 30.0, [2], None, "prompt", "angular",
+                              condition)
+    seqs = [TokenSequence(tuple(head + tail), len(head))
+            for head, tail in (lm._encode_pair(*pair) for pair in REQUESTS)]
+    with setting.apply(lm.handle):
+        ours = [s.logprob for s in score_sequences(lm.handle, seqs, progress=False)]
+    assert harness_scores(steered) == pytest.approx(ours, abs=1e-4)
+    assert harness_scores(steered) != pytest.approx(harness_scores(lm), abs=1e-3)
+    with pytest.raises(ValueError, match="condition=... gates a vector"):
+        SteerlabLM(model=str(folder), condition=str(tmp_path / "gate.safetensors"))

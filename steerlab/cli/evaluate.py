@@ -179,6 +179,9 @@ def compose_grid(
     """Steer with two vectors at once over a grid of both multipliers; score both behaviours.
 
     Every grid point is scored on both datasets; `steerlab analyze` draws one heat map each.
+    Both vectors are added at every position (BiPO's composition grid); compositions with
+    ablations, rotations, positions or conditions are the library's `steerlab.compose`, a
+    served request's `steering` list, or lm-eval's steering file.
     """
     from steerlab.analysis.grid import grid_cells
     from steerlab.evaluation.likelihood import composition_grid, evaluate

@@ -302,7 +302,9 @@ def concept(
 
     The judge is any OpenAI-compatible endpoint: $STEERLAB_JUDGE_BASE_URL, $STEERLAB_JUDGE_MODEL
     (and $STEERLAB_JUDGE_API_KEY), as `steerlab judge --judge llm`. A 135M judge cannot follow
-    the rubric: use a capable model for figures worth reporting.
+    the rubric: use a capable model for figures worth reporting. The vector is added at every
+    position at each factor, as AxBench steers; other interventions, positions and conditions
+    are `steerlab generate-eval`'s options.
     """
     from steerlab.data.files import as_prompts, first_human_turn
     from steerlab.evaluation.concept import concept_result, judged_concept_records

@@ -13,6 +13,7 @@ from lm_eval.models.huggingface import HFLM
 
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.handle import ModelHandle, load_model
+from steerlab.steering.conditions import Condition
 from steerlab.steering.setting import Composition, SteeringSetting
 from steerlab.steering.terms import load_composition
 from steerlab.steering.vectors import SteeringVector
@@ -30,8 +31,8 @@ class SteerlabLM(HFLM):
     """lm-eval's ``HFLM`` over a steerlab model (a name, folder or file; or a loaded handle),
     steered by ``vector`` (a steerlab vector file)
     at ``multiplier`` on ``layers`` (comma-separated; default the vector's), with ``norm_ratio``,
-    ``positions`` and ``intervention`` as everywhere in steerlab; or by ``steering``, a JSON
-    file of several settings applied together, conditions included
+    ``positions``, ``intervention`` and ``condition`` (a condition file) as everywhere in
+    steerlab; or by ``steering``, a JSON file of several settings applied together
     (:func:`~steerlab.steering.terms.load_composition`); neither: unsteered.
     ``device`` as lm-eval gives it (a CUDA device where there is none means the CPU, as in
     lm-eval's own Hugging Face model); ``dtype``, ``device_map`` and ``quantization`` as
@@ -41,7 +42,8 @@ class SteerlabLM(HFLM):
     def __init__(self, model: str | ModelHandle = DEFAULT_MODEL, vector: str | None = None,
                  multiplier: float = 1.0, layers: str | int | None = None,
                  norm_ratio: float | None = None, positions: str = "all",
-                 intervention: str = "add", steering: str | None = None,
+                 intervention: str = "add", condition: str | None = None,
+                 steering: str | None = None,
                  device: str | None = None, dtype: str | None = None,
                  device_map: str | None = None, quantization: str | None = None,
                  **kwargs: Any) -> None:
@@ -63,7 +65,10 @@ class SteerlabLM(HFLM):
             self.steer(Composition((SteeringSetting(
                 SteeringVector.load(vector), float(multiplier), _layers(layers),
                 None if norm_ratio in (None, "") else float(norm_ratio),
-                positions, intervention),)))  # type: ignore[arg-type]
+                positions, intervention,  # type: ignore[arg-type]
+                Condition.load(condition) if condition else None),)))
+        elif condition is not None:
+            raise ValueError("condition=... gates a vector: give vector=... too")
 
     def steer(self, steering: Composition | None) -> None:
         """Steer every later forward pass with ``steering`` (None: unsteered), checked against
