@@ -212,3 +212,23 @@ def test_eval_sweep_and_generate_eval_steer_with_positions_intervention_and_cond
                     model_dir, "--vector", vector, "--intervention", "angular",
                     "--multipliers", "200")
     assert result.exit_code == 1 and "within [-180, 180]" in result.output, result.output
+
+
+def test_help_texts_break_lines_where_the_terminal_does_not_where_the_docstring_did():
+    """Every command's help paragraph is one line (rich wraps it to the terminal); the listing
+    of `steerlab --help` reads a sentence whole."""
+    import typer.main
+
+    def walk(command):
+        yield command
+        for sub in getattr(command, "commands", {}).values():
+            yield from walk(sub)
+
+    root = typer.main.get_command(app)
+    commands = list(walk(root))
+    assert len(commands) > 30
+    for command in commands:
+        for paragraph in (command.help or "").split("\n\n"):
+            assert "\n" not in paragraph, (command.name, paragraph)
+    listing = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "400"}).output
+    assert "a direction between the two prompt sets at a layer" in listing

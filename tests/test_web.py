@@ -125,6 +125,21 @@ def test_without_the_key_no_page_or_call_works_and_a_key_once_in_the_address_doe
         browser.delete_all_cookies()
 
 
+def test_the_servers_root_sends_a_browser_to_the_interface(browser):
+    """Opening the server's root address shows the playground, not a 404; a key handed over
+    there is taken as on the interface's pages (remembered, dropped from the address)."""
+    with served(api_key=KEY) as base:
+        root = base.removesuffix("/v1")
+        assert status(root + "/") == 401
+        browser.get(root + f"/?key={KEY}")
+        wait(browser, "return document.body.dataset.ready === 'true'")
+        assert browser.current_url == root + "/web/"
+        browser.delete_all_cookies()
+    with served() as base:
+        with urllib.request.urlopen(base.removesuffix("/v1") + "/?x=1", timeout=30) as response:
+            assert response.url.endswith("/web/?x=1") and response.status == 200
+
+
 @pytest.mark.parametrize("path", ["/web/../pyproject.toml", "/web/..%2f..%2fpyproject.toml",
                                   "/web/%2e%2e/app.py", "/web//etc/passwd"])
 def test_no_path_outside_the_interface_is_served(path):

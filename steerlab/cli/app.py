@@ -3,19 +3,42 @@ options, and the command groups."""
 
 from __future__ import annotations
 
+import inspect
 import signal
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
 
+def reflowed(text: str | None) -> str | None:
+    """A docstring as help: each paragraph one line (the terminal wraps it to its width), not
+    broken where the source was; a paragraph starting with click's ``\\b`` is kept as it is."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+
+
+def _reflow(command: click.Command) -> None:
+    """``command``'s help, and that of every command under it, reflowed."""
+    command.help = reflowed(command.help)
+    for sub in getattr(command, "commands", {}).values():
+        _reflow(sub)
+
+
 class _ErrorBoundary(TyperGroup):
     """Every command under one error boundary: an error that escapes a command ends it with one
     line on stderr (its message, and its type where it is not a plain input error) and exit
-    status 1, never a traceback; ``steerlab --debug COMMAND`` shows the traceback instead."""
+    status 1, never a traceback; ``steerlab --debug COMMAND`` shows the traceback instead. Its
+    commands' help texts are reflowed (:func:`reflowed`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _reflow(self)
 
     def invoke(self, ctx: typer.Context) -> object:
         try:

@@ -146,9 +146,13 @@ def create_app(
     answer_errors_as_openai(app)
 
     if settings.web:
+        @app.get("/", include_in_schema=False)
         @app.get("/web", include_in_schema=False)
-        async def web_root() -> RedirectResponse:
-            return RedirectResponse("/web/")
+        async def web_root(request: Request) -> RedirectResponse:
+            """The interface's address, for a browser sent to the server's root (its query,
+            such as ``?key=``, kept)."""
+            query = request.url.query
+            return RedirectResponse("/web/" + (f"?{query}" if query else ""))
 
         app.mount("/web", StaticFiles(directory=WEB, html=True), name="web")
         if settings.runs is not None:

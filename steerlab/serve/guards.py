@@ -77,10 +77,11 @@ def _is_ip(name: str) -> bool:
 
 
 def _is_page(scope: Scope) -> bool:
-    """A web page a browser opens (where a ``?key=`` may be handed over)."""
+    """A web page a browser opens (where a ``?key=`` may be handed over): the interface's, or
+    the server's root, which sends the browser there."""
     path = scope.get("path", "")
-    return scope.get("method") == "GET" and path.startswith("/web/") and (
-        path.endswith("/") or path.endswith(".html"))
+    return scope.get("method") == "GET" and (path == "/" or path.startswith("/web/") and (
+        path.endswith("/") or path.endswith(".html")))
 
 
 def _cookie_key(headers: dict[bytes, bytes]) -> str | None:
