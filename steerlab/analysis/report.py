@@ -7,6 +7,7 @@ said to be so, never smoothed over.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from steerlab.analysis.tables import markdown_table
 from steerlab.evaluation.concept import (
     PROMPTING,
     ConceptResult,
+    concept_groups,
     concept_table,
     concept_verdict,
 )
@@ -98,20 +100,30 @@ def describe_answer_bias(records: list[dict]) -> str:
 def findings(records: list[dict], rows: list[dict]) -> list[str]:
     """Every plain-words finding the numbers support, in report order."""
     texts = [describe_trend(rows, task) for task in TASK_LABELS] + [describe_answer_bias(records)]
-    concepts = sorted({r["concept"] for r in records if r.get("task") == "concept"})
-    texts += [concept_verdict(concept_table([r for r in records if r.get("concept") == name]),
-                              name) for name in concepts]
+    texts += [_on(dataset, arm) + concept_verdict(concept_table(group), name)
+              for (name, dataset, arm), group in concept_groups(records).items()]
     return [t for t in texts if t]
 
 
-def concept_section(records: list[dict]) -> list[str]:
-    """Each concept's rate per multiplier with its interval and the answers' perplexity under
-    the unsteered model, and the detector that decided."""
+def _on(dataset: str, arm: str) -> str:
+    """The prompt set (and vector) a concept verdict speaks of, as its opening words."""
+    where = ", ".join(part for part in (dataset, arm) if part)
+    return f"On {where}: " if where else ""
+
+
+def concept_section(records: list[dict], notes: Mapping[str, str] | None = None) -> list[str]:
+    """Each concept's rate per multiplier and prompt set with its interval and the answers'
+    perplexity under the unsteered model, and the detector that decided; ``notes``: a
+    concept's words on why it was chosen, above its sections."""
     parts: list[str] = []
-    for name in sorted({r["concept"] for r in records if r.get("task") == "concept"}):
-        mine = [r for r in records if r.get("task") == "concept" and r["concept"] == name]
+    noted: set[str] = set()
+    for (name, dataset, arm), mine in concept_groups(records).items():
         rows = concept_table(mine)
-        parts += [f"## Concept: {name} (open generation)", "",
+        where = (f" on {dataset}" if dataset else "") + (f", {arm}" if arm else "")
+        if notes and name in notes and name not in noted:
+            noted.add(name)
+            parts += [f"## Why {name}", "", notes[name], ""]
+        parts += [f"## Concept: {name}{where} (open generation)", "",
                   f"Greedy answers to {len({r['item_id'] for r in mine})} held-out prompts at "
                   f"each multiplier; detector: {mine[0]['detector']}. Intervals are 90% Wilson; "
                   "perplexity is of the answers under the unsteered model; distinct words is "
@@ -121,7 +133,7 @@ def concept_section(records: list[dict]) -> list[str]:
                                   [[f"{r.multiplier:g}", f"{r.rate.estimate:.0%}",
                                     f"[{r.rate.lower:.0%}, {r.rate.upper:.0%}]",
                                     f"{r.perplexity:.1f}", f"{r.distinct:.2f}"] for r in rows]),
-                  concept_verdict(rows, name), ""]
+                  _on(dataset, arm) + concept_verdict(rows, name), ""]
     return parts
 
 
@@ -164,8 +176,10 @@ def write_report(
     generations: dict[str, list[str]],
     title: str,
     details: dict[str, Any],
+    concept_notes: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write ``report.md`` and ``sweep.png`` into ``out_dir``; return the report's path."""
+    """Write ``report.md`` and ``sweep.png`` into ``out_dir``; return the report's path
+    (``concept_notes``: see :func:`concept_section`)."""
     out_dir = Path(out_dir)
     sweep_plot(rows, out_dir / "sweep.png")
     parts = [
@@ -175,7 +189,7 @@ def write_report(
         "Scores are likelihood-based (no sampling). Standard errors are per setting over items; "
         "they are not paired differences, so treat the comparisons as indicative.", "",
         "## Multiplier sweep", "", "![sweep](sweep.png)", "", *sweep_table(rows),
-        *concept_section(records),
+        *concept_section(records, concept_notes),
         "## Generations (greedy)", "",
     ]
     for index, prompt in enumerate(prompts):

@@ -18,6 +18,7 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from steerlab.evaluation.judges.concept import ASPECTS, ConceptJudge
 from steerlab.model.encoding import TokenSequence
@@ -35,6 +36,17 @@ VARIED = 0.5
 """... and its answers' share of distinct words is at least this fraction of the unsteered
 answers' share: perplexity alone rewards repetition ("it it it ..." is very predictable), so a
 looping answer must not count as fluent."""
+
+
+class Detector(Protocol):
+    """What finds a concept in an answer, stated before any run: the concept's ``name``, a
+    verdict per answer, and the rule in words (for the report)."""
+
+    name: str
+
+    def __call__(self, text: str) -> bool: ...
+
+    def describe(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -57,8 +69,10 @@ def concept_records(
     setting: SteeringSetting,
     prompts: Sequence[str],
     multipliers: Sequence[float],
-    detector: KeywordDetector,
+    detector: Detector,
     *,
+    dataset: str = "",
+    arm: str | None = None,
     max_new_tokens: int = 48,
     batch_size: int = 8,
     writer: RecordWriter | None = None,
@@ -66,7 +80,9 @@ def concept_records(
 ) -> list[Record]:
     """One record per prompt × multiplier (0 always included, first): the greedy answer under
     the setting at that multiplier, the detector's verdict, and the answer's log-probability
-    under the unsteered model."""
+    under the unsteered model; ``dataset`` names the prompt set (one concept may be measured on
+    several, e.g. refusal on harmful and on harmless prompts), ``arm`` the vector when several
+    are measured for one concept."""
     steps = [0.0, *[float(m) for m in multipliers if float(m) != 0.0]]
     heads = [model.encode_prompt(model.format_prompt(p)) for p in prompts]
     records: list[Record] = []
@@ -79,6 +95,7 @@ def concept_records(
                                           for h, t in zip(heads, tokens)], batch_size, False)
         records += emit([
             {"task": "concept", "concept": detector.name, "detector": detector.describe(),
+             "dataset": dataset, **({"arm": arm} if arm else {}),
              "model": model.name, **model.placement,
              **setting.at(multiplier).describe(),
              "multiplier": multiplier, "item_id": str(index), "prompt": prompt,
@@ -127,6 +144,16 @@ def concept_table(records: Sequence[Record], level: float = 0.9) -> list[Concept
         rows.append(ConceptRow(multiplier, wilson_interval(hits, len(group), level), perplexity,
                                distinct))
     return rows
+
+
+def concept_groups(records: Sequence[Record]) -> dict[tuple[str, str, str], list[Record]]:
+    """``concept`` records by (concept, prompt set, arm), in order of appearance."""
+    groups: dict[tuple[str, str, str], list[Record]] = {}
+    for record in records:
+        if record.get("task") == "concept":
+            key = (record["concept"], record.get("dataset") or "", record.get("arm") or "")
+            groups.setdefault(key, []).append(record)
+    return groups
 
 
 def concept_verdict(rows: Sequence[ConceptRow], concept: str) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from steerlab.evaluation.openended import TASK
@@ -95,6 +95,26 @@ class PhraseRefusalDetector:
 
     def classify(self, prompts: Sequence[str], answers: Sequence[str]) -> list[RefusalVerdict]:
         return [self.verdict(answer) for answer in answers]
+
+
+@dataclass(frozen=True)
+class RefusalConcept:
+    """Refusal as a concept in open generation (a
+    :class:`~steerlab.evaluation.concept.Detector`): present in an answer the phrase test finds
+    refusing, so :func:`~steerlab.evaluation.concept.concept_records` measures its rate under
+    steering with the fluency that costs."""
+
+    name: str = "refusal"
+    test: PhraseRefusalDetector = field(default_factory=PhraseRefusalDetector)
+
+    def __call__(self, text: str) -> bool:
+        return self.test.verdict(text).refused
+
+    def describe(self) -> str:
+        return (f"the refusal phrase test ({len(self.test.opening)} phrases that open the "
+                f"answer, e.g. \"sorry\"; {len(self.test.anywhere)} anywhere, e.g. \"i "
+                "cannot\"; an empty answer refuses)")
+
 
 
 def detect_refusals(
