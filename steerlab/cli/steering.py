@@ -39,7 +39,7 @@ _VECTOR_HELP: dict[str, str] = {
 class SteeringChoice:
     """What a command's steering options asked for: the vector files (by name), the
     multipliers, and the other fields of a setting as given (layers resolved once the model is
-    loaded). ``given`` names the options set on the command line."""
+    loaded)."""
 
     vectors: dict[str, Path]
     multipliers: list[float]
@@ -48,25 +48,23 @@ class SteeringChoice:
     positions: str = "all"
     intervention: str = "add"
     condition: Path | None = None
-    given: frozenset[str] = frozenset()
 
     @property
     def steered(self) -> bool:
         """Whether a vector was given."""
         return bool(self.vectors)
 
-    def setting(self, n_layers: int, vector: SteeringVector | None = None,
-                multiplier: float | None = None) -> SteeringSetting:
-        """The setting these options describe for ``vector`` (default: the one given) at
-        ``multiplier`` (default: the first), for a model of ``n_layers``; a setting the
-        library refuses ends the command naming why."""
+    def setting(self, n_layers: int, vector: SteeringVector | None = None) -> SteeringSetting:
+        """The setting these options describe for ``vector`` (default: the one given) at the
+        first multiplier, for a model of ``n_layers``; a setting the library refuses ends the
+        command naming why."""
         from steerlab.steering.setting import SteeringSetting
 
         if vector is None:
             vector = load_vector(next(iter(self.vectors.values())))
         try:
             return SteeringSetting(
-                vector, self.multipliers[0] if multiplier is None else multiplier,
+                vector, self.multipliers[0],
                 parse_layers(self.layers, n_layers), self.norm_ratio,
                 self.positions,  # type: ignore[arg-type]
                 self.intervention,  # type: ignore[arg-type]
@@ -199,4 +197,4 @@ def choice_of(given: dict[str, Any], kind: VectorKind, set_here: frozenset[str]
     multipliers = ([given["multiplier"]] if "multiplier" in given
                    else parse_floats(given["multipliers"]))
     return SteeringChoice(vectors, multipliers, given["layers"], given["norm_ratio"],
-                          given["positions"], intervention, given["condition"], set_here)
+                          given["positions"], intervention, given["condition"])
