@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from steerlab.analysis.comparison import BASE, headline, select
@@ -256,6 +257,44 @@ def test_compute_accounting_counts_less_than_per_choice_full_passes(toy_run):
     # the two letters of an A/B item share one pass: half the tokens of two full passes, or less
     assert stages["unsteered"]["token_layers"] < 0.75 * naive_token_layers(unsteered, tiny.n_layers)
     assert naive > 0 and all(r["seconds"] >= 0 for r in stages.values())
+    for record in stages.values():  # by kind, adding up to the whole
+        assert sum(record["token_layers_by_kind"].values()) == record["token_layers"]
+    assert stages["methods"]["token_layers_by_kind"]["training"] > 0  # BiPO's backward passes
+    assert stages["unsteered"]["token_layers_by_kind"]["training"] == 0
+    from steerlab.experiment.report import compute_section
+
+    table = "\n".join(compute_section(records, tiny.n_layers))
+    assert "| training token-layers | forward token-layers | decoding token-layers |" in table
+    assert f"{stages['methods']['token_layers_by_kind']['training']:,}" in table
+
+
+def test_token_layers_are_counted_by_kind(tiny):
+    """A scoring pass counts as forward, the layers a backward pass runs through as training
+    (those above a trainable addition), each new token from a KV cache as decoding."""
+    from steerlab.experiment.compute import TokenLayerCounter
+    from steerlab.model.generation import generate_tokens
+
+    counter = TokenLayerCounter()
+    counter.watch(tiny.layers)
+    ids = torch.randint(0, 100, (2, 5))
+    with torch.no_grad():
+        tiny.model(input_ids=ids)
+    assert counter.kinds == {"training": 0, "forward": 2 * 5 * 4, "decoding": 0}
+    added = torch.zeros(tiny.d_model, requires_grad=True)
+    hook = tiny.layers[1].register_forward_hook(
+        lambda module, args, output: (output[0] + added, *output[1:])
+        if isinstance(output, tuple) else output + added)
+    before = dict(counter.kinds)
+    tiny.model(input_ids=ids).logits.sum().backward()
+    hook.remove()
+    assert counter.since(before) == {"training": 2 * 5 * 2, "forward": 2 * 5 * 2, "decoding": 0}
+    before = dict(counter.kinds)
+    generate_tokens(tiny, ["Hello", "Hi"], 4, progress=False)
+    made = counter.since(before)
+    assert made["training"] == 0 and made["forward"] > 0 and made["decoding"] > 0
+    assert made["decoding"] % (2 * 4) == 0  # one token per sequence per layer per step
+    assert counter.count == sum(counter.kinds.values())
+    counter.close()
 
 
 def test_report_is_built_from_records_alone(toy_run):

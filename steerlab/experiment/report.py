@@ -31,7 +31,7 @@ from steerlab.analysis.report import ONE_ANSWER_NOTE
 from steerlab.analysis.run_analysis import analyze, sections
 from steerlab.analysis.tables import markdown_table
 from steerlab.evaluation.side_effects import SideEffect
-from steerlab.experiment.compute import naive_token_layers
+from steerlab.experiment.compute import KINDS, naive_token_layers
 from steerlab.records import bias_cells, placements
 
 matplotlib.use("Agg")
@@ -114,13 +114,16 @@ def validation_sweep_plot(records: list[dict], arms: list[str], val_dataset: str
 
 
 def compute_section(records: list[dict], n_layers: int | None) -> list[str]:
-    """Wall time and token-layers per stage (summed over invocations), beside what per-choice
-    full-pass scoring of the same likelihood records would need."""
+    """Wall time and token-layers per stage (summed over invocations; by kind where the records
+    say), beside what per-choice full-pass scoring of the same likelihood records would need."""
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    by_kind: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(KINDS, 0))
     for record in records:
         if record.get("task") == "compute":
             totals[record["stage"]][0] += record["seconds"]
             totals[record["stage"]][1] += record["token_layers"]
+            for kind, count in record.get("token_layers_by_kind", {}).items():
+                by_kind[record["stage"]][kind] += count
     if not totals:
         return []
     invocations = len({r["invocation"] for r in records if r.get("task") == "compute"})
@@ -136,10 +139,18 @@ def compute_section(records: list[dict], n_layers: int | None) -> list[str]:
         lines[-1] += (f" Scoring the likelihood records alone the plain way — each choice of each "
                       f"item in its own full pass — would need {naive:,} token-layers "
                       f"({naive / max(measured, 1):.1f}× what the whole run used).")
+    if by_kind:
+        lines[-1] += (" By kind: training (layers a backward pass also runs through), decoding "
+                      "(one new token per sequence from a KV cache) and forward (scoring, "
+                      "prefill).")
     lines.append("")
-    lines += markdown_table(["stage", "wall time (s)", "token-layers"],
-                            [[stage, f"{t[0]:.0f}", f"{int(t[1]):,}"]
-                             for stage, t in totals.items()])
+    kinds = [f"{kind} token-layers" for kind in KINDS] if by_kind else []
+    lines += markdown_table(
+        ["stage", "wall time (s)", "token-layers", *kinds],
+        [[stage, f"{t[0]:.0f}", f"{int(t[1]):,}",
+          *([f"{by_kind[stage][kind]:,}" if stage in by_kind else "-" for kind in KINDS]
+            if by_kind else [])]
+         for stage, t in totals.items()])
     return lines
 
 

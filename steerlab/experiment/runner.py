@@ -502,14 +502,17 @@ class Runner:
         """Run one stage and record its wall time and token-layers (one record per invocation,
         so a resumed run's totals add up every invocation's work; an interrupted stage's record
         says so and keeps the time it had spent)."""
-        count, started, finished = self.counter.count, time.perf_counter(), False
+        count, kinds = self.counter.count, dict(self.counter.kinds)
+        started, finished = time.perf_counter(), False
         try:
             work(writer)
             finished = True
         finally:
             writer.write({"task": COMPUTE_TASK, "stage": stage,
                           "seconds": time.perf_counter() - started,
-                          "token_layers": self.counter.count - count, "invocation": self.invocation,
+                          "token_layers": self.counter.count - count,
+                          "token_layers_by_kind": self.counter.since(kinds),
+                          "invocation": self.invocation,
                           **({} if finished else {"interrupted": True})})
 
 
