@@ -55,6 +55,8 @@ def test_attention_vectors_refuse_norm_ratio_and_llama_cpp_export(tiny, tmp_path
     vector = head_vector(tiny, 1, 0)
     with pytest.raises(ValueError, match="norm_ratio scales to the residual norm"):
         SteeringSetting(vector, 1.0, norm_ratio=0.1)
+    with pytest.raises(ValueError, match="norm_ratio scales to the residual norm"):
+        vector.apply(tiny, 1.0, norm_ratio=0.1)  # the vector's own check, not the setting's
     with pytest.raises(ValueError, match="cannot be exported"):
         vector.to_gguf(tmp_path / "v.gguf")
     records = evaluate_ab(tiny, PAIRS, Sweep(SteeringSetting(vector), [0.0, 2.0]), progress=False)

@@ -71,9 +71,8 @@ class SteeringSetting:
                 f"intervention must be one of {INTERVENTIONS}, got {self.intervention!r}")
         kind = EDITS[self.intervention]
         kind.check_amount(self.multiplier)
-        if self.vector.meta.site != "residual" and self.norm_ratio is not None:
-            raise ValueError("norm_ratio scales to the residual norm; this vector acts on the "
-                             f"{self.vector.meta.site} site")
+        if self.norm_ratio is not None:
+            self.vector.check_norm_ratio(self.norm_ratio)
         if not kind.summed and self.norm_ratio is not None:
             raise ValueError(f"norm_ratio scales an added vector; {self.intervention} uses only "
                              "its direction")

@@ -212,6 +212,15 @@ class SteeringVector:
 
     # ---- steering ---------------------------------------------------------------------------
 
+    def check_norm_ratio(self, norm_ratio: float) -> None:
+        """Raise ValueError unless ``norm_ratio`` can scale this vector: a finite number above
+        0, for a vector on the residual stream (the norms it scales to are the residual's)."""
+        if not (math.isfinite(norm_ratio) and norm_ratio > 0):
+            raise ValueError(f"norm_ratio must be a finite number above 0, got {norm_ratio}")
+        if self.meta.site != "residual":
+            raise ValueError("norm_ratio scales to the residual norm; this vector acts on the "
+                             f"{self.meta.site} site")
+
     def additions(
         self,
         multiplier: float = 1.0,
@@ -226,8 +235,8 @@ class SteeringVector:
         """
         if not math.isfinite(multiplier):
             raise ValueError(f"multiplier must be a finite number, got {multiplier}")
-        if norm_ratio is not None and not (math.isfinite(norm_ratio) and norm_ratio > 0):
-            raise ValueError(f"norm_ratio must be a finite number above 0, got {norm_ratio}")
+        if norm_ratio is not None:
+            self.check_norm_ratio(norm_ratio)
         if layers is None:
             placed = dict(self.directions)
         elif len(self.directions) == 1:
