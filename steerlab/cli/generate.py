@@ -14,7 +14,6 @@ from rich.table import Table
 from steerlab.cli.app import app, console
 from steerlab.cli.inputs import (
     fail,
-    load_condition,
     load_engine,
     load_handle,
     load_named_conditions,
@@ -252,8 +251,7 @@ def chat(
                               norm_ratio=steering.norm_ratio,
                               positions=steering.positions,  # type: ignore[arg-type]
                               intervention=steering.intervention,  # type: ignore[arg-type]
-                              condition=(load_condition(steering.condition)
-                                         if steering.condition else None),
+                              condition=steering.gate,
                               side_by_side=side, max_new_tokens=max_new_tokens)
     except ChatError as err:
         fail(str(err))

@@ -9,6 +9,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
@@ -18,6 +19,7 @@ from steerlab.cli.inputs import fail, load_condition, load_vector, named_paths
 from steerlab.cli.options import Command, finite_number, parse_floats, parse_layers, positive_number
 
 if TYPE_CHECKING:
+    from steerlab.steering.conditions import Condition
     from steerlab.steering.setting import SteeringSetting
     from steerlab.steering.vectors import SteeringVector
 
@@ -68,9 +70,14 @@ class SteeringChoice:
                 parse_layers(self.layers, n_layers), self.norm_ratio,
                 self.positions,  # type: ignore[arg-type]
                 self.intervention,  # type: ignore[arg-type]
-                load_condition(self.condition) if self.condition else None)
+                self.gate)
         except ValueError as err:
             fail(str(err))
+
+    @cached_property
+    def gate(self) -> Condition | None:
+        """The condition file's condition, read once for every setting made here."""
+        return load_condition(self.condition) if self.condition else None
 
     def each(self, n_layers: int) -> list[SteeringSetting]:
         """One setting per vector given, in order (a sweep of several vectors)."""
