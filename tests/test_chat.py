@@ -142,7 +142,7 @@ def test_terminal_chat_in_tmux(tmp_path):
                "--max-new-tokens", "5"]
     script = f"cd {shlex.quote(str(root))} && {shlex.join(program)}; echo chat-exited-$?; sleep 60"
     name = f"steerlab-chat-{tmp_path.name}"
-    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "100", "-y", "50", script],
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "160", "-y", "50", script],
                    check=True)
     try:
         def send(keys: str) -> None:
