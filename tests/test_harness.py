@@ -81,6 +81,15 @@ def harness_scores(lm) -> list[float]:
     return [logprob for logprob, _ in lm.loglikelihood(requests, disable_tqdm=True)]
 
 
+def steerlab_scores(lm, steering) -> list[float]:
+    """steerlab's own log-probabilities of the requests, split into tokens as lm-eval splits
+    them, under ``steering`` (a setting or a composition)."""
+    seqs = [TokenSequence(tuple(head + tail), len(head))
+            for head, tail in (lm._encode_pair(*pair) for pair in REQUESTS)]
+    with steering.apply(lm.handle):
+        return [s.logprob for s in score_sequences(lm.handle, seqs, progress=False)]
+
+
 def test_a_composition_with_a_condition_from_a_steering_file_scores_as_steerlab(folder, vector,
                                                                               tmp_path):
     """Several settings at once, one of them gated by a condition on the prompt, given to the
@@ -103,11 +112,7 @@ def test_a_composition_with_a_condition_from_a_steering_file_scores_as_steerlab(
         SteeringSetting(second, -4.0, condition=condition),
         SteeringSetting(SteeringVector.load(vector), 1.0, [2],
                         intervention="ablate")))
-    seqs = [TokenSequence(tuple(head + tail), len(head))
-            for head, tail in (lm._encode_pair(*pair) for pair in REQUESTS)]
-    with composition.apply(lm.handle):
-        ours = [s.logprob for s in score_sequences(lm.handle, seqs, progress=False)]
-    assert harness_scores(steered) == pytest.approx(ours, abs=1e-4)
+    assert harness_scores(steered) == pytest.approx(steerlab_scores(lm, composition), abs=1e-4)
     assert harness_scores(steered) != pytest.approx(harness_scores(lm), abs=1e-3)
 
 
@@ -214,11 +219,7 @@ def test_model_args_take_every_field_of_a_setting_a_condition_included(folder, v
                          condition=str(tmp_path / "gate.safetensors"))
     setting = SteeringSetting(SteeringVector.load(vector), 30.0, [2], None, "prompt", "angular",
                               condition)
-    seqs = [TokenSequence(tuple(head + tail), len(head))
-            for head, tail in (lm._encode_pair(*pair) for pair in REQUESTS)]
-    with setting.apply(lm.handle):
-        ours = [s.logprob for s in score_sequences(lm.handle, seqs, progress=False)]
-    assert harness_scores(steered) == pytest.approx(ours, abs=1e-4)
+    assert harness_scores(steered) == pytest.approx(steerlab_scores(lm, setting), abs=1e-4)
     assert harness_scores(steered) != pytest.approx(harness_scores(lm), abs=1e-3)
     with pytest.raises(ValueError, match="condition=... gates a vector"):
         SteerlabLM(model=str(folder), condition=str(tmp_path / "gate.safetensors"))
