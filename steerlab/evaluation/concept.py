@@ -201,22 +201,20 @@ def selects(item_id: str, seed: int = 0) -> bool:
     return digest[0] % 2 == 0
 
 
-def judged_concept_records(
+def concept_answers(
     model: ModelHandle,
     concept: str,
     arms: Mapping[str, SteeringSetting],
     instructions: Sequence[str],
     factors: Sequence[float],
-    judge: ConceptJudge,
     *,
     max_new_tokens: int = 64,
     batch_size: int = 8,
-    writer: RecordWriter | None = None,
     progress: bool = True,
-) -> list[Record]:
+) -> list[tuple[str, float, dict, int, str, str]]:
     """Every instruction answered greedily with each arm's setting at each factor and, unsteered,
-    by the instruction asking for the concept (arm ``prompting``); each answer rated by
-    ``judge``. One record per instruction × arm × factor, written once all are judged."""
+    by the instruction asking for the concept (arm ``prompting``): one row (arm, factor, the
+    setting's fields, instruction index, instruction, answer) per answer."""
     if PROMPTING in arms:
         raise ValueError(f"{PROMPTING!r} names the prompting baseline; call the arm otherwise")
     answers: list[tuple[str, float, dict, list[str]]] = []
@@ -230,9 +228,29 @@ def judged_concept_records(
     answers.append((PROMPTING, 0.0, {"vector_id": None},
                     generate(model, asked, max_new_tokens, batch_size=batch_size,
                              progress=progress)))
-    rows = [(arm, factor, fields, index, instruction, answer)
+    return [(arm, factor, fields, index, instruction, answer)
             for arm, factor, fields, texts in answers
             for index, (instruction, answer) in enumerate(zip(instructions, texts))]
+
+
+def judged_concept_records(
+    model: ModelHandle,
+    concept: str,
+    arms: Mapping[str, SteeringSetting],
+    instructions: Sequence[str],
+    factors: Sequence[float],
+    judge: ConceptJudge,
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    writer: RecordWriter | None = None,
+    progress: bool = True,
+) -> list[Record]:
+    """The :func:`concept_answers`, each rated by ``judge``. One record per instruction × arm ×
+    factor, written once all are judged."""
+    rows = concept_answers(model, concept, arms, instructions, factors,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           progress=progress)
     judged = judge.score(concept, [(instruction, answer) for *_, instruction, answer in rows])
     records = [
         {"task": JUDGED_TASK, "concept": concept, "model": model.name, **model.placement,
