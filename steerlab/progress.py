@@ -45,3 +45,13 @@ def track(items: Iterable[T], total: int, description: str, show: bool = True) -
         for item in items:
             yield item
             advance()
+
+
+def duration(seconds: float) -> str:
+    """A wall time the way a person says it: ``35 s``, ``4 min 10 s``, ``1 h 40 min``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

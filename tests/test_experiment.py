@@ -280,19 +280,37 @@ def test_token_layers_are_counted_by_kind(tiny):
     with torch.no_grad():
         tiny.model(input_ids=ids)
     assert counter.kinds == {"training": 0, "forward": 2 * 5 * 4, "decoding": 0}
+    assert counter.head == {"training": 0, "forward": 0}  # not watched yet
+    counter.watch(tiny.layers, tiny.model.get_output_embeddings())  # the layers counted once
+    before = counter.snapshot()
+    with torch.no_grad():
+        tiny.model(input_ids=ids, logits_to_keep=1)
+    assert counter.since(before)["token_layers"] == 2 * 5 * 4
+    assert counter.since(before)["head_tokens_by_kind"] == {"training": 0, "forward": 2}
     added = torch.zeros(tiny.d_model, requires_grad=True)
     hook = tiny.layers[1].register_forward_hook(
         lambda module, args, output: (output[0] + added, *output[1:])
         if isinstance(output, tuple) else output + added)
-    before = dict(counter.kinds)
+    before = counter.snapshot()
     tiny.model(input_ids=ids).logits.sum().backward()
     hook.remove()
-    assert counter.since(before) == {"training": 2 * 5 * 2, "forward": 2 * 5 * 2, "decoding": 0}
-    before = dict(counter.kinds)
+    assert counter.since(before)["token_layers_by_kind"] == {
+        "training": 2 * 5 * 2, "forward": 2 * 5 * 2, "decoding": 0}
+    assert counter.since(before)["layer_calls_by_kind"] == {
+        "training": 2, "forward": 2, "decoding": 0}
+    assert counter.since(before)["passes"] == 1 and counter.since(before)["tokens"] == 2 * 5
+    assert counter.since(before)["head_tokens_by_kind"] == {"training": 2 * 5, "forward": 0}
+    before = counter.snapshot()
     generate_tokens(tiny, ["Hello", "Hi"], 4, progress=False)
     made = counter.since(before)
-    assert made["training"] == 0 and made["forward"] > 0 and made["decoding"] > 0
-    assert made["decoding"] % (2 * 4) == 0  # one token per sequence per layer per step
+    kinds = made["token_layers_by_kind"]
+    assert kinds["training"] == 0 and kinds["forward"] > 0 and kinds["decoding"] > 0
+    # one token per sequence per layer per step; the first comes with the prompt's pass
+    assert kinds["decoding"] == 2 * 3 * 4 and made["generated_tokens"] == 2 * 3
+    assert made["passes"] == 4 and made["layer_calls_by_kind"]["decoding"] == 3 * 4
+    assert made["head_tokens_by_kind"]["forward"] == 2 * 4  # the last position of each pass
+    prompt = len(tiny.encode_prompt(tiny.format_prompt("Hello")))  # the longer one, templated
+    assert counter.largest == {"forward": (2, prompt), "training": (2, 5), "decoding": (2, 1)}
     assert counter.count == sum(counter.kinds.values())
     counter.close()
 

@@ -17,6 +17,7 @@ import yaml
 
 from steerlab.analysis.comparison import (
     BASE,
+    PLAN_TASK,
     TRAINING_TASK,
     ArmResult,
     Headline,
@@ -143,11 +144,25 @@ def compute_section(records: list[dict], n_layers: int | None) -> list[str]:
         lines[-1] += (" By kind: training (layers a backward pass also runs through), decoding "
                       "(one new token per sequence from a KV cache) and forward (scoring, "
                       "prefill).")
+    plan = next((r for r in records if r.get("task") == PLAN_TASK), None)
+    estimates = plan["estimates"] if plan else {}
+    if plan:
+        lines[-1] += (f" Before it started, the plan (each stage's work counted on a stand-in of "
+                      f"the model, priced by timing a few passes on {plan['rates']['device']} in "
+                      f"{plan['rates']['dtype']}) estimated **{plan['total'] / 60:.1f} min**; the "
+                      f"run took {seconds / max(plan['total'], 1e-9):.2f}× the estimate.")
+        peak = max((r.get("peak_bytes", 0) for r in records if r.get("task") == "compute"),
+                   default=0)
+        if peak:
+            lines[-1] += (f" Peak memory {peak / 2**30:.1f} GiB; the plan expected "
+                          f"{plan['rates']['peak_bytes'] / 2**30:.1f} GiB "
+                          f"({plan['rates']['peak_source']}).")
     lines.append("")
     kinds = [f"{kind} token-layers" for kind in KINDS] if by_kind else []
     lines += markdown_table(
-        ["stage", "wall time (s)", "token-layers", *kinds],
-        [[stage, f"{t[0]:.0f}", f"{int(t[1]):,}",
+        ["stage", "wall time (s)", *(["estimated (s)"] if plan else []), "token-layers", *kinds],
+        [[stage, f"{t[0]:.0f}", *([f"{estimates.get(stage, 0):.0f}"] if plan else []),
+          f"{int(t[1]):,}",
           *([f"{by_kind[stage][kind]:,}" if stage in by_kind else "-" for kind in KINDS]
             if by_kind else [])]
          for stage, t in totals.items()])

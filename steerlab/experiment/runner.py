@@ -36,13 +36,13 @@ from steerlab.data.files import (
 )
 from steerlab.data.files import split as seeded_split
 from steerlab.data.registry import dataset_info, lettered, load_dataset, mc_to_pairs
-from steerlab.evaluation.concept import JUDGED_TASK, judged_concept_records
+from steerlab.evaluation.concept import JUDGED_TASK, concept_answers, judged_concept_records
 from steerlab.evaluation.judges.concept import ConceptJudge
 from steerlab.evaluation.judges.verdicts import JUDGES, VERDICT_TASK, judge_head_to_head
 from steerlab.evaluation.likelihood import Sweep, evaluate
 from steerlab.evaluation.openended import Arm, generate_answers, load_prompts, load_questions
 from steerlab.evaluation.side_effects import side_effect_records
-from steerlab.experiment.compute import TokenLayerCounter
+from steerlab.experiment.compute import TokenLayerCounter, peak_memory
 from steerlab.experiment.config import ExperimentConfig, Method, method_config
 from steerlab.experiment.runs import RunDir
 from steerlab.methods import TrainingRun, get_method
@@ -50,6 +50,7 @@ from steerlab.methods.lora import SUMMARY_FILE, load_lora, train_lora
 from steerlab.methods.prompting import kshot, max_shots, prompted, system_prompt
 from steerlab.methods.scan import SCAN_TASK, scan_layers
 from steerlab.model.handle import ModelHandle, load_model
+from steerlab.progress import duration
 from steerlab.records import Record, RecordWriter, record_key
 from steerlab.steering.conditions import Condition, fit_condition
 from steerlab.steering.vectors import SteeringVector
@@ -107,11 +108,18 @@ class Runner:
 
     def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, progress: bool = True,
                  log: Callable[[str], None] = print, model: ModelHandle | None = None,
-                 engine: VllmEngine | None = None) -> None:
+                 engine: VllmEngine | None = None, judging: bool = True,
+                 plan: Record | None = None) -> None:
         self.config = config
         self.engine = engine
         """Where the open-ended stage generates: vLLM, or (None) transformers."""
-        _check_same_config(Path(run_dir), config)
+        self.judging = judging
+        """False: answers are generated but not judged (the run plan's count of the work)."""
+        self.plan = plan
+        """The run plan's record (:mod:`steerlab.experiment.plan`), kept with the records; its
+        estimates say what is left as the run goes."""
+        self.estimates: dict[str, float] = plan["estimates"] if plan else {}
+        check_same_config(Path(run_dir), config)
         self.run = RunDir.open(run_dir, "run", config.model_dump())
         self.progress = progress
         self.log = log
@@ -133,7 +141,7 @@ class Runner:
             self.log(f"loading {choice.name}")
             self._model = load_model(choice.name, **choice.options())
             self.config.check_layers(self._model.n_layers)  # before any work
-        self.counter.watch(self._model.layers)
+        self.counter.watch(self._model.layers, self._model.model.get_output_embeddings())
         return self._model
 
     # ---- records ----------------------------------------------------------------------------
@@ -340,7 +348,7 @@ class Runner:
         self._note(writer, {"task": ARM_TASK, "arm": "lora", "kind": "lora",
                             "trainable_parameters": summary["trainable_params"], **summary})
         adapted = self.adapted = load_lora(self.model, folder)
-        self.counter.watch(adapted.layers)
+        self.counter.watch(adapted.layers, adapted.model.get_output_embeddings())
         for which in ("val", "test"):
             self._evaluate(writer, adapted, "lora", [Sweep()], which)
 
@@ -444,6 +452,8 @@ class Runner:
                                    max_new_tokens=spec.max_new_tokens,
                                    batch_size=self.config.batch_size, seed=self.config.seed,
                                    writer=writer, progress=self.progress, engine=self.engine)
+        if not self.judging:
+            return
         judged = {(r["arm"], r["judge"]) for r in writer.records()
                   if r.get("task") == VERDICT_TASK and r.get("dataset") == label}
         judge = JUDGES[spec.judge]()
@@ -464,6 +474,11 @@ class Runner:
         steering = self.config.steering
         arms = {name: steering.setting(vector, vector.layers, self.conditions.get(name))
                 for name, vector in self.selected.items()}
+        if not self.judging:
+            concept_answers(self.model, spec.concept, arms, instructions, spec.factors,
+                            max_new_tokens=spec.max_new_tokens,
+                            batch_size=self.config.batch_size, progress=self.progress)
+            return
         judged_concept_records(self.model, spec.concept, arms, instructions, spec.factors,
                                ConceptJudge(concurrency=spec.concurrency, progress=self.progress),
                                max_new_tokens=spec.max_new_tokens,
@@ -482,6 +497,8 @@ class Runner:
                                 "val_n": len(self.data.val), "test_n": len(self.data.test),
                                 "train_n": len(self.data.train), "n_layers": self.model.n_layers,
                                 "config": self.config.model_dump(), "versions": versions()})
+            if self.plan is not None:
+                self._note(writer, self.plan)
             stages: list[tuple[str, Callable[[RecordWriter], None]]] = [
                 ("unsteered", self.unsteered), ("methods", self.methods),
                 ("conditional", self.conditional), ("prompting", self.prompting),
@@ -490,19 +507,32 @@ class Runner:
                 ("side effects", self.side_effects), ("open-ended", self.open_ended),
                 ("concept", self.concept),
             ]
-            for stage, work in stages:
+            for number, (stage, work) in enumerate(stages):
+                self._say_left(stage, [name for name, _ in stages[number:]],
+                               time.perf_counter() - started)
                 self._timed(writer, stage, work)
         self.counter.close()
         self.log(f"stage one done in {time.perf_counter() - started:.0f} s: "
                  f"{self.run.records_path}")
         return self.run
 
+    def _say_left(self, stage: str, remaining: Sequence[str], elapsed: float) -> None:
+        """Log the stage about to run with its estimate and the time left in all: the remaining
+        stages' estimates, scaled by how the finished ones compared with theirs."""
+        if not self.estimates.get(stage):
+            return
+        done = sum(seconds for name, seconds in self.estimates.items() if name not in remaining)
+        pace = elapsed / done if done > 30 else 1.0
+        left = sum(self.estimates.get(name, 0.0) for name in remaining) * pace
+        self.log(f"{stage}: ≈ {duration(self.estimates[stage] * pace)}; "
+                 f"≈ {duration(left)} left in all")
+
     def _timed(self, writer: RecordWriter, stage: str,
                work: Callable[[RecordWriter], None]) -> None:
         """Run one stage and record its wall time and token-layers (one record per invocation,
         so a resumed run's totals add up every invocation's work; an interrupted stage's record
         says so and keeps the time it had spent)."""
-        count, kinds = self.counter.count, dict(self.counter.kinds)
+        before = self.counter.snapshot()
         started, finished = time.perf_counter(), False
         try:
             work(writer)
@@ -510,13 +540,12 @@ class Runner:
         finally:
             writer.write({"task": COMPUTE_TASK, "stage": stage,
                           "seconds": time.perf_counter() - started,
-                          "token_layers": self.counter.count - count,
-                          "token_layers_by_kind": self.counter.since(kinds),
-                          "invocation": self.invocation,
+                          **self.counter.since(before), "invocation": self.invocation,
+                          "peak_bytes": peak_memory(self.model.device)[0],
                           **({} if finished else {"interrupted": True})})
 
 
-def _check_same_config(run_dir: Path, config: ExperimentConfig) -> None:
+def check_same_config(run_dir: Path, config: ExperimentConfig) -> None:
     """Refuse to resume a run directory started with another config: its records would be
     mixed with the new config's, and the report would show the old config as the one run."""
     records = RunDir(run_dir).records() if run_dir.is_dir() else []
