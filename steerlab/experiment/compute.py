@@ -119,11 +119,13 @@ def naive_token_layers(records: Iterable[Record], n_layers: int) -> int:
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
-    """The most memory in use so far, in bytes, and what was measured: the accelerator's
-    allocator (since its peak was last reset), or on the CPU the process's peak resident
+    """The most memory in use so far, in bytes, and what was measured: the accelerators'
+    allocator (since their peaks were last reset), or on the CPU the process's peak resident
     memory, weights included."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), f"allocated on {device}"
+    if device.type == "cuda":  # every accelerator a device map may have spread the model over
+        return (sum(torch.cuda.max_memory_allocated(index)
+                    for index in range(torch.cuda.device_count())),
+                "allocated on the accelerators")
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
             "the process's peak resident memory, weights included")

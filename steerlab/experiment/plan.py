@@ -14,9 +14,10 @@ stand-in's. Judges are not run and not priced.
 **Prices.** A short calibration of the real model on its device and dtype: the output head
 timed on its own (per position projected, with a backward pass and without), then two passes
 of each kind, at the run's typical size and at the largest it makes, padded like real batches,
-give seconds per decoder-layer call and per token-layer, the head's share taken out; the peak
-memory is read over the same passes (the accelerator's allocator, or the process's peak on the
-CPU). What lies outside the model's passes (tokenising, the Python between passes) is not
+give seconds per decoder-layer call and per token-layer, the head's share taken out. The peak
+memory is read over the same passes and one more that keeps the most a backward pass can (the
+largest training size, through every layer and every logit), by the accelerators' allocator or
+as the process's peak on the CPU, with a copy of the weights added where a LoRA arm merges one. What lies outside the model's passes (tokenising, the Python between passes) is not
 priced, so the estimate runs a little short.
 """
 
@@ -73,8 +74,9 @@ class StageWork:
 
 @dataclass(frozen=True)
 class Rates:
-    """Seconds per decoder-layer call and per token-layer of each kind, and the peak memory of
-    the passes that measured them, on one device and dtype."""
+    """Seconds per decoder-layer call and per token-layer of each kind and per position the
+    head projects, and the peak memory of the passes that measured them, on one device and
+    dtype."""
 
     per_call: dict[str, float]
     per_token_layer: dict[str, float]
@@ -115,9 +117,11 @@ class Plan:
         return {work.stage: self.rates.cost(work) for work in self.stages}
 
     def total(self) -> float:
+        """Estimated seconds of stage one."""
         return sum(self.estimates().values())
 
     def record(self) -> Record:
+        """The plan as a record (:data:`PLAN_TASK`), kept with the run's records."""
         return {"task": PLAN_TASK, "estimates": self.estimates(), "total": self.total(),
                 "stages": [asdict(work) for work in self.stages], "rates": asdict(self.rates),
                 "notes": self.notes, "counting_seconds": self.counting_seconds}
@@ -183,8 +187,10 @@ def count_work(config: ExperimentConfig, stand_in: ModelHandle,
 
 
 def _synchronise(device: torch.device) -> None:
+    """Wait for every accelerator's queued work (a device map spreads a pass over several)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
 
 
 def _seconds(model: ModelHandle, work: Callable[[], object]) -> float:
@@ -228,10 +234,11 @@ def _forward(model: ModelHandle, rows: int, positions: int) -> Callable[[], obje
     return run
 
 
-def _training(model: ModelHandle, rows: int, positions: int,
-              layer: int) -> Callable[[], object]:
+def _training(model: ModelHandle, rows: int, positions: int, layer: int,
+              keep: int = 1) -> Callable[[], object]:
     """A pass that trains an addition at ``layer``'s output: forward through every layer,
-    backward through those above it, as a steering vector's training step does."""
+    backward through those above it and the head's last ``keep`` positions, as a steering
+    vector's training step does."""
     inputs = _inputs(model, rows, positions)
     added = torch.zeros(model.d_model, device=model.layer_device(layer), dtype=model.dtype,
                         requires_grad=True)
@@ -243,7 +250,7 @@ def _training(model: ModelHandle, rows: int, positions: int,
         handle = model.layers[layer].register_forward_hook(hook)
         try:
             with torch.enable_grad():
-                logits = window_logits(model, inputs, 1)
+                logits = window_logits(model, inputs, keep)
                 logits.float().log_softmax(-1).mean().backward()
         finally:
             handle.remove()
@@ -324,7 +331,8 @@ def calibrate(model: ModelHandle, work: Sequence[StageWork],
     started = time.perf_counter()
     device, n = model.device, model.n_layers
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(index)
     head = {kind: _seconds(model, _head(model, HEAD_TOKENS, kind == "training")) / HEAD_TOKENS
             for kind in HEAD_KINDS}
     per_call: dict[str, float] = {}
@@ -352,7 +360,13 @@ def calibrate(model: ModelHandle, work: Sequence[StageWork],
                 seconds = (whole - head["forward"] * rows) / n
             points.append((rows * positions, max(seconds, 0.0)))
         per_call[kind], per_token_layer[kind] = _line(*points)
+    if "training" in present:  # the most a backward pass keeps: every layer, every logit
+        rows, positions = largest["training"]
+        _training(model, rows, positions, 0, positions)()
     peak, source = peak_memory(device)
+    if any(w.stage == "lora" and w.passes for w in work):
+        peak += sum(p.numel() * p.element_size() for p in model.model.parameters())
+        source += ", and a copy of the weights for the LoRA arm's merged model"
     return Rates(per_call, per_token_layer, head, peak, source, str(device),
                  str(model.dtype).removeprefix("torch."), time.perf_counter() - started)
 
