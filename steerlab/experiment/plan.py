@@ -17,8 +17,9 @@ of each kind, at the run's typical size and at the largest it makes, padded like
 give seconds per decoder-layer call and per token-layer, the head's share taken out. The peak
 memory is read over the same passes and one more that keeps the most a backward pass can (the
 largest training size, through every layer and every logit), by the accelerators' allocator or
-as the process's peak on the CPU, with a copy of the weights added where a LoRA arm merges one. What lies outside the model's passes (tokenising, the Python between passes) is not
-priced, so the estimate runs a little short.
+as the process's peak on the CPU, with a copy of the weights added where a LoRA arm merges one.
+What lies outside the model's passes (tokenising, the Python between passes) is not priced, so
+the estimate runs a little short.
 """
 
 from __future__ import annotations
