@@ -79,6 +79,19 @@ steering:
             in message)
 
 
+def test_a_capability_set_that_is_not_multiple_choice_is_refused_with_its_key(tmp_path):
+    """It used to pass validation and fail in the side-effects stage with an AttributeError."""
+    text = config_text(write_pairs(tmp_path / "toy.jsonl"), evaluations={"side_effects": {
+        "capability": [{"dataset": "general-knowledge"}, {"dataset": "refusal"}]}})
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "side.yaml")
+    message = str(raised.value)
+    assert ("side.yaml:30: evaluations.side_effects.capability.1.dataset: refusal is not "
+            "multiple choice (its kind: ab); capability is scored on multiple-choice items"
+            ) in message
+    assert "capability.0" not in message
+
+
 def test_config_errors_for_missing_keys_references_and_yaml(tmp_path):
     with pytest.raises(ConfigError, match=r"c.yaml:1: steering: missing \(required\)"):
         parse_config("name: x\ndata:\n  train: {dataset: refusal}\n  val_size: 5\n"

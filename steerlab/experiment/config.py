@@ -381,7 +381,8 @@ def _line_of(root: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
 
 
 def _check_datasets(config: ExperimentConfig) -> list[tuple[str, str]]:
-    """(key path, problem) for every named dataset or split that is not there."""
+    """(key path, problem) for every named dataset or split that is not there, and every
+    capability set that is not multiple choice."""
     problems = []
     for path, spec in config.datasets().items():
         try:
@@ -397,6 +398,11 @@ def _check_datasets(config: ExperimentConfig) -> list[tuple[str, str]]:
             problem = (f"{spec.dataset}: its files are not on this machine "
                        "(see `steerlab data list`)")
             problems.append((f"{path}.dataset", problem))
+        elif ".capability." in path and info.kind != "mc":
+            problems.append((f"{path}.dataset",
+                             f"{spec.dataset} is not multiple choice (its kind: {info.kind}); "
+                             "capability is scored on multiple-choice items (e.g. "
+                             "general-knowledge, mmlu)"))
     return problems
 
 
