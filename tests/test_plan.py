@@ -5,13 +5,18 @@ the actual times in the report."""
 import json
 
 import pytest
+import torch
 from test_experiment import config_text, write_pairs
+from tiny import CONFIGS, byte_tokenizer
+from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from steerlab.cli import app
 from steerlab.experiment.config import parse_config
 from steerlab.experiment.plan import Plan, StageWork, calibrate, count_work, plan_run
 from steerlab.experiment.runner import Runner
+from steerlab.model.generation import generate_tokens
+from steerlab.model.handle import wrap_model
 from steerlab.model.stand_in import HEAD_WIDTH, narrowed, stand_in
 from steerlab.records import read_records
 
@@ -73,6 +78,24 @@ def test_the_stand_in_keeps_depth_heads_and_tokens_at_a_tiny_width(tiny):
     copy = stand_in(tiny)
     assert copy.tokenizer is tiny.tokenizer and copy.d_model == narrow.hidden_size
     assert tiny.model.config.hidden_size == 32  # the model's own config is left as it was
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_every_family_has_a_narrower_stand_in_that_runs(family):
+    config = CONFIGS[family]()
+    text = config.get_text_config()  # twice the tiny models' width, 16-wide heads
+    for name, value in (("hidden_size", 64), ("n_embd", 64), ("intermediate_size", 128),
+                        ("head_dim", 16)):
+        if getattr(text, name, None) is not None:
+            setattr(text, name, value)
+    torch.manual_seed(0)
+    model = wrap_model(AutoModelForCausalLM.from_config(config), byte_tokenizer())
+    copy = stand_in(model)
+    assert (model.d_model, copy.d_model) == (64, 4 * HEAD_WIDTH)
+    assert copy.n_layers == model.n_layers
+    with torch.no_grad():
+        copy.model(input_ids=torch.randint(0, 200, (2, 7)))
+    assert len(generate_tokens(copy, ["Hello"], 3, progress=False)[0]) <= 3
 
 
 def test_calibration_prices_each_kind_the_work_holds(tmp_path, tiny):
@@ -153,3 +176,24 @@ def test_a_run_without_its_plan_says_nothing_of_time_left(tmp_path, model_dir):
     assert "The plan" not in result.output and "left in all" not in result.output
     assert "plan" not in {r["task"] for r in read_records(out / "records.jsonl")}
     assert "estimated (s)" not in (out / "report.md").read_text()
+
+
+def test_a_plan_that_fails_does_not_stop_the_run(tmp_path, model_dir, monkeypatch):
+    import steerlab.experiment.plan
+
+    def broken(config, model):
+        raise RuntimeError("no stand-in for this architecture")
+
+    monkeypatch.setattr(steerlab.experiment.plan, "plan_run", broken)
+    path = tmp_path / "toy.yaml"
+    path.write_text(config_text(write_pairs(tmp_path / "d.jsonl")).replace(
+        "model: tiny", f"model: {model_dir}"))
+    result = CliRunner().invoke(app, ["run", str(path), "--plan"])
+    assert result.exit_code == 1
+    assert "the plan could not be made (RuntimeError: no stand-in" in result.output
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "no plan (RuntimeError: no stand-in for this architecture); running without one" in (
+        result.output.replace("\n", " "))
+    assert (out / "report.md").exists()

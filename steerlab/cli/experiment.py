@@ -111,7 +111,12 @@ def run_config(
         if plan is None and not no_plan:
             console.print("planning: counting each stage's work on a stand-in of the model, "
                           "then timing a few passes of the model itself")
-            plan = plan_run(experiment, model)
+            try:
+                plan = plan_run(experiment, model)
+            except Exception as err:  # noqa: BLE001 - a plan that fails must not stop the run
+                if plan_only:
+                    fail(f"{config}: the plan could not be made ({type(err).__name__}: {err})")
+                console.print(f"no plan ({type(err).__name__}: {err}); running without one")
         if plan is not None:
             _show_plan(plan, kept is not None)
         if plan_only:
