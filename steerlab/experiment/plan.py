@@ -25,7 +25,6 @@ the estimate runs a little short.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import tempfile
 import time
@@ -43,7 +42,7 @@ from steerlab.experiment.config import ExperimentConfig
 from steerlab.experiment.runner import Runner
 from steerlab.experiment.runs import RunDir
 from steerlab.model.handle import ModelHandle
-from steerlab.model.scoring import window_logits
+from steerlab.model.scoring import keeps_logits, window_logits
 from steerlab.model.stand_in import stand_in
 from steerlab.progress import duration
 from steerlab.records import Record
@@ -221,8 +220,7 @@ def _inputs(model: ModelHandle, rows: int, positions: int) -> dict[str, torch.Te
 def _head_positions(model: ModelHandle, positions: int) -> int:
     """The positions of each row a calibration pass projects through the head: the last one,
     where the model can skip the others (as scoring does), else all."""
-    keeps = "logits_to_keep" in inspect.signature(model.model.forward).parameters
-    return 1 if keeps else positions
+    return 1 if keeps_logits(model) else positions
 
 
 def _forward(model: ModelHandle, rows: int, positions: int) -> Callable[[], object]:

@@ -43,10 +43,15 @@ def token_logprobs(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     return logp.gather(-1, ids[..., None]).squeeze(-1) * mask
 
 
+def keeps_logits(model: ModelHandle) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (projects only the last positions)."""
+    return "logits_to_keep" in inspect.signature(model.model.forward).parameters
+
+
 def window_logits(model: ModelHandle, inputs: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
     """Logits of the last ``keep`` positions only; models that accept ``logits_to_keep`` skip
     the vocabulary projection everywhere else."""
-    if "logits_to_keep" in inspect.signature(model.model.forward).parameters:
+    if keeps_logits(model):
         return model.model(**inputs, use_cache=False, logits_to_keep=keep).logits
     return model.model(**inputs, use_cache=False).logits[:, -keep:]
 
