@@ -51,7 +51,7 @@ test: $(STAMP) browser
 # replaces the lock only if it differs: an unchanged lock does not rebuild the venv.
 lock: $(STAMP)
 	cp $(LOCK) $(LOCK).new
-	$(UV) pip compile --no-config --quiet pyproject.toml requirements/models.txt --extra dev --extra vllm --extra harness --extra quantization \
+	$(UV) pip compile --no-config --quiet pyproject.toml requirements/models.txt --extra dev --extra vllm --extra harness --extra quantization --extra sae \
 		--constraint requirements/pins.txt --override requirements/dropped.txt $(UV_LINKS) \
 		--python $(PY) --custom-compile-command "make lock" $(LOCK_FLAGS) --output-file $(LOCK).new
 	cmp -s $(LOCK).new $(LOCK) && rm $(LOCK).new || mv $(LOCK).new $(LOCK)

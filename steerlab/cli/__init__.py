@@ -10,7 +10,7 @@ from importlib import import_module
 from steerlab.cli.app import USER_ERRORS, app
 
 COMMAND_GROUPS = ("train", "evaluate", "experiment", "generate", "vectors", "data", "openended",
-                  "blind", "harness")
+                  "blind", "harness", "sae")
 """The modules that register commands, in the order ``steerlab --help`` lists them."""
 
 for _group in COMMAND_GROUPS:

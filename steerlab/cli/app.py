@@ -84,7 +84,8 @@ def _interruptible(
         signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
-vector_app = typer.Typer(help="Inspect saved steering vectors; export them to llama.cpp and back.",
+vector_app = typer.Typer(help="Inspect saved steering vectors; export them to llama.cpp and back; "
+                         "make one from SAE features.",
                          no_args_is_help=True)
 
 
@@ -120,3 +121,10 @@ baseline_app = typer.Typer(help="Prompting baselines: k-shot examples and system
 
 
 app.add_typer(baseline_app, name="baseline")
+
+
+sae_app = typer.Typer(help="Sparse autoencoders: the features a behaviour's pairs move most.",
+                      no_args_is_help=True)
+
+
+app.add_typer(sae_app, name="sae")

@@ -1,4 +1,5 @@
-"""`steerlab vector`: inspect saved vectors; export them to llama.cpp and back."""
+"""`steerlab vector`: inspect saved vectors; export them to llama.cpp and back; make one from
+SAE features."""
 
 # Library imports sit inside the commands, for start-up speed (see steerlab/cli/__init__.py).
 
@@ -11,8 +12,16 @@ import typer
 from rich.table import Table
 
 from steerlab.cli.app import console, vector_app
-from steerlab.cli.inputs import fail, load_vector
-from steerlab.cli.options import NormRatioOpt, finite_number, parse_ints
+from steerlab.cli.inputs import fail, load_handle, load_training_pairs, load_vector
+from steerlab.cli.options import (
+    ModelOpt,
+    NormRatioOpt,
+    finite_number,
+    parse_ints,
+    placement_options,
+)
+from steerlab.model.catalog import DEFAULT_MODEL
+from steerlab.model.placement import Placement
 
 
 @vector_app.command("info")
@@ -77,3 +86,63 @@ def vector_import(
         fail(str(err))
     vector.save(out)
     console.print(f"saved {vector} to {out}")
+
+
+@vector_app.command("from-sae")
+@placement_options
+def vector_from_sae(
+    source: Annotated[Path, typer.Argument(
+        help="An SAELens folder (cfg.json + sae_weights.safetensors) or a Neuronpedia feature / "
+        "vector JSON, JSONL or .jsonl.gz file.")],
+    feature: Annotated[list[str], typer.Option(
+        "--feature", "-f", help="A feature index, or index:weight; repeat to sum several.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="The steering vector to write (.safetensors).")],
+    layer: Annotated[Optional[int], typer.Option(
+        "--layer", "-l", help="The layer to steer (default: the one the SAE's hook reads; "
+        "given, it must agree).", min=0)] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", "-d", help="Preference pairs: with --scale contrast, the gap the vector is "
+        "scaled to (and the residual norm norm_ratio uses).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Split of --data to use.")] = None,
+    scale: Annotated[str, typer.Option(
+        help="decoder: the rows as saved (×m adds the feature as if active at m); contrast: "
+        "signed and scaled to the mean chosen − rejected gap on --data, like CAA's.")
+    ] = "decoder",
+    placement: Optional[Placement] = None,
+) -> None:
+    """Make a steering vector from SAE features: the sum of their decoder rows (× weights).
+
+    Multiplier m then adds each feature as an SAE would reconstruct it active at m (Neuronpedia
+    steers the same way: strength × row); the vector's metadata says where it came from.
+    """
+    from steerlab.methods.sae import Feature, feature_vector, load_features
+
+    if scale not in ("decoder", "contrast"):
+        raise typer.BadParameter(f"{scale!r}: decoder or contrast", param_hint="--scale")
+    if (scale == "contrast") != (data is not None):
+        raise typer.BadParameter("--scale contrast needs --data, and --data is read only with "
+                                 "--scale contrast", param_hint="--data")
+    try:
+        features = [Feature.parse(text) for text in feature]
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--feature") from None
+    dictionary = load_features(source)
+    pairs = load_training_pairs(data, split) if data is not None else []
+    handle = load_handle(model, placement)
+    vector = feature_vector(handle, dictionary, features, layer, scale=scale,
+                            pairs=pairs)
+    vector.save(out)
+    layer_used = vector.layers[0]
+    console.print(f"saved {vector} to {out}: features {', '.join(feature)} of {source} at layer "
+                  f"{layer_used} ({dictionary.hook_name or 'layer given'}), norm "
+                  f"{float(vector.directions[layer_used].norm()):.4g}", highlight=False)
+    for note in dictionary.notes:
+        console.print(f"note: {note}", highlight=False)
+    if dictionary.suggested:
+        strengths = ", ".join(f"{i}: {s:g}" for i, s in vector.meta.extra.get(
+            "suggested_strengths", {}).items())
+        if strengths:
+            console.print(f"Neuronpedia's default strengths (a multiplier): {strengths}",
+                          highlight=False)

@@ -56,8 +56,10 @@ class VectorMethod:
     vector is one whole, not one per layer."""
 
     def defaults(self) -> dict[str, Any]:
-        """The config's fields and their defaults (what ``steerlab methods`` lists)."""
-        return {name: field.default for name, field in self.config.model_fields.items()}
+        """The config's fields and their defaults (what ``steerlab methods`` lists); a field
+        without one says it is required."""
+        return {name: "(required)" if field.is_required() else field.default
+                for name, field in self.config.model_fields.items()}
 
 
 ENTRY_POINTS = "steerlab.methods"
