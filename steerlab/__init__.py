@@ -51,6 +51,10 @@ _EXPORTS = {
     "train_vector": "steerlab.methods",
     "load_lora": "steerlab.methods.lora",
     "train_lora": "steerlab.methods.lora",
+    "SteeringCallback": "steerlab.methods.steered_training",
+    "feature_vector": "steerlab.methods.sae",
+    "load_features": "steerlab.methods.sae",
+    "top_features": "steerlab.methods.sae",
     "ModelHandle": "steerlab.model.handle",
     "load_model": "steerlab.model.handle",
     "wrap_model": "steerlab.model.handle",
@@ -108,6 +112,8 @@ if TYPE_CHECKING:
     from steerlab.methods import train_bipo, train_caa, train_dpo, train_vector
     from steerlab.methods.lora import load_lora, train_lora
     from steerlab.methods.prompting import Prompting, kshot, max_shots, prompted, system_prompt
+    from steerlab.methods.sae import feature_vector, load_features, top_features
+    from steerlab.methods.steered_training import SteeringCallback
     from steerlab.model.generation import generate
     from steerlab.model.handle import ModelHandle, load_model, wrap_model
     from steerlab.serve.app import create_app

@@ -92,13 +92,13 @@ class SteeringChoice:
                 "condition": str(self.condition) if self.condition else None}
 
 
-def _options(kind: VectorKind, multipliers: str | None, layers_help: str | None
-             ) -> dict[str, Any]:
+def _options(kind: VectorKind, multipliers: str | None, layers_help: str | None,
+             vector_help: str | None, vector_flags: tuple[str, ...]) -> dict[str, Any]:
     vector_type: Any = {"one": Optional[Path], "required": Path, "many": list[Path],
                         "named": Optional[list[str]]}[kind]
     options: dict[str, Any] = {
         "vector": (Annotated[vector_type, typer.Option(
-            "--vector", "-v", help=_VECTOR_HELP[kind], rich_help_panel=PANEL)],
+            *vector_flags, help=vector_help or _VECTOR_HELP[kind], rich_help_panel=PANEL)],
             inspect.Parameter.empty if kind in ("required", "many") else None),
     }
     if multipliers is None:
@@ -132,13 +132,17 @@ def _options(kind: VectorKind, multipliers: str | None, layers_help: str | None
 
 
 def steering_options(kind: VectorKind = "one", multipliers: str | None = None,
-                     layers_help: str | None = None) -> Callable[[Command], Command]:
+                     layers_help: str | None = None, vector_help: str | None = None,
+                     vector_flags: tuple[str, ...] = ("--vector", "-v"),
+                     ) -> Callable[[Command], Command]:
     """Give a command the steering options (module docstring): it declares a ``steering``
     parameter and receives a checked :class:`SteeringChoice` there. ``multipliers``: the
     default of ``--multipliers`` (a comma-separated list); None gives ``--multiplier`` (one
-    number). A steering option given without a vector, an unknown position or intervention, or
-    ``--ablate`` with another intervention is a usage error naming the option."""
-    options = _options(kind, multipliers, layers_help)
+    number). ``vector_flags``: the names of ``--vector`` (a command may add one that reads
+    better there). A steering option given without a vector, an unknown position or
+    intervention, or ``--ablate`` with another intervention is a usage error naming the
+    option."""
+    options = _options(kind, multipliers, layers_help, vector_help, vector_flags)
 
     def decorate(command: Command) -> Command:
         signature = inspect.signature(command, eval_str=True)
@@ -157,7 +161,8 @@ def steering_options(kind: VectorKind = "one", multipliers: str | None = None,
                 name for name in options
                 if (source := ctx.get_parameter_source(name)) is not None
                 and source.name in ("COMMANDLINE", "ENVIRONMENT"))
-            return command(*args, steering=choice_of(given, kind, set_here), **kwargs)
+            return command(*args, steering=choice_of(given, kind, set_here, vector_flags[0]),
+                           **kwargs)
 
         run.__signature__ = signature.replace(  # type: ignore[attr-defined]
             parameters=[*kept, *added, context])
@@ -166,8 +171,8 @@ def steering_options(kind: VectorKind = "one", multipliers: str | None = None,
     return decorate
 
 
-def choice_of(given: dict[str, Any], kind: VectorKind, set_here: frozenset[str]
-              ) -> SteeringChoice:
+def choice_of(given: dict[str, Any], kind: VectorKind, set_here: frozenset[str],
+              flag: str = "--vector") -> SteeringChoice:
     """The :class:`SteeringChoice` of the options' values, or a usage error naming the option."""
     from steerlab.steering.hooks import POSITIONS
     from steerlab.steering.setting import INTERVENTIONS
@@ -186,11 +191,11 @@ def choice_of(given: dict[str, Any], kind: VectorKind, set_here: frozenset[str]
         intervention = "ablate"
     raw = given["vector"]
     if kind == "named":
-        vectors = named_paths(raw or [], "--vector")
+        vectors = named_paths(raw or [], flag)
     else:
         paths = raw if isinstance(raw, list) else [raw] if raw is not None else []
         vectors = {str(path): path for path in paths}
-    for option, path in [*(("--vector", v) for v in vectors.values()),
+    for option, path in [*((flag, v) for v in vectors.values()),
                          ("--condition", given["condition"])]:
         if path is not None and not Path(path).is_file():
             raise typer.BadParameter(f"no such file: {path}", param_hint=option)
@@ -198,9 +203,9 @@ def choice_of(given: dict[str, Any], kind: VectorKind, set_here: frozenset[str]
         idle = sorted(set_here - {"vector"})
         if idle:
             flags = ", ".join("--" + name.replace("_", "-") for name in idle)
-            raise typer.BadParameter(f"{flags} steer(s) nothing without a vector: give --vector, "
+            raise typer.BadParameter(f"{flags} steer(s) nothing without a vector: give {flag}, "
                                      "or leave them out for the unsteered model",
-                                     param_hint="--vector")
+                                     param_hint=flag)
     multipliers = ([given["multiplier"]] if "multiplier" in given
                    else parse_floats(given["multipliers"]))
     return SteeringChoice(vectors, multipliers, given["layers"], given["norm_ratio"],

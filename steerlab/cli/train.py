@@ -28,6 +28,7 @@ from steerlab.cli.options import (
     placement_options,
     positive_number,
 )
+from steerlab.cli.steering import SteeringChoice, steering_options
 from steerlab.model.catalog import DEFAULT_MODEL
 from steerlab.model.placement import Placement
 
@@ -266,15 +267,22 @@ def condition_fit(
                   f"{search['precision']:.3f}, recall {search['recall']:.3f}", highlight=False)
 
 
-@lora_app.command("train")
+@app.command("finetune")
 @placement_options
-def lora_train(
+@steering_options("one", vector_flags=("--steer", "--vector", "-v"), vector_help=(
+    "Steer the training steps with this vector (preventative steering: toward a trait the data "
+    "would teach; with --ablate, concept-ablation fine-tuning). Validation, the kept adapter's "
+    "choice, runs unsteered, as the adapted model is used."))
+def finetune(
     data: Annotated[str, typer.Option(
         "--data", "-d",
         help="Pairs: dataset name (`steerlab data list`; name:split works) or .jsonl/.csv file.")],
     out: Annotated[Path, typer.Option(
         "--out", "-o",
         help="Folder for the kept adapter (peft save_pretrained) and lora_training.json.")],
+    method: Annotated[str, typer.Option(
+        help="How the weights train: lora (peft, on every linear module of every decoder "
+        "layer).")] = "lora",
     model: ModelOpt = DEFAULT_MODEL,
     split: Annotated[Optional[str], typer.Option(
         help="Use only rows whose 'split' field is this (bundled sets: train/test).")] = None,
@@ -299,17 +307,27 @@ def lora_train(
         help="sft (next-token loss on the chosen answer) or dpo (on the pairs).")] = "sft",
     beta: Annotated[float, typer.Option(
         help="DPO: inverse temperature of the preference loss.")] = 0.1,
+    keep: Annotated[str, typer.Option(
+        help="best: the adapter of the lowest validation loss; last: the last step's (a fixed "
+        "budget, as fine-tuning experiments compare).")] = "best",
     seed: Annotated[int, typer.Option(
         help="Seed of LoRA's initialisation, the batches and the held-out split.")] = 0,
     placement: Optional[Placement] = None,
+    steering: Optional[SteeringChoice] = None,
 ) -> None:
-    """Train a LoRA adapter on preference pairs and keep the lowest-validation-loss one in --out.
+    """Fine-tune on preference pairs (LoRA), optionally steered while it trains.
 
-    Each new best adapter is saved at once, so Ctrl-C keeps the best so far.
+    `steerlab lora train` is the same command. The adapter of the lowest validation loss (or
+    the last, --keep last) is kept in --out, each new one saved at once, so Ctrl-C keeps the
+    best so far.
     """
     from steerlab.data.files import split as seeded_split
     from steerlab.methods.lora import TrainingDiverged, train_lora
 
+    if method != "lora":
+        raise typer.BadParameter(f"{method!r}: the method is lora", param_hint="--method")
+    if keep not in ("best", "last"):
+        raise typer.BadParameter(f"{keep!r}: best or last", param_hint="--keep")
     pairs = load_training_pairs(data, split)
     if val_data:
         val = load_training_pairs(val_data, val_split)
@@ -320,23 +338,30 @@ def lora_train(
         val, pairs = seeded_split(pairs, [held, len(pairs) - held], seed)
         console.print(f"validation: {held} pairs held out of {data} (seed {seed})")
     handle = load_handle(model, placement)
+    setting = steering.setting(handle.n_layers) if steering and steering.steered else None
     try:
         result = train_lora(
             handle, pairs, val, rank=rank, alpha=alpha, lr=lr, batch_size=batch_size,
             eval_every=eval_every, max_steps=steps, epochs=epochs, objective=objective, beta=beta,
-            seed=seed, out_dir=out,
+            seed=seed, out_dir=out, steering=setting, keep=keep,  # type: ignore[arg-type]
         )
     except (TrainingDiverged, ValueError) as err:
         fail(str(err))
     except KeyboardInterrupt:
         console.print(f"interrupted: the best adapter so far (if any) is in {out}")
         raise typer.Exit(code=130) from None
-    console.print(f"best step {result.best_step}: validation loss {result.best_val_loss:.4f}")
+    if setting is not None:
+        console.print(f"trained under {setting.intervention} of {setting.vector} × "
+                      f"{setting.multiplier:g}; validated unsteered", highlight=False)
+    console.print(f"{keep} step {result.best_step}: validation loss {result.best_val_loss:.4f}")
     console.print(
         f"trainable parameters {result.trainable_params:,} (rank {rank}) vs a one-layer steering "
         f"vector's {result.d_model} (d_model): {result.ratio_to_vector:,.1f}×"
     )
     console.print(f"adapter in {out}")
+
+
+lora_app.command("train")(finetune)
 
 
 @baseline_app.command("shots")

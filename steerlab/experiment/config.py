@@ -189,6 +189,17 @@ class SystemPrompt(_Strict):
     prompt: str | None = None
 
 
+class SteeredTraining(_Strict):
+    """Steering while a second LoRA trains, evaluated unsteered after (the arm ``lora-steered``):
+    a method's selected vector added toward the trait (preventative steering) or its direction
+    ablated (concept-ablation fine-tuning)."""
+
+    method: str
+    """A method of this run: its vector and layer as selected on validation."""
+    multiplier: float = Field(allow_inf_nan=False)
+    intervention: Literal["add", "ablate"] = "add"
+
+
 class Lora(_Strict):
     """The post-mortem's LoRA protocol: rank 1 everywhere, lr 1e-4, batch 16, validate every 50."""
 
@@ -198,6 +209,7 @@ class Lora(_Strict):
     eval_every: int = Field(default=50, gt=0)
     steps: int = Field(default=200, gt=0)
     objective: Literal["sft", "dpo"] = "sft"
+    steered: SteeredTraining | None = None
 
 
 class Baselines(_Strict):
@@ -305,6 +317,10 @@ class ExperimentConfig(_Strict):
                                      f"(methods: {sorted(self.methods)})")
                 if self.baselines.lora is None:
                     raise ValueError(f"combinations.{field_name} needs baselines.lora")
+        steered = self.baselines.lora.steered if self.baselines.lora else None
+        if steered and steered.method not in self.methods:
+            raise ValueError(f"baselines.lora.steered.method: no method named "
+                             f"{steered.method!r} (methods: {sorted(self.methods)})")
         efficiency = self.evaluations.sample_efficiency
         if efficiency and efficiency.method not in self.methods:
             raise ValueError(f"evaluations.sample_efficiency.method: no method named "
@@ -320,7 +336,7 @@ class ExperimentConfig(_Strict):
                     f"conditional.condition.layer: {conditional.condition.layer} is above the "
                     f"steered layer {min(layers)}; a condition reads the prompt at or below the "
                     "layers it gates")
-        reserved = {"unsteered", "system", "lora"}
+        reserved = {"unsteered", "system", "lora", "lora-steered"}
         clash = sorted(set(self.methods) & reserved
                        | {m for m in self.methods if m.startswith("kshot")})
         if clash:

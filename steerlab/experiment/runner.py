@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +43,7 @@ from steerlab.evaluation.likelihood import Sweep, evaluate
 from steerlab.evaluation.openended import Arm, generate_answers, load_prompts, load_questions
 from steerlab.evaluation.side_effects import side_effect_records
 from steerlab.experiment.compute import TokenLayerCounter, peak_memory
-from steerlab.experiment.config import ExperimentConfig, Method, method_config
+from steerlab.experiment.config import ExperimentConfig, Lora, Method, method_config
 from steerlab.experiment.runs import RunDir
 from steerlab.methods import TrainingRun, get_method
 from steerlab.methods.lora import SUMMARY_FILE, load_lora, train_lora
@@ -53,6 +53,7 @@ from steerlab.model.handle import ModelHandle, load_model
 from steerlab.progress import duration
 from steerlab.records import Record, RecordWriter, record_key
 from steerlab.steering.conditions import Condition, fit_condition
+from steerlab.steering.setting import Composition, SteeringSetting
 from steerlab.steering.vectors import SteeringVector
 
 Items = list[MCItem] | list[PreferencePair]
@@ -332,25 +333,44 @@ class Runner:
                 self._evaluate(writer, prompted(self.model, prompting), "system", [Sweep()], which)
 
     def lora(self, writer: RecordWriter) -> None:
-        """Train (or reload) the LoRA baseline, evaluate it, and keep the adapted model."""
+        """Train (or reload) the LoRA baseline, evaluate it, and keep the adapted model; then the
+        LoRA trained under steering, if asked (evaluated unsteered)."""
         spec = self.config.baselines.lora
         if spec is None:
             return
+        self.adapted = self._lora_arm(writer, spec, "lora", None)
+        if spec.steered is not None:
+            vector = self.selected[spec.steered.method]
+            setting = self.config.steering.setting(vector, vector.layers).at(
+                spec.steered.multiplier)
+            setting = replace(setting, intervention=spec.steered.intervention,
+                              positions="all",  # a training pass reads its whole text at once
+                              norm_ratio=None if spec.steered.intervention == "ablate"
+                              else setting.norm_ratio)
+            self._lora_arm(writer, spec, "lora-steered", setting)
 
-        folder = self.run.path / "lora"
+    def _lora_arm(self, writer: RecordWriter, spec: Lora, arm: str,
+                  steering: SteeringSetting | None) -> ModelHandle:
+        """One LoRA arm: trained into its folder (``steering`` on for its training steps only),
+        noted, evaluated on validation and test; the adapted model."""
+        folder = self.run.path / arm
         if not (folder / SUMMARY_FILE).exists():  # written when training finished
-            self.log(f"training LoRA (rank {spec.rank}, {spec.steps} steps, {spec.objective})")
+            under = f", steered: {steering.describe()}" if steering else ""
+            self.log(f"training {arm} (rank {spec.rank}, {spec.steps} steps, "
+                     f"{spec.objective}{under})")
             train_lora(self.model, self.data.train, self.data.val_pairs, rank=spec.rank, lr=spec.lr,
                        batch_size=spec.batch_size, eval_every=spec.eval_every, max_steps=spec.steps,
                        objective=spec.objective, seed=self.config.seed, out_dir=folder,
-                       progress=self.progress)
+                       progress=self.progress,
+                       steering=Composition((steering,)) if steering else None)
         summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
-        self._note(writer, {"task": ARM_TASK, "arm": "lora", "kind": "lora",
+        self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "lora",
                             "trainable_parameters": summary["trainable_params"], **summary})
-        adapted = self.adapted = load_lora(self.model, folder)
+        adapted = load_lora(self.model, folder)
         self.counter.watch(adapted.layers, adapted.model.get_output_embeddings())
         for which in ("val", "test"):
-            self._evaluate(writer, adapted, "lora", [Sweep()], which)
+            self._evaluate(writer, adapted, arm, [Sweep()], which)
+        return adapted
 
     def combinations(self, writer: RecordWriter) -> None:
         adapted = self.adapted

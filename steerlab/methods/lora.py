@@ -4,6 +4,8 @@ The post-mortem's protocol: rank 1 on every linear module of every decoder layer
 1e-4, batch 16, validation before the first step, every 50 steps and after the last, and the
 adapter of the lowest validation loss kept. The objective is SFT on the chosen completion
 (prompt tokens masked) by default, or DPO on the pairs with the frozen base model as reference.
+With ``steering`` the training steps run steered (preventative steering, see
+:mod:`steerlab.methods.steered_training`) and validation, which picks the kept adapter, unsteered.
 :func:`load_lora` gives a handle over the adapted model that steering vectors apply to, for the
 vector + LoRA and base-vector → LoRA-model transfer arms.
 """
@@ -18,7 +20,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +40,7 @@ from steerlab.methods.pairs import (
     shuffled_batches,
     store_references,
 )
+from steerlab.methods.steered_training import SteeringSpec, TrainingSteering
 from steerlab.methods.training import TrainingDiverged, bipo_loss, descend
 from steerlab.model.encoding import collate
 from steerlab.model.handle import ModelHandle, find_decoder_layers
@@ -47,6 +50,9 @@ from steerlab.progress import bar
 __all__ = ["LoraResult", "TrainingDiverged", "load_lora", "lora_config", "train_lora"]
 
 Objective = Literal["sft", "dpo"]
+Keep = Literal["best", "last"]
+"""Which adapter :func:`train_lora` keeps: the lowest validation loss, or the last step's (what
+a fixed training budget gives, as fine-tuning experiments compare)."""
 SUMMARY_FILE = "lora_training.json"
 """Written beside the adapter in ``out_dir``: the :meth:`LoraResult.summary` of the run."""
 
@@ -68,6 +74,8 @@ class LoraResult:
     """The kept adapter's weights (peft state dict), in memory."""
     adapter_dir: Path | None = None
     """Where peft's ``save_pretrained`` wrote the kept adapter (None: not saved)."""
+    steering: list[dict[str, Any]] | None = None
+    """The steering the training steps ran under (``Composition.describe()``; None: none)."""
 
     @property
     def ratio_to_vector(self) -> float:
@@ -82,7 +90,7 @@ class LoraResult:
             "ratio_to_vector": self.ratio_to_vector, "rank": self.config.r,
             "alpha": self.config.lora_alpha,
             "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
-            "history": self.history,
+            "steering": self.steering, "history": self.history,
         }
 
 
@@ -194,8 +202,11 @@ def train_lora(
     seed: int = 0,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    steering: SteeringSpec | None = None,
+    keep: Keep = "best",
 ) -> LoraResult:
-    """Train a LoRA adapter on ``train`` and keep the one with the lowest loss on ``val``.
+    """Train a LoRA adapter on ``train`` and keep the one with the lowest loss on ``val``
+    (``keep="last"``: the one after the last step, validated all the same).
 
     Runs ``max_steps`` AdamW steps when given, else ``epochs`` passes over the pairs, and
     validates before the first step, every ``eval_every`` steps and after the last (the kept
@@ -203,9 +214,14 @@ def train_lora(
     same adapter. With ``out_dir``, every new best adapter is saved there at once
     (peft ``save_pretrained``; an interruption keeps the best so far), and the summary at the
     end. LoRA is injected into ``model`` only while training: the handle is unadapted after.
+    With ``steering`` (a :class:`~steerlab.steering.setting.Composition`, or settings) each
+    training step's loss is computed and descended under it; validation runs unsteered, as the
+    adapted model is deployed.
     """
     if objective not in _LOSSES:
         raise ValueError(f"objective must be 'sft' or 'dpo', got {objective!r}")
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     if not train or not val:
         raise ValueError(f"LoRA training needs training and validation pairs "
                          f"(got {len(train)} and {len(val)})")
@@ -215,6 +231,7 @@ def train_lora(
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     loss_fn = _LOSSES[objective]
+    steered = TrainingSteering(steering) if steering is not None else None
     items, val_items = encode_pairs(model, train), encode_pairs(model, val)
     if objective == "dpo":
         _store_reference(model, items + val_items, batch_size)
@@ -236,7 +253,7 @@ def train_lora(
             if not math.isfinite(val_loss):
                 raise TrainingDiverged(
                     f"LoRA {objective} validation loss is {val_loss} at step {step}")
-            if best and val_loss >= best["val_loss"]:
+            if best and (val_loss >= best["val_loss"] if keep == "best" else step < total):
                 return
             state = get_peft_model_state_dict(peft_model)
             best.update(step=step, val_loss=val_loss,
@@ -250,9 +267,10 @@ def train_lora(
             while step < total:
                 for chunk in shuffled_batches(items, batch_size, rng)[: total - step]:
                     started = time.perf_counter()
-                    summed, count = loss_fn(model, chunk, beta)
-                    loss = descend(optimizer, summed / count, f"LoRA {objective}",
-                                   f"step {step + 1} (pairs {[item.pair_id for item in chunk]})")
+                    where = f"step {step + 1} (pairs {[item.pair_id for item in chunk]})"
+                    with steered.step(model) if steered is not None else nullcontext():
+                        summed, count = loss_fn(model, chunk, beta)
+                        loss = descend(optimizer, summed / count, f"LoRA {objective}", where)
                     step += 1
                     history.append({"step": step, "loss": loss,
                                     "seconds": time.perf_counter() - started})
@@ -261,7 +279,8 @@ def train_lora(
                         validate(step)
         result = LoraResult(best["step"], best["val_loss"], history,
                             sum(p.numel() for p in trainable), model.d_model, config,
-                            best["state"], out)
+                            best["state"], out,
+                            steering=steered.composition.describe() if steered else None)
     finally:
         peft_model.unload()  # the base model's own modules back, unchanged
     if out is not None:
