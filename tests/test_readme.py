@@ -10,7 +10,7 @@ import pytest
 from tiny import invoke, quiet_import
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-GROUPS = {"vector", "data", "blind", "baseline", "lora"}
+GROUPS = {"vector", "data", "blind", "baseline", "lora", "sae"}
 GGUF_KEYS = {"steerlab.meta", "steerlab.export"}
 """Metadata keys of exported GGUF files, written like Python names but not Python names."""
 

@@ -8,10 +8,12 @@ import json
 import pytest
 import torch
 from test_experiment import config_text, write_pairs
-from tiny import PAIRS, invoke, logits, quiet_import, write_jsonl
+from tiny import CONFIGS, PAIRS, byte_tokenizer, invoke, logits, quiet_import, write_jsonl
+from transformers import AutoModelForCausalLM
 
 from steerlab.data.files import PreferencePair
 from steerlab.experiment.config import parse_config
+from steerlab.experiment.plan import StageWork, count_work
 from steerlab.experiment.report import experiment_report
 from steerlab.experiment.runner import Runner
 from steerlab.methods import train_vector
@@ -26,6 +28,8 @@ from steerlab.methods.sae import (
 )
 from steerlab.methods.sae.dictionary import layer_of_hook
 from steerlab.methods.training import TrainingRun
+from steerlab.model.handle import wrap_model
+from steerlab.model.stand_in import stand_in
 from steerlab.records import read_records
 from steerlab.steering.setting import SteeringSetting
 from steerlab.steering.vectors import SteeringVector
@@ -142,8 +146,11 @@ def test_the_layer_of_each_hook_name(tmp_path):
 
 def test_a_wrong_width_or_a_folder_that_is_no_sae_is_refused(tmp_path, tiny):
     saved_sae(tmp_path / "wide", tiny.d_model * 2)
+    wide = load_features(tmp_path / "wide")
     with pytest.raises(FeatureError, match=r"have 64 numbers, .*residual stream 32"):
-        feature_vector(tiny, load_features(tmp_path / "wide"), [Feature(0)])
+        feature_vector(tiny, wide, [Feature(0)])
+    with pytest.raises(FeatureError, match=r"have 64 numbers, .*residual stream 32"):
+        top_features(tiny, wide, MORE)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FeatureError, match=r"not an SAELens folder \(cfg.json missing\)"):
         load_features(tmp_path / "empty")
@@ -262,3 +269,23 @@ def test_the_sae_method_runs_on_the_leaderboard_of_a_run_config(tmp_path, tiny):
     assert vector.meta.method == "sae" and len(vector.meta.extra["features"]) == 2
     markdown, _ = experiment_report(tmp_path / "out", records)
     assert "| sae |" in markdown.read_text()
+
+
+def test_a_run_plan_counts_the_sae_method_on_a_narrower_stand_in(tmp_path):
+    config = CONFIGS["llama"]()
+    config.hidden_size, config.intermediate_size, config.head_dim = 64, 128, 16  # 16-wide heads
+    torch.manual_seed(0)
+    wide = wrap_model(AutoModelForCausalLM.from_config(config), byte_tokenizer())
+    saved_sae(tmp_path / "sae", wide.d_model)
+    run_config = parse_config(config_text(
+        write_pairs(tmp_path / "toy.jsonl"),
+        methods={"sae": {"method": "sae", "sae": str(tmp_path / "sae"), "top_k": 2}},
+        steering={"layers": [1], "multipliers": [-2, 2]}))
+    narrow = stand_in(wide)
+    assert narrow.d_model != wide.d_model  # the SAE's rows cannot steer the stand-in itself
+    planned, _ = count_work(run_config, narrow)
+    Runner(run_config, tmp_path / "out", progress=False, log=lambda _: None, model=wide)()
+    ran = {w.stage: w for w in (StageWork.of(r) for r in read_records(
+        tmp_path / "out" / "records.jsonl") if r["task"] == "compute")}
+    methods = next(w for w in planned if w.stage == "methods")
+    assert methods.passes > 0 and methods == ran["methods"]

@@ -41,6 +41,7 @@ from steerlab.experiment.compute import HEAD_KINDS, KINDS, peak_memory
 from steerlab.experiment.config import ExperimentConfig
 from steerlab.experiment.runner import Runner
 from steerlab.experiment.runs import RunDir
+from steerlab.methods import get_method
 from steerlab.model.handle import ModelHandle
 from steerlab.model.scoring import keeps_logits, window_logits
 from steerlab.model.stand_in import stand_in
@@ -170,11 +171,26 @@ def compact(count: int) -> str:
     return f"{round(count / 1e3)} k" if count >= 1e4 else f"{count:,}"
 
 
+def counted_config(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with each method that cannot run on a stand-in replaced by the method it is
+    counted as (``VectorMethod.counted_as``), layers and multipliers kept."""
+    swapped = {name: {"method": spec.counted_as, "layers": entry.layers,
+                      "multipliers": entry.multipliers}
+               for name, entry in config.methods.items()
+               if (spec := get_method(entry.method)).counted_as}  # type: ignore[attr-defined]
+    if not swapped:
+        return config
+    data = config.model_dump()
+    data["methods"].update(swapped)
+    return ExperimentConfig.model_validate(data)
+
+
 def count_work(config: ExperimentConfig, stand_in: ModelHandle,
                ) -> tuple[list[StageWork], dict[str, tuple[int, int]]]:
-    """Each stage's work, counted by running stage one of ``config`` on ``stand_in`` (judges
-    left out, warnings silenced) in a temporary directory; and each kind's largest layer call
-    (rows, positions)."""
+    """Each stage's work, counted by running stage one of ``config`` (:func:`counted_config`)
+    on ``stand_in`` (judges left out, warnings silenced) in a temporary directory; and each
+    kind's largest layer call (rows, positions)."""
+    config = counted_config(config)
     with (tempfile.TemporaryDirectory(prefix="steerlab-plan-") as folder,
           warnings.catch_warnings()):
         warnings.simplefilter("ignore")  # what methods warn of a random stand-in is noise

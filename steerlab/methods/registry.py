@@ -54,6 +54,10 @@ class VectorMethod:
     picks_layers: bool = False
     """Whether the method chooses where to act among the layers given (ITI's heads), so its
     vector is one whole, not one per layer."""
+    counted_as: str | None = None
+    """A method whose passes equal this one's, run in its place where the run plan counts work
+    on a narrower stand-in model that this method cannot run on (an SAE's rows fit only the
+    real model's width)."""
 
     def defaults(self) -> dict[str, Any]:
         """The config's fields and their defaults (what ``steerlab methods`` lists); a field

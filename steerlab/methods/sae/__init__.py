@@ -64,7 +64,8 @@ def _train(model: ModelHandle, pairs: Sequence[PreferencePair], layers: list[int
 
 METHODS = (
     VectorMethod("sae", "SAE features: decoder rows of a sparse autoencoder's features (listed, "
-                 "from a file, or the top ones on the pairs)", SAEConfig, _train),
+                 "from a file, or the top ones on the pairs)", SAEConfig, _train,
+                 counted_as="caa"),  # the same passes: one contrast read at the SAE's layer
 )
 
 __all__ = ["METHODS", "Feature", "FeatureContrast", "FeatureDictionary", "FeatureError",

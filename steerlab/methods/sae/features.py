@@ -51,6 +51,18 @@ class Feature:
         return feature
 
 
+def _fitting_layer(model: ModelHandle, dictionary: FeatureDictionary, layer: int | None) -> int:
+    """The layer the features act at, once they are checked to fit ``model``."""
+    layer = dictionary.at_layer(layer)
+    if dictionary.d_model != model.d_model:
+        raise FeatureError(f"{dictionary.path}: its features have {dictionary.d_model} numbers, "
+                           f"{model.name}'s residual stream {model.d_model}")
+    if not 0 <= layer < model.n_layers:
+        raise FeatureError(f"{dictionary.path}: layer {layer} is outside {model.name}'s "
+                           f"{model.n_layers} layers")
+    return layer
+
+
 def combined_direction(dictionary: FeatureDictionary, features: Sequence[Feature]) -> torch.Tensor:
     """Σ weight × decoder row over ``features``."""
     if not features:
@@ -68,13 +80,7 @@ def feature_vector(model: ModelHandle, dictionary: FeatureDictionary, features: 
                    ) -> SteeringVector:
     """A steering vector from ``features``' decoder rows at the SAE's layer (see :data:`Scale`;
     ``contrast`` needs the pairs, or their contrast already read)."""
-    layer = dictionary.at_layer(layer)
-    if dictionary.d_model != model.d_model:
-        raise FeatureError(f"{dictionary.path}: its features have {dictionary.d_model} numbers, "
-                           f"{model.name}'s residual stream {model.d_model}")
-    if not 0 <= layer < model.n_layers:
-        raise FeatureError(f"{dictionary.path}: layer {layer} is outside {model.name}'s "
-                           f"{model.n_layers} layers")
+    layer = _fitting_layer(model, dictionary, layer)
     direction = combined_direction(dictionary, features)
     extra: dict[str, Any] = {"sae": dictionary.describe(), "scale": scale,
                              "features": [asdict(f) for f in features]}
@@ -129,7 +135,7 @@ def top_features(model: ModelHandle, dictionary: FeatureDictionary,
                            "no encoder to measure activations; use the SAE's SAELens folder")
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    layer = dictionary.at_layer(layer)
+    layer = _fitting_layer(model, dictionary, layer)
     if contrast is None:
         contrast = read_contrast(model, pairs, [layer], batch_size, progress,
                                  "SAE activations")
