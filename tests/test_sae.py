@@ -289,3 +289,17 @@ def test_a_run_plan_counts_the_sae_method_on_a_narrower_stand_in(tmp_path):
         tmp_path / "out" / "records.jsonl") if r["task"] == "compute")}
     methods = next(w for w in planned if w.stage == "methods")
     assert methods.passes > 0 and methods == ran["methods"]
+
+
+def test_damaged_sae_folders_end_in_one_line_naming_the_folder(tmp_path, model_dir):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "sae_weights.safetensors").write_bytes(b"\0\0")
+    (folder / "cfg.json").write_text("{not json")
+    result = invoke("vector", "from-sae", folder, "-f", "1", "-o", tmp_path / "v.safetensors")
+    assert result.exit_code == 1 and "cfg.json: not JSON" in result.output
+    (folder / "cfg.json").write_text(json.dumps({"d_in": 32, "d_sae": 4,
+                                                 "architecture": "standard"}))
+    result = invoke("vector", "from-sae", folder, "-f", "1", "-o", tmp_path / "v.safetensors")
+    assert result.exit_code == 1 and "sae-lens cannot load it (SafetensorError" in result.output
+    assert "Traceback" not in result.output

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 
 SAELENS_CONFIG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -159,7 +160,7 @@ def load_saelens(folder: Path) -> FeatureDictionary:
         raise FeatureError(f"{folder / SAELENS_CONFIG}: not JSON ({err})") from err
     try:
         sae = SAE.load_from_disk(folder, device="cpu", dtype="float32")
-    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+    except (KeyError, ValueError, TypeError, RuntimeError, OSError, SafetensorError) as err:
         raise FeatureError(f"{folder}: sae-lens cannot load it ({type(err).__name__}: {err})"
                            ) from err
     sae.eval()
