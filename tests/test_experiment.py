@@ -240,6 +240,26 @@ def test_rerun_with_another_config_is_refused_before_any_work(toy_run):
             for p in (out / "records.jsonl", out / "commands.jsonl")} == before
 
 
+def test_a_run_kept_before_a_config_key_existed_resumes(toy_run, tmp_path):
+    import shutil
+
+    config, out, tiny = toy_run
+    older = tmp_path / "older"
+    shutil.copytree(out, older)
+    lines = (older / "records.jsonl").read_text().splitlines()
+    for index, line in enumerate(lines):
+        record = json.loads(line)
+        if record.get("task") == "experiment":  # as an earlier version kept it: no lora.keep
+            del record["config"]["baselines"]["lora"]["keep"]
+            lines[index] = json.dumps(record)
+    (older / "records.jsonl").write_text("\n".join(lines) + "\n")
+    Runner(config, older, progress=False, log=lambda _: None, model=tiny)  # not refused
+    changed = config.model_copy(update={"baselines": config.baselines.model_copy(update={
+        "lora": config.baselines.lora.model_copy(update={"keep": "last"})})})
+    with pytest.raises(ValueError, match=r"changed: baselines\.lora\.keep"):
+        Runner(changed, older, progress=False, log=lambda _: None, model=tiny)
+
+
 def test_an_interrupted_stage_still_records_the_time_it_spent(tmp_path, tiny):
     runner = Runner(parse_config(config_text(write_pairs(tmp_path / "toy.jsonl"))),
                     tmp_path / "out", progress=False, log=lambda _: None, model=tiny)

@@ -470,7 +470,7 @@ def test_finetune_on_the_command_line_trains_under_the_steer_vector(vector, tmp_
 
 
 def test_a_run_config_trains_a_steered_lora_arm_with_a_methods_vector(tmp_path):
-    lora = {"steps": 2, "eval_every": 2, "batch_size": 4,
+    lora = {"steps": 2, "eval_every": 1, "batch_size": 4, "keep": "last",
             "steered": {"method": "caa", "multiplier": 2.0}}
     data = write_pairs(tmp_path / "toy.jsonl")
     config = parse_config(config_text(data, methods={"caa": {"method": "caa"}},
@@ -489,6 +489,7 @@ def test_a_run_config_trains_a_steered_lora_arm_with_a_methods_vector(tmp_path):
     assert {"lora", "lora-steered"} <= tested
     summary = json.loads((tmp_path / "out" / "lora-steered" / SUMMARY_FILE).read_text())
     assert summary["steering"] == steering
+    assert arms["lora"]["best_step"] == arms["lora-steered"]["best_step"] == 2  # keep: last
     with pytest.raises(ConfigError, match="baselines.lora.steered.method: no method named 'bipo'"):
         parse_config(config_text(data, methods={"caa": {"method": "caa"}}, baselines={
             "lora": {**lora, "steered": {"method": "bipo", "multiplier": 1.0}}}))

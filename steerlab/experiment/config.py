@@ -209,6 +209,9 @@ class Lora(_Strict):
     eval_every: int = Field(default=50, gt=0)
     steps: int = Field(default=200, gt=0)
     objective: Literal["sft", "dpo"] = "sft"
+    keep: Literal["best", "last"] = "best"
+    """Which adapter each LoRA arm keeps: the lowest validation loss, or the last step's (under
+    preventative steering the lowest unsteered loss is often the least-trained adapter)."""
     steered: SteeredTraining | None = None
 
 

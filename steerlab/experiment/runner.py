@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from steerlab.analysis.comparison import (
     ARM_TASK,
     BASE,
@@ -361,7 +363,7 @@ class Runner:
             train_lora(self.model, self.data.train, self.data.val_pairs, rank=spec.rank, lr=spec.lr,
                        batch_size=spec.batch_size, eval_every=spec.eval_every, max_steps=spec.steps,
                        objective=spec.objective, seed=self.config.seed, out_dir=folder,
-                       progress=self.progress,
+                       progress=self.progress, keep=spec.keep,
                        steering=Composition((steering,)) if steering else None)
         summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
         self._note(writer, {"task": ARM_TASK, "arm": arm, "kind": "lora",
@@ -572,6 +574,10 @@ def check_same_config(run_dir: Path, config: ExperimentConfig) -> None:
     started = next((r["config"] for r in records if r.get("task") == EXPERIMENT_TASK), None)
     if started is None:
         return
+    try:  # a config kept by an earlier version gets the defaults of keys added since
+        started = json.loads(json.dumps(ExperimentConfig.model_validate(started).model_dump()))
+    except ValidationError:
+        pass  # a key this version no longer knows: compared as it was kept
     changed = _changed_keys(started, json.loads(json.dumps(config.model_dump())))
     if changed:
         raise ValueError(f"{run_dir} holds a run of a different config "
