@@ -8,7 +8,15 @@ import json
 import pytest
 import torch
 from test_experiment import config_text, write_pairs
-from tiny import CONFIGS, PAIRS, byte_tokenizer, invoke, logits, quiet_import, write_jsonl
+from tiny import (
+    CONFIGS,
+    PAIRS,
+    byte_tokenizer,
+    invoke,
+    logits,
+    saved_sae,
+    write_jsonl,
+)
 from transformers import AutoModelForCausalLM
 
 from steerlab.data.files import PreferencePair
@@ -34,30 +42,9 @@ from steerlab.records import read_records
 from steerlab.steering.setting import SteeringSetting
 from steerlab.steering.vectors import SteeringVector
 
-sae_lens = quiet_import("sae_lens")
-
 PLANTED = 5
 MORE = [PreferencePair(f"Question {i}: is {i} even?", f" {'Yes' if i % 2 else 'No'}, it is.",
                        f" {'No' if i % 2 else 'Yes'}.", id=f"m{i}") for i in range(16)]
-
-
-def saved_sae(path, d_in, hook="blocks.1.hook_resid_post", kind="standard", seed=0, **fields):
-    """An SAE of ``kind`` built by sae-lens with seeded random weights, saved with its own
-    ``save_model``."""
-    classes = {"standard": (sae_lens.StandardSAE, sae_lens.StandardSAEConfig, {}),
-               "topk": (sae_lens.TopKSAE, sae_lens.TopKSAEConfig, {"k": 4}),
-               "jumprelu": (sae_lens.JumpReLUSAE, sae_lens.JumpReLUSAEConfig, {})}
-    sae_class, config_class, extra = classes[kind]
-    metadata = sae_lens.saes.sae.SAEMetadata(hook_name=hook, model_name="tiny")
-    sae = sae_class(config_class(d_in=d_in, d_sae=48, metadata=metadata, **extra))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in sae.named_parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-        for name, tensor in fields.items():
-            getattr(sae, name).copy_(tensor)
-    sae.save_model(path)
-    return sae
 
 
 def test_an_sae_saved_by_sae_lens_loads_with_its_rows_hook_and_encoder(tmp_path, tiny):

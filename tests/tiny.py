@@ -139,13 +139,50 @@ SHORT_TRAINING = {"bipo": {"epochs": 2, "batch_size": 2}, "dpo": {"epochs": 1, "
 defaults take minutes); the others train as they are."""
 
 
+def saved_sae(path, d_in, hook="blocks.1.hook_resid_post", kind="standard", seed=0, **fields):
+    """An SAE of ``kind`` built by sae-lens with seeded random weights (``fields``: tensors to
+    set), saved with its own ``save_model`` in ``path``; the sae-lens object."""
+    sae_lens = quiet_import("sae_lens")
+    classes = {"standard": (sae_lens.StandardSAE, sae_lens.StandardSAEConfig, {}),
+               "topk": (sae_lens.TopKSAE, sae_lens.TopKSAEConfig, {"k": 4}),
+               "jumprelu": (sae_lens.JumpReLUSAE, sae_lens.JumpReLUSAEConfig, {})}
+    sae_class, config_class, extra = classes[kind]
+    metadata = sae_lens.saes.sae.SAEMetadata(hook_name=hook, model_name="tiny")
+    sae = sae_class(config_class(d_in=d_in, d_sae=48, metadata=metadata, **extra))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in sae.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+        for name, tensor in fields.items():
+            getattr(sae, name).copy_(tensor)
+    sae.save_model(path)
+    return sae
+
+
+_SAES: dict[int, str] = {}
+
+
+def layer_one_sae(d_model: int) -> str:
+    """A random SAE at layer 1 for models of width ``d_model``, saved once per session."""
+    if d_model not in _SAES:
+        import tempfile
+
+        folder = f"{tempfile.mkdtemp(prefix='steerlab-test-sae-')}/sae"
+        saved_sae(folder, d_model)
+        _SAES[d_model] = folder
+    return _SAES[d_model]
+
+
 def train_shortly(model: ModelHandle, name: str, engine: str | None = None) -> SteeringVector:
     """``name``'s vector on :data:`PAIRS` with :data:`SHORT_TRAINING` (layers 1 and 2 for a
-    method that trains several at once, else layer 1); ``engine`` for the loss-trained ones."""
+    method that trains several at once, else layer 1; the sae method on a random SAE of the
+    model's width at layer 1); ``engine`` for the loss-trained ones."""
     from steerlab.methods import methods, train_vector
     from steerlab.methods.training import TrainingRun
 
     config = {**SHORT_TRAINING.get(name, {}), **({"engine": engine} if engine else {})}
+    if name == "sae":
+        config |= {"sae": layer_one_sae(model.d_model), "features": [0, 5]}
     layers = [1, 2] if methods()[name].multi_layer else [1]
     return train_vector(model, PAIRS, name, layers, config, TrainingRun(progress=False))
 
