@@ -290,3 +290,27 @@ def test_damaged_sae_folders_end_in_one_line_naming_the_folder(tmp_path, model_d
     result = invoke("vector", "from-sae", folder, "-f", "1", "-o", tmp_path / "v.safetensors")
     assert result.exit_code == 1 and "sae-lens cannot load it (SafetensorError" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_run_config_is_refused_at_parse_time_where_the_sae_reads_another_layer(tmp_path):
+    from steerlab.experiment.config import ConfigError
+
+    saved_sae(tmp_path / "sae", 32)  # reads blocks.1.hook_resid_post: layer 1
+    data = write_pairs(tmp_path / "toy.jsonl")
+
+    def config(steering, **entry):
+        return config_text(data, methods={"sae": {"method": "sae", "sae": str(tmp_path / "sae"),
+                                                  **entry}}, steering=steering)
+
+    parse_config(config({"layers": [1], "multipliers": [2]}))
+    parse_config(config({"layers": "scan", "multipliers": [2]}, layers=[1]))
+    with pytest.raises(ConfigError, match=r"steering.layers: sae can only train at layer\(s\) "
+                                          r"\[1\] \(its features read there\), not \[2\]"):
+        parse_config(config({"layers": [1, 2], "multipliers": [2]}))
+    with pytest.raises(ConfigError, match=r"steering.layers: .* not scan; give "
+                                          r"methods.sae.layers: \[1\]"):
+        parse_config(config({"layers": "scan", "multipliers": [2]}))
+    with pytest.raises(ConfigError, match=r"methods.sae: .*nowhere: no such SAE folder"):
+        parse_config(config_text(data, methods={"sae": {"method": "sae",
+                                                        "sae": str(tmp_path / "nowhere")}},
+                                 steering={"layers": [1], "multipliers": [2]}))

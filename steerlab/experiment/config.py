@@ -339,6 +339,19 @@ class ExperimentConfig(_Strict):
                     f"conditional.condition.layer: {conditional.condition.layer} is above the "
                     f"steered layer {min(layers)}; a condition reads the prompt at or below the "
                     "layers it gates")
+        for name, entry in self.methods.items():
+            try:
+                fixed = method_config(entry).fixed_layers()
+            except (ValueError, OSError) as err:  # a source that is not there or not readable
+                raise ValueError(f"methods.{name}: {err}") from None
+            layers = entry.layers or self.steering.layers  # type: ignore[attr-defined]
+            where = (f"methods.{name}.layers" if entry.layers  # type: ignore[attr-defined]
+                     else "steering.layers")
+            if fixed is not None and (layers == "scan" or set(layers) - set(fixed)):
+                asked = "scan" if layers == "scan" else sorted(set(layers) - set(fixed))
+                raise ValueError(f"{where}: {name} can only train at layer(s) {fixed} (its "
+                                 f"features read there), not {asked}; give methods.{name}.layers: "
+                                 f"{fixed}")
         reserved = {"unsteered", "system", "lora", "lora-steered"}
         clash = sorted(set(self.methods) & reserved
                        | {m for m in self.methods if m.startswith("kshot")})

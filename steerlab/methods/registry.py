@@ -34,6 +34,11 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    def fixed_layers(self) -> list[int] | None:
+        """The only layers this config can train at, where the method fixes them (an SAE's
+        features read one layer); None: any layer. A run config is checked against it."""
+        return None
+
 
 Trainer = Callable[[ModelHandle, Sequence[PreferencePair], list[int], Any, TrainingRun],
                    SteeringVector]

@@ -12,7 +12,12 @@ from pydantic import Field
 from steerlab.data.files import PreferencePair
 from steerlab.methods.contrast import read_contrast
 from steerlab.methods.registry import MethodConfig, VectorMethod
-from steerlab.methods.sae.dictionary import FeatureDictionary, FeatureError, load_features
+from steerlab.methods.sae.dictionary import (
+    FeatureDictionary,
+    FeatureError,
+    hook_layer,
+    load_features,
+)
 from steerlab.methods.sae.features import (
     Feature,
     FeatureContrast,
@@ -41,6 +46,11 @@ class SAEConfig(MethodConfig):
     """Without features or a file: the k features whose activations differ most on the training
     pairs, each signed by its difference."""
     scale: Scale = "contrast"
+
+    def fixed_layers(self) -> list[int] | None:
+        """The layer the SAE's hook reads (from its config or rows, no weights loaded)."""
+        layer = hook_layer(self.sae)
+        return None if layer is None else [layer]
 
 
 def _train(model: ModelHandle, pairs: Sequence[PreferencePair], layers: list[int],

@@ -120,14 +120,55 @@ def layer_of_hook(hook_name: str | None, where: str | Path = "") -> int | None:
                        "model.layers.L), which is where steerlab steers")
 
 
+def _saelens_folder(path: Path) -> Path | None:
+    """The SAELens folder ``path`` names (itself, or its ``cfg.json``'s), None for a file."""
+    if path.is_dir():
+        return path
+    return path.parent if path.name == SAELENS_CONFIG else None
+
+
 def load_features(path: str | Path) -> FeatureDictionary:
     """An SAELens folder (or its ``cfg.json``), or a Neuronpedia JSON / JSONL(.gz) file."""
     path = Path(path)
-    if path.is_dir() or path.name == SAELENS_CONFIG:
-        return load_saelens(path if path.is_dir() else path.parent)
+    folder = _saelens_folder(path)
+    if folder is not None:
+        return load_saelens(folder)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such SAE folder or feature file")
     return load_neuronpedia(path)
+
+
+def hook_layer(path: str | Path) -> int | None:
+    """The layer a source's features read, from an SAELens folder's config alone (no weights,
+    no sae-lens) or a Neuronpedia file's rows; None where it does not say."""
+    path = Path(path)
+    folder = _saelens_folder(path)
+    if folder is None:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such SAE folder or feature file")
+        return load_neuronpedia(path).layer
+    return layer_of_hook(_config_hook(_saelens_config(folder)), folder)
+
+
+def _saelens_config(folder: Path) -> dict[str, Any]:
+    """An SAELens folder's ``cfg.json``, read."""
+    if not (folder / SAELENS_CONFIG).is_file():
+        raise FeatureError(f"{folder}: not an SAELens folder ({SAELENS_CONFIG} missing)")
+    try:
+        config = json.loads((folder / SAELENS_CONFIG).read_text())
+    except json.JSONDecodeError as err:
+        raise FeatureError(f"{folder / SAELENS_CONFIG}: not JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise FeatureError(f"{folder / SAELENS_CONFIG}: not a JSON object")
+    return config
+
+
+def _config_hook(config: dict[str, Any]) -> str | None:
+    """The hook an SAELens config names: under ``metadata`` (sae-lens 6), or at the top level
+    (older saves)."""
+    metadata = config.get("metadata")
+    return (metadata.get("hook_name") if isinstance(metadata, dict) else None) \
+        or config.get("hook_name")
 
 
 def _import_sae_lens(folder: Path) -> Any:
@@ -150,14 +191,10 @@ def _import_sae_lens(folder: Path) -> Any:
 
 def load_saelens(folder: Path) -> FeatureDictionary:
     """A folder saved by SAELens (``SAE.save_model``), loaded by sae-lens's ``load_from_disk``."""
-    for name in (SAELENS_CONFIG, SAELENS_WEIGHTS):
-        if not (folder / name).is_file():
-            raise FeatureError(f"{folder}: not an SAELens folder ({name} missing)")
+    config = _saelens_config(folder)
+    if not (folder / SAELENS_WEIGHTS).is_file():
+        raise FeatureError(f"{folder}: not an SAELens folder ({SAELENS_WEIGHTS} missing)")
     SAE = _import_sae_lens(folder)
-    try:
-        config = json.loads((folder / SAELENS_CONFIG).read_text())
-    except json.JSONDecodeError as err:
-        raise FeatureError(f"{folder / SAELENS_CONFIG}: not JSON ({err})") from err
     try:
         sae = SAE.load_from_disk(folder, device="cpu", dtype="float32")
     except (KeyError, ValueError, TypeError, RuntimeError, OSError, SafetensorError) as err:
@@ -165,7 +202,7 @@ def load_saelens(folder: Path) -> FeatureDictionary:
                            ) from err
     sae.eval()
     decoder = sae.W_dec.detach().float()
-    hook_name = sae.cfg.metadata.hook_name or config.get("hook_name")
+    hook_name = sae.cfg.metadata.hook_name or _config_hook(config)
     notes = []
     if sae.cfg.normalize_activations != "none":
         notes.append(f"the SAE normalises its inputs ({sae.cfg.normalize_activations}): its "
