@@ -20,6 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from steerlab.data.files import PreferencePair
 from steerlab.experiment.config import ConfigError, parse_config
+from steerlab.experiment.plan import merged_copies
 from steerlab.experiment.runner import Runner
 from steerlab.methods.lora import (
     SUMMARY_FILE,
@@ -490,6 +491,7 @@ def test_a_run_config_trains_a_steered_lora_arm_with_a_methods_vector(tmp_path):
     summary = json.loads((tmp_path / "out" / "lora-steered" / SUMMARY_FILE).read_text())
     assert summary["steering"] == steering
     assert arms["lora"]["best_step"] == arms["lora-steered"]["best_step"] == 2  # keep: last
+    assert merged_copies(config) == 2  # the run plan prices both arms' merged weights
     with pytest.raises(ConfigError, match="baselines.lora.steered.method: no method named 'bipo'"):
         parse_config(config_text(data, methods={"caa": {"method": "caa"}}, baselines={
             "lora": {**lora, "steered": {"method": "bipo", "multiplier": 1.0}}}))

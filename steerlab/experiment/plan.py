@@ -339,10 +339,18 @@ def _shapes(work: Sequence[StageWork], largest: dict[str, tuple[int, int]],
     return typical, (rows, positions)
 
 
+def merged_copies(config: ExperimentConfig) -> int:
+    """How many merged copies of the weights the run holds at once: one per LoRA arm (the plain
+    arm's is kept for the combinations while the steered arm's is evaluated)."""
+    lora = config.baselines.lora
+    return 0 if lora is None else 1 + (lora.steered is not None)
+
+
 def calibrate(model: ModelHandle, work: Sequence[StageWork],
-              largest: dict[str, tuple[int, int]]) -> Rates:
+              largest: dict[str, tuple[int, int]], merged: int = 0) -> Rates:
     """Price each kind of pass the work holds on ``model`` (see the module docstring): the head
-    on its own first, then each kind of layer pass, less what its head cost."""
+    on its own first, then each kind of layer pass, less what its head cost; the peak memory
+    with ``merged`` more copies of the weights (:func:`merged_copies`)."""
     started = time.perf_counter()
     device, n = model.device, model.n_layers
     if device.type == "cuda":
@@ -379,9 +387,10 @@ def calibrate(model: ModelHandle, work: Sequence[StageWork],
         rows, positions = largest["training"]
         _training(model, rows, positions, 0, positions)()
     peak, source = peak_memory(device)
-    if any(w.stage == "lora" and w.passes for w in work):
-        peak += sum(p.numel() * p.element_size() for p in model.model.parameters())
-        source += ", and a copy of the weights for the LoRA arm's merged model"
+    if merged:
+        peak += merged * sum(p.numel() * p.element_size() for p in model.model.parameters())
+        source += (f", and {merged} cop{'y' if merged == 1 else 'ies'} of the weights for the "
+                   "LoRA arms' merged models")
     return Rates(per_call, per_token_layer, head, peak, source, str(device),
                  str(model.dtype).removeprefix("torch."), time.perf_counter() - started)
 
@@ -407,7 +416,8 @@ def plan_run(config: ExperimentConfig, model: ModelHandle) -> Plan:
     started = time.perf_counter()
     work, largest = count_work(config, stand_in(model))
     counting = time.perf_counter() - started
-    return Plan(work, calibrate(model, work, largest), caveats(config), counting)
+    return Plan(work, calibrate(model, work, largest, merged_copies(config)), caveats(config),
+                counting)
 
 
 def kept_plan(run_dir: str | Path) -> Record | None:
