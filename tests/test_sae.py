@@ -314,3 +314,10 @@ def test_a_run_config_is_refused_at_parse_time_where_the_sae_reads_another_layer
         parse_config(config_text(data, methods={"sae": {"method": "sae",
                                                         "sae": str(tmp_path / "nowhere")}},
                                  steering={"layers": [1], "multipliers": [2]}))
+
+
+def test_a_pretty_printed_api_reply_reads_as_one_feature(tmp_path, tiny):
+    reply = tmp_path / "reply.json"  # as `curl … | jq .` saves it: one object over many lines
+    reply.write_text(json.dumps({"vector": neuronpedia_row(4, [1.0] * tiny.d_model)}, indent=2))
+    loaded = load_features(reply)
+    assert sorted(loaded.rows) == [4] and loaded.layer == 1

@@ -30,6 +30,8 @@ from typing import Any, Literal
 import torch
 from safetensors import SafetensorError
 
+from steerlab.data.files import DataError, read_rows
+
 SAELENS_CONFIG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 
@@ -224,35 +226,30 @@ def load_saelens(folder: Path) -> FeatureDictionary:
 
 
 def _neuronpedia_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Each feature object in a Neuronpedia file with where it is (``file:line`` or the file):
-    a JSON object (a feature, or ``/api/vector/get``'s ``{"vector": {...}}``), a JSON list of
-    them, or JSON lines, gzipped or not."""
+    """Each feature object in a Neuronpedia file with its ``file:line``: JSON lines or a JSON
+    list (the data layer's reader, gzipped or not), or one JSON object over several lines (an
+    API reply as saved); ``/api/vector/get``'s ``{"vector": {...}}`` unwrapped."""
+    try:
+        rows = list(read_rows(path))
+    except DataError as err:
+        whole = _one_object(path)
+        if whole is None:
+            raise FeatureError(str(err)) from err
+        rows = [(1, whole)]
+    for number, row in rows:
+        inner = row.get("vector")
+        yield f"{path}:{number}", inner if isinstance(inner, dict) else row
+
+
+def _one_object(path: Path) -> dict[str, Any] | None:
+    """The file as one JSON object, None where it is not one."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as err:
-        raise FeatureError(f"{path}: cannot read it ({err})") from err
-    lines = path.name.endswith((".jsonl", ".jsonl.gz"))
-    try:
-        whole = None if lines else json.loads(text)
-    except json.JSONDecodeError:
-        whole = None
-    if isinstance(whole, dict):
-        inner = whole.get("vector")
-        yield str(path), inner if isinstance(inner, dict) else whole
-        return
-    if isinstance(whole, list):
-        for i, item in enumerate(whole):
-            yield f"{path}[{i}]", item
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path}:{number}", json.loads(line)
-        except json.JSONDecodeError as err:
-            raise FeatureError(f"{path}:{number}: not JSON ({err.msg})") from err
+            value = json.loads(handle.read())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _source_layer(source: str) -> tuple[int, str] | None:
@@ -269,8 +266,6 @@ def load_neuronpedia(path: Path) -> FeatureDictionary:
     models: set[str] = set()
     empty: list[str] = []
     for where, item in _neuronpedia_rows(path):
-        if not isinstance(item, dict):
-            raise FeatureError(f"{where}: a Neuronpedia feature is a JSON object")
         try:
             index = int(item["index"])
         except (KeyError, TypeError, ValueError) as err:
