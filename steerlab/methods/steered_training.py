@@ -19,21 +19,12 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from steerlab.model.handle import ModelHandle
 from steerlab.steering.hooks import Edits, Steering
-from steerlab.steering.setting import Composition, SteeringSetting
+from steerlab.steering.setting import Composition, SteeringSetting, compose
 
-__all__ = ["SteeringCallback", "TrainingSteering", "as_composition"]
+__all__ = ["SteeringCallback", "TrainingSteering"]
 
 SteeringSpec = Composition | SteeringSetting | Sequence[SteeringSetting]
 """A composition, one setting, or settings applied together."""
-
-
-def as_composition(steering: SteeringSpec) -> Composition:
-    """``steering`` as one :class:`Composition`."""
-    if isinstance(steering, Composition):
-        return steering
-    if isinstance(steering, SteeringSetting):
-        return Composition((steering,))
-    return Composition(tuple(steering))
 
 
 class TrainingSteering:
@@ -47,7 +38,8 @@ class TrainingSteering:
     """
 
     def __init__(self, steering: SteeringSpec) -> None:
-        self.composition = as_composition(steering)
+        self.composition = steering if isinstance(steering, Composition) else compose(
+            [steering] if isinstance(steering, SteeringSetting) else steering)
         if not self.composition.parts:
             raise ValueError("steering during training needs at least one setting")
         for part in self.composition.parts:
