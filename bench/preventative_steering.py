@@ -85,8 +85,7 @@ def measure(model, name, data, unit, base=None) -> dict:
     ab = [r["score"] for r in evaluate_ab(model, data["ab_test"], progress=False)]
     text = [r["score"] for r in evaluate_ab(model, data["sft_test"], progress=False)]
     mc = [r["correct"] for r in evaluate_mc(model, data["capability"], progress=False)]
-    texts = passages(load_dataset("wikitext2", "test"), N_TEXTS)
-    scored = perplexity_records(model, texts, Sweep(), progress=False)
+    scored = perplexity_records(model, data["texts"], Sweep(), progress=False)
     nll = sum(-r["logprob"] for r in scored) / sum(r["n_tokens"] for r in scored)
     result = {
         "arm": name, "projection": projection, "ab_scores": ab, "text_scores": text,
@@ -113,7 +112,8 @@ def main() -> dict:
     sft = sycophancy_sft("train")
     val, train = split(sft, [N_VAL, len(sft) - N_VAL], SEED)
     data = {"sft_test": sycophancy_sft("test"), "ab_test": load_dataset("sycophancy", "test"),
-            "capability": load_dataset("general-knowledge")[:N_CAPABILITY]}
+            "capability": load_dataset("general-knowledge")[:N_CAPABILITY],
+            "texts": passages(load_dataset("wikitext2", "test"), N_TEXTS)}
     trait = train_caa(model, load_dataset("sycophancy", "train"), [LAYER], progress=False)
     direction = trait.directions[LAYER]
     unit = direction / direction.norm()

@@ -140,9 +140,8 @@ def vector_from_sae(
                   f"{float(vector.directions[layer_used].norm()):.4g}", highlight=False)
     for note in dictionary.notes:
         console.print(f"note: {note}", highlight=False)
-    if dictionary.suggested:
-        strengths = ", ".join(f"{i}: {s:g}" for i, s in vector.meta.extra.get(
-            "suggested_strengths", {}).items())
-        if strengths:
-            console.print(f"Neuronpedia's default strengths (a multiplier): {strengths}",
-                          highlight=False)
+    suggested = vector.meta.extra.get("suggested_strengths", {})
+    if suggested:
+        strengths = ", ".join(f"{i}: {s:g}" for i, s in suggested.items())
+        console.print(f"Neuronpedia's default strengths (a multiplier): {strengths}",
+                      highlight=False)
