@@ -495,3 +495,19 @@ def test_a_run_config_trains_a_steered_lora_arm_with_a_methods_vector(tmp_path):
     with pytest.raises(ConfigError, match="baselines.lora.steered.method: no method named 'bipo'"):
         parse_config(config_text(data, methods={"caa": {"method": "caa"}}, baselines={
             "lora": {**lora, "steered": {"method": "bipo", "multiplier": 1.0}}}))
+
+
+def test_a_steered_lora_arm_ablates_without_the_grids_norm_ratio(tmp_path):
+    lora = {"steps": 1, "eval_every": 1, "batch_size": 4,
+            "steered": {"method": "caa", "multiplier": 1.0, "intervention": "ablate"}}
+    config = parse_config(config_text(write_pairs(tmp_path / "toy.jsonl"),
+                                      methods={"caa": {"method": "caa"}},
+                                      baselines={"lora": lora},
+                                      steering={"layers": [1], "multipliers": [2],
+                                                "norm_ratio": 0.05}))
+    Runner(config, tmp_path / "out", progress=False, log=lambda _: None,
+           model=tiny_model("llama"))()
+    arms = {r["arm"]: r for r in read_records(tmp_path / "out" / "records.jsonl")
+            if r.get("task") == "arm"}
+    steering = arms["lora-steered"]["steering"][0]
+    assert steering["intervention"] == "ablate" and steering["norm_ratio"] is None

@@ -55,6 +55,7 @@ from steerlab.model.handle import ModelHandle, load_model
 from steerlab.progress import duration
 from steerlab.records import Record, RecordWriter, record_key
 from steerlab.steering.conditions import Condition, fit_condition
+from steerlab.steering.edits import EDITS
 from steerlab.steering.setting import Composition, SteeringSetting
 from steerlab.steering.vectors import SteeringVector
 
@@ -347,8 +348,8 @@ class Runner:
                 spec.steered.multiplier)
             setting = replace(setting, intervention=spec.steered.intervention,
                               positions="all",  # a training pass reads its whole text at once
-                              norm_ratio=None if spec.steered.intervention == "ablate"
-                              else setting.norm_ratio)
+                              norm_ratio=setting.norm_ratio  # only an addition is rescaled
+                              if EDITS[spec.steered.intervention].summed else None)
             self._lora_arm(writer, spec, "lora-steered", setting)
 
     def _lora_arm(self, writer: RecordWriter, spec: Lora, arm: str,
